@@ -1,0 +1,1 @@
+//! The TS004 parity rows.

@@ -1,0 +1,1 @@
+//! Reed-Solomon fragment code (FragAlgo 1).

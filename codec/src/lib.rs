@@ -1,0 +1,32 @@
+//! Byte layouts of the LoRa Alliance application-layer packages used for FUOTA, their keys,
+//! and the TS004 fragment FEC.
+//!
+//! - [`clock_sync`]: TS003 Application Layer Clock Synchronization (port 202, package id 1).
+//! - [`fragmentation`]: TS004 Fragmented Data Block Transport (port 201, package id 3).
+//! - [`multicast_setup`]: TS005 Remote Multicast Setup (port 200, package id 2).
+//! - [`keys`]: multicast key derivation and the TS004 v2 data-block MIC.
+//! - [`fec`]: the TS004 parity code (encoder and a flash-friendly decoder), and an optional
+//!   Reed-Solomon mode.
+//!
+//! Every parser takes arbitrary bytes and never panics; every builder writes into a buffer the
+//! caller owns. Nothing here allocates unless the `alloc` feature is on.
+#![no_std]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
+#[cfg(feature = "alloc")]
+extern crate alloc;
+
+pub mod clock_sync;
+pub mod error;
+pub mod fec;
+pub mod fragmentation;
+pub mod keys;
+pub mod multicast_setup;
+pub mod package;
+mod wire;
+
+pub use error::{Error, ErrorKind};
+pub use package::{Direction, PackageId, Version};

@@ -1,0 +1,135 @@
+//! What the three packages share: versions, directions, identifiers and ports.
+
+/// Version of a package. The version travels with every session: v1 and v2 differ in layouts
+/// and in the FEC parity rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Version {
+    /// v1.0.0 of the package.
+    V1,
+    /// v2.0.0 of the package.
+    V2,
+}
+
+impl Version {
+    /// The PackageVersion value on the wire.
+    pub const fn number(self) -> u8 {
+        match self {
+            Version::V1 => 1,
+            Version::V2 => 2,
+        }
+    }
+
+    pub const fn from_number(n: u8) -> Option<Self> {
+        match n {
+            1 => Some(Version::V1),
+            2 => Some(Version::V2),
+            _ => None,
+        }
+    }
+}
+
+/// Which way a payload travels: the same CID means different commands each way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// Server to device: requests and commands.
+    Downlink,
+    /// Device to server: answers and device-initiated requests.
+    Uplink,
+}
+
+/// PackageIdentifier values of PackageVersionAns, and the default FPort of each package.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PackageId {
+    /// TS003 Application Layer Clock Synchronization.
+    ClockSync,
+    /// TS005 Remote Multicast Setup.
+    MulticastSetup,
+    /// TS004 Fragmented Data Block Transport.
+    Fragmentation,
+}
+
+impl PackageId {
+    pub const fn id(self) -> u8 {
+        match self {
+            PackageId::ClockSync => 1,
+            PackageId::MulticastSetup => 2,
+            PackageId::Fragmentation => 3,
+        }
+    }
+
+    pub const fn from_id(id: u8) -> Option<Self> {
+        match id {
+            1 => Some(PackageId::ClockSync),
+            2 => Some(PackageId::MulticastSetup),
+            3 => Some(PackageId::Fragmentation),
+            _ => None,
+        }
+    }
+
+    /// The default FPort.
+    pub const fn port(self) -> u8 {
+        match self {
+            PackageId::ClockSync => 202,
+            PackageId::MulticastSetup => 200,
+            PackageId::Fragmentation => 201,
+        }
+    }
+
+    pub const fn from_port(port: u8) -> Option<Self> {
+        match port {
+            202 => Some(PackageId::ClockSync),
+            200 => Some(PackageId::MulticastSetup),
+            201 => Some(PackageId::Fragmentation),
+            _ => None,
+        }
+    }
+}
+
+/// One command of a package in one direction: the unit that [`Commands`] iterates over.
+pub trait Command<'a>: Sized {
+    /// Parses the command at the start of `bytes` (CID first) and says how many bytes it took.
+    fn parse_one(version: Version, bytes: &'a [u8]) -> Result<(Self, usize), crate::Error>;
+}
+
+/// Iterator over the commands packed in one payload. After an error it yields nothing more:
+/// without a valid length the rest of the payload cannot be framed.
+#[derive(Debug, Clone)]
+pub struct Commands<'a, C> {
+    version: Version,
+    rest: &'a [u8],
+    failed: bool,
+    _command: core::marker::PhantomData<C>,
+}
+
+impl<'a, C: Command<'a>> Commands<'a, C> {
+    pub fn new(version: Version, payload: &'a [u8]) -> Self {
+        Self {
+            version,
+            rest: payload,
+            failed: false,
+            _command: core::marker::PhantomData,
+        }
+    }
+}
+
+impl<'a, C: Command<'a>> Iterator for Commands<'a, C> {
+    type Item = Result<C, crate::Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed || self.rest.is_empty() {
+            return None;
+        }
+        match C::parse_one(self.version, self.rest) {
+            Ok((command, used)) => {
+                self.rest = self.rest.get(used..).unwrap_or(&[]);
+                Some(Ok(command))
+            }
+            Err(e) => {
+                self.failed = true;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+impl<'a, C: Command<'a>> core::iter::FusedIterator for Commands<'a, C> {}
