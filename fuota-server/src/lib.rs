@@ -1,2 +1,4 @@
-//! The FUOTA server library: fragmentation of data blocks today; the patch maker, planner and
-//! campaign engine land with their issues.
+//! The FUOTA server library: cutting data blocks into fragments (and rebuilding them, for
+//! checks). The patch maker, planner and campaign engine land with their issues.
+
+pub mod fragmentation;

@@ -1,0 +1,3 @@
+//! One module per `fuota` subcommand; each is a thin shell over the library.
+
+pub mod frag;
