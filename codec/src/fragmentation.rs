@@ -79,7 +79,7 @@ pub struct FragSessionSetupReq {
     pub descriptor: [u8; 4],
     /// v2 only: increments with every new session, guards against replays.
     pub session_cnt: u16,
-    /// v2 only: MIC of the whole data block (see `keys::data_block_mic`).
+    /// v2 only: MIC of the whole data block ([`crate::keys::data_block_mic`]).
     pub mic: [u8; 4],
 }
 
@@ -199,11 +199,9 @@ impl<'a> Iterator for Downlinks<'a> {
         }
         let item = self.inner.next()?;
         let item = match item {
-            Ok(Downlink::DataFragment(_)) if self.seen_command => Err(Error::new(
-                "DataFragment",
-                "CID",
-                ErrorKind::TrailingBytes,
-            )),
+            Ok(Downlink::DataFragment(_)) if self.seen_command => {
+                Err(Error::new("DataFragment", "CID", ErrorKind::TrailingBytes))
+            }
             other => other,
         };
         self.seen_command = true;
@@ -232,7 +230,12 @@ fn check_frag_index(w: &Writer<'_>, frag_index: u8) -> Result<(), Error> {
 }
 
 /// Fails with `InvalidValue` on `field` when a v2-only field is set while building v1.
-fn check_v1_unset(w: &Writer<'_>, version: Version, field: &'static str, set: bool) -> Result<(), Error> {
+fn check_v1_unset(
+    w: &Writer<'_>,
+    version: Version,
+    field: &'static str,
+    set: bool,
+) -> Result<(), Error> {
     if version == Version::V1 && set {
         Err(w.invalid(field))
     } else {
@@ -372,7 +375,11 @@ impl<'a> Downlink<'a> {
     pub fn build_into<'b>(&self, version: Version, buf: &'b mut [u8]) -> Result<&'b [u8], Error> {
         if let Downlink::FragDataBlockReceivedAns(_) = self {
             if version == Version::V1 {
-                return Err(unknown_cid(self.cid()));
+                return Err(Error::new(
+                    self.name(version),
+                    "CID",
+                    ErrorKind::UnknownCid(self.cid()),
+                ));
             }
         }
         let mut w = Writer::new(self.name(version), buf, self.len(version))?;
@@ -556,7 +563,11 @@ impl Uplink {
     pub fn build_into<'b>(&self, version: Version, buf: &'b mut [u8]) -> Result<&'b [u8], Error> {
         if let Uplink::FragDataBlockReceivedReq(_) = self {
             if version == Version::V1 {
-                return Err(unknown_cid(self.cid()));
+                return Err(Error::new(
+                    self.name(version),
+                    "CID",
+                    ErrorKind::UnknownCid(self.cid()),
+                ));
             }
         }
         let mut w = Writer::new(self.name(version), buf, self.len(version))?;
@@ -595,14 +606,12 @@ impl Uplink {
                 check_frag_index(&w, c.frag_index)?;
                 check_v1_unset(&w, version, "SessionCntReplay", c.session_cnt_replay)?;
                 w.u8(self.cid())?;
-                w.u8(
-                    (c.frag_index << 6)
-                        | u8::from(c.encoding_unsupported)
-                        | (u8::from(c.not_enough_memory) << 1)
-                        | (u8::from(c.frag_session_index_not_supported) << 2)
-                        | (u8::from(c.wrong_descriptor) << 3)
-                        | (u8::from(c.session_cnt_replay) << 4),
-                )?;
+                w.u8((c.frag_index << 6)
+                    | u8::from(c.encoding_unsupported)
+                    | (u8::from(c.not_enough_memory) << 1)
+                    | (u8::from(c.frag_session_index_not_supported) << 2)
+                    | (u8::from(c.wrong_descriptor) << 3)
+                    | (u8::from(c.session_cnt_replay) << 4))?;
             }
             Uplink::FragSessionDeleteAns(FragSessionDeleteAns {
                 frag_index,
@@ -683,7 +692,13 @@ mod tests {
         let e = Downlink::parse(Version::V2, &v1).unwrap_err();
         assert_eq!(
             (e.field, e.kind),
-            ("SessionCnt", ErrorKind::Truncated { needed: 13, got: 11 })
+            (
+                "SessionCnt",
+                ErrorKind::Truncated {
+                    needed: 13,
+                    got: 11
+                }
+            )
         );
     }
 
@@ -734,7 +749,9 @@ mod tests {
             payload: &[],
         });
         assert_eq!(
-            zero.build_into(Version::V1, &mut [0u8; 8]).unwrap_err().field,
+            zero.build_into(Version::V1, &mut [0u8; 8])
+                .unwrap_err()
+                .field,
             "N"
         );
     }
@@ -765,7 +782,9 @@ mod tests {
             ErrorKind::UnknownCid(0x04)
         );
         assert_eq!(
-            Downlink::parse(Version::V1, &[0x04, 0x01]).unwrap_err().kind,
+            Downlink::parse(Version::V1, &[0x04, 0x01])
+                .unwrap_err()
+                .kind,
             ErrorKind::UnknownCid(0x04)
         );
         let req = Uplink::FragDataBlockReceivedReq(FragDataBlockReceivedReq {
@@ -777,6 +796,9 @@ mod tests {
             req.build_into(Version::V1, &mut buf).unwrap_err().kind,
             ErrorKind::UnknownCid(0x04)
         );
-        assert_eq!(req.build_into(Version::V2, &mut buf).unwrap(), &[0x04, 0x06]);
+        assert_eq!(
+            req.build_into(Version::V2, &mut buf).unwrap(),
+            &[0x04, 0x06]
+        );
     }
 }

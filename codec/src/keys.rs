@@ -227,7 +227,9 @@ mod tests {
 
     #[test]
     fn mc_key_wrapping_round_trips() {
-        let ke = mc_ke_key(&mc_root_key_lorawan_1_1(&key("2b7e151628aed2a6abf7158809cf4f3c")));
+        let ke = mc_ke_key(&mc_root_key_lorawan_1_1(&key(
+            "2b7e151628aed2a6abf7158809cf4f3c",
+        )));
         let mc_key = key("0123456789abcdef0123456789abcdef");
         let wrapped = encrypt_mc_key(&ke, &mc_key);
         assert_ne!(&wrapped, mc_key.as_bytes());
