@@ -26,7 +26,7 @@
 //! | parity row being expanded | ceil(M/8) |
 //! | two fragment buffers | 2F |
 //!
-//! about L²/16 + 2.125M + 2.25L + 2F bytes: 3,560 + 2F bytes for M = 1024, L = 128 (a test
+//! about L²/16 + 2.125M + 2.25L + 2F bytes: 3,496 + 2F bytes for M = 1024, L = 128 (a test
 //! checks it). If more than `L` data fragments are lost when the first coded fragment arrives,
 //! [`DecodeError::NotEnoughMatrixMemory`] says so (the TS004 status bit of that name) and the
 //! coded fragment is dropped; data fragments are still taken, and a later coded fragment tries
