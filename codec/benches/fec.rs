@@ -37,24 +37,30 @@ fn ts004(c: &mut Criterion) {
     group.throughput(Throughput::Bytes(data.len() as u64));
     group.sample_size(20);
     for version in [Version::V1, Version::V2] {
-        group.bench_with_input(BenchmarkId::new("encode", format!("{version:?}")), &version, |b, &v| {
-            b.iter(|| encode(v, &data, FRAG_SIZE, redundancy).unwrap())
-        });
+        group.bench_with_input(
+            BenchmarkId::new("encode", format!("{version:?}")),
+            &version,
+            |b, &v| b.iter(|| encode(v, &data, FRAG_SIZE, redundancy).unwrap()),
+        );
         let arrivals = survivors(&encode(version, &data, FRAG_SIZE, redundancy).unwrap());
-        group.bench_with_input(BenchmarkId::new("decode_10pct_loss", format!("{version:?}")), &version, |b, &v| {
-            let mut workspace = vec![0u8; Decoder::workspace_len(m, m, FRAG_SIZE)];
-            let mut slots = vec![0u8; m * FRAG_SIZE];
-            b.iter(|| {
-                let mut store = RamStore::new(&mut slots, FRAG_SIZE);
-                let mut decoder = Decoder::new(v, m, FRAG_SIZE, m, &mut workspace).unwrap();
-                for (n, payload) in &arrivals {
-                    if decoder.push(&mut store, *n, payload).unwrap() == Progress::Complete {
-                        break;
+        group.bench_with_input(
+            BenchmarkId::new("decode_10pct_loss", format!("{version:?}")),
+            &version,
+            |b, &v| {
+                let mut workspace = vec![0u8; Decoder::workspace_len(m, m, FRAG_SIZE)];
+                let mut slots = vec![0u8; m * FRAG_SIZE];
+                b.iter(|| {
+                    let mut store = RamStore::new(&mut slots, FRAG_SIZE);
+                    let mut decoder = Decoder::new(v, m, FRAG_SIZE, m, &mut workspace).unwrap();
+                    for (n, payload) in &arrivals {
+                        if decoder.push(&mut store, *n, payload).unwrap() == Progress::Complete {
+                            break;
+                        }
                     }
-                }
-                assert!(decoder.is_complete());
-            })
-        });
+                    assert!(decoder.is_complete());
+                })
+            },
+        );
     }
     group.finish();
 }

@@ -81,7 +81,10 @@ fn main() {
         }
         print!("{name:<6}");
         for k in 0..KS {
-            let ok = needed.iter().filter(|n| n.is_some_and(|n| n <= M + k)).count();
+            let ok = needed
+                .iter()
+                .filter(|n| n.is_some_and(|n| n <= M + k))
+                .count();
             print!(" {:>5.2}", ok as f64 / trials as f64);
         }
         let done: Vec<usize> = needed.iter().flatten().map(|n| n - M).collect();

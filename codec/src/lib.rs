@@ -10,6 +10,7 @@
 //!
 //! Every parser takes arbitrary bytes and never panics; every builder writes into a buffer the
 //! caller owns. Nothing here allocates unless the `alloc` feature is on.
+#![doc = include_str!("../README.md")]
 #![no_std]
 #![cfg_attr(
     not(test),

@@ -87,7 +87,11 @@ fn decode(
 fn decodes_after_ten_percent_loss_in_any_order() {
     let mut rng = ChaCha8Rng::seed_from_u64(3);
     for trial in 0..60 {
-        let version = if trial % 2 == 0 { Version::V1 } else { Version::V2 };
+        let version = if trial % 2 == 0 {
+            Version::V1
+        } else {
+            Version::V2
+        };
         let m = [10usize, 33, 64, 100, 250][trial % 5];
         let frag_size = rng.gen_range(1..60);
         let redundancy = m / 2 + 10;
@@ -115,7 +119,11 @@ fn decodes_after_ten_percent_loss_in_any_order() {
 fn too_few_fragments_say_so_and_complete_is_always_right() {
     let mut rng = ChaCha8Rng::seed_from_u64(4);
     for trial in 0..200 {
-        let version = if trial % 2 == 0 { Version::V1 } else { Version::V2 };
+        let version = if trial % 2 == 0 {
+            Version::V1
+        } else {
+            Version::V2
+        };
         let m = rng.gen_range(1..80);
         let frag_size = rng.gen_range(1..20);
         let data = random_block(&mut rng, m * frag_size);
@@ -148,9 +156,16 @@ fn too_few_fragments_say_so_and_complete_is_always_right() {
             }
         }
         if done {
-            assert_eq!(store.as_bytes(), &data[..], "trial {trial}: complete with wrong data");
+            assert_eq!(
+                store.as_bytes(),
+                &data[..],
+                "trial {trial}: complete with wrong data"
+            );
         } else {
-            assert!(decoder.received() < m, "trial {trial}: enough fragments but not complete");
+            assert!(
+                decoder.received() < m,
+                "trial {trial}: enough fragments but not complete"
+            );
             assert!(decoder.missing() > 0);
         }
     }
@@ -169,7 +184,10 @@ fn missing_count_before_any_coded_fragment() {
 fn ram_for_m_1024_and_128_lost() {
     let (m, lost, frag_size) = (1024usize, 128usize, 50usize);
     // The documented formula: 2M + 2L + ceil(L(L+1)/16) + 2 ceil(L/8) + ceil(M/8) + 2F.
-    let formula = 2 * m + 2 * lost + (lost * (lost + 1) / 2).div_ceil(8) + 2 * lost.div_ceil(8)
+    let formula = 2 * m
+        + 2 * lost
+        + (lost * (lost + 1) / 2).div_ceil(8)
+        + 2 * lost.div_ceil(8)
         + m.div_ceil(8)
         + 2 * frag_size;
     assert_eq!(Decoder::workspace_len(m, lost, frag_size), formula);
@@ -223,7 +241,10 @@ fn more_lost_than_room_is_reported_not_guessed() {
     }
     assert_eq!(
         decoder.push(&mut store, 41, &fragments[40]),
-        Err(DecodeError::NotEnoughMatrixMemory { lost: 10, max_lost: 5 })
+        Err(DecodeError::NotEnoughMatrixMemory {
+            lost: 10,
+            max_lost: 5
+        })
     );
     // Late data fragments bring the loss within reach; then coded ones are taken.
     for n in 31..=36 {
@@ -255,7 +276,10 @@ fn the_version_matters() {
         .collect();
     let (progress, out) = decode(Version::V2, m, frag_size, m, &arrivals);
     if progress == Progress::Complete {
-        assert_ne!(out, data, "v2 rows rebuilt v1 data: the versions would be interchangeable");
+        assert_ne!(
+            out, data,
+            "v2 rows rebuilt v1 data: the versions would be interchangeable"
+        );
     }
     let (progress, out) = decode(Version::V1, m, frag_size, m, &arrivals);
     assert_eq!(progress, Progress::Complete);
@@ -268,12 +292,24 @@ fn bad_input_is_an_error_not_a_panic() {
     let mut slots = vec![0u8; 12];
     let mut store = RamStore::new(&mut slots, 3);
     let mut decoder = Decoder::new(Version::V1, 4, 3, 4, &mut workspace).unwrap();
-    assert!(matches!(decoder.push(&mut store, 1, &[1, 2]), Err(DecodeError::PayloadLength { .. })));
-    assert!(matches!(decoder.push(&mut store, 0, &[1, 2, 3]), Err(DecodeError::FragmentNumber { .. })));
+    assert!(matches!(
+        decoder.push(&mut store, 1, &[1, 2]),
+        Err(DecodeError::PayloadLength { .. })
+    ));
+    assert!(matches!(
+        decoder.push(&mut store, 0, &[1, 2, 3]),
+        Err(DecodeError::FragmentNumber { .. })
+    ));
     assert!(matches!(
         decoder.push(&mut store, 0x4000, &[1, 2, 3]),
         Err(DecodeError::FragmentNumber { .. })
     ));
-    assert_eq!(decoder.push(&mut store, 0x3fff, &[1, 2, 3]), Ok(Progress::NeedMore { missing: 3 }));
-    assert!(matches!(Decoder::new(Version::V1, 0, 3, 4, &mut []), Err(DecoderError::NbFrag(0))));
+    assert_eq!(
+        decoder.push(&mut store, 0x3fff, &[1, 2, 3]),
+        Ok(Progress::NeedMore { missing: 3 })
+    );
+    assert!(matches!(
+        Decoder::new(Version::V1, 0, 3, 4, &mut []),
+        Err(DecoderError::NbFrag(0))
+    ));
 }

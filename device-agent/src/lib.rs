@@ -1,6 +1,7 @@
 //! The FUOTA device agent (`no_std`, no heap). Its sans-IO agent lands with the device-agent
 //! issue; for now this crate re-exports the codec it is built on, so firmware can already
 //! depend on one crate.
+#![doc = include_str!("../README.md")]
 #![no_std]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 

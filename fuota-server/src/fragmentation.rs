@@ -81,10 +81,16 @@ impl fmt::Display for FragmentationError {
             }
             FragmentationError::Empty => f.write_str("the data block is empty"),
             FragmentationError::TooManyFragments { total, max } => {
-                write!(f, "{total} fragments in all, more than the {max} this code can number")
+                write!(
+                    f,
+                    "{total} fragments in all, more than the {max} this code can number"
+                )
             }
             FragmentationError::Padding { padding, frag_size } => {
-                write!(f, "padding {padding} is not smaller than the fragment size {frag_size}")
+                write!(
+                    f,
+                    "padding {padding} is not smaller than the fragment size {frag_size}"
+                )
             }
             FragmentationError::FragIndex(i) => write!(f, "fragmentation index {i} is not 0..=3"),
             FragmentationError::Codec(e) => f.write_str(e),
@@ -107,7 +113,11 @@ pub struct ParsedFragment {
 }
 
 /// The DataFragment command (CID 0x08 first) carrying fragment `n` of session `frag_index`.
-pub fn data_fragment(frag_index: u8, n: usize, payload: &[u8]) -> Result<Vec<u8>, FragmentationError> {
+pub fn data_fragment(
+    frag_index: u8,
+    n: usize,
+    payload: &[u8],
+) -> Result<Vec<u8>, FragmentationError> {
     if frag_index > 3 {
         return Err(FragmentationError::FragIndex(frag_index));
     }
@@ -121,7 +131,10 @@ pub fn data_fragment(frag_index: u8, n: usize, payload: &[u8]) -> Result<Vec<u8>
         payload,
     });
     let mut buf = vec![0u8; 3 + payload.len()];
-    let len = cmd.build_into(Version::V2, &mut buf).map_err(codec_err)?.len();
+    let len = cmd
+        .build_into(Version::V2, &mut buf)
+        .map_err(codec_err)?
+        .len();
     buf.truncate(len);
     Ok(buf)
 }
@@ -205,8 +218,8 @@ pub fn rebuild(
             let mut workspace = vec![0u8; fec::decoder::Decoder::workspace_len(m, m, frag_size)];
             let mut slots = vec![0u8; m * frag_size];
             let mut store = RamStore::new(&mut slots, frag_size);
-            let mut decoder =
-                fec::decoder::Decoder::new(version, m, frag_size, m, &mut workspace).map_err(codec_err)?;
+            let mut decoder = fec::decoder::Decoder::new(version, m, frag_size, m, &mut workspace)
+                .map_err(codec_err)?;
             let mut progress = decoder.progress();
             for (n, payload) in fragments {
                 progress = decoder.push(&mut store, *n, payload).map_err(codec_err)?;
@@ -240,7 +253,11 @@ pub fn rebuild(
     }
 }
 
-fn finish(progress: Progress, mut slots: Vec<u8>, layout: Layout) -> Result<Rebuilt, FragmentationError> {
+fn finish(
+    progress: Progress,
+    mut slots: Vec<u8>,
+    layout: Layout,
+) -> Result<Rebuilt, FragmentationError> {
     Ok(match progress {
         Progress::Complete => {
             slots.truncate(layout.data_len());
@@ -257,7 +274,11 @@ mod tests {
     #[test]
     fn encode_then_rebuild_with_losses() {
         let data: Vec<u8> = (0..1000u32).map(|i| (i * 7 % 251) as u8).collect();
-        for code in [Code::Ts004(Version::V1), Code::Ts004(Version::V2), Code::ReedSolomon] {
+        for code in [
+            Code::Ts004(Version::V1),
+            Code::Ts004(Version::V2),
+            Code::ReedSolomon,
+        ] {
             let (layout, commands) = encode_block(&data, 48, 10, code, 2).unwrap();
             assert_eq!((layout.nb_frag, layout.padding), (21, 8));
             let fragments: Vec<_> = commands
@@ -269,9 +290,14 @@ mod tests {
                     (f.n, f.payload)
                 })
                 .collect();
-            assert_eq!(rebuild(layout, code, &fragments).unwrap(), Rebuilt::Complete(data.clone()));
+            assert_eq!(
+                rebuild(layout, code, &fragments).unwrap(),
+                Rebuilt::Complete(data.clone())
+            );
             let few = &fragments[..15];
-            assert!(matches!(rebuild(layout, code, few).unwrap(), Rebuilt::NeedMore { missing } if missing >= 6));
+            assert!(
+                matches!(rebuild(layout, code, few).unwrap(), Rebuilt::NeedMore { missing } if missing >= 6)
+            );
         }
     }
 
@@ -279,7 +305,11 @@ mod tests {
     fn bad_layouts_are_refused() {
         assert_eq!(Layout::for_len(10, 0), Err(FragmentationError::FragSize(0)));
         assert_eq!(Layout::for_len(0, 10), Err(FragmentationError::Empty));
-        let layout = Layout { frag_size: 4, nb_frag: 2, padding: 4 };
+        let layout = Layout {
+            frag_size: 4,
+            nb_frag: 2,
+            padding: 4,
+        };
         assert!(rebuild(layout, Code::Ts004(Version::V2), &[]).is_err());
         assert!(encode_block(&[1; 300], 1, 0, Code::ReedSolomon, 0).is_err());
     }

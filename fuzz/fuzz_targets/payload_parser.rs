@@ -1,18 +1,31 @@
 //! Any bytes on any application-layer port, either direction, either version: the parsers
-//! must return Ok or Err, never panic, and whatever parses must build back to the same bytes.
+//! must return Ok or Err, never panic, and what parses must build back to the same bytes.
 #![no_main]
 
-use fuota_codec::{clock_sync, Version};
+use fuota_codec::{clock_sync, fragmentation, multicast_setup, Version};
 use libfuzzer_sys::fuzz_target;
+
+macro_rules! round_trip {
+    ($iter:expr, $version:expr, $data:expr) => {{
+        let mut at = 0usize;
+        for cmd in $iter {
+            let Ok(cmd) = cmd else { break };
+            let len = cmd.len($version);
+            let mut buf = [0u8; 256];
+            let built = cmd.build_into($version, &mut buf).expect("a parsed command builds");
+            assert_eq!(built, &$data[at..at + len], "rebuilt bytes differ");
+            at += len;
+        }
+    }};
+}
 
 fuzz_target!(|data: &[u8]| {
     for version in [Version::V1, Version::V2] {
-        let mut buf = [0u8; 256];
-        for cmd in clock_sync::downlinks(version, data).flatten() {
-            let _ = cmd.build_into(version, &mut buf);
-        }
-        for cmd in clock_sync::uplinks(version, data).flatten() {
-            let _ = cmd.build_into(version, &mut buf);
-        }
+        round_trip!(clock_sync::downlinks(version, data), version, data);
+        round_trip!(clock_sync::uplinks(version, data), version, data);
+        round_trip!(fragmentation::downlinks(version, data), version, data);
+        round_trip!(fragmentation::uplinks(version, data), version, data);
+        round_trip!(multicast_setup::downlinks(version, data), version, data);
+        round_trip!(multicast_setup::uplinks(version, data), version, data);
     }
 });

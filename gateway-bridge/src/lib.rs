@@ -1,3 +1,4 @@
+#![doc = include_str!("../README.md")]
 //! Bridges Semtech's UDP packet-forwarder protocol and ChirpStack Gateway Bridge MQTT topics.
 //! The protocol handling lands with the gateway-bridge issue.
 

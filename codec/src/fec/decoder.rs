@@ -195,7 +195,12 @@ impl<'w> Decoder<'w> {
     /// `frag_size`. See the module docs.
     pub const fn workspace_len(m: usize, max_lost: usize, frag_size: usize) -> usize {
         let l = if max_lost < m { max_lost } else { m };
-        2 * m + 2 * l + bitmap_len(l * (l + 1) / 2) + 2 * bitmap_len(l) + bitmap_len(m) + 2 * frag_size
+        2 * m
+            + 2 * l
+            + bitmap_len(l * (l + 1) / 2)
+            + 2 * bitmap_len(l)
+            + bitmap_len(m)
+            + 2 * frag_size
     }
 
     /// A decoder for `m` data fragments of `frag_size` bytes that can recover up to
@@ -385,8 +390,11 @@ impl<'w> Decoder<'w> {
             Some(l) => l,
             None => self.fix_unknowns::<S>()?,
         };
-        parity::fill_row(self.version, row_number as u32, self.m, self.parity)
-            .ok_or(DecodeError::FragmentNumber { n: row_number + self.m })?;
+        parity::fill_row(self.version, row_number as u32, self.m, self.parity).ok_or(
+            DecodeError::FragmentNumber {
+                n: row_number + self.m,
+            },
+        )?;
         self.row[..bitmap_len(l)].fill(0);
         self.buf_a.copy_from_slice(payload);
         for i in 0..self.m {
@@ -415,10 +423,14 @@ impl<'w> Decoder<'w> {
             let slot = get_u16(self.column_slot, c) as usize;
             if bit(self.pivots, c) {
                 self.matrix.xor_row_into(c, self.row);
-                store.read_slot(slot, self.buf_b).map_err(DecodeError::Store)?;
+                store
+                    .read_slot(slot, self.buf_b)
+                    .map_err(DecodeError::Store)?;
                 xor_into(self.buf_a, self.buf_b);
             } else {
-                store.write_slot(slot, self.buf_a).map_err(DecodeError::Store)?;
+                store
+                    .write_slot(slot, self.buf_a)
+                    .map_err(DecodeError::Store)?;
                 self.matrix.store_row(c, self.row);
                 set_bit(self.pivots, c);
                 self.kept_rows += 1;
@@ -433,7 +445,10 @@ impl<'w> Decoder<'w> {
     }
 
     /// Solves the full triangular system in place: each slot becomes its data fragment.
-    fn back_substitute<S: FragmentStore>(&mut self, store: &mut S) -> Result<(), DecodeError<S::Error>> {
+    fn back_substitute<S: FragmentStore>(
+        &mut self,
+        store: &mut S,
+    ) -> Result<(), DecodeError<S::Error>> {
         let l = self.matrix.l;
         for c in (0..l).rev() {
             let slot = get_u16(self.column_slot, c) as usize;
@@ -441,16 +456,22 @@ impl<'w> Decoder<'w> {
             for j in c + 1..l {
                 if self.matrix.get(c, j) {
                     if !dirty {
-                        store.read_slot(slot, self.buf_a).map_err(DecodeError::Store)?;
+                        store
+                            .read_slot(slot, self.buf_a)
+                            .map_err(DecodeError::Store)?;
                         dirty = true;
                     }
                     let other = get_u16(self.column_slot, j) as usize;
-                    store.read_slot(other, self.buf_b).map_err(DecodeError::Store)?;
+                    store
+                        .read_slot(other, self.buf_b)
+                        .map_err(DecodeError::Store)?;
                     xor_into(self.buf_a, self.buf_b);
                 }
             }
             if dirty {
-                store.write_slot(slot, self.buf_a).map_err(DecodeError::Store)?;
+                store
+                    .write_slot(slot, self.buf_a)
+                    .map_err(DecodeError::Store)?;
             }
         }
         self.complete = true;

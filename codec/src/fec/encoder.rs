@@ -108,7 +108,12 @@ impl<'d> Encoder<'d> {
     /// Writes fragment `n` (1-based; data for n <= M, coded above) into `out`, which must be
     /// exactly one fragment long. `row` is scratch of at least [`Self::row_len`] bytes (unused
     /// for data fragments).
-    pub fn fragment_into(&self, n: usize, row: &mut [u8], out: &mut [u8]) -> Result<(), EncodeError> {
+    pub fn fragment_into(
+        &self,
+        n: usize,
+        row: &mut [u8],
+        out: &mut [u8],
+    ) -> Result<(), EncodeError> {
         if out.len() != self.frag_size {
             return Err(EncodeError::Buffer {
                 needed: self.frag_size,
@@ -146,7 +151,10 @@ impl<'d> Encoder<'d> {
 
     /// All M data fragments then `redundancy` coded ones.
     #[cfg(feature = "alloc")]
-    pub fn encode_all(&self, redundancy: usize) -> Result<alloc::vec::Vec<alloc::vec::Vec<u8>>, EncodeError> {
+    pub fn encode_all(
+        &self,
+        redundancy: usize,
+    ) -> Result<alloc::vec::Vec<alloc::vec::Vec<u8>>, EncodeError> {
         use alloc::vec;
         let total = self.nb_frag + redundancy;
         if total > MAX_FRAGMENT_NUMBER {

@@ -41,7 +41,11 @@ pub struct CodeArgs {
 impl CodeArgs {
     fn code(&self) -> Code {
         match self.algo {
-            AlgoArg::Ts004 => Code::Ts004(if self.version == 1 { Version::V1 } else { Version::V2 }),
+            AlgoArg::Ts004 => Code::Ts004(if self.version == 1 {
+                Version::V1
+            } else {
+                Version::V2
+            }),
             AlgoArg::Rs => Code::ReedSolomon,
         }
     }
@@ -94,7 +98,8 @@ pub fn run(cmd: FragCommand) -> Result<ExitCode> {
 }
 
 fn encode(args: EncodeArgs) -> Result<ExitCode> {
-    let data = fs::read(&args.input).with_context(|| format!("reading {}", args.input.display()))?;
+    let data =
+        fs::read(&args.input).with_context(|| format!("reading {}", args.input.display()))?;
     let (layout, fragments) = fragmentation::encode_block(
         &data,
         args.frag_size,
