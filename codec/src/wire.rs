@@ -21,14 +21,6 @@ impl<'a> Reader<'a> {
         }
     }
 
-    pub(crate) fn command(&self) -> &'static str {
-        self.command
-    }
-
-    pub(crate) fn position(&self) -> usize {
-        self.pos
-    }
-
     pub(crate) fn remaining(&self) -> &'a [u8] {
         self.bytes.get(self.pos..).unwrap_or(&[])
     }
