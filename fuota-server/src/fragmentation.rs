@@ -100,8 +100,8 @@ impl fmt::Display for FragmentationError {
 
 impl std::error::Error for FragmentationError {}
 
-fn codec_err(e: impl fmt::Debug) -> FragmentationError {
-    FragmentationError::Codec(format!("{e:?}"))
+fn codec_err(e: impl fmt::Display) -> FragmentationError {
+    FragmentationError::Codec(e.to_string())
 }
 
 /// One DataFragment as read back from the air or a file.
@@ -174,10 +174,13 @@ pub fn encode_block(
         return Err(FragmentationError::TooManyFragments { total, max });
     }
     let fragments = match code {
-        Code::Ts004(version) => fec::encoder::encode(version, data, frag_size, redundancy),
-        Code::ReedSolomon => fec::reed_solomon::encode(data, frag_size, redundancy),
-    }
-    .map_err(codec_err)?;
+        Code::Ts004(version) => {
+            fec::encoder::encode(version, data, frag_size, redundancy).map_err(codec_err)?
+        }
+        Code::ReedSolomon => {
+            fec::reed_solomon::encode(data, frag_size, redundancy).map_err(codec_err)?
+        }
+    };
     let commands = fragments
         .iter()
         .enumerate()
