@@ -23,7 +23,11 @@ pub struct DlFrequ(pub u32);
 impl DlFrequ {
     /// The carried value for `hz`, or None if it is not on the grid or does not fit 24 bits.
     pub fn from_hz(hz: u32) -> Option<Self> {
-        let (step, hz) = if hz >= 2_400_000_000 { (2, hz / 2) } else { (1, hz) };
+        let (step, hz) = if hz >= 2_400_000_000 {
+            (2, hz / 2)
+        } else {
+            (1, hz)
+        };
         if hz % 100 != 0 || (step == 2 && hz % 2 != 0) {
             return None;
         }
@@ -214,7 +218,11 @@ fn check_id(w: &Writer<'_>, id: u8) -> Result<(), Error> {
 fn cid_of(bytes: &[u8]) -> Result<(u8, &[u8]), Error> {
     match bytes.split_first() {
         Some((&cid, body)) => Ok((cid, body)),
-        None => Err(Error::new("payload", "CID", ErrorKind::Truncated { needed: 1, got: 0 })),
+        None => Err(Error::new(
+            "payload",
+            "CID",
+            ErrorKind::Truncated { needed: 1, got: 0 },
+        )),
     }
 }
 
@@ -574,7 +582,10 @@ mod tests {
         });
         let mut buf = [0u8; 11];
         let bytes = req.build_into(Version::V2, &mut buf).unwrap();
-        assert_eq!(bytes, [0x04, 0x01, 0x04, 0x03, 0x02, 0x01, 0x09, 0xd2, 0xad, 0x84, 0x00]);
+        assert_eq!(
+            bytes,
+            [0x04, 0x01, 0x04, 0x03, 0x02, 0x01, 0x09, 0xd2, 0xad, 0x84, 0x00]
+        );
         assert_eq!(Downlink::parse(Version::V2, bytes), Ok((req, 11)));
         assert_eq!(DlFrequ(0x84add2).hz(), 869_525_000);
     }
@@ -582,13 +593,20 @@ mod tests {
     #[test]
     fn status_answer_carries_one_item_per_group() {
         let bytes = [0x01, 0x25, 0x00, 1, 2, 3, 4, 0x02, 5, 6, 7, 8];
-        let (Uplink::McGroupStatusAns(a), used) = Uplink::parse(Version::V1, &bytes).unwrap() else {
+        let (Uplink::McGroupStatusAns(a), used) = Uplink::parse(Version::V1, &bytes).unwrap()
+        else {
             panic!("wrong command")
         };
         assert_eq!(used, 12);
         assert_eq!(a.nb_total_groups, 2);
         assert_eq!(a.items().len(), 2);
-        assert_eq!(a.items()[1], McGroupStatusItem { mc_group_id: 2, mc_addr: 0x0807_0605 });
+        assert_eq!(
+            a.items()[1],
+            McGroupStatusItem {
+                mc_group_id: 2,
+                mc_addr: 0x0807_0605
+            }
+        );
         let e = Uplink::parse(Version::V1, &bytes[..10]).unwrap_err();
         assert_eq!((e.command, e.field), ("McGroupStatusAns", "McAddr"));
     }
@@ -598,10 +616,15 @@ mod tests {
         let bytes = [0x04, 0x21, 0x10, 0x00, 0x00];
         assert!(Uplink::parse(Version::V2, &bytes).is_ok());
         let e = Uplink::parse(Version::V1, &bytes).unwrap_err();
-        assert_eq!((e.field, e.kind), ("StatusAndMcGroupID", ErrorKind::ReservedBits));
+        assert_eq!(
+            (e.field, e.kind),
+            ("StatusAndMcGroupID", ErrorKind::ReservedBits)
+        );
         // A refused session carries no TimeToStart.
         let (cmd, used) = Uplink::parse(Version::V1, &[0x04, 0x09, 0x04, 0x01]).unwrap();
         assert_eq!(used, 2);
-        assert!(matches!(cmd, Uplink::McClassCSessionAns(a) if a.freq_error && a.time_to_start.is_none()));
+        assert!(
+            matches!(cmd, Uplink::McClassCSessionAns(a) if a.freq_error && a.time_to_start.is_none())
+        );
     }
 }
