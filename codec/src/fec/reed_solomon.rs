@@ -229,11 +229,11 @@ impl ReedSolomonDecoder {
         let code = ReedSolomon::new(self.m, self.redundancy).map_err(|_| ReedSolomonError::Code)?;
         code.reconstruct_data(&mut shards)
             .map_err(|_| ReedSolomonError::Code)?;
-        for i in 0..self.m {
-            if self.have[i] {
+        for (i, (shard, have)) in shards.iter().zip(&self.have).take(self.m).enumerate() {
+            if *have {
                 continue;
             }
-            let shard = shards[i].as_deref().ok_or(ReedSolomonError::Code)?;
+            let shard = shard.as_deref().ok_or(ReedSolomonError::Code)?;
             store
                 .write_slot(i, shard)
                 .map_err(ReedSolomonError::Store)?;
