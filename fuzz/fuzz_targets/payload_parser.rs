@@ -11,7 +11,7 @@ macro_rules! round_trip {
         for cmd in $iter {
             let Ok(cmd) = cmd else { break };
             let len = cmd.len($version);
-            let mut buf = [0u8; 256];
+            let mut buf = vec![0u8; len];
             let built = cmd.build_into($version, &mut buf).expect("a parsed command builds");
             assert_eq!(built, &$data[at..at + len], "rebuilt bytes differ");
             at += len;
