@@ -7,6 +7,7 @@
 //! - [`keys`]: multicast key derivation and the TS004 v2 data-block MIC.
 //! - [`fec`]: the TS004 parity code (encoder and a flash-friendly decoder), and an optional
 //!   Reed-Solomon mode.
+//! - [`patch`]: the signed patch container and its streaming applier (heatshrink + bspatch).
 //!
 //! Every parser takes arbitrary bytes and never panics; every builder writes into a buffer the
 //! caller owns. Nothing here allocates unless the `alloc` feature is on.
@@ -27,6 +28,7 @@ pub mod fragmentation;
 pub mod keys;
 pub mod multicast_setup;
 pub mod package;
+pub mod patch;
 mod wire;
 
 pub use error::{Error, ErrorKind};

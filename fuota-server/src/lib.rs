@@ -1,5 +1,7 @@
 #![doc = include_str!("../README.md")]
-//! The FUOTA server library: cutting data blocks into fragments (and rebuilding them, for
-//! checks). The patch maker, planner and campaign engine land with their issues.
+//! The FUOTA server library: making signed patches ([`patch`]), cutting data blocks into
+//! fragments (and rebuilding them, for checks). The planner and campaign engine land with
+//! their issues.
 
 pub mod fragmentation;
+pub mod patch;

@@ -19,6 +19,12 @@ enum Command {
     /// Fragment a file into TS004 DataFragments, or rebuild it from them.
     #[command(subcommand)]
     Frag(cli::frag::FragCommand),
+    /// Signing keys for patches.
+    #[command(subcommand)]
+    Keys(cli::keys::KeysCommand),
+    /// Signed delta patches: create, inspect, apply, bench.
+    #[command(subcommand)]
+    Patch(cli::patch::PatchCommand),
 }
 
 fn main() -> ExitCode {
@@ -32,6 +38,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Frag(cmd) => cli::frag::run(cmd),
+        Command::Keys(cmd) => cli::keys::run(cmd),
+        Command::Patch(cmd) => cli::patch::run(cmd),
     };
     match result {
         Ok(code) => code,

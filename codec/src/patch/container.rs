@@ -1,0 +1,291 @@
+//! The signed patch container: header, manifest, signature, then the payload.
+//! `docs/patch-format.md` is the byte-by-byte specification; this module is its code.
+
+use super::heatshrink::Params;
+
+/// "LWFP": LoRaWAN firmware patch.
+pub const MAGIC: [u8; 4] = *b"LWFP";
+/// Container layout this code reads and writes.
+pub const FORMAT_VERSION: u8 = 1;
+pub const HEADER_LEN: usize = 8;
+pub const MANIFEST_LEN: usize = 96;
+/// ECDSA P-256 signature, `r || s`, 32 bytes each, big-endian.
+pub const SIGNATURE_LEN: usize = 64;
+/// Everything before the payload: what the signature covers, plus the signature.
+pub const PREAMBLE_LEN: usize = HEADER_LEN + MANIFEST_LEN + SIGNATURE_LEN;
+/// The bytes the signature covers.
+pub const SIGNED_LEN: usize = HEADER_LEN + MANIFEST_LEN;
+
+/// What the payload rebuilds the target from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// A detools sequential patch against the source image.
+    Delta,
+    /// The whole target image, compressed.
+    Full,
+}
+
+impl Kind {
+    pub const fn code(self) -> u8 {
+        match self {
+            Kind::Delta => 0,
+            Kind::Full => 1,
+        }
+    }
+}
+
+/// How the payload is compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Compression {
+    None,
+    Heatshrink(Params),
+}
+
+/// Target version, MCUboot style: `major.minor.revision+build`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
+pub struct ImageVersion {
+    pub major: u8,
+    pub minor: u8,
+    pub revision: u16,
+    pub build: u32,
+}
+
+impl core::fmt::Display for ImageVersion {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "{}.{}.{}", self.major, self.minor, self.revision)?;
+        if self.build != 0 {
+            write!(f, "+{}", self.build)?;
+        }
+        Ok(())
+    }
+}
+
+/// The signed description of a patch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Manifest {
+    pub kind: Kind,
+    /// Source image size and SHA-256; zero for [`Kind::Full`].
+    pub source_len: u32,
+    pub source_sha256: [u8; 32],
+    pub target_len: u32,
+    pub target_sha256: [u8; 32],
+    pub version: ImageVersion,
+    /// Anti-rollback counter (MCUboot's security counter).
+    pub security_counter: u32,
+    pub payload_len: u32,
+    pub compression: Compression,
+}
+
+/// Why a container was rejected before its payload was looked at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContainerError {
+    /// Fewer bytes than the header, manifest and signature need.
+    Truncated { needed: usize, got: usize },
+    /// The first four bytes are not "LWFP".
+    BadMagic,
+    /// A container format version this code does not know.
+    UnsupportedFormatVersion(u8),
+    /// The manifest length in the header is not the one of this format version.
+    ManifestLength(u16),
+    /// A field holds a value the format does not allow; the name says which.
+    InvalidField(&'static str),
+    /// Reserved manifest bytes are not zero.
+    ReservedBytes,
+    /// The payload is not exactly `payload_len` bytes.
+    PayloadLength { expected: u32, got: usize },
+}
+
+impl core::fmt::Display for ContainerError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            ContainerError::Truncated { needed, got } => {
+                write!(f, "patch truncated: needs {needed} bytes, got {got}")
+            }
+            ContainerError::BadMagic => f.write_str("not a patch: bad magic (expected \"LWFP\")"),
+            ContainerError::UnsupportedFormatVersion(v) => {
+                write!(
+                    f,
+                    "unsupported patch format version {v} (expected {FORMAT_VERSION})"
+                )
+            }
+            ContainerError::ManifestLength(n) => {
+                write!(f, "manifest length {n} (expected {MANIFEST_LEN})")
+            }
+            ContainerError::InvalidField(name) => write!(f, "invalid manifest field {name}"),
+            ContainerError::ReservedBytes => f.write_str("reserved manifest bytes are not zero"),
+            ContainerError::PayloadLength { expected, got } => {
+                write!(f, "payload is {got} bytes, manifest says {expected}")
+            }
+        }
+    }
+}
+
+fn u16_at(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+fn array32(b: &[u8], at: usize) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(&b[at..at + 32]);
+    out
+}
+
+// Manifest offsets (from the manifest's start).
+const M_SOURCE_LEN: usize = 0;
+const M_SOURCE_SHA: usize = 4;
+const M_TARGET_LEN: usize = 36;
+const M_TARGET_SHA: usize = 40;
+const M_VERSION: usize = 72;
+const M_SECURITY_COUNTER: usize = 80;
+const M_PAYLOAD_LEN: usize = 84;
+const M_COMPRESSION: usize = 88;
+const M_WINDOW: usize = 89;
+const M_LOOKAHEAD: usize = 90;
+const M_RESERVED: usize = 91;
+
+impl Manifest {
+    /// Parses the header and manifest (the first [`SIGNED_LEN`] bytes of a patch). The
+    /// signature is not checked here: see [`super::apply::verify_preamble`].
+    pub fn parse(signed: &[u8]) -> Result<Self, ContainerError> {
+        if signed.len() < SIGNED_LEN {
+            return Err(ContainerError::Truncated {
+                needed: SIGNED_LEN,
+                got: signed.len(),
+            });
+        }
+        if signed[..4] != MAGIC {
+            return Err(ContainerError::BadMagic);
+        }
+        if signed[4] != FORMAT_VERSION {
+            return Err(ContainerError::UnsupportedFormatVersion(signed[4]));
+        }
+        let kind = match signed[5] {
+            0 => Kind::Delta,
+            1 => Kind::Full,
+            _ => return Err(ContainerError::InvalidField("kind")),
+        };
+        let manifest_len = u16_at(signed, 6);
+        if usize::from(manifest_len) != MANIFEST_LEN {
+            return Err(ContainerError::ManifestLength(manifest_len));
+        }
+        let m = &signed[HEADER_LEN..SIGNED_LEN];
+        if m[M_RESERVED..].iter().any(|&b| b != 0) {
+            return Err(ContainerError::ReservedBytes);
+        }
+        let source_len = u32_at(m, M_SOURCE_LEN);
+        let source_sha256 = array32(m, M_SOURCE_SHA);
+        match kind {
+            Kind::Full if source_len != 0 => {
+                return Err(ContainerError::InvalidField("source_size"))
+            }
+            Kind::Full if source_sha256 != [0; 32] => {
+                return Err(ContainerError::InvalidField("source_sha256"))
+            }
+            Kind::Delta if source_len == 0 => {
+                return Err(ContainerError::InvalidField("source_size"))
+            }
+            _ => {}
+        }
+        let target_len = u32_at(m, M_TARGET_LEN);
+        if target_len == 0 {
+            return Err(ContainerError::InvalidField("target_size"));
+        }
+        let compression = match (m[M_COMPRESSION], m[M_WINDOW], m[M_LOOKAHEAD]) {
+            (0, 0, 0) => Compression::None,
+            (1, w, l) => Compression::Heatshrink(
+                Params::new(w, l).ok_or(ContainerError::InvalidField("heatshrink_window"))?,
+            ),
+            (0, _, _) => return Err(ContainerError::InvalidField("heatshrink_window")),
+            _ => return Err(ContainerError::InvalidField("compression")),
+        };
+        let payload_len = u32_at(m, M_PAYLOAD_LEN);
+        if payload_len == 0 {
+            return Err(ContainerError::InvalidField("payload_size"));
+        }
+        Ok(Self {
+            kind,
+            source_len,
+            source_sha256,
+            target_len,
+            target_sha256: array32(m, M_TARGET_SHA),
+            version: ImageVersion {
+                major: m[M_VERSION],
+                minor: m[M_VERSION + 1],
+                revision: u16_at(m, M_VERSION + 2),
+                build: u32_at(m, M_VERSION + 4),
+            },
+            security_counter: u32_at(m, M_SECURITY_COUNTER),
+            payload_len,
+            compression,
+        })
+    }
+
+    /// Writes header and manifest (the signed bytes) into `out`.
+    pub fn build_into(&self, out: &mut [u8; SIGNED_LEN]) {
+        out.fill(0);
+        out[..4].copy_from_slice(&MAGIC);
+        out[4] = FORMAT_VERSION;
+        out[5] = self.kind.code();
+        out[6..8].copy_from_slice(&(MANIFEST_LEN as u16).to_le_bytes());
+        let m = &mut out[HEADER_LEN..];
+        m[M_SOURCE_LEN..M_SOURCE_LEN + 4].copy_from_slice(&self.source_len.to_le_bytes());
+        m[M_SOURCE_SHA..M_SOURCE_SHA + 32].copy_from_slice(&self.source_sha256);
+        m[M_TARGET_LEN..M_TARGET_LEN + 4].copy_from_slice(&self.target_len.to_le_bytes());
+        m[M_TARGET_SHA..M_TARGET_SHA + 32].copy_from_slice(&self.target_sha256);
+        m[M_VERSION] = self.version.major;
+        m[M_VERSION + 1] = self.version.minor;
+        m[M_VERSION + 2..M_VERSION + 4].copy_from_slice(&self.version.revision.to_le_bytes());
+        m[M_VERSION + 4..M_VERSION + 8].copy_from_slice(&self.version.build.to_le_bytes());
+        m[M_SECURITY_COUNTER..M_SECURITY_COUNTER + 4]
+            .copy_from_slice(&self.security_counter.to_le_bytes());
+        m[M_PAYLOAD_LEN..M_PAYLOAD_LEN + 4].copy_from_slice(&self.payload_len.to_le_bytes());
+        if let Compression::Heatshrink(p) = self.compression {
+            m[M_COMPRESSION] = 1;
+            m[M_WINDOW] = p.window_bits;
+            m[M_LOOKAHEAD] = p.lookahead_bits;
+        }
+    }
+}
+
+/// A whole patch in memory, split into its parts (nothing verified yet).
+#[derive(Debug, Clone, Copy)]
+pub struct Container<'a> {
+    pub manifest: Manifest,
+    pub signed: &'a [u8],
+    pub signature: &'a [u8; SIGNATURE_LEN],
+    pub payload: &'a [u8],
+}
+
+impl<'a> Container<'a> {
+    /// Splits a complete patch; checks lengths and the manifest, not the signature.
+    pub fn parse(bytes: &'a [u8]) -> Result<Self, ContainerError> {
+        if bytes.len() < PREAMBLE_LEN {
+            return Err(ContainerError::Truncated {
+                needed: PREAMBLE_LEN,
+                got: bytes.len(),
+            });
+        }
+        let manifest = Manifest::parse(bytes)?;
+        let (signed, rest) = bytes.split_at(SIGNED_LEN);
+        let (signature, payload) = rest.split_at(SIGNATURE_LEN);
+        let signature = signature
+            .try_into()
+            .map_err(|_| ContainerError::InvalidField("signature"))?;
+        if payload.len() != manifest.payload_len as usize {
+            return Err(ContainerError::PayloadLength {
+                expected: manifest.payload_len,
+                got: payload.len(),
+            });
+        }
+        Ok(Self {
+            manifest,
+            signed,
+            signature,
+            payload,
+        })
+    }
+}

@@ -1,0 +1,306 @@
+//! Streaming heatshrink (LZSS) decoder with the window and lookahead chosen at run time.
+//!
+//! The bit stream is the one of the heatshrink C library (and of `heatshrink2` and detools):
+//! MSB first; a `1` tag bit is followed by an 8-bit literal; a `0` tag bit by `W` bits of
+//! `offset - 1` and `L` bits of `count - 1`; the last byte is padded with zero bits. A
+//! back-reference that reaches before the start of the output reads zeros, as in C.
+//!
+//! The window lives inside the decoder as `[u8; N]`; any stream with `2^W <= N` decodes, so a
+//! device picks `N` from its RAM budget once and accepts every pair the patch maker may choose.
+//! The state is plain data (no pointers), so it can be copied out and back.
+
+/// Smallest and largest window exponents heatshrink defines.
+pub const MIN_WINDOW_BITS: u8 = 4;
+pub const MAX_WINDOW_BITS: u8 = 15;
+/// Smallest lookahead exponent heatshrink defines; the largest is `window - 1`.
+pub const MIN_LOOKAHEAD_BITS: u8 = 3;
+
+/// Window and lookahead exponents of a heatshrink stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Params {
+    pub window_bits: u8,
+    pub lookahead_bits: u8,
+}
+
+impl Params {
+    /// `None` unless `4 <= window <= 15` and `3 <= lookahead < window`, the ranges the C
+    /// library accepts.
+    pub const fn new(window_bits: u8, lookahead_bits: u8) -> Option<Self> {
+        if window_bits < MIN_WINDOW_BITS
+            || window_bits > MAX_WINDOW_BITS
+            || lookahead_bits < MIN_LOOKAHEAD_BITS
+            || lookahead_bits >= window_bits
+        {
+            return None;
+        }
+        Some(Self {
+            window_bits,
+            lookahead_bits,
+        })
+    }
+
+    /// Window size in bytes (`2^W`): what the decoder must hold.
+    pub const fn window_len(&self) -> usize {
+        1 << self.window_bits
+    }
+
+    /// detools' one-byte form: `(W - 4) << 4 | (L - 3)`.
+    pub const fn detools_byte(&self) -> u8 {
+        ((self.window_bits - MIN_WINDOW_BITS) << 4) | (self.lookahead_bits - MIN_LOOKAHEAD_BITS)
+    }
+
+    /// Inverse of [`Params::detools_byte`]; `None` for pairs heatshrink does not allow.
+    pub const fn from_detools_byte(byte: u8) -> Option<Self> {
+        Self::new(
+            (byte >> 4) + MIN_WINDOW_BITS,
+            (byte & 0x0f) + MIN_LOOKAHEAD_BITS,
+        )
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Tag,
+    Literal,
+    Offset,
+    Count { offset: u16 },
+    Copy { offset: u16, remaining: u16 },
+}
+
+/// Why a heatshrink stream was rejected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeatshrinkError {
+    /// The stream's window (`2^W` bytes) is larger than this decoder's buffer.
+    WindowTooLarge { window_bits: u8, capacity: usize },
+    /// The stream ended inside a literal or back-reference, or its padding is not zero bits.
+    Truncated,
+}
+
+impl core::fmt::Display for HeatshrinkError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            HeatshrinkError::WindowTooLarge {
+                window_bits,
+                capacity,
+            } => write!(
+                f,
+                "heatshrink window 2^{window_bits} bytes does not fit the decoder's {capacity} bytes"
+            ),
+            HeatshrinkError::Truncated => {
+                f.write_str("heatshrink stream ends inside a literal or back-reference")
+            }
+        }
+    }
+}
+
+/// Streaming decoder; `N` (a power of two, at least 16) bounds the window it accepts.
+#[derive(Clone)]
+pub struct Decoder<const N: usize> {
+    window: [u8; N],
+    /// Bytes produced so far (wrapping); `head & (N - 1)` is the next window slot.
+    head: u32,
+    /// Input bits not yet used, right-aligned in `bits`.
+    bits: u32,
+    nbits: u8,
+    window_bits: u8,
+    lookahead_bits: u8,
+    state: State,
+}
+
+impl<const N: usize> core::fmt::Debug for Decoder<N> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Decoder")
+            .field("window_bits", &self.window_bits)
+            .field("lookahead_bits", &self.lookahead_bits)
+            .field("head", &self.head)
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<const N: usize> Decoder<N> {
+    const MASK: u32 = {
+        assert!(N.is_power_of_two() && N >= 16 && N <= 1 << 15);
+        (N - 1) as u32
+    };
+
+    /// A decoder for a stream with these parameters, or an error if its window exceeds `N`.
+    pub fn new(params: Params) -> Result<Self, HeatshrinkError> {
+        if params.window_len() > N {
+            return Err(HeatshrinkError::WindowTooLarge {
+                window_bits: params.window_bits,
+                capacity: N,
+            });
+        }
+        Ok(Self {
+            window: [0; N],
+            head: 0,
+            bits: 0,
+            nbits: 0,
+            window_bits: params.window_bits,
+            lookahead_bits: params.lookahead_bits,
+            state: State::Tag,
+        })
+    }
+
+    /// Parameters of the stream being decoded.
+    pub fn params(&self) -> Params {
+        Params {
+            window_bits: self.window_bits,
+            lookahead_bits: self.lookahead_bits,
+        }
+    }
+
+    /// Bytes produced so far (modulo 2^32).
+    pub fn produced(&self) -> u32 {
+        self.head
+    }
+
+    /// Takes `n` bits (n <= 16), pulling whole bytes from `input` as needed.
+    #[inline(always)]
+    fn take(&mut self, n: u8, input: &[u8], pos: &mut usize) -> Option<u16> {
+        while self.nbits < n {
+            let byte = *input.get(*pos)?;
+            *pos += 1;
+            self.bits = (self.bits << 8) | u32::from(byte);
+            self.nbits += 8;
+        }
+        self.nbits -= n;
+        let value = (self.bits >> self.nbits) & ((1u32 << n) - 1);
+        self.bits &= (1u32 << self.nbits) - 1;
+        Some(value as u16)
+    }
+
+    #[inline(always)]
+    fn emit(&mut self, byte: u8) {
+        self.window[(self.head & Self::MASK) as usize] = byte;
+        self.head = self.head.wrapping_add(1);
+    }
+
+    /// Decodes from `input` into `out` until the input is used up or `out` is full.
+    /// Returns `(consumed, produced)`. Bytes consumed are remembered (partially used bits
+    /// included), so the next call continues where this one stopped.
+    pub fn decode(&mut self, input: &[u8], out: &mut [u8]) -> (usize, usize) {
+        let mut pos = 0;
+        let mut produced = 0;
+        let mask = Self::MASK;
+        while produced < out.len() {
+            match self.state {
+                State::Tag => match self.take(1, input, &mut pos) {
+                    None => break,
+                    Some(1) => self.state = State::Literal,
+                    Some(_) => self.state = State::Offset,
+                },
+                State::Literal => match self.take(8, input, &mut pos) {
+                    None => break,
+                    Some(byte) => {
+                        let byte = byte as u8;
+                        self.emit(byte);
+                        out[produced] = byte;
+                        produced += 1;
+                        self.state = State::Tag;
+                    }
+                },
+                State::Offset => match self.take(self.window_bits, input, &mut pos) {
+                    None => break,
+                    Some(offset) => self.state = State::Count { offset: offset + 1 },
+                },
+                State::Count { offset } => match self.take(self.lookahead_bits, input, &mut pos) {
+                    None => break,
+                    Some(count) => {
+                        self.state = State::Copy {
+                            offset,
+                            remaining: count + 1,
+                        }
+                    }
+                },
+                State::Copy { offset, remaining } => {
+                    let n = usize::from(remaining).min(out.len() - produced);
+                    let offset = u32::from(offset);
+                    for slot in &mut out[produced..produced + n] {
+                        // Before the start of the output the C window holds zeros; so does
+                        // ours, since slots past `head` are still unwritten when head < offset.
+                        let byte = self.window[(self.head.wrapping_sub(offset) & mask) as usize];
+                        self.window[(self.head & mask) as usize] = byte;
+                        self.head = self.head.wrapping_add(1);
+                        *slot = byte;
+                    }
+                    produced += n;
+                    let left = remaining - n as u16;
+                    self.state = if left == 0 {
+                        State::Tag
+                    } else {
+                        State::Copy {
+                            offset: offset as u16,
+                            remaining: left,
+                        }
+                    };
+                }
+            }
+        }
+        (pos, produced)
+    }
+
+    /// Whether everything decoded so far forms a complete stream: no literal or
+    /// back-reference is cut, and the leftover bits are the zero padding of the last byte.
+    pub fn finish(&self) -> Result<(), HeatshrinkError> {
+        // Zero padding (under 8 bits) may already have been read as a tag, or a tag and an
+        // offset, of a back-reference that never comes.
+        let clean = self.bits == 0
+            && match self.state {
+                State::Tag => self.nbits < 8,
+                State::Offset => 1 + self.nbits < 8,
+                State::Count { offset: 1 } => 1 + self.window_bits + self.nbits < 8,
+                _ => false,
+            };
+        if clean {
+            Ok(())
+        } else {
+            Err(HeatshrinkError::Truncated)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn params_round_trip_through_detools_byte() {
+        for w in 4..=15u8 {
+            for l in 3..w {
+                let p = Params::new(w, l).unwrap();
+                assert_eq!(Params::from_detools_byte(p.detools_byte()), Some(p));
+            }
+        }
+        assert_eq!(Params::new(8, 8), None);
+        assert_eq!(Params::new(3, 2), None);
+        assert_eq!(Params::new(16, 8), None);
+        // detools' default 8/7 is 0x44.
+        assert_eq!(Params::new(8, 7).unwrap().detools_byte(), 0x44);
+    }
+
+    #[test]
+    fn literal_and_backref_decode() {
+        // W=4, L=3: literal 'a' (1 01100001), backref offset 1 count 3 (0 0000 010).
+        // Bits: 101100001 00000010, then 7 zero bits of padding.
+        let stream = [0b1011_0000, 0b1000_0001, 0b0000_0000];
+        let mut d = Decoder::<16>::new(Params::new(4, 3).unwrap()).unwrap();
+        let mut out = [0u8; 8];
+        let (used, n) = d.decode(&stream, &mut out);
+        assert_eq!(used, 3);
+        assert_eq!(&out[..n], b"aaaa");
+        d.finish().unwrap();
+    }
+
+    #[test]
+    fn window_larger_than_buffer_is_refused() {
+        assert_eq!(
+            Decoder::<256>::new(Params::new(9, 8).unwrap()).unwrap_err(),
+            HeatshrinkError::WindowTooLarge {
+                window_bits: 9,
+                capacity: 256
+            }
+        );
+    }
+}
