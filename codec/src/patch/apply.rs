@@ -125,6 +125,8 @@ pub enum ApplyError<E> {
     Truncated,
     /// The payload produced a target of another length than the manifest's.
     TargetLength { expected: u32, got: u32 },
+    /// The payload's SHA-256 differs from the manifest's: damaged after signing.
+    PayloadMismatch,
     /// The rebuilt target's SHA-256 differs from the manifest's.
     TargetMismatch,
     /// The checkpoint given to [`Applier::resume`] belongs to another patch.
@@ -152,6 +154,9 @@ impl<E: core::fmt::Display> core::fmt::Display for ApplyError<E> {
             ApplyError::Truncated => f.write_str("patch truncated: payload incomplete"),
             ApplyError::TargetLength { expected, got } => {
                 write!(f, "target is {got} bytes, manifest says {expected}")
+            }
+            ApplyError::PayloadMismatch => {
+                f.write_str("payload SHA-256 differs from the manifest: patch damaged")
             }
             ApplyError::TargetMismatch => {
                 f.write_str("rebuilt image SHA-256 differs from the manifest")
@@ -445,6 +450,7 @@ enum Stream<const N: usize> {
 struct Payload<const N: usize> {
     manifest: Manifest,
     received: u32,
+    payload_sha: Sha256,
     stream: Stream<N>,
     sink: Sink,
 }
@@ -590,6 +596,7 @@ impl<const N: usize> Applier<N> {
             return Err(ApplyError::TrailingBytes);
         }
         p.received += input.len() as u32;
+        p.payload_sha.update(input);
         let mut hashing = Hashing {
             target,
             sink: &mut p.sink,
@@ -660,6 +667,7 @@ impl<const N: usize> Applier<N> {
         Ok(Payload {
             manifest,
             received: 0,
+            payload_sha: Sha256::new(),
             stream,
             sink: Sink {
                 resume_from: self.resume.map_or(0, |c| c.written),
@@ -678,6 +686,9 @@ impl<const N: usize> Applier<N> {
         };
         if p.received != p.manifest.payload_len {
             return Err(ApplyError::Truncated);
+        }
+        if p.payload_sha.clone().finalize().as_slice() != p.manifest.payload_sha256 {
+            return Err(ApplyError::PayloadMismatch);
         }
         match &p.stream {
             Stream::Delta(d) => {

@@ -8,7 +8,7 @@ pub const MAGIC: [u8; 4] = *b"LWFP";
 /// Container layout this code reads and writes.
 pub const FORMAT_VERSION: u8 = 1;
 pub const HEADER_LEN: usize = 8;
-pub const MANIFEST_LEN: usize = 96;
+pub const MANIFEST_LEN: usize = 128;
 /// ECDSA P-256 signature, `r || s`, 32 bytes each, big-endian.
 pub const SIGNATURE_LEN: usize = 64;
 /// Everything before the payload: what the signature covers, plus the signature.
@@ -73,6 +73,9 @@ pub struct Manifest {
     /// Anti-rollback counter (MCUboot's security counter).
     pub security_counter: u32,
     pub payload_len: u32,
+    /// SHA-256 of the payload, so that damage to the (unsigned) payload is told apart from
+    /// a wrong rebuild.
+    pub payload_sha256: [u8; 32],
     pub compression: Compression,
 }
 
@@ -142,10 +145,11 @@ const M_TARGET_SHA: usize = 40;
 const M_VERSION: usize = 72;
 const M_SECURITY_COUNTER: usize = 80;
 const M_PAYLOAD_LEN: usize = 84;
-const M_COMPRESSION: usize = 88;
-const M_WINDOW: usize = 89;
-const M_LOOKAHEAD: usize = 90;
-const M_RESERVED: usize = 91;
+const M_PAYLOAD_SHA: usize = 88;
+const M_COMPRESSION: usize = 120;
+const M_WINDOW: usize = 121;
+const M_LOOKAHEAD: usize = 122;
+const M_RESERVED: usize = 123;
 
 impl Manifest {
     /// Parses the header and manifest (the first [`SIGNED_LEN`] bytes of a patch). The
@@ -220,6 +224,7 @@ impl Manifest {
             },
             security_counter: u32_at(m, M_SECURITY_COUNTER),
             payload_len,
+            payload_sha256: array32(m, M_PAYLOAD_SHA),
             compression,
         })
     }
@@ -243,6 +248,7 @@ impl Manifest {
         m[M_SECURITY_COUNTER..M_SECURITY_COUNTER + 4]
             .copy_from_slice(&self.security_counter.to_le_bytes());
         m[M_PAYLOAD_LEN..M_PAYLOAD_LEN + 4].copy_from_slice(&self.payload_len.to_le_bytes());
+        m[M_PAYLOAD_SHA..M_PAYLOAD_SHA + 32].copy_from_slice(&self.payload_sha256);
         if let Compression::Heatshrink(p) = self.compression {
             m[M_COMPRESSION] = 1;
             m[M_WINDOW] = p.window_bits;

@@ -250,6 +250,9 @@ struct InspectReport {
     version: String,
     security_counter: u32,
     payload_size: u32,
+    payload_sha256: String,
+    /// Whether the payload matches its SHA-256 in the manifest.
+    payload_intact: bool,
     compression: String,
     signature: String,
     /// `None` without --pubkey.
@@ -285,6 +288,9 @@ fn inspect(a: &InspectArgs) -> Result<ExitCode> {
         version: m.version.to_string(),
         security_counter: m.security_counter,
         payload_size: m.payload_len,
+        payload_sha256: hex::encode(m.payload_sha256),
+        payload_intact: <sha2::Sha256 as sha2::Digest>::digest(c.payload).as_slice()
+            == m.payload_sha256,
         compression,
         signature: hex::encode(c.signature),
         signature_valid,
@@ -303,6 +309,11 @@ fn inspect(a: &InspectArgs) -> Result<ExitCode> {
         println!("version           {}", report.version);
         println!("security counter  {}", report.security_counter);
         println!("payload size      {}", report.payload_size);
+        println!(
+            "payload sha256    {} ({})",
+            report.payload_sha256,
+            if report.payload_intact { "intact" } else { "DAMAGED" }
+        );
         println!("compression       {}", report.compression);
         println!("signature         {}", report.signature);
         match signature_valid {
@@ -311,7 +322,7 @@ fn inspect(a: &InspectArgs) -> Result<ExitCode> {
             None => {}
         }
     }
-    Ok(if signature_valid == Some(false) {
+    Ok(if signature_valid == Some(false) || !report.payload_intact {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS

@@ -226,7 +226,7 @@ mod tests {
                 data.extend_from_slice(&[0; 300]);
             }
         }
-        for p in candidate_params(12) {
+        for p in candidate_params(11) {
             let c = compress(&data, p);
             assert_eq!(decode(&c, p), data, "{p:?}");
         }

@@ -178,6 +178,7 @@ pub fn create(
         security_counter: options.security_counter,
         payload_len: u32::try_from(payload.bytes.len())
             .map_err(|_| PatchError::BadImage("payload larger than 4 GiB".into()))?,
+        payload_sha256: Sha256::digest(&payload.bytes).into(),
         compression: Compression::Heatshrink(payload.params),
     };
     Ok(Created {
