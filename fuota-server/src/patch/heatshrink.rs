@@ -13,19 +13,39 @@ pub fn longest_matches(data: &[u8], window_bits: u8, max_len: usize) -> Vec<(u16
     let window = 1usize << window_bits;
     let n = data.len();
     let mut best = vec![(0u16, 0u16); n];
-    // Hash chains over 3-byte prefixes; a match shorter than 3 never pays for W >= 4 (a
-    // back-reference is at least 8 bits, two literals 18), except that length 2 ties with
-    // two literals, which we ignore.
+    // Hash chains over 3-byte prefixes for the long matches; the last position of each
+    // 1- and 2-byte value for the short ones, which pay with small windows (a 4/3
+    // back-reference is 8 bits, less than one literal).
     const HASH_BITS: u32 = 15;
+    let mut last1 = [u32::MAX; 256];
+    let mut last2 = vec![u32::MAX; 1 << 16];
     let mut head = vec![u32::MAX; 1 << HASH_BITS];
     let mut prev = vec![u32::MAX; n];
     let hash = |i: usize| -> usize {
         let v = u32::from(data[i]) | u32::from(data[i + 1]) << 8 | u32::from(data[i + 2]) << 16;
         (v.wrapping_mul(0x9E37_79B1) >> (32 - HASH_BITS)) as usize
     };
+    let short = |i: usize, last1: &[u32; 256], last2: &[u32]| -> (u16, u16) {
+        if i + 1 < n {
+            let p = last2[usize::from(data[i]) << 8 | usize::from(data[i + 1])];
+            if p != u32::MAX && i - p as usize <= window {
+                return ((i - p as usize) as u16, 2);
+            }
+        }
+        let p = last1[usize::from(data[i])];
+        if p != u32::MAX && i - p as usize <= window {
+            return ((i - p as usize) as u16, 1);
+        }
+        (0, 0)
+    };
     for i in 0..n {
         if i + 3 > n {
-            break;
+            best[i] = short(i, &last1, &last2);
+            last1[usize::from(data[i])] = i as u32;
+            if i + 1 < n {
+                last2[usize::from(data[i]) << 8 | usize::from(data[i + 1])] = i as u32;
+            }
+            continue;
         }
         let h = hash(i);
         let limit = max_len.min(n - i);
@@ -53,9 +73,13 @@ pub fn longest_matches(data: &[u8], window_bits: u8, max_len: usize) -> Vec<(u16
             }
             cand = prev[c];
         }
-        if best_len >= 3 {
-            best[i] = (best_off as u16, best_len as u16);
-        }
+        best[i] = if best_len >= 3 {
+            (best_off as u16, best_len as u16)
+        } else {
+            short(i, &last1, &last2)
+        };
+        last1[usize::from(data[i])] = i as u32;
+        last2[usize::from(data[i]) << 8 | usize::from(data[i + 1])] = i as u32;
         prev[i] = head[h];
         head[h] = i as u32;
     }
