@@ -13,7 +13,11 @@ use fuota_server::patch::{self, CreateOptions};
 use p256::ecdsa::SigningKey;
 
 const PAIRS: [(&str, &str, &str); 5] = [
-    ("pybv11", "v1.10-firmware1.bin", "1f5d945af-dirty-firmware1.bin"),
+    (
+        "pybv11",
+        "v1.10-firmware1.bin",
+        "1f5d945af-dirty-firmware1.bin",
+    ),
     ("simba-shell", "old.bin", "new.bin"),
     ("simba-synthesizer", "1.bin", "2.bin"),
     ("simba-programmer", "0.8.0.bin", "0.9.0.bin"),
@@ -160,8 +164,8 @@ fn tampering_is_caught_with_its_own_error() {
         assert_eq!(r, Err(ApplyError::SourceMismatch), "{name}");
         assert_eq!(t.writes, 0, "{name}: bytes written before the source check");
         // Another pair's old image entirely.
-        let other_old = &pairs()[(pairs().iter().position(|q| q.name == name).unwrap() + 1)
-            % pairs().len()]
+        let other_old = &pairs()
+            [(pairs().iter().position(|q| q.name == name).unwrap() + 1) % pairs().len()]
         .old;
         let (r, t) = apply_device(other_old, &p.patch, 242, &key());
         assert!(
@@ -181,15 +185,16 @@ fn tampering_is_caught_with_its_own_error() {
         assert_eq!(r, Err(ApplyError::TrailingBytes), "{name}");
         // Flipped bits in the payload: its own structure, or else its SHA-256 in the signed
         // manifest, catches every one.
-        for at in [PREAMBLE_LEN + 3, (PREAMBLE_LEN + p.patch.len()) / 2, p.patch.len() - 2] {
+        for at in [
+            PREAMBLE_LEN + 3,
+            (PREAMBLE_LEN + p.patch.len()) / 2,
+            p.patch.len() - 2,
+        ] {
             let mut bad = p.patch.clone();
             bad[at] ^= 0x20;
             let (r, _) = apply_device(&p.old, &bad, 242, &key());
             assert!(
-                matches!(
-                    r,
-                    Err(ApplyError::PayloadMismatch | ApplyError::Payload(_))
-                ),
+                matches!(r, Err(ApplyError::PayloadMismatch | ApplyError::Payload(_))),
                 "{name} payload bit at {at}: {r:?}"
             );
         }

@@ -12,7 +12,11 @@ use fuota_codec::patch::heatshrink::{Decoder, Params};
 use fuota_server::patch::heatshrink;
 
 const PAIRS: [(&str, &str, &str); 5] = [
-    ("pybv11", "v1.10-firmware1.bin", "1f5d945af-dirty-firmware1.bin"),
+    (
+        "pybv11",
+        "v1.10-firmware1.bin",
+        "1f5d945af-dirty-firmware1.bin",
+    ),
     ("simba-shell", "old.bin", "new.bin"),
     ("simba-synthesizer", "1.bin", "2.bin"),
     ("simba-programmer", "0.8.0.bin", "0.9.0.bin"),

@@ -464,6 +464,8 @@ impl<const N: usize> Payload<N> {
     }
 }
 
+// No heap on the device: the preamble buffer and the payload state share one allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone)]
 enum Phase<const N: usize> {
     Preamble { buf: [u8; PREAMBLE_LEN], len: usize },
@@ -736,4 +738,23 @@ fn check_source<S: SourceImage + ?Sized>(
         return Err(ApplyError::SourceMismatch);
     }
     Ok(())
+}
+
+// The device budget, checked on every target the crate is built for (thumbv7em in CI).
+const _: () = assert!(core::mem::size_of::<Applier<512>>() < 1024 + 512);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The device's RAM for an apply: the state must stay under 1 KiB plus the window.
+    /// (The figures are quoted in the crate README.)
+    #[test]
+    fn applier_state_fits_the_budget() {
+        let applier = core::mem::size_of::<Applier<512>>();
+        let window = 512;
+        assert!(applier - window < 1024, "Applier<512> is {applier} bytes");
+        assert!(core::mem::size_of::<DetoolsApplier<512>>() - window < 128);
+        assert!(core::mem::size_of::<Decoder<512>>() - window < 32);
+    }
 }

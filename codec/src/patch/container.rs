@@ -295,3 +295,90 @@ impl<'a> Container<'a> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Manifest {
+        Manifest {
+            kind: Kind::Delta,
+            source_len: 1000,
+            source_sha256: [1; 32],
+            target_len: 1200,
+            target_sha256: [2; 32],
+            version: ImageVersion {
+                major: 1,
+                minor: 2,
+                revision: 300,
+                build: 7,
+            },
+            security_counter: 9,
+            payload_len: 77,
+            payload_sha256: [3; 32],
+            compression: Compression::Heatshrink(Params::new(9, 8).unwrap()),
+        }
+    }
+
+    #[test]
+    fn manifest_round_trips_and_each_bad_field_is_named() {
+        let m = sample();
+        let mut b = [0u8; SIGNED_LEN];
+        m.build_into(&mut b);
+        assert_eq!(&b[..8], b"LWFP\x01\x00\x80\x00");
+        assert_eq!(Manifest::parse(&b), Ok(m));
+
+        let bad = |at: usize, value: u8| {
+            let mut c = b;
+            c[at] = value;
+            Manifest::parse(&c).unwrap_err()
+        };
+        assert_eq!(bad(0, b'X'), ContainerError::BadMagic);
+        assert_eq!(bad(4, 2), ContainerError::UnsupportedFormatVersion(2));
+        assert_eq!(bad(5, 7), ContainerError::InvalidField("kind"));
+        assert_eq!(bad(6, 95), ContainerError::ManifestLength(95));
+        assert_eq!(bad(HEADER_LEN + 127, 1), ContainerError::ReservedBytes);
+        assert_eq!(
+            bad(HEADER_LEN + M_COMPRESSION, 5),
+            ContainerError::InvalidField("compression")
+        );
+        assert_eq!(
+            bad(HEADER_LEN + M_LOOKAHEAD, 9),
+            ContainerError::InvalidField("heatshrink_window")
+        );
+        // A full image must not name a source.
+        assert_eq!(bad(5, 1), ContainerError::InvalidField("source_size"));
+        let mut zero_target = b;
+        zero_target[HEADER_LEN + M_TARGET_LEN..HEADER_LEN + M_TARGET_LEN + 4].fill(0);
+        assert_eq!(
+            Manifest::parse(&zero_target),
+            Err(ContainerError::InvalidField("target_size"))
+        );
+        assert_eq!(
+            Manifest::parse(&b[..100]),
+            Err(ContainerError::Truncated {
+                needed: SIGNED_LEN,
+                got: 100
+            })
+        );
+    }
+
+    #[test]
+    fn container_checks_payload_length() {
+        let m = sample();
+        let mut b = [0u8; SIGNED_LEN];
+        m.build_into(&mut b);
+        let mut file = b.to_vec();
+        file.extend_from_slice(&[0; SIGNATURE_LEN]);
+        file.extend_from_slice(&[0; 76]);
+        assert_eq!(
+            Container::parse(&file).unwrap_err(),
+            ContainerError::PayloadLength {
+                expected: 77,
+                got: 76
+            }
+        );
+        file.push(0);
+        assert_eq!(Container::parse(&file).unwrap().payload.len(), 77);
+    }
+}

@@ -312,7 +312,11 @@ fn inspect(a: &InspectArgs) -> Result<ExitCode> {
         println!(
             "payload sha256    {} ({})",
             report.payload_sha256,
-            if report.payload_intact { "intact" } else { "DAMAGED" }
+            if report.payload_intact {
+                "intact"
+            } else {
+                "DAMAGED"
+            }
         );
         println!("compression       {}", report.compression);
         println!("signature         {}", report.signature);
@@ -322,11 +326,13 @@ fn inspect(a: &InspectArgs) -> Result<ExitCode> {
             None => {}
         }
     }
-    Ok(if signature_valid == Some(false) || !report.payload_intact {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(
+        if signature_valid == Some(false) || !report.payload_intact {
+            ExitCode::FAILURE
+        } else {
+            ExitCode::SUCCESS
+        },
+    )
 }
 
 fn apply(a: &ApplyArgs) -> Result<ExitCode> {
