@@ -3,7 +3,6 @@
 //! truncation are each rejected with their own error, and nothing is written before the
 //! source image checks out; an interrupted apply resumes from a checkpoint.
 
-use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use fuota_codec::patch::apply::{Applier, ApplyError, Checkpoint, OutOfRange, TargetImage};
@@ -12,31 +11,14 @@ use fuota_codec::patch::ImageVersion;
 use fuota_server::patch::{self, CreateOptions};
 use p256::ecdsa::SigningKey;
 
-const PAIRS: [(&str, &str, &str); 5] = [
-    (
-        "pybv11",
-        "v1.10-firmware1.bin",
-        "1f5d945af-dirty-firmware1.bin",
-    ),
-    ("simba-shell", "old.bin", "new.bin"),
-    ("simba-synthesizer", "1.bin", "2.bin"),
-    ("simba-programmer", "0.8.0.bin", "0.9.0.bin"),
-    (
-        "micropython-esp8266",
-        "esp8266-20180511-v1.9.4.bin",
-        "esp8266-20190125-v1.10.bin",
-    ),
-];
+mod firmware;
+use firmware::PAIRS;
 
 struct Pair {
     name: &'static str,
     old: Vec<u8>,
     new: Vec<u8>,
     patch: Vec<u8>,
-}
-
-fn firmware_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/firmware")
 }
 
 fn key() -> SigningKey {
@@ -46,13 +28,12 @@ fn key() -> SigningKey {
 fn pairs() -> &'static [Pair] {
     static PAIRS_MADE: OnceLock<Vec<Pair>> = OnceLock::new();
     PAIRS_MADE.get_or_init(|| {
-        let dir = firmware_dir();
         PAIRS
             .iter()
             .map(|&(name, old, new)| {
-                let old = std::fs::read(dir.join(name).join(old))
-                    .unwrap_or_else(|e| panic!("{name}: {e} (is ../shared/firmware there?)"));
-                let new = std::fs::read(dir.join(name).join(new)).unwrap();
+                let (old, new) = firmware::paths(name, old, new);
+                let old = std::fs::read(&old).unwrap_or_else(|e| panic!("{}: {e}", old.display()));
+                let new = std::fs::read(&new).unwrap_or_else(|e| panic!("{}: {e}", new.display()));
                 let created = patch::create(
                     &old,
                     &new,

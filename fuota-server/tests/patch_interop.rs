@@ -6,26 +6,13 @@
 //! Without FUOTA_VENV the tests say so and pass; with it set, a missing tool is a failure.
 
 use std::path::{Path, PathBuf};
+
+mod firmware;
+use firmware::PAIRS;
 use std::process::Command;
 
 use fuota_codec::patch::heatshrink::{Decoder, Params};
 use fuota_server::patch::heatshrink;
-
-const PAIRS: [(&str, &str, &str); 5] = [
-    (
-        "pybv11",
-        "v1.10-firmware1.bin",
-        "1f5d945af-dirty-firmware1.bin",
-    ),
-    ("simba-shell", "old.bin", "new.bin"),
-    ("simba-synthesizer", "1.bin", "2.bin"),
-    ("simba-programmer", "0.8.0.bin", "0.9.0.bin"),
-    (
-        "micropython-esp8266",
-        "esp8266-20180511-v1.9.4.bin",
-        "esp8266-20190125-v1.10.bin",
-    ),
-];
 
 fn venv() -> Option<PathBuf> {
     match std::env::var_os("FUOTA_VENV") {
@@ -45,13 +32,6 @@ fn venv() -> Option<PathBuf> {
             Some(v)
         }
     }
-}
-
-fn pair_paths(name: &str, old: &str, new: &str) -> (PathBuf, PathBuf) {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/firmware")
-        .join(name);
-    (dir.join(old), dir.join(new))
 }
 
 fn run(cmd: &mut Command) {
@@ -78,7 +58,7 @@ fn fuota() -> Command {
 fn detools_applies_our_bare_detools_patches() {
     let Some(venv) = venv() else { return };
     for (name, old, new) in PAIRS {
-        let (old, new) = pair_paths(name, old, new);
+        let (old, new) = firmware::paths(name, old, new);
         let patch = tmp(&format!("{name}.ours.detools"));
         let out = tmp(&format!("{name}.by-detools.bin"));
         run(fuota()
@@ -103,7 +83,7 @@ fn detools_applies_our_bare_detools_patches() {
 fn we_apply_detools_heatshrink_patches() {
     let Some(venv) = venv() else { return };
     for (name, old, new) in PAIRS {
-        let (old, new) = pair_paths(name, old, new);
+        let (old, new) = firmware::paths(name, old, new);
         // detools' default pair everywhere; other pairs (one beyond the device budget, which
         // the host applier still takes) on the smaller images.
         let mut settings: Vec<Option<(u8, u8)>> = vec![None];
@@ -167,7 +147,7 @@ fn our_decode(stream: &[u8], params: Params) -> Vec<u8> {
 #[test]
 fn heatshrink_streams_interoperate_with_the_c_library() {
     let Some(venv) = venv() else { return };
-    let (_, new) = pair_paths(PAIRS[1].0, PAIRS[1].1, PAIRS[1].2);
+    let (_, new) = firmware::paths(PAIRS[1].0, PAIRS[1].1, PAIRS[1].2);
     let image = std::fs::read(&new).unwrap();
     let data = &image[..60_000];
     let input = tmp("hs-input.bin");
