@@ -8,82 +8,38 @@
 
 use fuota_codec::patch::heatshrink::Params;
 
-/// Longest match at every position, for offsets up to `2^W` and lengths up to `max_len`.
-pub fn longest_matches(data: &[u8], window_bits: u8, max_len: usize) -> Vec<(u16, u16)> {
+/// Longest match at every position, over offsets 1..=min(i, 2^W) and lengths up to
+/// `max_len`. Exact: for each offset `o` the match length at `i` is one more than at `i + 1`
+/// when `data[i] == data[i - o]`, so a right-to-left sweep keeps one counter per offset. That
+/// is n * 2^W byte compares, in a loop the compiler vectorizes; hash chains would be faster on
+/// typical data but slow to a crawl on the zero-heavy bsdiff stream unless cut short, and a
+/// cut-short search costs several percent of patch size.
+pub fn longest_matches(data: &[u8], window_bits: u8, max_len: usize) -> Vec<u16> {
     let window = 1usize << window_bits;
+    // i16 so that the running maximum vectorizes on baseline x86-64 (SSE2 has pmaxsw).
+    let cap = max_len.min(i16::MAX as usize) as i16;
     let n = data.len();
-    let mut best = vec![(0u16, 0u16); n];
-    // Hash chains over 3-byte prefixes for the long matches; the last position of each
-    // 1- and 2-byte value for the short ones, which pay with small windows (a 4/3
-    // back-reference is 8 bits, less than one literal).
-    const HASH_BITS: u32 = 15;
-    let mut last1 = [u32::MAX; 256];
-    let mut last2 = vec![u32::MAX; 1 << 16];
-    let mut head = vec![u32::MAX; 1 << HASH_BITS];
-    let mut prev = vec![u32::MAX; n];
-    let hash = |i: usize| -> usize {
-        let v = u32::from(data[i]) | u32::from(data[i + 1]) << 8 | u32::from(data[i + 2]) << 16;
-        (v.wrapping_mul(0x9E37_79B1) >> (32 - HASH_BITS)) as usize
-    };
-    let short = |i: usize, last1: &[u32; 256], last2: &[u32]| -> (u16, u16) {
-        if i + 1 < n {
-            let p = last2[usize::from(data[i]) << 8 | usize::from(data[i + 1])];
-            if p != u32::MAX && i - p as usize <= window {
-                return ((i - p as usize) as u16, 2);
-            }
+    let mut best = vec![0u16; n];
+    // run[k]: match length at the current position with offset `window - k`, so that the
+    // counters and the earlier bytes they compare with are walked in the same direction.
+    let mut run = vec![0i16; window];
+    for i in (0..n).rev() {
+        let reach = window.min(i);
+        let byte = data[i];
+        let mut longest = 0i16;
+        for (r, &p) in run[window - reach..].iter_mut().zip(&data[i - reach..i]) {
+            let next = if p == byte { (*r + 1).min(cap) } else { 0 };
+            *r = next;
+            longest = longest.max(next);
         }
-        let p = last1[usize::from(data[i])];
-        if p != u32::MAX && i - p as usize <= window {
-            return ((i - p as usize) as u16, 1);
-        }
-        (0, 0)
-    };
-    for i in 0..n {
-        if i + 3 > n {
-            best[i] = short(i, &last1, &last2);
-            last1[usize::from(data[i])] = i as u32;
-            if i + 1 < n {
-                last2[usize::from(data[i]) << 8 | usize::from(data[i + 1])] = i as u32;
-            }
-            continue;
-        }
-        let h = hash(i);
-        let limit = max_len.min(n - i);
-        let mut cand = head[h];
-        let (mut best_len, mut best_off) = (0usize, 0usize);
-        while cand != u32::MAX {
-            let c = cand as usize;
-            let off = i - c;
-            if off > window {
-                break;
-            }
-            if data[c + best_len.min(limit - 1)] == data[i + best_len.min(limit - 1)] {
-                let len = data[c..c + limit]
-                    .iter()
-                    .zip(&data[i..i + limit])
-                    .take_while(|(a, b)| a == b)
-                    .count();
-                if len > best_len {
-                    best_len = len;
-                    best_off = off;
-                    if len == limit {
-                        break;
-                    }
-                }
-            }
-            cand = prev[c];
-        }
-        best[i] = if best_len >= 3 {
-            (best_off as u16, best_len as u16)
-        } else {
-            short(i, &last1, &last2)
-        };
-        last1[usize::from(data[i])] = i as u32;
-        last2[usize::from(data[i]) << 8 | usize::from(data[i + 1])] = i as u32;
-        prev[i] = head[h];
-        head[h] = i as u32;
+        best[i] = longest as u16;
     }
     best
+}
+
+/// The nearest offset at which `len` bytes at `i` repeat (overlap allowed).
+fn find_offset(data: &[u8], i: usize, len: usize, window: usize) -> Option<usize> {
+    (1..=window.min(i)).find(|&o| (0..len).all(|t| data[i - o + t] == data[i + t]))
 }
 
 /// Writes bits MSB first.
@@ -114,7 +70,14 @@ impl BitWriter {
 
 /// Compresses `data` given the longest matches from [`longest_matches`] (computed for a
 /// window of at least `2^W`... exactly `params.window_bits`).
-pub fn compress_with(data: &[u8], matches: &[(u16, u16)], params: Params) -> Vec<u8> {
+pub fn compress_with(data: &[u8], matches: &[u16], params: Params) -> Vec<u8> {
+    let (_, choice) = parse(data, matches, params);
+    emit(data, &choice, params)
+}
+
+/// The optimal parse: its size in bits, and at each position 0 (literal) or the length of
+/// the back-reference that starts there.
+pub fn parse(data: &[u8], matches: &[u16], params: Params) -> (u64, Vec<u16>) {
     let n = data.len();
     let max_len = 1usize << params.lookahead_bits;
     let literal = 9u32;
@@ -122,29 +85,59 @@ pub fn compress_with(data: &[u8], matches: &[(u16, u16)], params: Params) -> Vec
     // Shortest back-reference cheaper than literals.
     let min_len = (backref / literal + 1) as usize;
     // cost[i]: bits to encode data[i..]; choice[i]: 0 literal, else length of the backref.
+    // The best back-reference at i takes the cheapest cost[j] for j in [i + min_len, i +
+    // len(i)]. Going right to left both ends of that window move left (the longest match
+    // at i+1 is at least len(i) - 1), so a monotonic deque gives each minimum in O(1)
+    // amortized; where the right end does move right (a shorter match found by the short-match
+    // tables), that position is scanned directly.
     let mut cost = vec![0u32; n + 1];
     let mut choice = vec![0u16; n];
+    // Positions, increasing from front to back, with costs decreasing from front to back.
+    let mut window: std::collections::VecDeque<usize> = std::collections::VecDeque::new();
+    let mut right_cut = usize::MAX;
     for i in (0..n).rev() {
         let mut best = cost[i + 1] + literal;
         let mut pick = 0u16;
-        let (_, len) = matches[i];
-        let len = usize::from(len).min(max_len).min(n - i);
+        let entering = i + min_len;
+        if entering <= n && entering <= right_cut {
+            let c = cost[entering];
+            while window.front().is_some_and(|&j| cost[j] >= c) {
+                window.pop_front();
+            }
+            window.push_front(entering);
+        }
+        let len = usize::from(matches[i]).min(max_len).min(n - i);
         if len >= min_len {
-            let mut k = len;
-            while k >= min_len {
-                let c = cost[i + k] + backref;
-                if c < best {
-                    best = c;
-                    pick = k as u16;
+            let right = i + len;
+            let found = if right <= right_cut {
+                while window.back().is_some_and(|&j| j > right) {
+                    window.pop_back();
                 }
-                k -= 1;
+                right_cut = right;
+                window.back().map(|&j| (j, cost[j]))
+            } else {
+                (i + min_len..=right)
+                    .map(|j| (j, cost[j]))
+                    .min_by_key(|&(_, c)| c)
+            };
+            if let Some((j, c)) = found {
+                if c + backref < best {
+                    best = c + backref;
+                    pick = (j - i) as u16;
+                }
             }
         }
         cost[i] = best;
         choice[i] = pick;
     }
+    (u64::from(cost[0]), choice)
+}
+
+/// Writes the stream for a parse from [`parse`].
+pub fn emit(data: &[u8], choice: &[u16], params: Params) -> Vec<u8> {
+    let n = data.len();
     let mut w = BitWriter {
-        out: Vec::with_capacity(cost[0] as usize / 8 + 1),
+        out: Vec::with_capacity(n / 2 + 1),
         acc: 0,
         nbits: 0,
     };
@@ -156,7 +149,12 @@ pub fn compress_with(data: &[u8], matches: &[(u16, u16)], params: Params) -> Vec
                 i += 1;
             }
             len => {
-                let offset = u32::from(matches[i].0);
+                // The parse only knew lengths; any offset with this match will do.
+                let Some(offset) = find_offset(data, i, usize::from(len), 1 << params.window_bits)
+                else {
+                    unreachable!("a match of this length was found at {i}");
+                };
+                let offset = offset as u32;
                 w.put(0, 1);
                 w.put(offset - 1, u32::from(params.window_bits));
                 w.put(u32::from(len) - 1, u32::from(params.lookahead_bits));
@@ -194,7 +192,7 @@ pub fn compress_best(data: &[u8], candidates: &[Params]) -> Option<(Params, Vec<
     windows.dedup();
     // Matches depend on the window only; find them once per window, capped at the largest
     // lookahead tried with it.
-    let per_window: Vec<(u8, Vec<(u16, u16)>)> = windows
+    let per_window: Vec<(u8, Vec<u16>)> = windows
         .par_iter()
         .map(|&w| {
             let max_l = candidates
@@ -206,17 +204,22 @@ pub fn compress_best(data: &[u8], candidates: &[Params]) -> Option<(Params, Vec<
             (w, longest_matches(data, w, 1 << max_l))
         })
         .collect();
-    candidates
+    let matches_for = |w: u8| {
+        per_window
+            .iter()
+            .find(|(pw, _)| *pw == w)
+            .map(|(_, m)| m.as_slice())
+            .unwrap_or(&[])
+    };
+    // Sizes come from the parses; only the winner is written out.
+    let (best, _) = candidates
         .par_iter()
-        .map(|&p| {
-            let matches = per_window
-                .iter()
-                .find(|(w, _)| *w == p.window_bits)
-                .map(|(_, m)| m.as_slice())
-                .unwrap_or(&[]);
-            (p, compress_with(data, matches, p))
-        })
-        .min_by_key(|(p, out)| (out.len(), p.window_bits, p.lookahead_bits))
+        .map(|&p| (p, parse(data, matches_for(p.window_bits), p).0.div_ceil(8)))
+        .min_by_key(|&(p, bytes)| (bytes, p.window_bits, p.lookahead_bits))?;
+    Some((
+        best,
+        compress_with(data, matches_for(best.window_bits), best),
+    ))
 }
 
 #[cfg(test)]
