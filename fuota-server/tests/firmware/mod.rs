@@ -4,6 +4,8 @@
 
 use std::path::PathBuf;
 
+// Not every test file uses every item.
+#[allow(dead_code)]
 pub const PAIRS: [(&str, &str, &str); 5] = [
     (
         "pybv11",
