@@ -12,7 +12,7 @@ fn main() {
         std::fs::read(&args[1]).unwrap(),
         std::fs::read(&args[2]).unwrap(),
     );
-    for small in [0, 8] {
+    for small in [0, 2, 4, 8, 16] {
         let t = Instant::now();
         let b = detools::diff(&old, &new, small).unwrap();
         let stream = detools::sequential_stream(&b, new.len()).unwrap();

@@ -104,7 +104,7 @@ fn check_len(name: &str, image: &[u8]) -> Result<u32, PatchError> {
 /// qbsdiff's small-match thresholds tried; the smallest patch wins. (Skipping short matches
 /// keeps long runs of zeros in the diff stream, which heatshrink codes cheaply; how short is
 /// best depends on the image.)
-const SMALL_MATCHES: [usize; 3] = [0, 4, 8];
+const SMALL_MATCHES: [usize; 2] = [0, 16];
 
 /// The smallest detools sequential patch (heatshrink) with a window of at most
 /// `2^max_window_bits`, framed.
