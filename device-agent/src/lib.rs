@@ -5,4 +5,11 @@
 #![no_std]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+#[cfg(feature = "sim-flash")]
+extern crate std;
+
 pub use fuota_codec as codec;
+
+#[cfg(feature = "sim-flash")]
+pub mod sim_flash;
+pub mod slot;

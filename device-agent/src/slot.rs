@@ -1,0 +1,256 @@
+//! Flash regions as the patch applier's images: a reader for the old slot (random access) and
+//! a sequential writer for the new one that erases each sector when it first reaches it and
+//! turns arbitrary-length writes into writes of the flash's word size.
+
+use embedded_storage::nor_flash::{NorFlash, ReadNorFlash};
+use fuota_codec::patch::apply::{SourceImage, TargetImage};
+
+/// Largest write granularity supported (MCUboot's BOOT_MAX_ALIGN goes up to 32).
+pub const MAX_WRITE_SIZE: usize = 32;
+
+/// A byte range of the flash, e.g. a slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Region {
+    pub offset: u32,
+    pub len: u32,
+}
+
+impl Region {
+    pub const fn end(&self) -> u32 {
+        self.offset + self.len
+    }
+
+    /// Whether both ends fall on multiples of `align`.
+    pub const fn is_aligned(&self, align: u32) -> bool {
+        self.offset % align == 0 && self.len % align == 0
+    }
+
+    pub const fn overlaps(&self, other: &Region) -> bool {
+        self.offset < other.end() && other.offset < self.end()
+    }
+}
+
+/// Why a slot access failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotError<E> {
+    /// The flash driver failed.
+    Flash(E),
+    /// The access falls outside the region.
+    OutOfRegion { offset: u32, len: usize },
+    /// A write did not continue where the previous one ended.
+    NotSequential { expected: u32, got: u32 },
+    /// The flash's write size exceeds [`MAX_WRITE_SIZE`], or does not divide its sector.
+    UnsupportedGeometry,
+}
+
+impl<E: core::fmt::Debug> core::fmt::Display for SlotError<E> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            SlotError::Flash(e) => write!(f, "flash: {e:?}"),
+            SlotError::OutOfRegion { offset, len } => {
+                write!(f, "{len} bytes at {offset:#x} fall outside the slot")
+            }
+            SlotError::NotSequential { expected, got } => {
+                write!(f, "write at {got:#x}, expected {expected:#x}")
+            }
+            SlotError::UnsupportedGeometry => f.write_str("unsupported flash write size"),
+        }
+    }
+}
+
+fn within(region: Region, offset: u32, len: usize) -> bool {
+    (offset as u64) + (len as u64) <= u64::from(region.len)
+}
+
+/// Reads a region at random; the applier's source image.
+#[derive(Debug)]
+pub struct SlotReader<'a, F> {
+    flash: &'a mut F,
+    region: Region,
+}
+
+impl<'a, F: ReadNorFlash> SlotReader<'a, F> {
+    pub fn new(flash: &'a mut F, region: Region) -> Self {
+        Self { flash, region }
+    }
+}
+
+impl<F: ReadNorFlash> SourceImage for SlotReader<'_, F> {
+    type Error = SlotError<F::Error>;
+    fn read(&mut self, offset: u32, buf: &mut [u8]) -> Result<(), Self::Error> {
+        if !within(self.region, offset, buf.len()) {
+            return Err(SlotError::OutOfRegion {
+                offset,
+                len: buf.len(),
+            });
+        }
+        self.flash
+            .read(self.region.offset + offset, buf)
+            .map_err(SlotError::Flash)
+    }
+}
+
+/// Writes a region front to back from `start` on (a sector boundary): the applier's target.
+#[derive(Debug)]
+pub struct SlotWriter<'a, F> {
+    flash: &'a mut F,
+    region: Region,
+    /// Region-relative end of what this writer has erased.
+    erased_to: u32,
+    /// Region-relative offset of the first byte in `pending`.
+    pending_at: u32,
+    pending: [u8; MAX_WRITE_SIZE],
+    pending_len: usize,
+}
+
+impl<'a, F: NorFlash> SlotWriter<'a, F> {
+    /// A writer starting at region offset `start`, which must be sector-aligned: everything
+    /// from there on is erased as it is reached.
+    pub fn new(flash: &'a mut F, region: Region, start: u32) -> Result<Self, SlotError<F::Error>> {
+        if F::WRITE_SIZE > MAX_WRITE_SIZE || F::ERASE_SIZE % F::WRITE_SIZE != 0 {
+            return Err(SlotError::UnsupportedGeometry);
+        }
+        if start as usize % F::ERASE_SIZE != 0 || start > region.len {
+            return Err(SlotError::OutOfRegion {
+                offset: start,
+                len: 0,
+            });
+        }
+        Ok(Self {
+            flash,
+            region,
+            erased_to: start,
+            pending_at: start,
+            pending: [0xff; MAX_WRITE_SIZE],
+            pending_len: 0,
+        })
+    }
+
+    /// Region-relative offset the next byte goes to.
+    pub fn position(&self) -> u32 {
+        self.pending_at + self.pending_len as u32
+    }
+
+    /// Bytes that are durable in flash (everything but the unfinished word).
+    pub fn durable(&self) -> u32 {
+        self.pending_at
+    }
+
+    fn erase_through(&mut self, end: u32) -> Result<(), SlotError<F::Error>> {
+        while self.erased_to < end {
+            let from = self.region.offset + self.erased_to;
+            let to = from + F::ERASE_SIZE as u32;
+            self.flash.erase(from, to).map_err(SlotError::Flash)?;
+            self.erased_to += F::ERASE_SIZE as u32;
+        }
+        Ok(())
+    }
+
+    fn write_words(&mut self, at: u32, words: &[u8]) -> Result<(), SlotError<F::Error>> {
+        self.erase_through(at + words.len() as u32)?;
+        self.flash
+            .write(self.region.offset + at, words)
+            .map_err(SlotError::Flash)
+    }
+
+    /// Writes the unfinished word padded with 0xFF (the end of the image).
+    pub fn flush(&mut self) -> Result<(), SlotError<F::Error>> {
+        if self.pending_len == 0 {
+            return Ok(());
+        }
+        let w = F::WRITE_SIZE;
+        let word = self.pending;
+        self.write_words(self.pending_at, &word[..w])?;
+        self.pending_at += w as u32;
+        self.pending_len = 0;
+        self.pending = [0xff; MAX_WRITE_SIZE];
+        Ok(())
+    }
+}
+
+impl<F: NorFlash> TargetImage for SlotWriter<'_, F> {
+    type Error = SlotError<F::Error>;
+    fn write(&mut self, offset: u32, mut data: &[u8]) -> Result<(), Self::Error> {
+        let expected = self.position();
+        if offset != expected {
+            return Err(SlotError::NotSequential {
+                expected,
+                got: offset,
+            });
+        }
+        if !within(self.region, offset, data.len()) {
+            return Err(SlotError::OutOfRegion {
+                offset,
+                len: data.len(),
+            });
+        }
+        let w = F::WRITE_SIZE;
+        // Finish the word in progress.
+        if self.pending_len > 0 {
+            let n = (w - self.pending_len).min(data.len());
+            self.pending[self.pending_len..self.pending_len + n].copy_from_slice(&data[..n]);
+            self.pending_len += n;
+            data = &data[n..];
+            if self.pending_len < w {
+                return Ok(());
+            }
+            let word = self.pending;
+            self.write_words(self.pending_at, &word[..w])?;
+            self.pending_at += w as u32;
+            self.pending_len = 0;
+            self.pending = [0xff; MAX_WRITE_SIZE];
+        }
+        // Whole words straight from the input.
+        let whole = data.len() / w * w;
+        if whole > 0 {
+            self.write_words(self.pending_at, &data[..whole])?;
+            self.pending_at += whole as u32;
+            data = &data[whole..];
+        }
+        self.pending[..data.len()].copy_from_slice(data);
+        self.pending_len = data.len();
+        Ok(())
+    }
+}
+
+#[cfg(all(test, feature = "sim-flash"))]
+mod tests {
+    use super::*;
+    use crate::sim_flash::SimFlash;
+
+    #[test]
+    fn writer_erases_ahead_and_aligns_writes() {
+        let mut flash = SimFlash::<8, 256>::new(8);
+        let region = Region {
+            offset: 512,
+            len: 1024,
+        };
+        let data: std::vec::Vec<u8> = (0..700u32).map(|i| i as u8).collect();
+        {
+            let mut w = SlotWriter::new(&mut flash, region, 0).unwrap();
+            let mut at = 0;
+            for piece in data.chunks(13) {
+                w.write(at, piece).unwrap();
+                at += piece.len() as u32;
+            }
+            assert_eq!(
+                w.write(3, &[1]),
+                Err(SlotError::NotSequential {
+                    expected: 700,
+                    got: 3
+                })
+            );
+            w.flush().unwrap();
+            assert_eq!(w.durable(), 704);
+        }
+        assert_eq!(&flash.as_bytes()[512..1212], &data[..]);
+        assert!(flash.as_bytes()[1212..].iter().all(|&b| b == 0xff));
+        // Only the sectors reached were erased, once each.
+        assert_eq!(flash.wear().1, &[0, 0, 1, 1, 1, 0, 0, 0]);
+        let mut r = SlotReader::new(&mut flash, region);
+        let mut b = [0u8; 3];
+        r.read(699, &mut b[..1]).unwrap();
+        assert_eq!(b[0], data[699]);
+        assert!(r.read(1023, &mut b).is_err());
+    }
+}
