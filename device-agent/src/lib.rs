@@ -10,6 +10,7 @@ extern crate std;
 
 pub use fuota_codec as codec;
 
+pub mod journal;
 #[cfg(feature = "sim-flash")]
 pub mod sim_flash;
 pub mod slot;
