@@ -11,6 +11,7 @@ extern crate std;
 pub use fuota_codec as codec;
 
 pub mod journal;
+pub mod mcuboot;
 #[cfg(feature = "sim-flash")]
 pub mod sim_flash;
 pub mod slot;

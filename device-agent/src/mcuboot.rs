@@ -1,0 +1,423 @@
+//! MCUboot's side of an update: the image header and TLVs (to check a rebuilt image's own
+//! SHA-256 and read its version and security counter), and the slot trailer (to ask for a
+//! test or permanent swap, to confirm the running image, to see what the bootloader did).
+//!
+//! Layouts (MCUboot 2.x, imgtool 2.x):
+//! - header, 32 bytes LE: magic 0x96f3b83d, load address, header size u16, protected TLV
+//!   size u16, image size u32, flags u32, version `u8.u8.u16` + build u32, padding;
+//! - after header and image: the protected TLV area (info magic 0x6908) if its size is not
+//!   zero, then the TLV area (0x6907); each info is `magic u16, total length u16`, each TLV
+//!   `type u16, length u16, value`; SHA256 (0x10) covers header, image and protected TLVs;
+//!   SEC_CNT (0x50, protected) is a u32;
+//! - trailer at the end of a slot of `S` bytes with `A` = BOOT_MAX_ALIGN: magic in the last 16
+//!   bytes (for `A` = 8 the classic 16-byte magic; otherwise `A` as u16 then 14 fixed bytes),
+//!   image_ok at `S - align_up(16, A) - A`, copy_done, swap_info and swap_size each `A` lower.
+
+use embedded_storage::nor_flash::NorFlash;
+use fuota_codec::patch::container::ImageVersion;
+use sha2::{Digest, Sha256};
+
+use crate::slot::Region;
+
+pub const IMAGE_MAGIC: u32 = 0x96f3_b83d;
+pub const TLV_INFO_MAGIC: u16 = 0x6907;
+pub const TLV_PROT_INFO_MAGIC: u16 = 0x6908;
+pub const TLV_SHA256: u16 = 0x10;
+pub const TLV_SEC_CNT: u16 = 0x50;
+pub const HEADER_LEN: usize = 32;
+
+const MAGIC_8: [u8; 16] = [
+    0x77, 0xc2, 0x95, 0xf3, 0x60, 0xd2, 0xef, 0x7f, 0x35, 0x52, 0x50, 0x0f, 0x2c, 0xb6, 0x79, 0x80,
+];
+const MAGIC_TAIL: [u8; 14] = [
+    0x2d, 0xe1, 0x5d, 0x29, 0x41, 0x0b, 0x8d, 0x77, 0x67, 0x9c, 0x11, 0x0f, 0x1f, 0x8a,
+];
+
+/// swap_info values (low nibble: swap type).
+pub const SWAP_TYPE_TEST: u8 = 0x02;
+pub const SWAP_TYPE_PERM: u8 = 0x03;
+const FLAG_SET: u8 = 0x01;
+
+/// Why an image or trailer operation failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum McubootError<E> {
+    Flash(E),
+    /// No MCUboot image header at the start of the slot.
+    NoImage,
+    /// The header, or the TLV areas, are inconsistent or run past the slot.
+    Malformed(&'static str),
+    /// The image has no SHA256 TLV.
+    NoHash,
+    /// The image's SHA-256 differs from its SHA256 TLV.
+    HashMismatch,
+    /// The image reaches into the sectors that hold the trailer.
+    ImageOverlapsTrailer,
+    /// BOOT_MAX_ALIGN not a power of two from 8 to 32, or below the flash's write size.
+    BadAlign,
+}
+
+/// The 32-byte image header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageHeader {
+    pub load_addr: u32,
+    pub hdr_size: u16,
+    pub protect_tlv_size: u16,
+    pub img_size: u32,
+    pub flags: u32,
+    pub version: ImageVersion,
+}
+
+impl ImageHeader {
+    pub fn parse(b: &[u8; HEADER_LEN]) -> Option<Self> {
+        let u32_at = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+        let u16_at = |i: usize| u16::from_le_bytes([b[i], b[i + 1]]);
+        if u32_at(0) != IMAGE_MAGIC {
+            return None;
+        }
+        Some(Self {
+            load_addr: u32_at(4),
+            hdr_size: u16_at(8),
+            protect_tlv_size: u16_at(10),
+            img_size: u32_at(12),
+            flags: u32_at(16),
+            version: ImageVersion {
+                major: b[20],
+                minor: b[21],
+                revision: u16_at(22),
+                build: u32_at(24),
+            },
+        })
+    }
+
+    /// Bytes the SHA256 TLV covers.
+    pub fn hashed_len(&self) -> u32 {
+        u32::from(self.hdr_size) + self.img_size + u32::from(self.protect_tlv_size)
+    }
+}
+
+/// What a verified image says about itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageInfo {
+    pub header: ImageHeader,
+    pub security_counter: Option<u32>,
+    /// Total length: header, image and both TLV areas.
+    pub len: u32,
+}
+
+fn read<F: NorFlash>(flash: &mut F, at: u32, buf: &mut [u8]) -> Result<(), McubootError<F::Error>> {
+    flash.read(at, buf).map_err(McubootError::Flash)
+}
+
+/// Walks one TLV area at `at`; calls `f(type, value offset, length)` for each TLV. Returns
+/// the area's total length.
+fn walk_tlvs<F: NorFlash>(
+    flash: &mut F,
+    slot: Region,
+    at: u32,
+    magic: u16,
+    mut f: impl FnMut(&mut F, u16, u32, u16) -> Result<(), McubootError<F::Error>>,
+) -> Result<u32, McubootError<F::Error>> {
+    let mut info = [0u8; 4];
+    if at + 4 > slot.len {
+        return Err(McubootError::Malformed("TLV info past the slot"));
+    }
+    read(flash, slot.offset + at, &mut info)?;
+    if u16::from_le_bytes([info[0], info[1]]) != magic {
+        return Err(McubootError::Malformed("TLV info magic"));
+    }
+    let total = u32::from(u16::from_le_bytes([info[2], info[3]]));
+    if total < 4 || at + total > slot.len {
+        return Err(McubootError::Malformed("TLV area length"));
+    }
+    let mut off = 4;
+    while off < total {
+        if off + 4 > total {
+            return Err(McubootError::Malformed("TLV header past its area"));
+        }
+        let mut t = [0u8; 4];
+        read(flash, slot.offset + at + off, &mut t)?;
+        let kind = u16::from_le_bytes([t[0], t[1]]);
+        let len = u16::from_le_bytes([t[2], t[3]]);
+        if off + 4 + u32::from(len) > total {
+            return Err(McubootError::Malformed("TLV value past its area"));
+        }
+        f(flash, kind, slot.offset + at + off + 4, len)?;
+        off += 4 + u32::from(len);
+    }
+    Ok(total)
+}
+
+/// Checks the image in `slot` against its own SHA256 TLV, and reads its security counter.
+pub fn verify_image<F: NorFlash>(
+    flash: &mut F,
+    slot: Region,
+) -> Result<ImageInfo, McubootError<F::Error>> {
+    let mut h = [0u8; HEADER_LEN];
+    read(flash, slot.offset, &mut h)?;
+    let header = ImageHeader::parse(&h).ok_or(McubootError::NoImage)?;
+    let hashed = header.hashed_len();
+    if usize::from(header.hdr_size) < HEADER_LEN || hashed > slot.len {
+        return Err(McubootError::Malformed("header sizes"));
+    }
+    let mut sha = Sha256::new();
+    let mut buf = [0u8; 128];
+    let mut off = 0;
+    while off < hashed {
+        let n = ((hashed - off) as usize).min(buf.len());
+        read(flash, slot.offset + off, &mut buf[..n])?;
+        sha.update(&buf[..n]);
+        off += n as u32;
+    }
+    let digest = sha.finalize();
+    let mut security_counter = None;
+    let mut at = u32::from(header.hdr_size) + header.img_size;
+    if header.protect_tlv_size > 0 {
+        let total = walk_tlvs(
+            flash,
+            slot,
+            at,
+            TLV_PROT_INFO_MAGIC,
+            |flash, kind, v, len| {
+                if kind == TLV_SEC_CNT && len == 4 {
+                    let mut c = [0u8; 4];
+                    read(flash, v, &mut c)?;
+                    security_counter = Some(u32::from_le_bytes(c));
+                }
+                Ok(())
+            },
+        )?;
+        if total != u32::from(header.protect_tlv_size) {
+            return Err(McubootError::Malformed("protected TLV size"));
+        }
+        at += total;
+    }
+    let mut hash_ok = None;
+    let total = walk_tlvs(flash, slot, at, TLV_INFO_MAGIC, |flash, kind, v, len| {
+        if kind == TLV_SHA256 && len == 32 {
+            let mut t = [0u8; 32];
+            read(flash, v, &mut t)?;
+            hash_ok = Some(t[..] == digest[..]);
+        }
+        Ok(())
+    })?;
+    match hash_ok {
+        None => Err(McubootError::NoHash),
+        Some(false) => Err(McubootError::HashMismatch),
+        Some(true) => Ok(ImageInfo {
+            header,
+            security_counter,
+            len: at + total,
+        }),
+    }
+}
+
+/// Trailer offsets for a slot of `slot_len` bytes and BOOT_MAX_ALIGN `align`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Trailer {
+    pub slot_len: u32,
+    pub align: u32,
+}
+
+impl Trailer {
+    pub fn new(slot_len: u32, align: u32) -> Option<Self> {
+        (align.is_power_of_two() && (8..=32).contains(&align)).then_some(Self { slot_len, align })
+    }
+
+    /// The 16 magic bytes for this alignment.
+    pub fn magic(&self) -> [u8; 16] {
+        if self.align == 8 {
+            return MAGIC_8;
+        }
+        let mut m = [0u8; 16];
+        m[..2].copy_from_slice(&(self.align as u16).to_le_bytes());
+        m[2..].copy_from_slice(&MAGIC_TAIL);
+        m
+    }
+
+    pub fn magic_off(&self) -> u32 {
+        self.slot_len - 16
+    }
+
+    pub fn image_ok_off(&self) -> u32 {
+        self.slot_len - 16u32.div_ceil(self.align) * self.align - self.align
+    }
+
+    pub fn copy_done_off(&self) -> u32 {
+        self.image_ok_off() - self.align
+    }
+
+    pub fn swap_info_off(&self) -> u32 {
+        self.copy_done_off() - self.align
+    }
+
+    pub fn swap_size_off(&self) -> u32 {
+        self.swap_info_off() - self.align
+    }
+}
+
+/// What a slot's trailer says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrailerState {
+    pub magic_good: bool,
+    pub image_ok: bool,
+    pub copy_done: bool,
+    /// The raw swap_info byte (0xff: unset).
+    pub swap_info: u8,
+}
+
+/// Reads a slot's trailer flags.
+pub fn read_trailer<F: NorFlash>(
+    flash: &mut F,
+    slot: Region,
+    trailer: Trailer,
+) -> Result<TrailerState, McubootError<F::Error>> {
+    let mut magic = [0u8; 16];
+    read(flash, slot.offset + trailer.magic_off(), &mut magic)?;
+    let mut byte = |off: u32| -> Result<u8, McubootError<F::Error>> {
+        let mut b = [0u8; 1];
+        read(flash, slot.offset + off, &mut b)?;
+        Ok(b[0])
+    };
+    Ok(TrailerState {
+        magic_good: magic == trailer.magic(),
+        image_ok: byte(trailer.image_ok_off())? == FLAG_SET,
+        copy_done: byte(trailer.copy_done_off())? == FLAG_SET,
+        swap_info: byte(trailer.swap_info_off())?,
+    })
+}
+
+fn write_flag<F: NorFlash>(
+    flash: &mut F,
+    at: u32,
+    align: u32,
+    value: u8,
+) -> Result<(), McubootError<F::Error>> {
+    let mut buf = [0xffu8; 32];
+    buf[0] = value;
+    flash
+        .write(at, &buf[..align as usize])
+        .map_err(McubootError::Flash)
+}
+
+/// Asks MCUboot to swap in the image of `secondary` at the next boot: for a test (reverted
+/// unless confirmed) or permanently. The image must end before the trailer's sectors, which
+/// are erased first.
+pub fn request_swap<F: NorFlash>(
+    flash: &mut F,
+    secondary: Region,
+    trailer: Trailer,
+    image_len: u32,
+    permanent: bool,
+) -> Result<(), McubootError<F::Error>> {
+    if (trailer.align as usize) < F::WRITE_SIZE || trailer.align as usize % F::WRITE_SIZE != 0 {
+        return Err(McubootError::BadAlign);
+    }
+    let sector = F::ERASE_SIZE as u32;
+    let first = trailer.swap_size_off() / sector * sector;
+    if image_len > first {
+        return Err(McubootError::ImageOverlapsTrailer);
+    }
+    flash
+        .erase(secondary.offset + first, secondary.end())
+        .map_err(McubootError::Flash)?;
+    let mut magic = [0xffu8; 32];
+    let magic_at = trailer.slot_len - trailer.align.max(16);
+    magic[trailer.align.max(16) as usize - 16..trailer.align.max(16) as usize]
+        .copy_from_slice(&trailer.magic());
+    flash
+        .write(
+            secondary.offset + magic_at,
+            &magic[..trailer.align.max(16) as usize],
+        )
+        .map_err(McubootError::Flash)?;
+    if permanent {
+        write_flag(
+            flash,
+            secondary.offset + trailer.image_ok_off(),
+            trailer.align,
+            FLAG_SET,
+        )?;
+    }
+    let swap = if permanent {
+        SWAP_TYPE_PERM
+    } else {
+        SWAP_TYPE_TEST
+    };
+    write_flag(
+        flash,
+        secondary.offset + trailer.swap_info_off(),
+        trailer.align,
+        swap,
+    )
+}
+
+/// After booting a test image: makes it permanent by setting image_ok in the primary slot's
+/// trailer. Does nothing if it is already set.
+pub fn confirm<F: NorFlash>(
+    flash: &mut F,
+    primary: Region,
+    trailer: Trailer,
+) -> Result<(), McubootError<F::Error>> {
+    let state = read_trailer(flash, primary, trailer)?;
+    if state.image_ok {
+        return Ok(());
+    }
+    write_flag(
+        flash,
+        primary.offset + trailer.image_ok_off(),
+        trailer.align,
+        FLAG_SET,
+    )
+}
+
+#[cfg(all(test, feature = "sim-flash"))]
+mod tests {
+    use super::*;
+    use crate::sim_flash::SimFlash;
+
+    #[test]
+    fn trailer_offsets_match_imgtool() {
+        // imgtool: image_ok at -(align_up(16, A) + A), magic in the last 16 bytes.
+        let t = Trailer::new(0x20000, 8).unwrap();
+        assert_eq!(t.image_ok_off(), 0x20000 - 24);
+        assert_eq!(t.swap_info_off(), 0x20000 - 40);
+        assert_eq!(t.magic(), MAGIC_8);
+        let t = Trailer::new(0x20000, 32).unwrap();
+        assert_eq!(t.image_ok_off(), 0x20000 - 64);
+        assert_eq!(&t.magic()[..2], &[32, 0]);
+        assert!(Trailer::new(0x20000, 12).is_none());
+    }
+
+    #[test]
+    fn swap_request_and_confirm_round_trip() {
+        let mut flash = SimFlash::<8, 4096>::new(8);
+        let primary = Region {
+            offset: 0,
+            len: 4 * 4096,
+        };
+        let secondary = Region {
+            offset: 4 * 4096,
+            len: 4 * 4096,
+        };
+        for align in [8, 32] {
+            let t = Trailer::new(secondary.len, align).unwrap();
+            flash.erase(0, 8 * 4096).unwrap();
+            request_swap(&mut flash, secondary, t, 100, false).unwrap();
+            let s = read_trailer(&mut flash, secondary, t).unwrap();
+            assert!(s.magic_good && !s.image_ok && s.swap_info == SWAP_TYPE_TEST);
+            assert_eq!(
+                &flash.as_bytes()[secondary.end() as usize - 16..secondary.end() as usize],
+                &t.magic()
+            );
+            assert_eq!(
+                request_swap(&mut flash, secondary, t, 4 * 4096 - 10, false),
+                Err(McubootError::ImageOverlapsTrailer)
+            );
+            // The bootloader swapped; the primary's trailer carries the magic, unconfirmed.
+            request_swap(&mut flash, primary, t, 100, false).unwrap();
+            confirm(&mut flash, primary, t).unwrap();
+            assert!(read_trailer(&mut flash, primary, t).unwrap().image_ok);
+            confirm(&mut flash, primary, t).unwrap();
+        }
+    }
+}
