@@ -10,6 +10,7 @@ extern crate std;
 
 pub use fuota_codec as codec;
 
+pub mod install;
 pub mod journal;
 pub mod mcuboot;
 #[cfg(feature = "sim-flash")]

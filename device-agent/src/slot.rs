@@ -1,6 +1,9 @@
 //! Flash regions as the patch applier's images: a reader for the old slot (random access) and
 //! a sequential writer for the new one that erases each sector when it first reaches it and
-//! turns arbitrary-length writes into writes of the flash's word size.
+//! turns arbitrary-length writes into writes of the flash's word size. Both hold the flash
+//! through a `RefCell`, since the old and new slots (and the patch) share one chip.
+
+use core::cell::RefCell;
 
 use embedded_storage::nor_flash::{NorFlash, ReadNorFlash};
 use fuota_codec::patch::apply::{SourceImage, TargetImage};
@@ -65,12 +68,12 @@ fn within(region: Region, offset: u32, len: usize) -> bool {
 /// Reads a region at random; the applier's source image.
 #[derive(Debug)]
 pub struct SlotReader<'a, F> {
-    flash: &'a mut F,
+    flash: &'a RefCell<F>,
     region: Region,
 }
 
 impl<'a, F: ReadNorFlash> SlotReader<'a, F> {
-    pub fn new(flash: &'a mut F, region: Region) -> Self {
+    pub fn new(flash: &'a RefCell<F>, region: Region) -> Self {
         Self { flash, region }
     }
 }
@@ -85,6 +88,7 @@ impl<F: ReadNorFlash> SourceImage for SlotReader<'_, F> {
             });
         }
         self.flash
+            .borrow_mut()
             .read(self.region.offset + offset, buf)
             .map_err(SlotError::Flash)
     }
@@ -93,7 +97,7 @@ impl<F: ReadNorFlash> SourceImage for SlotReader<'_, F> {
 /// Writes a region front to back from `start` on (a sector boundary): the applier's target.
 #[derive(Debug)]
 pub struct SlotWriter<'a, F> {
-    flash: &'a mut F,
+    flash: &'a RefCell<F>,
     region: Region,
     /// Region-relative end of what this writer has erased.
     erased_to: u32,
@@ -106,7 +110,11 @@ pub struct SlotWriter<'a, F> {
 impl<'a, F: NorFlash> SlotWriter<'a, F> {
     /// A writer starting at region offset `start`, which must be sector-aligned: everything
     /// from there on is erased as it is reached.
-    pub fn new(flash: &'a mut F, region: Region, start: u32) -> Result<Self, SlotError<F::Error>> {
+    pub fn new(
+        flash: &'a RefCell<F>,
+        region: Region,
+        start: u32,
+    ) -> Result<Self, SlotError<F::Error>> {
         if F::WRITE_SIZE > MAX_WRITE_SIZE || F::ERASE_SIZE % F::WRITE_SIZE != 0 {
             return Err(SlotError::UnsupportedGeometry);
         }
@@ -140,7 +148,10 @@ impl<'a, F: NorFlash> SlotWriter<'a, F> {
         while self.erased_to < end {
             let from = self.region.offset + self.erased_to;
             let to = from + F::ERASE_SIZE as u32;
-            self.flash.erase(from, to).map_err(SlotError::Flash)?;
+            self.flash
+                .borrow_mut()
+                .erase(from, to)
+                .map_err(SlotError::Flash)?;
             self.erased_to += F::ERASE_SIZE as u32;
         }
         Ok(())
@@ -149,6 +160,7 @@ impl<'a, F: NorFlash> SlotWriter<'a, F> {
     fn write_words(&mut self, at: u32, words: &[u8]) -> Result<(), SlotError<F::Error>> {
         self.erase_through(at + words.len() as u32)?;
         self.flash
+            .borrow_mut()
             .write(self.region.offset + at, words)
             .map_err(SlotError::Flash)
     }
@@ -220,14 +232,14 @@ mod tests {
 
     #[test]
     fn writer_erases_ahead_and_aligns_writes() {
-        let mut flash = SimFlash::<8, 256>::new(8);
+        let flash = RefCell::new(SimFlash::<8, 256>::new(8));
         let region = Region {
             offset: 512,
             len: 1024,
         };
         let data: std::vec::Vec<u8> = (0..700u32).map(|i| i as u8).collect();
         {
-            let mut w = SlotWriter::new(&mut flash, region, 0).unwrap();
+            let mut w = SlotWriter::new(&flash, region, 0).unwrap();
             let mut at = 0;
             for piece in data.chunks(13) {
                 w.write(at, piece).unwrap();
@@ -243,11 +255,11 @@ mod tests {
             w.flush().unwrap();
             assert_eq!(w.durable(), 704);
         }
-        assert_eq!(&flash.as_bytes()[512..1212], &data[..]);
-        assert!(flash.as_bytes()[1212..].iter().all(|&b| b == 0xff));
+        assert_eq!(&flash.borrow().as_bytes()[512..1212], &data[..]);
+        assert!(flash.borrow().as_bytes()[1212..].iter().all(|&b| b == 0xff));
         // Only the sectors reached were erased, once each.
-        assert_eq!(flash.wear().1, &[0, 0, 1, 1, 1, 0, 0, 0]);
-        let mut r = SlotReader::new(&mut flash, region);
+        assert_eq!(flash.borrow().wear().1, &[0, 0, 1, 1, 1, 0, 0, 0]);
+        let mut r = SlotReader::new(&flash, region);
         let mut b = [0u8; 3];
         r.read(699, &mut b[..1]).unwrap();
         assert_eq!(b[0], data[699]);

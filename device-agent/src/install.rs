@@ -1,0 +1,165 @@
+//! From a complete patch in flash to a swap request: signature, anti-rollback against the
+//! running image, source check, streaming apply into the secondary slot (resumable from a
+//! checkpoint), the target's SHA-256 and the MCUboot image's own SHA256 TLV, then the
+//! trailer. Only the secondary slot is ever written; the primary is read.
+
+use core::cell::RefCell;
+
+use embedded_storage::nor_flash::NorFlash;
+use fuota_codec::patch::apply::{verify_preamble, Applier, ApplyError, Checkpoint};
+use fuota_codec::patch::container::{ImageVersion, Manifest, PREAMBLE_LEN};
+use fuota_codec::patch::VerifyingKey;
+
+use crate::mcuboot::{self, McubootError, Trailer};
+use crate::slot::{Region, SlotError, SlotReader, SlotWriter};
+
+/// Where things are and what is trusted.
+#[derive(Debug, Clone, Copy)]
+pub struct InstallConfig {
+    pub primary: Region,
+    pub secondary: Region,
+    pub trailer: Trailer,
+    /// Public key patches must be signed with.
+    pub key: VerifyingKey,
+    /// Swap for good at the next boot, instead of a test swap that needs `confirm`.
+    pub permanent: bool,
+}
+
+/// Why an install stopped. The primary slot is untouched in every case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InstallError<E> {
+    /// Reading the patch from flash failed.
+    Flash(E),
+    /// The patch was refused, or reading/writing a slot failed while applying it.
+    Apply(ApplyError<SlotError<E>>),
+    /// The patch would install an older image than the running one.
+    Rollback {
+        running: ImageVersion,
+        offered: ImageVersion,
+    },
+    /// The patch's security counter is below the running image's.
+    SecurityCounter { running: u32, offered: u32 },
+    /// The running image (primary) or the rebuilt one (secondary) fails MCUboot's checks.
+    Image(McubootError<E>),
+    /// The rebuilt image's header says another version than the signed manifest.
+    VersionMismatch {
+        manifest: ImageVersion,
+        image: ImageVersion,
+    },
+}
+
+/// A finished install: MCUboot swaps at the next boot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Installed {
+    pub manifest: Manifest,
+    pub image_len: u32,
+}
+
+/// Patch bytes read from flash at once (stack).
+const CHUNK: usize = 256;
+
+/// Checks the patch in `patch` (its first `patch_len` bytes) and applies it into the
+/// secondary slot. `resume` continues an interrupted install; `save` is called with each
+/// checkpoint worth keeping (sector-aligned, durable), which the caller journals.
+pub fn install<F: NorFlash, const W: usize>(
+    flash: &RefCell<F>,
+    patch: Region,
+    patch_len: u32,
+    config: &InstallConfig,
+    resume: Option<Checkpoint>,
+    mut save: impl FnMut(Checkpoint),
+) -> Result<Installed, InstallError<F::Error>> {
+    let read_patch = |at: u32, buf: &mut [u8]| {
+        flash
+            .borrow_mut()
+            .read(patch.offset + at, buf)
+            .map_err(InstallError::Flash)
+    };
+    if patch_len > patch.len {
+        return Err(InstallError::Apply(ApplyError::Truncated));
+    }
+    // Signature and anti-rollback before anything else happens.
+    let mut preamble = [0u8; PREAMBLE_LEN];
+    if (patch_len as usize) < PREAMBLE_LEN {
+        return Err(InstallError::Apply(ApplyError::Truncated));
+    }
+    read_patch(0, &mut preamble)?;
+    let manifest = verify_preamble(&preamble, &config.key).map_err(InstallError::Apply)?;
+    let running = {
+        let mut f = flash.borrow_mut();
+        mcuboot::verify_image(&mut *f, config.primary).map_err(InstallError::Image)?
+    };
+    if manifest.version < running.header.version {
+        return Err(InstallError::Rollback {
+            running: running.header.version,
+            offered: manifest.version,
+        });
+    }
+    let running_counter = running.security_counter.unwrap_or(0);
+    if manifest.security_counter < running_counter {
+        return Err(InstallError::SecurityCounter {
+            running: running_counter,
+            offered: manifest.security_counter,
+        });
+    }
+    // A checkpoint is only good on a sector boundary the writer can restart from.
+    let sector = F::ERASE_SIZE as u32;
+    let resume = resume.filter(|c| c.target_sha256 == manifest.target_sha256);
+    let start = resume.map_or(0, |c| c.written / sector * sector);
+    let mut applier = match resume {
+        Some(c) => Applier::<W>::resume(
+            config.key,
+            Checkpoint {
+                written: start,
+                ..c
+            },
+        ),
+        None => Applier::<W>::new(config.key),
+    };
+    let mut source = SlotReader::new(flash, config.primary);
+    let mut target = SlotWriter::new(flash, config.secondary, start)
+        .map_err(|e| InstallError::Apply(ApplyError::Target(e)))?;
+    let mut saved = start;
+    let mut buf = [0u8; CHUNK];
+    let mut at = 0;
+    while at < patch_len {
+        let n = ((patch_len - at) as usize).min(CHUNK);
+        read_patch(at, &mut buf[..n])?;
+        applier
+            .push(&buf[..n], &mut source, &mut target)
+            .map_err(InstallError::Apply)?;
+        at += n as u32;
+        let durable = target.durable() / sector * sector;
+        if durable > saved {
+            saved = durable;
+            save(Checkpoint {
+                target_sha256: manifest.target_sha256,
+                written: durable,
+            });
+        }
+    }
+    target
+        .flush()
+        .map_err(|e| InstallError::Apply(ApplyError::Target(e)))?;
+    applier.finish().map_err(InstallError::Apply)?;
+    let mut f = flash.borrow_mut();
+    let image = mcuboot::verify_image(&mut *f, config.secondary).map_err(InstallError::Image)?;
+    if image.header.version != manifest.version {
+        return Err(InstallError::VersionMismatch {
+            manifest: manifest.version,
+            image: image.header.version,
+        });
+    }
+    mcuboot::request_swap(
+        &mut *f,
+        config.secondary,
+        config.trailer,
+        image.len,
+        config.permanent,
+    )
+    .map_err(InstallError::Image)?;
+    Ok(Installed {
+        manifest,
+        image_len: image.len,
+    })
+}

@@ -1,0 +1,312 @@
+//! The device's install path under power cuts: a patch made by `fuota_server::patch::create`
+//! between two MCUboot images (built from the simba-programmer pair) sits in the fragment
+//! store; the agent installs it into the secondary slot, journaling checkpoints. The power is
+//! cut after the k-th flash write or erase, for every k over the whole install; after each
+//! cut the device reboots and installs again from its journal. Every run must end with the
+//! new image in the secondary slot, a test-swap trailer, and the primary slot untouched.
+
+use std::cell::RefCell;
+
+use embedded_storage::nor_flash::NorFlash;
+use fuota_codec::patch::apply::Checkpoint;
+use fuota_codec::patch::container::ImageVersion;
+use fuota_device_agent::install::{install, InstallConfig, InstallError};
+use fuota_device_agent::journal::Journal;
+use fuota_device_agent::mcuboot::{read_trailer, Trailer, SWAP_TYPE_TEST};
+use fuota_device_agent::sim_flash::{SimFlash, SimFlashError};
+use fuota_device_agent::slot::Region;
+use fuota_server::patch::{self, CreateOptions};
+use p256::ecdsa::SigningKey;
+use sha2::{Digest, Sha256};
+
+const SECTOR: usize = 1024;
+type Flash = SimFlash<8, SECTOR>;
+const PRIMARY: Region = Region {
+    offset: 0,
+    len: 32 * 1024,
+};
+const SECONDARY: Region = Region {
+    offset: 32 * 1024,
+    len: 32 * 1024,
+};
+const STORE: Region = Region {
+    offset: 64 * 1024,
+    len: 8 * 1024,
+};
+const JOURNAL: Region = Region {
+    offset: 72 * 1024,
+    len: 2 * 1024,
+};
+
+/// An MCUboot image: 0x200-byte header area, body, protected TLVs (SEC_CNT), TLVs (SHA256).
+fn mcuboot_image(body: &[u8], v: ImageVersion, security_counter: u32) -> Vec<u8> {
+    let mut img = vec![0u8; 0x200];
+    img[..4].copy_from_slice(&0x96f3_b83du32.to_le_bytes());
+    img[8..10].copy_from_slice(&0x200u16.to_le_bytes());
+    img[10..12].copy_from_slice(&12u16.to_le_bytes());
+    img[12..16].copy_from_slice(&(body.len() as u32).to_le_bytes());
+    img[20] = v.major;
+    img[21] = v.minor;
+    img[22..24].copy_from_slice(&v.revision.to_le_bytes());
+    img[24..28].copy_from_slice(&v.build.to_le_bytes());
+    img.extend_from_slice(body);
+    img.extend_from_slice(&0x6908u16.to_le_bytes());
+    img.extend_from_slice(&12u16.to_le_bytes());
+    img.extend_from_slice(&0x50u16.to_le_bytes());
+    img.extend_from_slice(&4u16.to_le_bytes());
+    img.extend_from_slice(&security_counter.to_le_bytes());
+    let hash = Sha256::digest(&img);
+    img.extend_from_slice(&0x6907u16.to_le_bytes());
+    img.extend_from_slice(&40u16.to_le_bytes());
+    img.extend_from_slice(&0x10u16.to_le_bytes());
+    img.extend_from_slice(&32u16.to_le_bytes());
+    img.extend_from_slice(&hash);
+    img
+}
+
+fn firmware(name: &str) -> Vec<u8> {
+    let here = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let path = here
+        .ancestors()
+        .map(|a| a.join("shared/firmware/simba-programmer").join(name))
+        .find(|p| p.exists())
+        .expect("shared/firmware beside the project");
+    std::fs::read(path).unwrap()
+}
+
+fn padded(bytes: &[u8]) -> Vec<u8> {
+    let mut v = bytes.to_vec();
+    v.resize(bytes.len().div_ceil(8) * 8, 0xff);
+    v
+}
+
+struct World {
+    old: Vec<u8>,
+    new: Vec<u8>,
+    patch: Vec<u8>,
+    key: SigningKey,
+}
+
+fn world() -> World {
+    let v = |minor| ImageVersion {
+        major: 0,
+        minor,
+        revision: 0,
+        build: 0,
+    };
+    let old = mcuboot_image(&firmware("0.8.0.bin"), v(8), 1);
+    let new = mcuboot_image(&firmware("0.9.0.bin"), v(9), 2);
+    let key = SigningKey::from_slice(&[11; 32]).unwrap();
+    let created = patch::create(
+        &old,
+        &new,
+        &key,
+        &CreateOptions {
+            version: v(9),
+            security_counter: 2,
+            ..CreateOptions::default()
+        },
+    )
+    .unwrap();
+    World {
+        old,
+        new,
+        patch: created.bytes,
+        key,
+    }
+}
+
+fn fresh_flash(w: &World) -> Flash {
+    let mut f = Flash::new(74);
+    f.write(PRIMARY.offset, &padded(&w.old)).unwrap();
+    f.write(STORE.offset, &padded(&w.patch)).unwrap();
+    f
+}
+
+fn config(w: &World) -> InstallConfig {
+    InstallConfig {
+        primary: PRIMARY,
+        secondary: SECONDARY,
+        trailer: Trailer::new(SECONDARY.len, 8).unwrap(),
+        key: *w.key.verifying_key(),
+        permanent: false,
+    }
+}
+
+/// One boot: open the journal, install from its checkpoint. `Err(())` on a power cut.
+fn boot(flash: &RefCell<Flash>, w: &World) -> Result<(), ()> {
+    let cut = |e: SimFlashError| {
+        assert_eq!(e, SimFlashError::PowerCut, "only power cuts may fail here");
+    };
+    let mut journal =
+        Journal::<64>::open(&mut *flash.borrow_mut(), JOURNAL).map_err(|e| match e {
+            fuota_device_agent::journal::JournalError::Flash(e) => cut(e),
+            e => panic!("{e:?}"),
+        })?;
+    let mut out = [0u8; 64];
+    let resume = journal
+        .read(&mut *flash.borrow_mut(), &mut out)
+        .map_err(|_| ())?
+        .map(|p| Checkpoint::from_bytes(p.try_into().unwrap()));
+    let result = install::<_, 512>(
+        flash,
+        STORE,
+        w.patch.len() as u32,
+        &config(w),
+        resume,
+        |cp| {
+            // A failed save shows up as the next flash operation failing.
+            let _ = journal.append(&mut *flash.borrow_mut(), &cp.to_bytes());
+        },
+    );
+    match result {
+        Ok(_) => Ok(()),
+        Err(InstallError::Flash(e)) => {
+            cut(e);
+            Err(())
+        }
+        Err(InstallError::Apply(fuota_codec::patch::ApplyError::Source(
+            fuota_device_agent::slot::SlotError::Flash(e),
+        )))
+        | Err(InstallError::Apply(fuota_codec::patch::ApplyError::Target(
+            fuota_device_agent::slot::SlotError::Flash(e),
+        )))
+        | Err(InstallError::Image(fuota_device_agent::mcuboot::McubootError::Flash(e))) => {
+            cut(e);
+            Err(())
+        }
+        Err(e) => panic!("install failed for another reason than the power: {e:?}"),
+    }
+}
+
+fn check_done(flash: &RefCell<Flash>, w: &World, k: u64) {
+    let f = flash.borrow();
+    let bytes = f.as_bytes();
+    let s = SECONDARY.offset as usize;
+    assert!(
+        bytes[s..s + w.new.len()] == w.new[..],
+        "cut after {k}: secondary differs"
+    );
+    assert!(
+        bytes[..w.old.len()] == w.old[..],
+        "cut after {k}: primary touched"
+    );
+    drop(f);
+    let state = read_trailer(
+        &mut *flash.borrow_mut(),
+        SECONDARY,
+        Trailer::new(SECONDARY.len, 8).unwrap(),
+    )
+    .unwrap();
+    assert!(
+        state.magic_good && !state.image_ok && state.swap_info == SWAP_TYPE_TEST,
+        "cut after {k}"
+    );
+}
+
+#[test]
+fn every_power_cut_point_ends_in_the_new_image() {
+    let w = world();
+    // Count the operations of an uninterrupted install.
+    let flash = RefCell::new(fresh_flash(&w));
+    let before = flash.borrow().operations();
+    boot(&flash, &w).unwrap();
+    check_done(&flash, &w, u64::MAX);
+    let total = flash.borrow().operations() - before;
+    assert!(total > 20, "{total} operations");
+    eprintln!("an uninterrupted install takes {total} flash writes and erases");
+    for k in 0..total {
+        let flash = RefCell::new(fresh_flash(&w));
+        flash.borrow_mut().cut_power_after(k);
+        let mut boots = 0;
+        while boot(&flash, &w).is_err() {
+            flash.borrow_mut().reboot();
+            boots += 1;
+            assert!(boots < 3, "cut after {k}: no progress");
+        }
+        check_done(&flash, &w, k);
+    }
+}
+
+#[test]
+fn refusals_leave_the_primary_untouched() {
+    let w = world();
+    // A patch signed by another key.
+    let flash = RefCell::new(fresh_flash(&w));
+    let mut cfg = config(&w);
+    cfg.key = *SigningKey::from_slice(&[12; 32]).unwrap().verifying_key();
+    let r = install::<_, 512>(&flash, STORE, w.patch.len() as u32, &cfg, None, |_| {});
+    assert!(
+        matches!(
+            r,
+            Err(InstallError::Apply(
+                fuota_codec::patch::ApplyError::BadSignature
+            ))
+        ),
+        "{r:?}"
+    );
+    // The running image is newer than the patch's: rollback refused.
+    let newer = mcuboot_image(
+        &firmware("0.8.0.bin"),
+        ImageVersion {
+            major: 1,
+            minor: 0,
+            revision: 0,
+            build: 0,
+        },
+        1,
+    );
+    let mut f = Flash::new(74);
+    f.write(PRIMARY.offset, &padded(&newer)).unwrap();
+    f.write(STORE.offset, &padded(&w.patch)).unwrap();
+    let flash = RefCell::new(f);
+    let r = install::<_, 512>(
+        &flash,
+        STORE,
+        w.patch.len() as u32,
+        &config(&w),
+        None,
+        |_| {},
+    );
+    assert!(matches!(r, Err(InstallError::Rollback { .. })), "{r:?}");
+    // A higher security counter on the running image.
+    let counted = mcuboot_image(
+        &firmware("0.8.0.bin"),
+        ImageVersion {
+            major: 0,
+            minor: 8,
+            revision: 0,
+            build: 0,
+        },
+        7,
+    );
+    let mut f = Flash::new(74);
+    f.write(PRIMARY.offset, &padded(&counted)).unwrap();
+    f.write(STORE.offset, &padded(&w.patch)).unwrap();
+    let flash = RefCell::new(f);
+    let r = install::<_, 512>(
+        &flash,
+        STORE,
+        w.patch.len() as u32,
+        &config(&w),
+        None,
+        |_| {},
+    );
+    assert!(
+        matches!(
+            r,
+            Err(InstallError::SecurityCounter {
+                running: 7,
+                offered: 2
+            })
+        ),
+        "{r:?}"
+    );
+    // Every refusal came before any write to the secondary slot.
+    let f = flash.borrow();
+    assert!(
+        f.as_bytes()[SECONDARY.offset as usize..SECONDARY.end() as usize]
+            .iter()
+            .all(|&b| b == 0xff)
+    );
+}
