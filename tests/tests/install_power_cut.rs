@@ -245,53 +245,37 @@ fn refusals_leave_the_primary_untouched() {
         ),
         "{r:?}"
     );
+    // A running image with another version or security counter than the old one.
+    let run_on = |minor: u8, major: u8, counter: u32| {
+        let running = mcuboot_image(
+            &firmware("0.8.0.bin"),
+            ImageVersion {
+                major,
+                minor,
+                revision: 0,
+                build: 0,
+            },
+            counter,
+        );
+        let mut f = Flash::new(74);
+        f.write(PRIMARY.offset, &padded(&running)).unwrap();
+        f.write(STORE.offset, &padded(&w.patch)).unwrap();
+        let flash = RefCell::new(f);
+        let r = install::<_, 512>(
+            &flash,
+            STORE,
+            w.patch.len() as u32,
+            &config(&w),
+            None,
+            |_| {},
+        );
+        (flash, r)
+    };
     // The running image is newer than the patch's: rollback refused.
-    let newer = mcuboot_image(
-        &firmware("0.8.0.bin"),
-        ImageVersion {
-            major: 1,
-            minor: 0,
-            revision: 0,
-            build: 0,
-        },
-        1,
-    );
-    let mut f = Flash::new(74);
-    f.write(PRIMARY.offset, &padded(&newer)).unwrap();
-    f.write(STORE.offset, &padded(&w.patch)).unwrap();
-    let flash = RefCell::new(f);
-    let r = install::<_, 512>(
-        &flash,
-        STORE,
-        w.patch.len() as u32,
-        &config(&w),
-        None,
-        |_| {},
-    );
+    let (_, r) = run_on(0, 1, 1);
     assert!(matches!(r, Err(InstallError::Rollback { .. })), "{r:?}");
     // A higher security counter on the running image.
-    let counted = mcuboot_image(
-        &firmware("0.8.0.bin"),
-        ImageVersion {
-            major: 0,
-            minor: 8,
-            revision: 0,
-            build: 0,
-        },
-        7,
-    );
-    let mut f = Flash::new(74);
-    f.write(PRIMARY.offset, &padded(&counted)).unwrap();
-    f.write(STORE.offset, &padded(&w.patch)).unwrap();
-    let flash = RefCell::new(f);
-    let r = install::<_, 512>(
-        &flash,
-        STORE,
-        w.patch.len() as u32,
-        &config(&w),
-        None,
-        |_| {},
-    );
+    let (flash, r) = run_on(8, 0, 7);
     assert!(
         matches!(
             r,
