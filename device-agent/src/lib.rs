@@ -10,9 +10,11 @@ extern crate std;
 
 pub use fuota_codec as codec;
 
+pub mod clock;
 pub mod install;
 pub mod journal;
 pub mod mcuboot;
+pub mod rng;
 #[cfg(feature = "sim-flash")]
 pub mod sim_flash;
 pub mod slot;

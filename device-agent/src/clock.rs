@@ -1,0 +1,233 @@
+//! TS003 clock synchronization, device side (sans-IO).
+//!
+//! The device keeps `GPS time = now + offset`; `now` is the caller's monotonic clock in
+//! milliseconds. It sends AppTimeReq at start, then every `128 * 2^period` seconds (with up
+//! to 30 s of random jitter, so that a fleet does not answer at once), and `nb_transmissions`
+//! times after a ForceDeviceResync. An AppTimeAns counts only with the token of the request
+//! it answers.
+
+use fuota_codec::clock_sync::{
+    AppTimeReq, DeviceAppTimePeriodicityAns, Downlink, PackageVersionAns, Uplink, PACKAGE_ID,
+};
+use fuota_codec::Version;
+
+use crate::rng::Rng;
+
+/// Milliseconds on the caller's monotonic clock.
+pub type Millis = u64;
+
+/// Default periodicity exponent: 128 * 2^7 s, about 4.5 hours.
+pub const DEFAULT_PERIOD: u8 = 7;
+const JITTER_MS: u64 = 30_000;
+/// Spacing of the AppTimeReq a ForceDeviceResync asks for.
+const RESYNC_SPACING_MS: u64 = 10_000;
+
+/// Device side of TS003.
+#[derive(Debug, Clone)]
+pub struct ClockSync {
+    version: Version,
+    /// GPS milliseconds minus `now`; `None` until the first valid AppTimeAns.
+    offset_ms: Option<i64>,
+    /// Token of the last AppTimeReq (4 bits).
+    token: u8,
+    awaiting: bool,
+    period: u8,
+    next_request: Millis,
+    resync_left: u8,
+}
+
+impl ClockSync {
+    /// Starts unsynchronized, with a first AppTimeReq due at `now`.
+    pub fn new(version: Version, now: Millis) -> Self {
+        Self {
+            version,
+            offset_ms: None,
+            token: 0,
+            awaiting: false,
+            period: DEFAULT_PERIOD,
+            next_request: now,
+            resync_left: 0,
+        }
+    }
+
+    /// GPS time in milliseconds, once synchronized.
+    pub fn gps_ms(&self, now: Millis) -> Option<i64> {
+        self.offset_ms.map(|o| now as i64 + o)
+    }
+
+    /// GPS time in seconds as the packages carry it (mod 2^32), or the uncorrected local
+    /// clock before the first answer.
+    fn device_time(&self, now: Millis) -> u32 {
+        let ms = self.gps_ms(now).unwrap_or(now as i64);
+        (ms.div_euclid(1000)) as u32
+    }
+
+    pub fn is_synced(&self) -> bool {
+        self.offset_ms.is_some()
+    }
+
+    /// Handles one downlink command; returns the answer to send, if any.
+    pub fn handle(&mut self, now: Millis, cmd: Downlink, rng: &mut Rng) -> Option<Uplink> {
+        match cmd {
+            Downlink::PackageVersionReq(_) => Some(Uplink::PackageVersionAns(PackageVersionAns {
+                package_identifier: PACKAGE_ID,
+                package_version: self.version.number(),
+            })),
+            Downlink::AppTimeAns(ans) => {
+                if self.awaiting && ans.token_ans == self.token {
+                    let base = self.offset_ms.unwrap_or(0);
+                    self.offset_ms = Some(base + i64::from(ans.time_correction) * 1000);
+                    self.awaiting = false;
+                    self.token = (self.token + 1) & 0x0f;
+                }
+                None
+            }
+            Downlink::DeviceAppTimePeriodicityReq(req) => {
+                self.period = req.period & 0x0f;
+                self.next_request = now + self.period_ms() + rng.below(JITTER_MS);
+                Some(Uplink::DeviceAppTimePeriodicityAns(
+                    DeviceAppTimePeriodicityAns {
+                        not_supported: false,
+                        time: self.device_time(now),
+                    },
+                ))
+            }
+            Downlink::ForceDeviceResync(cmd) => {
+                self.resync_left = cmd.nb_transmissions & 0x07;
+                if self.resync_left > 0 {
+                    self.next_request = now;
+                }
+                None
+            }
+        }
+    }
+
+    fn period_ms(&self) -> u64 {
+        128_000u64 << self.period
+    }
+
+    /// When the next AppTimeReq is due.
+    pub fn poll_timeout(&self) -> Millis {
+        self.next_request
+    }
+
+    /// The AppTimeReq due at `now`, if one is.
+    pub fn poll_request(&mut self, now: Millis, rng: &mut Rng) -> Option<Uplink> {
+        if now < self.next_request {
+            return None;
+        }
+        if self.resync_left > 0 {
+            self.resync_left -= 1;
+        }
+        self.next_request = if self.resync_left > 0 {
+            now + RESYNC_SPACING_MS
+        } else {
+            now + self.period_ms() + rng.below(JITTER_MS)
+        };
+        if self.awaiting {
+            // The previous request went unanswered: a new token tells the answers apart.
+            self.token = (self.token + 1) & 0x0f;
+        }
+        self.awaiting = true;
+        Some(Uplink::AppTimeReq(AppTimeReq {
+            device_time: self.device_time(now),
+            token_req: self.token,
+            ans_required: !self.is_synced(),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fuota_codec::clock_sync::{AppTimeAns, DeviceAppTimePeriodicityReq, ForceDeviceResyncCmd};
+
+    fn req(u: Option<Uplink>) -> AppTimeReq {
+        match u {
+            Some(Uplink::AppTimeReq(r)) => r,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn syncs_with_the_matching_token_only() {
+        let mut rng = Rng::new(1);
+        let mut c = ClockSync::new(Version::V2, 5_000);
+        assert_eq!(c.poll_request(4_999, &mut rng), None);
+        let r = req(c.poll_request(5_000, &mut rng));
+        assert_eq!((r.device_time, r.token_req, r.ans_required), (5, 0, true));
+        // A stale token is ignored.
+        c.handle(
+            6_000,
+            Downlink::AppTimeAns(AppTimeAns {
+                time_correction: 99,
+                token_ans: 3,
+            }),
+            &mut rng,
+        );
+        assert!(!c.is_synced());
+        c.handle(
+            6_000,
+            Downlink::AppTimeAns(AppTimeAns {
+                time_correction: 1_000_000,
+                token_ans: 0,
+            }),
+            &mut rng,
+        );
+        assert_eq!(c.gps_ms(6_000), Some(1_000_006_000));
+        // Answered once: a replay changes nothing.
+        c.handle(
+            7_000,
+            Downlink::AppTimeAns(AppTimeAns {
+                time_correction: 5,
+                token_ans: 0,
+            }),
+            &mut rng,
+        );
+        assert_eq!(c.gps_ms(7_000), Some(1_000_007_000));
+        // The next request is a period (+ jitter) later, with the next token.
+        let due = c.poll_timeout();
+        assert!((5_000 + 128_000 * 128..=5_000 + 128_000 * 128 + 30_000).contains(&due));
+        let r = req(c.poll_request(due, &mut rng));
+        assert_eq!((r.token_req, r.ans_required), (1, false));
+    }
+
+    #[test]
+    fn periodicity_and_forced_resync() {
+        let mut rng = Rng::new(2);
+        let mut c = ClockSync::new(Version::V1, 0);
+        req(c.poll_request(0, &mut rng));
+        let ans = c.handle(
+            1_000,
+            Downlink::DeviceAppTimePeriodicityReq(DeviceAppTimePeriodicityReq { period: 0 }),
+            &mut rng,
+        );
+        assert!(
+            matches!(ans, Some(Uplink::DeviceAppTimePeriodicityAns(a)) if !a.not_supported && a.time == 1)
+        );
+        assert!((129_000..=159_000).contains(&c.poll_timeout()));
+        c.handle(
+            2_000,
+            Downlink::ForceDeviceResync(ForceDeviceResyncCmd {
+                nb_transmissions: 3,
+            }),
+            &mut rng,
+        );
+        let mut sent = 0;
+        let mut t = 2_000;
+        while t < 2_000 + 60_000 {
+            if c.poll_request(t, &mut rng).is_some() {
+                sent += 1;
+            }
+            t += 1_000;
+        }
+        assert_eq!(sent, 3);
+        assert!(matches!(
+            c.handle(0, Downlink::PackageVersionReq(Default::default()), &mut rng),
+            Some(Uplink::PackageVersionAns(PackageVersionAns {
+                package_identifier: 1,
+                package_version: 1
+            }))
+        ));
+    }
+}
