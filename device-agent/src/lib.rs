@@ -5,7 +5,7 @@
 #![no_std]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
-#[cfg(feature = "sim-flash")]
+#[cfg(any(test, feature = "sim-flash"))]
 extern crate std;
 
 pub use fuota_codec as codec;
@@ -14,6 +14,7 @@ pub mod clock;
 pub mod install;
 pub mod journal;
 pub mod mcuboot;
+pub mod multicast;
 pub mod rng;
 #[cfg(feature = "sim-flash")]
 pub mod sim_flash;

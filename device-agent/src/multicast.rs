@@ -1,0 +1,449 @@
+//! TS005 remote multicast setup, device side (sans-IO).
+//!
+//! Groups hold the multicast address, the session keys derived from the McKey (decrypted with
+//! McKEKey) and the frame-counter window; the LoRaWAN stack installs them when the agent says
+//! so ([`McEvent::GroupKeys`]). Class C sessions open and close on GPS time; the agent tells
+//! the stack when to switch ([`McEvent::ClassCStart`], [`McEvent::ClassCEnd`]). Class B is
+//! refused unless the integrator enables it.
+
+use fuota_codec::keys::{decrypt_mc_key, mc_app_s_key, mc_nwk_s_key, Key128};
+use fuota_codec::multicast_setup::{
+    Downlink, McGroupDeleteAns, McGroupSetupAns, McGroupStatusAns, McGroupStatusItem, McSessionAns,
+    PackageVersionAns, Uplink, MAX_GROUPS, PACKAGE_ID,
+};
+use fuota_codec::Version;
+
+use crate::clock::Millis;
+
+/// What the radio can do, for the DR and frequency checks of session requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RadioLimits {
+    pub min_hz: u32,
+    pub max_hz: u32,
+    pub max_dr: u8,
+    pub class_b: bool,
+}
+
+impl RadioLimits {
+    /// EU868: 863-870 MHz, DR0-DR7, no class B.
+    pub const EU868: Self = Self {
+        min_hz: 863_000_000,
+        max_hz: 870_000_000,
+        max_dr: 7,
+        class_b: false,
+    };
+}
+
+/// A multicast group as the LoRaWAN stack needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct McGroup {
+    pub addr: u32,
+    pub app_s_key: Key128,
+    pub nwk_s_key: Key128,
+    pub min_fcount: u32,
+    pub max_fcount: u32,
+}
+
+/// A scheduled or running class C session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClassCSession {
+    /// GPS seconds (mod 2^32 as carried; compared as wrapping differences).
+    pub start_s: u32,
+    pub timeout_exp: u8,
+    pub freq_hz: u32,
+    pub dr: u8,
+    pub running: bool,
+}
+
+/// What the LoRaWAN stack must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum McEvent {
+    /// Install (or replace) group `id` with these keys and frame-counter window.
+    GroupKeys { id: u8, group: McGroup },
+    /// Forget group `id`.
+    GroupDeleted { id: u8 },
+    /// Open class C reception for group `id`.
+    ClassCStart { id: u8, freq_hz: u32, dr: u8 },
+    /// Close it: the session's time is up.
+    ClassCEnd { id: u8 },
+}
+
+/// Device side of TS005.
+#[derive(Debug, Clone)]
+pub struct Multicast {
+    version: Version,
+    mc_ke_key: Key128,
+    limits: RadioLimits,
+    groups: [Option<McGroup>; MAX_GROUPS],
+    sessions: [Option<ClassCSession>; MAX_GROUPS],
+}
+
+fn wrapping_secs(a: u32, b: u32) -> i64 {
+    i64::from(a.wrapping_sub(b) as i32)
+}
+
+impl Multicast {
+    pub fn new(version: Version, mc_ke_key: Key128, limits: RadioLimits) -> Self {
+        Self {
+            version,
+            mc_ke_key,
+            limits,
+            groups: [const { None }; MAX_GROUPS],
+            sessions: [None; MAX_GROUPS],
+        }
+    }
+
+    pub fn group(&self, id: u8) -> Option<&McGroup> {
+        self.groups.get(usize::from(id)).and_then(Option::as_ref)
+    }
+
+    pub fn session(&self, id: u8) -> Option<&ClassCSession> {
+        self.sessions.get(usize::from(id)).and_then(Option::as_ref)
+    }
+
+    /// Handles one command; `gps_s` is the device's GPS time in seconds. Events go to `emit`.
+    pub fn handle(
+        &mut self,
+        gps_s: u32,
+        cmd: Downlink,
+        mut emit: impl FnMut(McEvent),
+    ) -> Option<Uplink> {
+        match cmd {
+            Downlink::PackageVersionReq(_) => Some(Uplink::PackageVersionAns(PackageVersionAns {
+                package_identifier: PACKAGE_ID,
+                package_version: self.version.number(),
+            })),
+            Downlink::McGroupStatusReq(req) => {
+                let mut ans = McGroupStatusAns {
+                    ans_group_mask: 0,
+                    nb_total_groups: self.groups.iter().flatten().count() as u8,
+                    items: [McGroupStatusItem {
+                        mc_group_id: 0,
+                        mc_addr: 0,
+                    }; MAX_GROUPS],
+                };
+                let mut n = 0;
+                for (id, g) in self.groups.iter().enumerate() {
+                    if let Some(g) = g.as_ref().filter(|_| req.req_group_mask & (1 << id) != 0) {
+                        ans.ans_group_mask |= 1 << id;
+                        ans.items[n] = McGroupStatusItem {
+                            mc_group_id: id as u8,
+                            mc_addr: g.addr,
+                        };
+                        n += 1;
+                    }
+                }
+                Some(Uplink::McGroupStatusAns(ans))
+            }
+            Downlink::McGroupSetupReq(req) => {
+                let id = req.mc_group_id;
+                let Some(slot) = self.groups.get_mut(usize::from(id)) else {
+                    return Some(Uplink::McGroupSetupAns(McGroupSetupAns {
+                        mc_group_id: id,
+                        id_error: true,
+                    }));
+                };
+                let mc_key = decrypt_mc_key(&self.mc_ke_key, &req.mc_key_encrypted);
+                let group = McGroup {
+                    addr: req.mc_addr,
+                    app_s_key: mc_app_s_key(&mc_key, req.mc_addr),
+                    nwk_s_key: mc_nwk_s_key(&mc_key, req.mc_addr),
+                    min_fcount: req.min_mc_fcount,
+                    max_fcount: req.max_mc_fcount,
+                };
+                *slot = Some(group.clone());
+                // A new definition ends any session of the old one.
+                if let Some(s) = self.sessions[usize::from(id)].take() {
+                    if s.running {
+                        emit(McEvent::ClassCEnd { id });
+                    }
+                }
+                emit(McEvent::GroupKeys { id, group });
+                Some(Uplink::McGroupSetupAns(McGroupSetupAns {
+                    mc_group_id: id,
+                    id_error: false,
+                }))
+            }
+            Downlink::McGroupDeleteReq(req) => {
+                let id = req.mc_group_id;
+                let existed = self
+                    .groups
+                    .get_mut(usize::from(id))
+                    .and_then(Option::take)
+                    .is_some();
+                if existed {
+                    if let Some(s) = self.sessions[usize::from(id)].take() {
+                        if s.running {
+                            emit(McEvent::ClassCEnd { id });
+                        }
+                    }
+                    emit(McEvent::GroupDeleted { id });
+                }
+                Some(Uplink::McGroupDeleteAns(McGroupDeleteAns {
+                    mc_group_id: id,
+                    mc_group_undefined: !existed,
+                }))
+            }
+            Downlink::McClassCSessionReq(req) => {
+                let id = req.mc_group_id;
+                let freq_hz = req.dl_frequ.hz();
+                let mut ans = McSessionAns {
+                    mc_group_id: id,
+                    dr_error: req.dr > self.limits.max_dr,
+                    freq_error: !(self.limits.min_hz..=self.limits.max_hz).contains(&freq_hz),
+                    mc_group_undefined: self.group(id).is_none(),
+                    start_missed: false,
+                    time_to_start: None,
+                };
+                if ans.dr_error || ans.freq_error || ans.mc_group_undefined {
+                    return Some(Uplink::McClassCSessionAns(ans));
+                }
+                let until = wrapping_secs(req.session_time, gps_s);
+                let end = i64::from(req.session_time) + (1i64 << req.time_out);
+                let ended = wrapping_secs(end as u32, gps_s) <= 0;
+                if until < 0 && (self.version == Version::V2 || ended) {
+                    // v2 says so; v1 has no bit for it and starts late unless it is over.
+                    ans.start_missed = self.version == Version::V2;
+                    if ans.start_missed {
+                        return Some(Uplink::McClassCSessionAns(ans));
+                    }
+                }
+                if let Some(old) = self.sessions[usize::from(id)] {
+                    if old.running {
+                        emit(McEvent::ClassCEnd { id });
+                    }
+                }
+                self.sessions[usize::from(id)] = Some(ClassCSession {
+                    start_s: req.session_time,
+                    timeout_exp: req.time_out,
+                    freq_hz,
+                    dr: req.dr,
+                    running: false,
+                });
+                ans.time_to_start = Some(until.clamp(0, 0x00ff_ffff) as u32);
+                Some(Uplink::McClassCSessionAns(ans))
+            }
+            Downlink::McClassBSessionReq(req) => {
+                // Without class B nothing about the request can be honoured: DR and
+                // frequency are both refused.
+                let undefined = self.group(req.mc_group_id).is_none();
+                Some(Uplink::McClassBSessionAns(McSessionAns {
+                    mc_group_id: req.mc_group_id,
+                    dr_error: !self.limits.class_b || req.dr > self.limits.max_dr,
+                    freq_error: !self.limits.class_b,
+                    mc_group_undefined: undefined,
+                    start_missed: false,
+                    time_to_start: None,
+                }))
+            }
+        }
+    }
+
+    /// Starts and ends sessions whose time has come; `gps_s` as in [`Multicast::handle`].
+    pub fn handle_timeout(&mut self, gps_s: u32, mut emit: impl FnMut(McEvent)) {
+        for (id, slot) in self.sessions.iter_mut().enumerate() {
+            let Some(s) = slot else { continue };
+            let id = id as u8;
+            let end = s.start_s.wrapping_add(1u32 << s.timeout_exp);
+            if wrapping_secs(end, gps_s) <= 0 {
+                if s.running {
+                    emit(McEvent::ClassCEnd { id });
+                }
+                *slot = None;
+            } else if !s.running && wrapping_secs(s.start_s, gps_s) <= 0 {
+                s.running = true;
+                emit(McEvent::ClassCStart {
+                    id,
+                    freq_hz: s.freq_hz,
+                    dr: s.dr,
+                });
+            }
+        }
+    }
+
+    /// GPS second of the next session start or end after `gps_s`, for the agent's timer.
+    pub fn next_deadline_s(&self, gps_s: u32) -> Option<u32> {
+        self.sessions
+            .iter()
+            .flatten()
+            .map(|s| {
+                if s.running {
+                    s.start_s.wrapping_add(1u32 << s.timeout_exp)
+                } else {
+                    s.start_s
+                }
+            })
+            .min_by_key(|&t| wrapping_secs(t, gps_s))
+    }
+
+    /// A running session's group, to route class C downlinks (and refuse the rest).
+    pub fn is_receiving(&self, id: u8) -> bool {
+        self.session(id).is_some_and(|s| s.running)
+    }
+
+    /// When, on the caller's clock, a GPS second falls, given the current offset.
+    pub fn at(gps_s: u32, now: Millis, gps_now_ms: i64) -> Millis {
+        let delta_ms = wrapping_secs(gps_s, (gps_now_ms.div_euclid(1000)) as u32) * 1000;
+        (now as i64 + delta_ms).max(now as i64) as Millis
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fuota_codec::keys::{encrypt_mc_key, mc_ke_key, mc_root_key_lorawan_1_1};
+    use fuota_codec::multicast_setup::{
+        DlFrequ, McClassBSessionReq, McClassCSessionReq, McGroupDeleteReq, McGroupSetupReq,
+        McGroupStatusReq,
+    };
+
+    fn setup() -> (Multicast, Key128) {
+        let ke = mc_ke_key(&mc_root_key_lorawan_1_1(&Key128::from_bytes([1; 16])));
+        (
+            Multicast::new(Version::V2, ke.clone(), RadioLimits::EU868),
+            ke,
+        )
+    }
+
+    fn session_req(id: u8, time: u32) -> Downlink {
+        Downlink::McClassCSessionReq(McClassCSessionReq {
+            mc_group_id: id,
+            session_time: time,
+            time_out: 4,
+            dl_frequ: DlFrequ::from_hz(869_525_000).unwrap(),
+            dr: 0,
+        })
+    }
+
+    #[test]
+    fn group_setup_derives_keys_and_sessions_run_on_gps_time() {
+        let (mut m, ke) = setup();
+        let mc_key = Key128::from_bytes([7; 16]);
+        let mut events = std::vec::Vec::new();
+        let ans = m.handle(
+            1000,
+            Downlink::McGroupSetupReq(McGroupSetupReq {
+                mc_group_id: 1,
+                mc_addr: 0x0102_0304,
+                mc_key_encrypted: encrypt_mc_key(&ke, &mc_key),
+                min_mc_fcount: 0,
+                max_mc_fcount: 1000,
+            }),
+            |e| events.push(e),
+        );
+        assert_eq!(
+            ans,
+            Some(Uplink::McGroupSetupAns(McGroupSetupAns {
+                mc_group_id: 1,
+                id_error: false
+            }))
+        );
+        let McEvent::GroupKeys { id: 1, group } = &events[0] else {
+            panic!("{events:?}")
+        };
+        assert_eq!(group.app_s_key, mc_app_s_key(&mc_key, 0x0102_0304));
+        // Status: only group 1 defined.
+        let Some(Uplink::McGroupStatusAns(s)) = m.handle(
+            1000,
+            Downlink::McGroupStatusReq(McGroupStatusReq {
+                req_group_mask: 0x0f,
+            }),
+            |_| {},
+        ) else {
+            panic!()
+        };
+        assert_eq!(
+            (s.ans_group_mask, s.nb_total_groups, s.items()[0].mc_addr),
+            (0b10, 1, 0x0102_0304)
+        );
+        // A session 100 s ahead, 16 s long.
+        let Some(Uplink::McClassCSessionAns(a)) = m.handle(1000, session_req(1, 1100), |_| {})
+        else {
+            panic!()
+        };
+        assert_eq!(a.time_to_start, Some(100));
+        events.clear();
+        m.handle_timeout(1099, |e| events.push(e));
+        assert!(events.is_empty());
+        m.handle_timeout(1100, |e| events.push(e));
+        assert_eq!(
+            events,
+            [McEvent::ClassCStart {
+                id: 1,
+                freq_hz: 869_525_000,
+                dr: 0
+            }]
+        );
+        assert!(m.is_receiving(1));
+        m.handle_timeout(1116, |e| events.push(e));
+        assert_eq!(events[1], McEvent::ClassCEnd { id: 1 });
+        assert!(!m.is_receiving(1));
+        // Errors: undefined group, bad DR, bad frequency, start missed (v2).
+        let Some(Uplink::McClassCSessionAns(a)) = m.handle(2000, session_req(2, 2100), |_| {})
+        else {
+            panic!()
+        };
+        assert!(a.mc_group_undefined && a.time_to_start.is_none());
+        let Some(Uplink::McClassCSessionAns(a)) = m.handle(2000, session_req(1, 1990), |_| {})
+        else {
+            panic!()
+        };
+        assert!(a.start_missed && a.time_to_start.is_none());
+        let bad = McClassCSessionReq {
+            mc_group_id: 1,
+            session_time: 2100,
+            time_out: 4,
+            dl_frequ: DlFrequ::from_hz(915_000_000).unwrap(),
+            dr: 9,
+        };
+        let Some(Uplink::McClassCSessionAns(a)) =
+            m.handle(2000, Downlink::McClassCSessionReq(bad), |_| {})
+        else {
+            panic!()
+        };
+        assert!(a.dr_error && a.freq_error);
+        // Class B is refused when not configured.
+        let Some(Uplink::McClassBSessionAns(a)) = m.handle(
+            2000,
+            Downlink::McClassBSessionReq(McClassBSessionReq {
+                mc_group_id: 1,
+                session_time: 2100,
+                time_out: 1,
+                periodicity: 0,
+                dl_frequ: DlFrequ::from_hz(869_525_000).unwrap(),
+                dr: 0,
+            }),
+            |_| {},
+        ) else {
+            panic!()
+        };
+        assert!(a.dr_error && a.freq_error && !a.mc_group_undefined && a.time_to_start.is_none());
+        // Delete, then delete again.
+        events.clear();
+        let ans = m.handle(
+            2000,
+            Downlink::McGroupDeleteReq(McGroupDeleteReq { mc_group_id: 1 }),
+            |e| events.push(e),
+        );
+        assert_eq!(
+            ans,
+            Some(Uplink::McGroupDeleteAns(McGroupDeleteAns {
+                mc_group_id: 1,
+                mc_group_undefined: false
+            }))
+        );
+        assert_eq!(events, [McEvent::GroupDeleted { id: 1 }]);
+        let ans = m.handle(
+            2000,
+            Downlink::McGroupDeleteReq(McGroupDeleteReq { mc_group_id: 1 }),
+            |_| {},
+        );
+        assert_eq!(
+            ans,
+            Some(Uplink::McGroupDeleteAns(McGroupDeleteAns {
+                mc_group_id: 1,
+                mc_group_undefined: true
+            }))
+        );
+    }
+}
