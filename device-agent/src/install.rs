@@ -10,8 +10,40 @@ use fuota_codec::patch::apply::{verify_preamble, Applier, ApplyError, Checkpoint
 use fuota_codec::patch::container::{ImageVersion, Manifest, PREAMBLE_LEN};
 use fuota_codec::patch::VerifyingKey;
 
+use crate::frag_store::{FlashStore, StoreError};
 use crate::mcuboot::{self, McubootError, Trailer};
 use crate::slot::{Region, SlotError, SlotReader, SlotWriter};
+
+/// Where the patch is read from: the decoded data block (see [`FlashStore`]) or a plain
+/// flash region ([`RegionPatch`]).
+pub trait PatchSource<E> {
+    fn read_patch(&mut self, offset: u32, buf: &mut [u8]) -> Result<(), StoreError<E>>;
+}
+
+impl<F: NorFlash, const S: usize> PatchSource<F::Error> for FlashStore<'_, F, S> {
+    fn read_patch(&mut self, offset: u32, buf: &mut [u8]) -> Result<(), StoreError<F::Error>> {
+        self.read_block(offset, buf)
+    }
+}
+
+/// A patch stored as is in a flash region.
+#[derive(Debug)]
+pub struct RegionPatch<'a, F> {
+    pub flash: &'a RefCell<F>,
+    pub region: Region,
+}
+
+impl<F: NorFlash> PatchSource<F::Error> for RegionPatch<'_, F> {
+    fn read_patch(&mut self, offset: u32, buf: &mut [u8]) -> Result<(), StoreError<F::Error>> {
+        if offset as u64 + buf.len() as u64 > u64::from(self.region.len) {
+            return Err(StoreError::OutOfRange);
+        }
+        self.flash
+            .borrow_mut()
+            .read(self.region.offset + offset, buf)
+            .map_err(StoreError::Flash)
+    }
+}
 
 /// Where things are and what is trusted.
 #[derive(Debug, Clone, Copy)]
@@ -28,8 +60,8 @@ pub struct InstallConfig {
 /// Why an install stopped. The primary slot is untouched in every case.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InstallError<E> {
-    /// Reading the patch from flash failed.
-    Flash(E),
+    /// Reading the patch failed.
+    Patch(StoreError<E>),
     /// The patch was refused, or reading/writing a slot failed while applying it.
     Apply(ApplyError<SlotError<E>>),
     /// The patch would install an older image than the running one.
@@ -58,26 +90,19 @@ pub struct Installed {
 /// Patch bytes read from flash at once (stack).
 const CHUNK: usize = 256;
 
-/// Checks the patch in `patch` (its first `patch_len` bytes) and applies it into the
+/// Checks the patch (its first `patch_len` bytes) and applies it into the
 /// secondary slot. `resume` continues an interrupted install; `save` is called with each
 /// checkpoint worth keeping (sector-aligned, durable), which the caller journals.
 pub fn install<F: NorFlash, const W: usize>(
     flash: &RefCell<F>,
-    patch: Region,
+    patch: &mut impl PatchSource<F::Error>,
     patch_len: u32,
     config: &InstallConfig,
     resume: Option<Checkpoint>,
     mut save: impl FnMut(Checkpoint),
 ) -> Result<Installed, InstallError<F::Error>> {
-    let read_patch = |at: u32, buf: &mut [u8]| {
-        flash
-            .borrow_mut()
-            .read(patch.offset + at, buf)
-            .map_err(InstallError::Flash)
-    };
-    if patch_len > patch.len {
-        return Err(InstallError::Apply(ApplyError::Truncated));
-    }
+    let mut read_patch =
+        |at: u32, buf: &mut [u8]| patch.read_patch(at, buf).map_err(InstallError::Patch);
     // Signature and anti-rollback before anything else happens.
     let mut preamble = [0u8; PREAMBLE_LEN];
     if (patch_len as usize) < PREAMBLE_LEN {

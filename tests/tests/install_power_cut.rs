@@ -10,7 +10,8 @@ use std::cell::RefCell;
 use embedded_storage::nor_flash::NorFlash;
 use fuota_codec::patch::apply::Checkpoint;
 use fuota_codec::patch::container::ImageVersion;
-use fuota_device_agent::install::{install, InstallConfig, InstallError};
+use fuota_device_agent::frag_store::StoreError;
+use fuota_device_agent::install::{install, InstallConfig, InstallError, RegionPatch};
 use fuota_device_agent::journal::Journal;
 use fuota_device_agent::mcuboot::{read_trailer, Trailer, SWAP_TYPE_TEST};
 use fuota_device_agent::sim_flash::{SimFlash, SimFlashError};
@@ -150,7 +151,10 @@ fn boot(flash: &RefCell<Flash>, w: &World) -> Result<(), ()> {
         .map(|p| Checkpoint::from_bytes(p.try_into().unwrap()));
     let result = install::<_, 512>(
         flash,
-        STORE,
+        &mut RegionPatch {
+            flash,
+            region: STORE,
+        },
         w.patch.len() as u32,
         &config(w),
         resume,
@@ -161,7 +165,7 @@ fn boot(flash: &RefCell<Flash>, w: &World) -> Result<(), ()> {
     );
     match result {
         Ok(_) => Ok(()),
-        Err(InstallError::Flash(e)) => {
+        Err(InstallError::Patch(StoreError::Flash(e))) => {
             cut(e);
             Err(())
         }
@@ -228,6 +232,25 @@ fn every_power_cut_point_ends_in_the_new_image() {
     }
 }
 
+/// One install without a journal (the refusal cases).
+fn install_once(
+    flash: &RefCell<Flash>,
+    w: &World,
+    cfg: &InstallConfig,
+) -> Result<fuota_device_agent::install::Installed, InstallError<SimFlashError>> {
+    install::<_, 512>(
+        flash,
+        &mut RegionPatch {
+            flash,
+            region: STORE,
+        },
+        w.patch.len() as u32,
+        cfg,
+        None,
+        |_| {},
+    )
+}
+
 #[test]
 fn refusals_leave_the_primary_untouched() {
     let w = world();
@@ -235,7 +258,7 @@ fn refusals_leave_the_primary_untouched() {
     let flash = RefCell::new(fresh_flash(&w));
     let mut cfg = config(&w);
     cfg.key = *SigningKey::from_slice(&[12; 32]).unwrap().verifying_key();
-    let r = install::<_, 512>(&flash, STORE, w.patch.len() as u32, &cfg, None, |_| {});
+    let r = install_once(&flash, &w, &cfg);
     assert!(
         matches!(
             r,
@@ -261,14 +284,7 @@ fn refusals_leave_the_primary_untouched() {
         f.write(PRIMARY.offset, &padded(&running)).unwrap();
         f.write(STORE.offset, &padded(&w.patch)).unwrap();
         let flash = RefCell::new(f);
-        let r = install::<_, 512>(
-            &flash,
-            STORE,
-            w.patch.len() as u32,
-            &config(&w),
-            None,
-            |_| {},
-        );
+        let r = install_once(&flash, &w, &config(&w));
         (flash, r)
     };
     // The running image is newer than the patch's: rollback refused.
