@@ -313,3 +313,40 @@ fn bad_input_is_an_error_not_a_panic() {
         Err(DecoderError::NbFrag(0))
     ));
 }
+
+/// A `DecoderState` kept apart from its buffer (as a device agent holds it) decodes the same
+/// as a `Decoder`, and the buffer is reused for a second block via `into_parts`.
+#[test]
+fn detached_state_decodes_and_the_workspace_is_reused() {
+    use fuota_codec::fec::decoder::DecoderState;
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    let (m, frag_size) = (40, 12);
+    let mut workspace = vec![0u8; Decoder::workspace_len(m, 16, frag_size)];
+    for round in 0..2 {
+        let data = random_block(&mut rng, m * frag_size);
+        let frags = encode(Version::V2, &data, frag_size, 20).unwrap();
+        let mut slots = vec![0u8; m * frag_size];
+        let mut store = RamStore::new(&mut slots, frag_size);
+        let mut state = DecoderState::new(Version::V2, m, frag_size, 16, &mut workspace).unwrap();
+        let mut progress = state.progress();
+        for (i, f) in frags.iter().enumerate().filter(|(i, _)| i % 4 != 1) {
+            progress = state.push(&mut workspace, &mut store, i + 1, f).unwrap();
+            if progress == Progress::Complete {
+                break;
+            }
+        }
+        assert_eq!(progress, Progress::Complete, "round {round}");
+        assert_eq!(store.as_bytes(), &data[..]);
+        assert_eq!(
+            state.push(&mut workspace[..10], &mut store, 1, &frags[0]),
+            Err(DecodeError::Workspace {
+                needed: Decoder::workspace_len(m, 16, frag_size),
+                got: 10
+            })
+        );
+    }
+    let decoder = Decoder::new(Version::V1, 8, 4, 2, &mut workspace).unwrap();
+    let (state, ws) = decoder.into_parts();
+    assert_eq!(state.nb_frag(), 8);
+    assert_eq!(ws.len(), Decoder::workspace_len(m, 16, frag_size));
+}

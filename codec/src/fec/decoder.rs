@@ -80,6 +80,8 @@ pub enum DecodeError<E> {
     FragmentNumber { n: usize },
     /// More data fragments are lost than the workspace has rows for.
     NotEnoughMatrixMemory { lost: usize, max_lost: usize },
+    /// [`DecoderState::push`] got a workspace shorter than the one it was created in.
+    Workspace { needed: usize, got: usize },
 }
 
 impl<E: fmt::Debug> fmt::Display for DecodeError<E> {
@@ -94,6 +96,9 @@ impl<E: fmt::Debug> fmt::Display for DecodeError<E> {
                 f,
                 "{lost} data fragments lost, more than the {max_lost} the decoder has room for"
             ),
+            DecodeError::Workspace { needed, got } => {
+                write!(f, "workspace of {got} bytes, {needed} needed")
+            }
         }
     }
 }
@@ -168,6 +173,28 @@ fn xor_into(dst: &mut [u8], src: &[u8]) {
 /// [`Progress::Complete`], slots `0..M` of the store hold the block.
 #[derive(Debug)]
 pub struct Decoder<'w> {
+    state: DecoderState,
+    workspace: &'w mut [u8],
+}
+
+/// A decoder's state without its workspace: plain data that an owner keeps next to a buffer
+/// it owns (no borrow to tie them), passing the buffer to each [`DecoderState::push`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecoderState {
+    version: Version,
+    m: usize,
+    frag_size: usize,
+    max_lost: usize,
+    /// Unknowns in the matrix (0 until the first coded fragment).
+    l: usize,
+    lost: Option<usize>,
+    received_data: usize,
+    kept_rows: usize,
+    complete: bool,
+}
+
+/// The workspace cut into its parts, with the scalars, for one call.
+struct Work<'w> {
     version: Version,
     m: usize,
     frag_size: usize,
@@ -190,7 +217,7 @@ pub struct Decoder<'w> {
     complete: bool,
 }
 
-impl<'w> Decoder<'w> {
+impl DecoderState {
     /// Workspace bytes for `m` data fragments, at most `max_lost` of them lost, fragment size
     /// `frag_size`. See the module docs.
     pub const fn workspace_len(m: usize, max_lost: usize, frag_size: usize) -> usize {
@@ -204,13 +231,14 @@ impl<'w> Decoder<'w> {
     }
 
     /// A decoder for `m` data fragments of `frag_size` bytes that can recover up to
-    /// `max_lost` of them, in `workspace` (at least [`Self::workspace_len`] bytes).
+    /// `max_lost` of them; prepares `workspace` (at least [`Self::workspace_len`] bytes),
+    /// which every later call must be given again, unchanged.
     pub fn new(
         version: Version,
         m: usize,
         frag_size: usize,
         max_lost: usize,
-        workspace: &'w mut [u8],
+        workspace: &mut [u8],
     ) -> Result<Self, DecoderError> {
         if m == 0 || m > MAX_NB_FRAG {
             return Err(DecoderError::NbFrag(m));
@@ -226,6 +254,24 @@ impl<'w> Decoder<'w> {
                 got: workspace.len(),
             });
         }
+        for i in 0..m {
+            put_u16(workspace, i, NOT_RECEIVED);
+        }
+        Ok(Self {
+            version,
+            m,
+            frag_size,
+            max_lost,
+            l: 0,
+            lost: None,
+            received_data: 0,
+            kept_rows: 0,
+            complete: false,
+        })
+    }
+
+    fn work<'w>(&self, workspace: &'w mut [u8]) -> Work<'w> {
+        let (m, max_lost, frag_size) = (self.m, self.max_lost, self.frag_size);
         let (index, rest) = workspace.split_at_mut(2 * m);
         let (column_slot, rest) = rest.split_at_mut(2 * max_lost);
         let (matrix, rest) = rest.split_at_mut(bitmap_len(max_lost * (max_lost + 1) / 2));
@@ -234,27 +280,53 @@ impl<'w> Decoder<'w> {
         let (parity, rest) = rest.split_at_mut(bitmap_len(m));
         let (buf_a, rest) = rest.split_at_mut(frag_size);
         let (buf_b, _) = rest.split_at_mut(frag_size);
-        for i in 0..m {
-            put_u16(index, i, NOT_RECEIVED);
-        }
-        Ok(Self {
-            version,
+        Work {
+            version: self.version,
             m,
             frag_size,
             max_lost,
             index,
             column_slot,
-            matrix: Triangle { bits: matrix, l: 0 },
+            matrix: Triangle {
+                bits: matrix,
+                l: self.l,
+            },
             pivots,
             row,
             parity,
             buf_a,
             buf_b,
-            lost: None,
-            received_data: 0,
-            kept_rows: 0,
-            complete: false,
-        })
+            lost: self.lost,
+            received_data: self.received_data,
+            kept_rows: self.kept_rows,
+            complete: self.complete,
+        }
+    }
+
+    /// Takes fragment `n` (1-based: data for n <= M, coded above), with the workspace this
+    /// state was created in.
+    pub fn push<S: FragmentStore>(
+        &mut self,
+        workspace: &mut [u8],
+        store: &mut S,
+        n: usize,
+        payload: &[u8],
+    ) -> Result<Progress, DecodeError<S::Error>> {
+        let needed = Self::workspace_len(self.m, self.max_lost, self.frag_size);
+        if workspace.len() < needed {
+            return Err(DecodeError::Workspace {
+                needed,
+                got: workspace.len(),
+            });
+        }
+        let mut work = self.work(workspace);
+        let result = work.push(store, n, payload);
+        self.l = work.matrix.l;
+        self.lost = work.lost;
+        self.received_data = work.received_data;
+        self.kept_rows = work.kept_rows;
+        self.complete = work.complete;
+        result.map(|()| self.progress())
     }
 
     /// M.
@@ -300,6 +372,69 @@ impl<'w> Decoder<'w> {
             }
         }
     }
+}
+
+impl<'w> Decoder<'w> {
+    /// Workspace bytes for `m` data fragments, at most `max_lost` of them lost, fragment size
+    /// `frag_size`. See the module docs.
+    pub const fn workspace_len(m: usize, max_lost: usize, frag_size: usize) -> usize {
+        DecoderState::workspace_len(m, max_lost, frag_size)
+    }
+
+    /// A decoder for `m` data fragments of `frag_size` bytes that can recover up to
+    /// `max_lost` of them, in `workspace` (at least [`Self::workspace_len`] bytes).
+    pub fn new(
+        version: Version,
+        m: usize,
+        frag_size: usize,
+        max_lost: usize,
+        workspace: &'w mut [u8],
+    ) -> Result<Self, DecoderError> {
+        let state = DecoderState::new(version, m, frag_size, max_lost, workspace)?;
+        Ok(Self { state, workspace })
+    }
+
+    /// The state and the workspace, apart (to keep the state and reuse the buffer).
+    pub fn into_parts(self) -> (DecoderState, &'w mut [u8]) {
+        (self.state, self.workspace)
+    }
+
+    /// The state, for the accessors ([`DecoderState::missing`] and the rest).
+    pub fn state(&self) -> &DecoderState {
+        &self.state
+    }
+
+    /// M.
+    pub fn nb_frag(&self) -> usize {
+        self.state.nb_frag()
+    }
+
+    pub fn frag_size(&self) -> usize {
+        self.state.frag_size()
+    }
+
+    /// Fragments that carried new information (duplicates and redundant ones excluded).
+    pub fn received(&self) -> usize {
+        self.state.received()
+    }
+
+    /// Useful fragments still needed before the block can be rebuilt (0 when complete).
+    pub fn missing(&self) -> usize {
+        self.state.missing()
+    }
+
+    /// Data fragments lost when the first coded fragment arrived, if one has.
+    pub fn lost(&self) -> Option<usize> {
+        self.state.lost()
+    }
+
+    pub fn is_complete(&self) -> bool {
+        self.state.is_complete()
+    }
+
+    pub fn progress(&self) -> Progress {
+        self.state.progress()
+    }
 
     /// Takes fragment `n` (1-based: data for n <= M, coded above).
     pub fn push<S: FragmentStore>(
@@ -308,6 +443,18 @@ impl<'w> Decoder<'w> {
         n: usize,
         payload: &[u8],
     ) -> Result<Progress, DecodeError<S::Error>> {
+        self.state.push(self.workspace, store, n, payload)
+    }
+}
+
+impl Work<'_> {
+    /// Takes fragment `n` (1-based: data for n <= M, coded above).
+    fn push<S: FragmentStore>(
+        &mut self,
+        store: &mut S,
+        n: usize,
+        payload: &[u8],
+    ) -> Result<(), DecodeError<S::Error>> {
         if payload.len() != self.frag_size {
             return Err(DecodeError::PayloadLength {
                 expected: self.frag_size,
@@ -318,14 +465,13 @@ impl<'w> Decoder<'w> {
             return Err(DecodeError::FragmentNumber { n });
         }
         if self.complete {
-            return Ok(Progress::Complete);
+            return Ok(());
         }
         if n <= self.m {
-            self.push_data(store, n - 1, payload)?;
+            self.push_data(store, n - 1, payload)
         } else {
-            self.push_coded(store, n - self.m, payload)?;
+            self.push_coded(store, n - self.m, payload)
         }
-        Ok(self.progress())
     }
 
     fn push_data<S: FragmentStore>(
