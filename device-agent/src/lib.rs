@@ -11,6 +11,7 @@ extern crate std;
 pub use fuota_codec as codec;
 
 pub mod clock;
+pub mod frag_session;
 pub mod frag_store;
 pub mod install;
 pub mod journal;
