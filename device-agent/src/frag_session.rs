@@ -505,6 +505,15 @@ mod tests {
         }
     }
 
+    /// A unicast command, events dropped.
+    fn unicast(
+        fr: &mut Fragmentation<'_, Flash, 16>,
+        rng: &mut Rng,
+        cmd: Downlink<'_>,
+    ) -> Option<Uplink> {
+        fr.handle(0, Via::Unicast, cmd, rng, |_| {}).unwrap()
+    }
+
     fn frag(b: &Block, n: usize) -> Downlink<'_> {
         Downlink::DataFragment(DataFragment {
             frag_index: 1,
@@ -566,17 +575,14 @@ mod tests {
                 .unwrap();
             }
             // Status: answered after a random delay within 2^(1+4) s.
-            fr.handle(
-                0,
-                Via::Unicast,
+            unicast(
+                &mut fr,
+                &mut rng,
                 Downlink::FragSessionStatusReq(FragSessionStatusReq {
                     participants: true,
                     frag_index: 1,
                 }),
-                &mut rng,
-                |_| {},
-            )
-            .unwrap();
+            );
             let due = fr.poll_timeout().unwrap();
             assert!(due < 32_000);
             assert_eq!(
@@ -635,51 +641,34 @@ mod tests {
                 mic_error: false
             }))
         );
-        fr.handle(
-            0,
-            Via::Unicast,
-            Downlink::FragDataBlockReceivedAns(FragDataBlockReceivedAns { frag_index: 1 }),
+        unicast(
+            &mut fr,
             &mut rng,
-            |_| {},
-        )
-        .unwrap();
+            Downlink::FragDataBlockReceivedAns(FragDataBlockReceivedAns { frag_index: 1 }),
+        );
         let mut out = vec![0u8; b.data.len()];
         fr.store().unwrap().read_block(0, &mut out).unwrap();
         assert_eq!(out, b.data);
         // Participants = 0 and nothing missing: no answer.
-        fr.handle(
-            0,
-            Via::Unicast,
+        unicast(
+            &mut fr,
+            &mut rng,
             Downlink::FragSessionStatusReq(FragSessionStatusReq {
                 participants: false,
                 frag_index: 1,
             }),
-            &mut rng,
-            |_| {},
-        )
-        .unwrap();
+        );
         assert_eq!(fr.poll_timeout(), None);
         // A replayed setup (SessionCnt not above the last) is refused.
-        let ans = fr
-            .handle(
-                0,
-                Via::Unicast,
-                Downlink::FragSessionSetupReq(b.setup),
-                &mut rng,
-                |_| {},
-            )
-            .unwrap();
+        let ans = unicast(&mut fr, &mut rng, Downlink::FragSessionSetupReq(b.setup));
         assert!(matches!(ans, Some(Uplink::FragSessionSetupAns(a)) if a.session_cnt_replay));
         // Delete, twice.
         let del = |fr: &mut Fragmentation<'_, Flash, 16>, rng: &mut Rng| {
-            fr.handle(
-                0,
-                Via::Unicast,
-                Downlink::FragSessionDeleteReq(FragSessionDeleteReq { frag_index: 1 }),
+            unicast(
+                fr,
                 rng,
-                |_| {},
+                Downlink::FragSessionDeleteReq(FragSessionDeleteReq { frag_index: 1 }),
             )
-            .unwrap()
         };
         assert!(
             matches!(del(&mut fr, &mut rng), Some(Uplink::FragSessionDeleteAns(a)) if !a.session_does_not_exist)
@@ -706,39 +695,16 @@ mod tests {
         let b = block(1);
         let mut big = b.setup;
         big.nb_frag = 1000;
-        let ans = fr
-            .handle(
-                0,
-                Via::Unicast,
-                Downlink::FragSessionSetupReq(big),
-                &mut rng,
-                |_| {},
-            )
-            .unwrap();
+        let ans = unicast(&mut fr, &mut rng, Downlink::FragSessionSetupReq(big));
         assert!(matches!(ans, Some(Uplink::FragSessionSetupAns(a)) if a.not_enough_memory));
         let mut rs = b.setup;
         rs.frag_algo = 1;
-        let ans = fr
-            .handle(
-                0,
-                Via::Unicast,
-                Downlink::FragSessionSetupReq(rs),
-                &mut rng,
-                |_| {},
-            )
-            .unwrap();
+        let ans = unicast(&mut fr, &mut rng, Downlink::FragSessionSetupReq(rs));
         assert!(matches!(ans, Some(Uplink::FragSessionSetupAns(a)) if a.encoding_unsupported));
         // A wrong MIC is reported, and the block is not handed out.
         let mut bad = b.setup;
         bad.mic = [0; 4];
-        fr.handle(
-            0,
-            Via::Unicast,
-            Downlink::FragSessionSetupReq(bad),
-            &mut rng,
-            |_| {},
-        )
-        .unwrap();
+        unicast(&mut fr, &mut rng, Downlink::FragSessionSetupReq(bad));
         let mut events = Vec::new();
         for n in 1..=50 {
             fr.handle(0, Via::Unicast, frag(&b, n), &mut rng, |e| events.push(e))
@@ -757,15 +723,7 @@ mod tests {
         let mut other = b.setup;
         other.frag_index = 2;
         other.session_cnt = 9;
-        let ans = fr
-            .handle(
-                0,
-                Via::Unicast,
-                Downlink::FragSessionSetupReq(other),
-                &mut rng,
-                |_| {},
-            )
-            .unwrap();
+        let ans = unicast(&mut fr, &mut rng, Downlink::FragSessionSetupReq(other));
         assert!(matches!(ans, Some(Uplink::FragSessionSetupAns(a)) if a.not_enough_memory));
     }
 }
