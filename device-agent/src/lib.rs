@@ -10,6 +10,7 @@ extern crate std;
 
 pub use fuota_codec as codec;
 
+pub mod agent;
 pub mod clock;
 pub mod frag_session;
 pub mod frag_store;

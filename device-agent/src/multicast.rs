@@ -93,6 +93,18 @@ impl Multicast {
         }
     }
 
+    /// Puts back a group and its session saved before a reboot. A running session comes back
+    /// as not running, so that the next timeout announces its start again.
+    pub fn restore(&mut self, id: u8, group: McGroup, session: Option<ClassCSession>) {
+        if let Some(slot) = self.groups.get_mut(usize::from(id)) {
+            *slot = Some(group);
+            self.sessions[usize::from(id)] = session.map(|s| ClassCSession {
+                running: false,
+                ..s
+            });
+        }
+    }
+
     pub fn group(&self, id: u8) -> Option<&McGroup> {
         self.groups.get(usize::from(id)).and_then(Option::as_ref)
     }

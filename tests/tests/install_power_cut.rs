@@ -16,9 +16,8 @@ use fuota_device_agent::journal::Journal;
 use fuota_device_agent::mcuboot::{read_trailer, Trailer, SWAP_TYPE_TEST};
 use fuota_device_agent::sim_flash::{SimFlash, SimFlashError};
 use fuota_device_agent::slot::Region;
-use fuota_server::patch::{self, CreateOptions};
+use fuota_tests::{firmware, mcuboot_image, padded, simba_update, SimbaUpdate};
 use p256::ecdsa::SigningKey;
-use sha2::{Digest, Sha256};
 
 const SECTOR: usize = 1024;
 type Flash = SimFlash<8, SECTOR>;
@@ -39,92 +38,14 @@ const JOURNAL: Region = Region {
     len: 2 * 1024,
 };
 
-/// An MCUboot image: 0x200-byte header area, body, protected TLVs (SEC_CNT), TLVs (SHA256).
-fn mcuboot_image(body: &[u8], v: ImageVersion, security_counter: u32) -> Vec<u8> {
-    let mut img = vec![0u8; 0x200];
-    img[..4].copy_from_slice(&0x96f3_b83du32.to_le_bytes());
-    img[8..10].copy_from_slice(&0x200u16.to_le_bytes());
-    img[10..12].copy_from_slice(&12u16.to_le_bytes());
-    img[12..16].copy_from_slice(&(body.len() as u32).to_le_bytes());
-    img[20] = v.major;
-    img[21] = v.minor;
-    img[22..24].copy_from_slice(&v.revision.to_le_bytes());
-    img[24..28].copy_from_slice(&v.build.to_le_bytes());
-    img.extend_from_slice(body);
-    img.extend_from_slice(&0x6908u16.to_le_bytes());
-    img.extend_from_slice(&12u16.to_le_bytes());
-    img.extend_from_slice(&0x50u16.to_le_bytes());
-    img.extend_from_slice(&4u16.to_le_bytes());
-    img.extend_from_slice(&security_counter.to_le_bytes());
-    let hash = Sha256::digest(&img);
-    img.extend_from_slice(&0x6907u16.to_le_bytes());
-    img.extend_from_slice(&40u16.to_le_bytes());
-    img.extend_from_slice(&0x10u16.to_le_bytes());
-    img.extend_from_slice(&32u16.to_le_bytes());
-    img.extend_from_slice(&hash);
-    img
-}
-
-fn firmware(name: &str) -> Vec<u8> {
-    let here = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let path = here
-        .ancestors()
-        .map(|a| a.join("shared/firmware/simba-programmer").join(name))
-        .find(|p| p.exists())
-        .expect("shared/firmware beside the project");
-    std::fs::read(path).unwrap()
-}
-
-fn padded(bytes: &[u8]) -> Vec<u8> {
-    let mut v = bytes.to_vec();
-    v.resize(bytes.len().div_ceil(8) * 8, 0xff);
-    v
-}
-
-struct World {
-    old: Vec<u8>,
-    new: Vec<u8>,
-    patch: Vec<u8>,
-    key: SigningKey,
-}
-
-fn world() -> World {
-    let v = |minor| ImageVersion {
-        major: 0,
-        minor,
-        revision: 0,
-        build: 0,
-    };
-    let old = mcuboot_image(&firmware("0.8.0.bin"), v(8), 1);
-    let new = mcuboot_image(&firmware("0.9.0.bin"), v(9), 2);
-    let key = SigningKey::from_slice(&[11; 32]).unwrap();
-    let created = patch::create(
-        &old,
-        &new,
-        &key,
-        &CreateOptions {
-            version: v(9),
-            security_counter: 2,
-            ..CreateOptions::default()
-        },
-    )
-    .unwrap();
-    World {
-        old,
-        new,
-        patch: created.bytes,
-        key,
-    }
-}
-
-fn fresh_flash(w: &World) -> Flash {
+fn fresh_flash(w: &SimbaUpdate) -> Flash {
     let mut f = Flash::new(74);
     f.write(PRIMARY.offset, &padded(&w.old)).unwrap();
     f.write(STORE.offset, &padded(&w.patch)).unwrap();
     f
 }
 
-fn config(w: &World) -> InstallConfig {
+fn config(w: &SimbaUpdate) -> InstallConfig {
     InstallConfig {
         primary: PRIMARY,
         secondary: SECONDARY,
@@ -135,7 +56,7 @@ fn config(w: &World) -> InstallConfig {
 }
 
 /// One boot: open the journal, install from its checkpoint. `Err(())` on a power cut.
-fn boot(flash: &RefCell<Flash>, w: &World) -> Result<(), ()> {
+fn boot(flash: &RefCell<Flash>, w: &SimbaUpdate) -> Result<(), ()> {
     let cut = |e: SimFlashError| {
         assert_eq!(e, SimFlashError::PowerCut, "only power cuts may fail here");
     };
@@ -183,7 +104,7 @@ fn boot(flash: &RefCell<Flash>, w: &World) -> Result<(), ()> {
     }
 }
 
-fn check_done(flash: &RefCell<Flash>, w: &World, k: u64) {
+fn check_done(flash: &RefCell<Flash>, w: &SimbaUpdate, k: u64) {
     let f = flash.borrow();
     let bytes = f.as_bytes();
     let s = SECONDARY.offset as usize;
@@ -210,7 +131,7 @@ fn check_done(flash: &RefCell<Flash>, w: &World, k: u64) {
 
 #[test]
 fn every_power_cut_point_ends_in_the_new_image() {
-    let w = world();
+    let w = simba_update(11);
     // Count the operations of an uninterrupted install.
     let flash = RefCell::new(fresh_flash(&w));
     let before = flash.borrow().operations();
@@ -235,7 +156,7 @@ fn every_power_cut_point_ends_in_the_new_image() {
 /// One install without a journal (the refusal cases).
 fn install_once(
     flash: &RefCell<Flash>,
-    w: &World,
+    w: &SimbaUpdate,
     cfg: &InstallConfig,
 ) -> Result<fuota_device_agent::install::Installed, InstallError<SimFlashError>> {
     install::<_, 512>(
@@ -253,7 +174,7 @@ fn install_once(
 
 #[test]
 fn refusals_leave_the_primary_untouched() {
-    let w = world();
+    let w = simba_update(11);
     // A patch signed by another key.
     let flash = RefCell::new(fresh_flash(&w));
     let mut cfg = config(&w);
@@ -271,7 +192,7 @@ fn refusals_leave_the_primary_untouched() {
     // A running image with another version or security counter than the old one.
     let run_on = |minor: u8, major: u8, counter: u32| {
         let running = mcuboot_image(
-            &firmware("0.8.0.bin"),
+            &firmware("simba-programmer", "0.8.0.bin"),
             ImageVersion {
                 major,
                 minor,

@@ -1,0 +1,754 @@
+//! The agent: one sans-IO object that answers the three packages on their ports, keeps its
+//! state in a flash journal, installs a complete patch into MCUboot's secondary slot and says
+//! when to reboot.
+//!
+//! The driver feeds it downlinks ([`Agent::handle_downlink`]) and timeouts
+//! ([`Agent::handle_timeout`] at [`Agent::poll_timeout`]), and drains uplinks
+//! ([`Agent::poll_uplink`]: port and payload) and events ([`Agent::poll_event`]).
+
+use core::cell::RefCell;
+
+use embedded_storage::nor_flash::NorFlash;
+use fuota_codec::keys::Key128;
+use fuota_codec::patch::apply::Checkpoint;
+use fuota_codec::patch::container::ImageVersion;
+use fuota_codec::patch::VerifyingKey;
+use fuota_codec::{clock_sync, fragmentation, multicast_setup, Version};
+
+use crate::clock::{ClockSync, Millis};
+use crate::frag_session::{FragAreas, FragEvent, Fragmentation, SessionParams, Via};
+use crate::install::{install, InstallConfig, InstallError};
+use crate::journal::Journal;
+use crate::mcuboot::{self, Trailer};
+use crate::multicast::{ClassCSession, McEvent, McGroup, Multicast, RadioLimits};
+use crate::rng::Rng;
+use crate::slot::Region;
+
+/// Bytes per journal record slot.
+pub const JOURNAL_SLOT: usize = 512;
+/// Heatshrink window the applier accepts (the patch maker's default budget).
+pub const APPLY_WINDOW: usize = 512;
+const UPLINK_LEN: usize = 64;
+const UPLINK_QUEUE: usize = 4;
+const EVENT_QUEUE: usize = 8;
+
+/// Flash layout, declared by the integrator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    pub primary: Region,
+    pub secondary: Region,
+    pub fragments: FragAreas,
+    pub journal: Region,
+}
+
+/// Keys, limits and choices fixed at build or provisioning time.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Package version spoken on all three ports.
+    pub version: Version,
+    pub mc_ke_key: Key128,
+    pub data_block_int_key: Key128,
+    pub limits: RadioLimits,
+    /// Public key patches must be signed with.
+    pub patch_key: VerifyingKey,
+    pub layout: Layout,
+    /// BOOT_MAX_ALIGN of the bootloader (8 or 32).
+    pub boot_max_align: u32,
+    /// Ask for a permanent swap instead of a test swap.
+    pub permanent: bool,
+    /// Data fragments the decoder may have to recover.
+    pub max_lost: usize,
+    /// Seed for protocol jitter (per device).
+    pub seed: u64,
+}
+
+/// Why an update did not go through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpdateFailure {
+    /// The data block's MIC did not match.
+    BlockMic,
+    BadSignature,
+    Rollback,
+    /// The running image is not the patch's source, or the patch is malformed.
+    BadPatch,
+    /// The rebuilt image failed MCUboot's checks.
+    BadImage,
+    Flash,
+}
+
+/// What the firmware must act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// Multicast group and class C changes for the LoRaWAN stack.
+    Multicast(McEvent),
+    /// A data block is complete (installing starts at the next timeout).
+    BlockComplete { len: u32 },
+    /// The new image is in the secondary slot with a swap request: reboot when convenient.
+    RebootWanted { version: ImageVersion },
+    /// An update failed; the running image is untouched.
+    UpdateFailed(UpdateFailure),
+    /// After the reboot, the bootloader went back to the old image.
+    Reverted { version: ImageVersion },
+    /// After the reboot, the new image runs; call [`Agent::confirm`] once it is healthy.
+    Booted { version: ImageVersion },
+}
+
+/// Where an update stands (journaled).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum Update {
+    #[default]
+    Idle,
+    /// The block is complete; install (again) from this checkpoint.
+    Installing(Option<Checkpoint>),
+    /// Swap requested for this version.
+    SwapRequested(ImageVersion),
+    /// Running the new image, not yet confirmed.
+    Testing(ImageVersion),
+}
+
+/// The FUOTA device agent over flash `F`; `SPARES` spare fragment slots.
+#[derive(Debug)]
+pub struct Agent<'a, F: NorFlash, const SPARES: usize> {
+    config: AgentConfig,
+    flash: &'a RefCell<F>,
+    journal: Journal<JOURNAL_SLOT>,
+    clock: ClockSync,
+    multicast: Multicast,
+    frag: Fragmentation<'a, F, SPARES>,
+    rng: Rng,
+    update: Update,
+    install_due: bool,
+    uplinks: [(u8, usize, [u8; UPLINK_LEN]); UPLINK_QUEUE],
+    nb_uplinks: usize,
+    events: [Option<Event>; EVENT_QUEUE],
+}
+
+/// Why the agent could not start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentError<E> {
+    Flash(E),
+    /// The journal region is not whole sectors (at least two).
+    Layout,
+}
+
+fn gps_s(clock: &ClockSync, now: Millis) -> u32 {
+    clock.gps_ms(now).unwrap_or(now as i64).div_euclid(1000) as u32
+}
+
+impl<'a, F: NorFlash, const SPARES: usize> Agent<'a, F, SPARES> {
+    /// Starts the agent: reads its journal back (groups, sessions, SessionCnt, an update in
+    /// progress), replays a fragment session's log, and looks at what the bootloader did.
+    pub fn new(
+        flash: &'a RefCell<F>,
+        config: AgentConfig,
+        workspace: &'a mut [u8],
+        now: Millis,
+    ) -> Result<Self, AgentError<F::Error>> {
+        let journal = Journal::open(&mut *flash.borrow_mut(), config.layout.journal).map_err(
+            |e| match e {
+                crate::journal::JournalError::Flash(e) => AgentError::Flash(e),
+                _ => AgentError::Layout,
+            },
+        )?;
+        let mut saved = [0u8; JOURNAL_SLOT];
+        let snapshot = journal
+            .read(&mut *flash.borrow_mut(), &mut saved)
+            .map_err(|e| match e {
+                crate::journal::JournalError::Flash(e) => AgentError::Flash(e),
+                _ => AgentError::Layout,
+            })?
+            .and_then(Snapshot::decode);
+        let snapshot = snapshot.unwrap_or_default();
+        let mut multicast = Multicast::new(config.version, config.mc_ke_key.clone(), config.limits);
+        for (id, (group, session)) in snapshot.groups.iter().enumerate() {
+            if let Some(g) = group {
+                multicast.restore(id as u8, g.clone(), *session);
+            }
+        }
+        let frag = Fragmentation::new(
+            config.version,
+            flash,
+            config.layout.fragments,
+            workspace,
+            config.max_lost,
+            config.data_block_int_key.clone(),
+            snapshot.last_session_cnt,
+        );
+        let mut agent = Self {
+            clock: ClockSync::new(config.version, now),
+            rng: Rng::new(config.seed),
+            config,
+            flash,
+            journal,
+            multicast,
+            frag,
+            update: snapshot.update,
+            install_due: false,
+            uplinks: [(0, 0, [0; UPLINK_LEN]); UPLINK_QUEUE],
+            nb_uplinks: 0,
+            events: [const { None }; EVENT_QUEUE],
+        };
+        if let Some(params) = snapshot.session {
+            match agent.frag.restore(params) {
+                Ok(Some(FragEvent::BlockComplete { mic_ok: true, .. })) => {
+                    if matches!(agent.update, Update::Idle | Update::Installing(_)) {
+                        agent.install_due = true;
+                        if agent.update == Update::Idle {
+                            agent.update = Update::Installing(None);
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => agent.push_event(Event::UpdateFailed(UpdateFailure::Flash)),
+            }
+        }
+        agent.check_boot();
+        Ok(agent)
+    }
+
+    /// After a swap request: did the bootloader run the new image, or go back?
+    fn check_boot(&mut self) {
+        let wanted = match self.update {
+            Update::SwapRequested(v) => v,
+            _ => return,
+        };
+        let running = {
+            let mut f = self.flash.borrow_mut();
+            mcuboot::verify_image(&mut *f, self.config.layout.primary)
+        };
+        match running {
+            Ok(info) if info.header.version == wanted => {
+                self.update = Update::Testing(wanted);
+                self.push_event(Event::Booted { version: wanted });
+            }
+            Ok(_) | Err(_) => {
+                // Still (or again) the old image: a revert, or a swap that never happened.
+                let secondary_pending = {
+                    let mut f = self.flash.borrow_mut();
+                    mcuboot::read_trailer(&mut *f, self.config.layout.secondary, self.trailer())
+                        .is_ok_and(|t| t.magic_good)
+                };
+                if !secondary_pending {
+                    self.update = Update::Idle;
+                    self.push_event(Event::Reverted { version: wanted });
+                }
+            }
+        }
+        self.save();
+    }
+
+    fn trailer(&self) -> Trailer {
+        Trailer::new(self.config.layout.secondary.len, self.config.boot_max_align).unwrap_or(
+            Trailer {
+                slot_len: self.config.layout.secondary.len,
+                align: 8,
+            },
+        )
+    }
+
+    /// Marks the running (new) image good, so that the bootloader keeps it.
+    pub fn confirm(&mut self) -> Result<(), mcuboot::McubootError<F::Error>> {
+        let trailer = Trailer::new(self.config.layout.primary.len, self.config.boot_max_align)
+            .unwrap_or(Trailer {
+                slot_len: self.config.layout.primary.len,
+                align: 8,
+            });
+        mcuboot::confirm(
+            &mut *self.flash.borrow_mut(),
+            self.config.layout.primary,
+            trailer,
+        )?;
+        if let Update::Testing(_) = self.update {
+            self.update = Update::Idle;
+            self.save();
+        }
+        Ok(())
+    }
+
+    fn push_event(&mut self, e: Event) {
+        if let Some(slot) = self.events.iter_mut().find(|s| s.is_none()) {
+            *slot = Some(e);
+        }
+    }
+
+    /// The next event, oldest first.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        let e = self.events[0].take();
+        self.events.rotate_left(1);
+        e
+    }
+
+    fn queue_uplink(&mut self, port: u8, payload: &[u8]) {
+        if payload.is_empty() || self.nb_uplinks == UPLINK_QUEUE {
+            return;
+        }
+        let (p, len, buf) = &mut self.uplinks[self.nb_uplinks];
+        *p = port;
+        *len = payload.len().min(UPLINK_LEN);
+        buf[..*len].copy_from_slice(&payload[..*len]);
+        self.nb_uplinks += 1;
+    }
+
+    /// Writes the next uplink into `buf`: `(port, length)`.
+    pub fn poll_uplink(&mut self, now: Millis, buf: &mut [u8]) -> Option<(u8, usize)> {
+        // Answers that were waiting for their time.
+        let version = self.config.version;
+        let mut b = [0u8; UPLINK_LEN];
+        if let Some(u) = self.frag.poll_uplink(now) {
+            let n = u.build_into(version, &mut b).map_or(0, |x| x.len());
+            self.queue_uplink(fragmentation::PORT, &b[..n]);
+        }
+        if let Some(u) = self.clock.poll_request(now, &mut self.rng) {
+            let n = u.build_into(version, &mut b).map_or(0, |x| x.len());
+            self.queue_uplink(clock_sync::PORT, &b[..n]);
+        }
+        if self.nb_uplinks == 0 {
+            return None;
+        }
+        let (port, len, data) = self.uplinks[0];
+        self.uplinks.rotate_left(1);
+        self.nb_uplinks -= 1;
+        let n = len.min(buf.len());
+        buf[..n].copy_from_slice(&data[..n]);
+        Some((port, n))
+    }
+
+    /// Earliest time the agent wants [`Agent::handle_timeout`] (or a poll of uplinks).
+    pub fn poll_timeout(&self, now: Millis) -> Millis {
+        let mut t = self.clock.poll_timeout();
+        if let Some(f) = self.frag.poll_timeout() {
+            t = t.min(f);
+        }
+        if self.install_due {
+            t = now;
+        }
+        if let (Some(gps_ms), Some(next)) = (
+            self.clock.gps_ms(now),
+            self.multicast.next_deadline_s(gps_s(&self.clock, now)),
+        ) {
+            t = t.min(Multicast::at(next, now, gps_ms));
+        }
+        t
+    }
+
+    /// Runs what is due: class C session changes, and an install of a complete block.
+    pub fn handle_timeout(&mut self, now: Millis) {
+        let gps = gps_s(&self.clock, now);
+        let mut evs: [Option<McEvent>; 8] = [const { None }; 8];
+        let mut k = 0;
+        self.multicast.handle_timeout(gps, |e| {
+            if k < evs.len() {
+                evs[k] = Some(e);
+                k += 1;
+            }
+        });
+        let changed = k > 0;
+        for e in evs.into_iter().flatten() {
+            self.push_event(Event::Multicast(e));
+        }
+        if changed {
+            self.save();
+        }
+        if self.install_due {
+            self.install_due = false;
+            self.run_install();
+        }
+    }
+
+    fn run_install(&mut self) {
+        let resume = match self.update {
+            Update::Installing(cp) => cp,
+            _ => None,
+        };
+        let Some(params) = self.frag.params().copied() else {
+            return;
+        };
+        let len =
+            u32::from(params.nb_frag) * u32::from(params.frag_size) - u32::from(params.padding);
+        let config = InstallConfig {
+            primary: self.config.layout.primary,
+            secondary: self.config.layout.secondary,
+            trailer: self.trailer(),
+            key: self.config.patch_key,
+            permanent: self.config.permanent,
+        };
+        let flash = self.flash;
+        let last_cnt = self.frag.last_session_cnt();
+        let Some(store) = self.frag.store() else {
+            return;
+        };
+        // Checkpoints go to the journal as they come; the rest of the snapshot is unchanged.
+        let base = Snapshot {
+            last_session_cnt: None,
+            session: Some(params),
+            groups: Default::default(),
+            update: Update::Idle,
+        };
+        let journal = &mut self.journal;
+        let multicast = &self.multicast;
+        let result = install::<F, APPLY_WINDOW>(flash, store, len, &config, resume, |cp| {
+            let snap = Snapshot {
+                last_session_cnt: last_cnt,
+                update: Update::Installing(Some(cp)),
+                groups: snapshot_groups(multicast),
+                ..base
+            };
+            let mut buf = [0u8; JOURNAL_SLOT];
+            let n = snap.encode(&mut buf);
+            let _ = journal.append(&mut *flash.borrow_mut(), &buf[..n]);
+        });
+        match result {
+            Ok(done) => {
+                self.update = Update::SwapRequested(done.manifest.version);
+                self.push_event(Event::RebootWanted {
+                    version: done.manifest.version,
+                });
+            }
+            Err(e) => {
+                self.update = Update::Idle;
+                self.push_event(Event::UpdateFailed(failure(&e)));
+            }
+        }
+        self.save();
+    }
+
+    /// Journals the state.
+    fn save(&mut self) {
+        let snap = Snapshot {
+            last_session_cnt: self.frag.last_session_cnt(),
+            session: self.frag.params().copied(),
+            groups: snapshot_groups(&self.multicast),
+            update: self.update,
+        };
+        let mut buf = [0u8; JOURNAL_SLOT];
+        let n = snap.encode(&mut buf);
+        let _ = self
+            .journal
+            .append(&mut *self.flash.borrow_mut(), &buf[..n]);
+    }
+
+    /// Handles a downlink on `port` that came `via` unicast or a multicast group.
+    pub fn handle_downlink(&mut self, now: Millis, via: Via, port: u8, bytes: &[u8]) {
+        let version = self.config.version;
+        let mut out = [0u8; UPLINK_LEN];
+        let mut len = 0;
+        let mut dirty = false;
+        // Answers of one downlink go out together, in order.
+        let append = |u: &dyn Fn(&mut [u8]) -> Option<usize>, out: &mut [u8], len: &mut usize| {
+            if let Some(n) = u(&mut out[*len..]) {
+                *len += n;
+            }
+        };
+        match port {
+            clock_sync::PORT if via == Via::Unicast => {
+                for cmd in clock_sync::downlinks(version, bytes) {
+                    let Ok(cmd) = cmd else { break };
+                    if let Some(u) = self.clock.handle(now, cmd, &mut self.rng) {
+                        append(
+                            &|b| u.build_into(version, b).ok().map(|x| x.len()),
+                            &mut out,
+                            &mut len,
+                        );
+                    }
+                }
+            }
+            multicast_setup::PORT if via == Via::Unicast => {
+                let gps = gps_s(&self.clock, now);
+                let mut evs: [Option<McEvent>; 8] = [const { None }; 8];
+                let mut k = 0;
+                for cmd in multicast_setup::downlinks(version, bytes) {
+                    let Ok(cmd) = cmd else { break };
+                    let ans = self.multicast.handle(gps, cmd, |e| {
+                        if k < evs.len() {
+                            evs[k] = Some(e);
+                            k += 1;
+                        }
+                    });
+                    if let Some(u) = ans {
+                        append(
+                            &|b| u.build_into(version, b).ok().map(|x| x.len()),
+                            &mut out,
+                            &mut len,
+                        );
+                    }
+                }
+                dirty = k > 0;
+                for e in evs.into_iter().flatten() {
+                    self.push_event(Event::Multicast(e));
+                }
+            }
+            fragmentation::PORT => {
+                for cmd in fragmentation::downlinks(version, bytes) {
+                    let Ok(cmd) = cmd else { break };
+                    let setup_like = !matches!(
+                        cmd,
+                        fragmentation::Downlink::DataFragment(_)
+                            | fragmentation::Downlink::FragSessionStatusReq(_)
+                            | fragmentation::Downlink::PackageVersionReq(_)
+                            | fragmentation::Downlink::FragDataBlockReceivedAns(_)
+                    );
+                    let mut complete = None;
+                    match self
+                        .frag
+                        .handle(now, via, cmd, &mut self.rng, |e| complete = Some(e))
+                    {
+                        Ok(Some(u)) => {
+                            append(
+                                &|b| u.build_into(version, b).ok().map(|x| x.len()),
+                                &mut out,
+                                &mut len,
+                            );
+                        }
+                        Ok(None) => {}
+                        Err(_) => self.push_event(Event::UpdateFailed(UpdateFailure::Flash)),
+                    }
+                    dirty |= setup_like;
+                    match complete {
+                        Some(FragEvent::BlockComplete {
+                            len: block,
+                            mic_ok: true,
+                            ..
+                        }) => {
+                            self.push_event(Event::BlockComplete { len: block });
+                            self.update = Update::Installing(None);
+                            self.install_due = true;
+                            dirty = true;
+                        }
+                        Some(FragEvent::BlockComplete { mic_ok: false, .. }) => {
+                            self.push_event(Event::UpdateFailed(UpdateFailure::BlockMic));
+                        }
+                        None => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+        if len > 0 {
+            self.queue_uplink(port, &out[..len]);
+        }
+        if dirty {
+            self.save();
+        }
+    }
+}
+
+fn failure<E>(e: &InstallError<E>) -> UpdateFailure {
+    use fuota_codec::patch::ApplyError;
+    match e {
+        InstallError::Apply(ApplyError::BadSignature) => UpdateFailure::BadSignature,
+        InstallError::Rollback { .. } | InstallError::SecurityCounter { .. } => {
+            UpdateFailure::Rollback
+        }
+        InstallError::Apply(ApplyError::Source(_) | ApplyError::Target(_))
+        | InstallError::Patch(_) => UpdateFailure::Flash,
+        InstallError::Image(_) | InstallError::VersionMismatch { .. } => UpdateFailure::BadImage,
+        InstallError::Apply(_) => UpdateFailure::BadPatch,
+    }
+}
+
+fn snapshot_groups(m: &Multicast) -> [(Option<McGroup>, Option<ClassCSession>); 4] {
+    core::array::from_fn(|id| (m.group(id as u8).cloned(), m.session(id as u8).copied()))
+}
+
+/// The journaled state.
+#[derive(Debug, Clone, Default)]
+struct Snapshot {
+    last_session_cnt: Option<u16>,
+    session: Option<SessionParams>,
+    groups: [(Option<McGroup>, Option<ClassCSession>); 4],
+    update: Update,
+}
+
+const SNAPSHOT_FORMAT: u8 = 1;
+
+struct W<'b> {
+    buf: &'b mut [u8],
+    at: usize,
+}
+
+impl W<'_> {
+    fn put(&mut self, bytes: &[u8]) {
+        if let Some(dst) = self.buf.get_mut(self.at..self.at + bytes.len()) {
+            dst.copy_from_slice(bytes);
+        }
+        self.at += bytes.len();
+    }
+}
+
+struct R<'b> {
+    buf: &'b [u8],
+    at: usize,
+}
+
+impl R<'_> {
+    fn take<const N: usize>(&mut self) -> Option<[u8; N]> {
+        let b = self.buf.get(self.at..self.at + N)?;
+        self.at += N;
+        let mut out = [0u8; N];
+        out.copy_from_slice(b);
+        Some(out)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        self.take::<1>().map(|b| b[0])
+    }
+    fn u16(&mut self) -> Option<u16> {
+        self.take().map(u16::from_le_bytes)
+    }
+    fn u32(&mut self) -> Option<u32> {
+        self.take().map(u32::from_le_bytes)
+    }
+}
+
+fn put_version(w: &mut W<'_>, v: ImageVersion) {
+    w.put(&[v.major, v.minor]);
+    w.put(&v.revision.to_le_bytes());
+    w.put(&v.build.to_le_bytes());
+}
+
+fn take_version(r: &mut R<'_>) -> Option<ImageVersion> {
+    Some(ImageVersion {
+        major: r.u8()?,
+        minor: r.u8()?,
+        revision: r.u16()?,
+        build: r.u32()?,
+    })
+}
+
+impl Snapshot {
+    fn encode(&self, buf: &mut [u8]) -> usize {
+        let mut w = W { buf, at: 0 };
+        w.put(&[SNAPSHOT_FORMAT]);
+        match self.last_session_cnt {
+            Some(c) => {
+                w.put(&[1]);
+                w.put(&c.to_le_bytes());
+            }
+            None => w.put(&[0, 0, 0]),
+        }
+        match &self.session {
+            Some(p) => {
+                w.put(&[1, p.frag_index, p.mc_group_bit_mask]);
+                w.put(&p.nb_frag.to_le_bytes());
+                w.put(&[
+                    p.frag_size,
+                    p.frag_algo,
+                    p.block_ack_delay,
+                    u8::from(p.ack_reception),
+                    p.padding,
+                ]);
+                w.put(&p.descriptor);
+                w.put(&p.session_cnt.to_le_bytes());
+                w.put(&p.mic);
+            }
+            None => w.put(&[0; 20]),
+        }
+        for (group, session) in &self.groups {
+            match group {
+                Some(g) => {
+                    w.put(&[1]);
+                    w.put(&g.addr.to_le_bytes());
+                    w.put(g.app_s_key.as_bytes());
+                    w.put(g.nwk_s_key.as_bytes());
+                    w.put(&g.min_fcount.to_le_bytes());
+                    w.put(&g.max_fcount.to_le_bytes());
+                }
+                None => w.put(&[0; 45]),
+            }
+            match session {
+                Some(s) => {
+                    w.put(&[1]);
+                    w.put(&s.start_s.to_le_bytes());
+                    w.put(&[s.timeout_exp]);
+                    w.put(&s.freq_hz.to_le_bytes());
+                    w.put(&[s.dr]);
+                }
+                None => w.put(&[0; 11]),
+            }
+        }
+        match self.update {
+            Update::Idle => w.put(&[0; 41]),
+            Update::Installing(cp) => {
+                w.put(&[1]);
+                match cp {
+                    Some(c) => {
+                        w.put(&[1]);
+                        w.put(&c.to_bytes());
+                    }
+                    None => w.put(&[0; 37]),
+                }
+                w.put(&[0; 3]);
+            }
+            Update::SwapRequested(v) | Update::Testing(v) => {
+                w.put(&[if matches!(self.update, Update::SwapRequested(_)) {
+                    2
+                } else {
+                    3
+                }]);
+                put_version(&mut w, v);
+                w.put(&[0; 32]);
+            }
+        }
+        w.at.min(w.buf.len())
+    }
+
+    fn decode(b: &[u8]) -> Option<Self> {
+        let mut r = R { buf: b, at: 0 };
+        if r.u8()? != SNAPSHOT_FORMAT {
+            return None;
+        }
+        let has_cnt = r.u8()?;
+        let cnt = r.u16()?;
+        let last_session_cnt = (has_cnt == 1).then_some(cnt);
+        let has_session = r.u8()?;
+        let session = SessionParams {
+            frag_index: r.u8()?,
+            mc_group_bit_mask: r.u8()?,
+            nb_frag: r.u16()?,
+            frag_size: r.u8()?,
+            frag_algo: r.u8()?,
+            block_ack_delay: r.u8()?,
+            ack_reception: r.u8()? == 1,
+            padding: r.u8()?,
+            descriptor: r.take()?,
+            session_cnt: r.u16()?,
+            mic: r.take()?,
+        };
+        let session = (has_session == 1).then_some(session);
+        let mut groups: [(Option<McGroup>, Option<ClassCSession>); 4] = Default::default();
+        for slot in &mut groups {
+            let has = r.u8()?;
+            let g = McGroup {
+                addr: r.u32()?,
+                app_s_key: Key128::from_bytes(r.take()?),
+                nwk_s_key: Key128::from_bytes(r.take()?),
+                min_fcount: r.u32()?,
+                max_fcount: r.u32()?,
+            };
+            let has_s = r.u8()?;
+            let s = ClassCSession {
+                start_s: r.u32()?,
+                timeout_exp: r.u8()?,
+                freq_hz: r.u32()?,
+                dr: r.u8()?,
+                running: false,
+            };
+            *slot = ((has == 1).then_some(g), (has_s == 1).then_some(s));
+        }
+        let update = match r.u8()? {
+            1 => {
+                let has_cp = r.u8()?;
+                let cp = Checkpoint::from_bytes(&r.take()?);
+                Update::Installing((has_cp == 1).then_some(cp))
+            }
+            2 => Update::SwapRequested(take_version(&mut r)?),
+            3 => Update::Testing(take_version(&mut r)?),
+            _ => Update::Idle,
+        };
+        Some(Self {
+            last_session_cnt,
+            session,
+            groups,
+            update,
+        })
+    }
+}
