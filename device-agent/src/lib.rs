@@ -3,6 +3,7 @@
 //! depend on one crate.
 #![doc = include_str!("../README.md")]
 #![no_std]
+#![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 #[cfg(any(test, feature = "sim-flash"))]
