@@ -11,7 +11,7 @@ mod firmware;
 use firmware::PAIRS;
 use std::process::Command;
 
-use fuota_codec::patch::heatshrink::{Decoder, Params};
+use fuota_codec::patch::heatshrink::Params;
 use fuota_server::patch::heatshrink;
 
 fn venv() -> Option<PathBuf> {
@@ -127,23 +127,6 @@ fn python(venv: &Path, script: &str, args: &[&Path]) {
         .args(args));
 }
 
-fn our_decode(stream: &[u8], params: Params) -> Vec<u8> {
-    let mut d = Decoder::<{ 1 << 15 }>::new(params).unwrap();
-    let mut out = Vec::new();
-    let mut buf = [0u8; 333];
-    let mut input = stream;
-    loop {
-        let (used, n) = d.decode(input, &mut buf);
-        input = &input[used..];
-        out.extend_from_slice(&buf[..n]);
-        if n == 0 && input.is_empty() {
-            break;
-        }
-    }
-    d.finish().unwrap();
-    out
-}
-
 #[test]
 fn heatshrink_streams_interoperate_with_the_c_library() {
     let Some(venv) = venv() else { return };
@@ -184,7 +167,7 @@ fn heatshrink_streams_interoperate_with_the_c_library() {
         );
         let theirs = std::fs::read(&theirs).unwrap();
         assert!(
-            our_decode(&theirs, params) == data,
+            heatshrink::decompress(&theirs, params).unwrap() == data,
             "we decoded heatshrink2's {w}/{l} stream differently"
         );
         // The optimal parse is never larger than the C library's greedy one.

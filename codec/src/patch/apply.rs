@@ -384,17 +384,9 @@ impl<const N: usize> DetoolsApplier<N> {
             return bspatch.push(input, &mut io).map_err(from_bspatch);
         };
         let mut out = [0u8; OUT_CHUNK];
-        loop {
-            let (used, produced) = decoder.decode(input, &mut out);
-            input = &input[used..];
-            bspatch
-                .push(&out[..produced], &mut io)
-                .map_err(from_bspatch)?;
-            // Done when the input is used up and the decoder has nothing left to give.
-            if input.is_empty() && produced < out.len() {
-                return Ok(());
-            }
-        }
+        decoder.decode_into(input, &mut out, |bytes| {
+            bspatch.push(bytes, &mut io).map_err(from_bspatch)
+        })
     }
 
     /// Checks that the patch was complete: the whole target produced, the compressed stream
@@ -623,14 +615,7 @@ impl<const N: usize> Applier<N> {
                     return emit(input, written);
                 };
                 let mut out = [0u8; OUT_CHUNK];
-                loop {
-                    let (used, produced) = decoder.decode(input, &mut out);
-                    input = &input[used..];
-                    emit(&out[..produced], written)?;
-                    if input.is_empty() && produced < out.len() {
-                        return Ok(());
-                    }
-                }
+                decoder.decode_into(input, &mut out, |bytes| emit(bytes, written))
             }
         }
     }

@@ -241,6 +241,28 @@ impl<const N: usize> Decoder<N> {
         (pos, produced)
     }
 
+    /// Decodes all of `input`, handing the output to `sink` in pieces of at most `out.len()`
+    /// bytes, until the input is used up and the decoder has nothing left to give. Does
+    /// nothing when `out` is empty.
+    pub fn decode_into<E>(
+        &mut self,
+        mut input: &[u8],
+        out: &mut [u8],
+        mut sink: impl FnMut(&[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        if out.is_empty() {
+            return Ok(());
+        }
+        loop {
+            let (used, produced) = self.decode(input, out);
+            input = &input[used..];
+            sink(&out[..produced])?;
+            if input.is_empty() && produced < out.len() {
+                return Ok(());
+            }
+        }
+    }
+
     /// Whether everything decoded so far forms a complete stream: no literal or
     /// back-reference is cut, and the leftover bits are the zero padding of the last byte.
     pub fn finish(&self) -> Result<(), HeatshrinkError> {

@@ -6,7 +6,7 @@
 //! 9 bits and a back-reference `1 + W + L` bits whatever its offset and length, so knowing the
 //! longest match at each position is enough to find the optimum.
 
-use fuota_codec::patch::heatshrink::Params;
+use fuota_codec::patch::heatshrink::{Decoder, HeatshrinkError, Params};
 
 /// Longest match at every position, over offsets 1..=min(i, 2^W) and lengths up to
 /// `max_len`. Exact: for each offset `o` the match length at `i` is one more than at `i + 1`
@@ -171,6 +171,20 @@ pub fn compress(data: &[u8], params: Params) -> Vec<u8> {
     compress_with(data, &matches, params)
 }
 
+/// Decompresses a whole heatshrink stream (the inverse of [`compress`]), with the device's
+/// streaming decoder.
+pub fn decompress(stream: &[u8], params: Params) -> Result<Vec<u8>, HeatshrinkError> {
+    let mut decoder = Decoder::<{ 1 << 15 }>::new(params)?;
+    let mut out = Vec::with_capacity(stream.len() * 2);
+    let mut buf = [0u8; 256];
+    decoder.decode_into(stream, &mut buf, |bytes| {
+        out.extend_from_slice(bytes);
+        Ok::<_, HeatshrinkError>(())
+    })?;
+    decoder.finish()?;
+    Ok(out)
+}
+
 /// Every valid (window, lookahead) pair with a window of at most `2^max_window_bits` bytes.
 pub fn candidate_params(max_window_bits: u8) -> Vec<Params> {
     let mut out = Vec::new();
@@ -225,25 +239,6 @@ pub fn compress_best(data: &[u8], candidates: &[Params]) -> Option<(Params, Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fuota_codec::patch::heatshrink::Decoder;
-
-    fn decode(stream: &[u8], params: Params) -> Vec<u8> {
-        let mut d = Decoder::<{ 1 << 15 }>::new(params).unwrap();
-        let mut out = Vec::new();
-        let mut buf = [0u8; 100];
-        let mut input = stream;
-        loop {
-            let (used, n) = d.decode(input, &mut buf);
-            input = &input[used..];
-            out.extend_from_slice(&buf[..n]);
-            if n == 0 && input.is_empty() {
-                break;
-            }
-        }
-        d.finish().unwrap();
-        out
-    }
-
     #[test]
     fn round_trips_for_every_pair() {
         let mut data = Vec::new();
@@ -255,7 +250,7 @@ mod tests {
         }
         for p in candidate_params(11) {
             let c = compress(&data, p);
-            assert_eq!(decode(&c, p), data, "{p:?}");
+            assert_eq!(decompress(&c, p).unwrap(), data, "{p:?}");
         }
         assert!(compress(&[], Params::new(8, 4).unwrap()).is_empty());
     }
