@@ -266,9 +266,7 @@ impl<'a, F: NorFlash, const SPARES: usize> Agent<'a, F, SPARES> {
     }
 
     fn push_event(&mut self, e: Event) {
-        if let Some(slot) = self.events.iter_mut().find(|s| s.is_none()) {
-            *slot = Some(e);
-        }
+        queue_event(&mut self.events, e);
     }
 
     /// The next event, oldest first.
@@ -334,18 +332,12 @@ impl<'a, F: NorFlash, const SPARES: usize> Agent<'a, F, SPARES> {
     /// Runs what is due: class C session changes, and an install of a complete block.
     pub fn handle_timeout(&mut self, now: Millis) {
         let gps = gps_s(&self.clock, now);
-        let mut evs: [Option<McEvent>; 8] = [const { None }; 8];
-        let mut k = 0;
+        let events = &mut self.events;
+        let mut changed = false;
         self.multicast.handle_timeout(gps, |e| {
-            if k < evs.len() {
-                evs[k] = Some(e);
-                k += 1;
-            }
+            queue_event(events, Event::Multicast(e));
+            changed = true;
         });
-        let changed = k > 0;
-        for e in evs.into_iter().flatten() {
-            self.push_event(Event::Multicast(e));
-        }
         if changed {
             self.save();
         }
@@ -373,29 +365,15 @@ impl<'a, F: NorFlash, const SPARES: usize> Agent<'a, F, SPARES> {
             permanent: self.config.permanent,
         };
         let flash = self.flash;
-        let last_cnt = self.frag.last_session_cnt();
+        let mut snap = self.snapshot();
         let Some(store) = self.frag.store() else {
             return;
         };
         // Checkpoints go to the journal as they come; the rest of the snapshot is unchanged.
-        let base = Snapshot {
-            last_session_cnt: None,
-            session: Some(params),
-            groups: Default::default(),
-            update: Update::Idle,
-        };
         let journal = &mut self.journal;
-        let multicast = &self.multicast;
         let result = install::<F, APPLY_WINDOW>(flash, store, len, &config, resume, |cp| {
-            let snap = Snapshot {
-                last_session_cnt: last_cnt,
-                update: Update::Installing(Some(cp)),
-                groups: snapshot_groups(multicast),
-                ..base
-            };
-            let mut buf = [0u8; JOURNAL_SLOT];
-            let n = snap.encode(&mut buf);
-            let _ = journal.append(&mut *flash.borrow_mut(), &buf[..n]);
+            snap.update = Update::Installing(Some(cp));
+            append_snapshot(journal, flash, &snap);
         });
         match result {
             Ok(done) => {
@@ -412,19 +390,20 @@ impl<'a, F: NorFlash, const SPARES: usize> Agent<'a, F, SPARES> {
         self.save();
     }
 
-    /// Journals the state.
-    fn save(&mut self) {
-        let snap = Snapshot {
+    /// The state to journal.
+    fn snapshot(&self) -> Snapshot {
+        Snapshot {
             last_session_cnt: self.frag.last_session_cnt(),
             session: self.frag.params().copied(),
             groups: snapshot_groups(&self.multicast),
             update: self.update,
-        };
-        let mut buf = [0u8; JOURNAL_SLOT];
-        let n = snap.encode(&mut buf);
-        let _ = self
-            .journal
-            .append(&mut *self.flash.borrow_mut(), &buf[..n]);
+        }
+    }
+
+    /// Journals the state.
+    fn save(&mut self) {
+        let snap = self.snapshot();
+        append_snapshot(&mut self.journal, self.flash, &snap);
     }
 
     /// Handles a downlink on `port` that came `via` unicast or a multicast group.
@@ -454,15 +433,12 @@ impl<'a, F: NorFlash, const SPARES: usize> Agent<'a, F, SPARES> {
             }
             multicast_setup::PORT if via == Via::Unicast => {
                 let gps = gps_s(&self.clock, now);
-                let mut evs: [Option<McEvent>; 8] = [const { None }; 8];
-                let mut k = 0;
+                let events = &mut self.events;
                 for cmd in multicast_setup::downlinks(version, bytes) {
                     let Ok(cmd) = cmd else { break };
                     let ans = self.multicast.handle(gps, cmd, |e| {
-                        if k < evs.len() {
-                            evs[k] = Some(e);
-                            k += 1;
-                        }
+                        queue_event(events, Event::Multicast(e));
+                        dirty = true;
                     });
                     if let Some(u) = ans {
                         append(
@@ -471,10 +447,6 @@ impl<'a, F: NorFlash, const SPARES: usize> Agent<'a, F, SPARES> {
                             &mut len,
                         );
                     }
-                }
-                dirty = k > 0;
-                for e in evs.into_iter().flatten() {
-                    self.push_event(Event::Multicast(e));
                 }
             }
             fragmentation::PORT => {
@@ -530,6 +502,25 @@ impl<'a, F: NorFlash, const SPARES: usize> Agent<'a, F, SPARES> {
             self.save();
         }
     }
+}
+
+/// Queues an event; when the queue is full the event is dropped.
+fn queue_event(events: &mut [Option<Event>; EVENT_QUEUE], e: Event) {
+    if let Some(slot) = events.iter_mut().find(|s| s.is_none()) {
+        *slot = Some(e);
+    }
+}
+
+/// Appends a snapshot to the journal. A failed append shows up as the next flash operation
+/// failing, and the previous state stays the journal's newest.
+fn append_snapshot<F: NorFlash>(
+    journal: &mut Journal<JOURNAL_SLOT>,
+    flash: &RefCell<F>,
+    snap: &Snapshot,
+) {
+    let mut buf = [0u8; JOURNAL_SLOT];
+    let n = snap.encode(&mut buf);
+    let _ = journal.append(&mut *flash.borrow_mut(), &buf[..n]);
 }
 
 fn failure<E>(e: &InstallError<E>) -> UpdateFailure {
