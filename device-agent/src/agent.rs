@@ -436,9 +436,15 @@ impl<'a, F: NorFlash, const SPARES: usize> Agent<'a, F, SPARES> {
                 let events = &mut self.events;
                 for cmd in multicast_setup::downlinks(version, bytes) {
                     let Ok(cmd) = cmd else { break };
+                    // Setups, deletes and session requests change what must survive a
+                    // reboot, whether or not they raise an event (a scheduled session does not).
+                    dirty |= !matches!(
+                        cmd,
+                        multicast_setup::Downlink::PackageVersionReq(_)
+                            | multicast_setup::Downlink::McGroupStatusReq(_)
+                    );
                     let ans = self.multicast.handle(gps, cmd, |e| {
                         queue_event(events, Event::Multicast(e));
-                        dirty = true;
                     });
                     if let Some(u) = ans {
                         append(

@@ -286,3 +286,82 @@ fn fragments_in_new_image_out_then_booted_or_reverted() {
         assert!(evs.contains(&Event::Reverted { version: v9 }), "{evs:?}");
     }
 }
+
+/// A class C session scheduled but not yet started survives a reboot: it opens on time
+/// afterwards.
+#[test]
+fn a_scheduled_session_survives_a_reboot() {
+    let s = simba_update(21);
+    let mut flash = Flash::new(96);
+    flash.write(0, &padded(&s.old)).unwrap();
+    let flash = RefCell::new(flash);
+    let gps0: i64 = 1_400_000_000;
+    let session_time = (gps0 + 100) as u32;
+    {
+        let mut ws = vec![0u8; 8 * 1024];
+        let mut agent = Agent::<_, 64>::new(&flash, config(&s), &mut ws, 0).unwrap();
+        drain(&mut agent, 0);
+        let ans = clock_sync::Downlink::AppTimeAns(AppTimeAns {
+            time_correction: gps0 as i32,
+            token_ans: 0,
+        });
+        agent.handle_downlink(
+            0,
+            Via::Unicast,
+            clock_sync::PORT,
+            &build(|b| ans.build_into(Version::V2, b)),
+        );
+        let setup_mc = multicast_setup::Downlink::McGroupSetupReq(McGroupSetupReq {
+            mc_group_id: 2,
+            mc_addr: 0x0102_0304,
+            mc_key_encrypted: encrypt_mc_key(&config(&s).mc_ke_key, &Key128::from_bytes([9; 16])),
+            min_mc_fcount: 0,
+            max_mc_fcount: 100,
+        });
+        agent.handle_downlink(
+            0,
+            Via::Unicast,
+            multicast_setup::PORT,
+            &build(|b| setup_mc.build_into(Version::V2, b)),
+        );
+        let class_c = multicast_setup::Downlink::McClassCSessionReq(McClassCSessionReq {
+            mc_group_id: 2,
+            session_time,
+            time_out: 8,
+            dl_frequ: DlFrequ::from_hz(869_525_000).unwrap(),
+            dr: 3,
+        });
+        agent.handle_downlink(
+            1_000,
+            Via::Unicast,
+            multicast_setup::PORT,
+            &build(|b| class_c.build_into(Version::V2, b)),
+        );
+    }
+    // Reboot 10 s later; the clock is synced again, then the session's time comes.
+    let mut ws = vec![0u8; 8 * 1024];
+    let mut agent = Agent::<_, 64>::new(&flash, config(&s), &mut ws, 0).unwrap();
+    drain(&mut agent, 0);
+    let ans = clock_sync::Downlink::AppTimeAns(AppTimeAns {
+        time_correction: (gps0 + 10) as i32,
+        token_ans: 0,
+    });
+    agent.handle_downlink(
+        0,
+        Via::Unicast,
+        clock_sync::PORT,
+        &build(|b| ans.build_into(Version::V2, b)),
+    );
+    let start = agent.poll_timeout(0);
+    assert_eq!(start, 90_000);
+    agent.handle_timeout(start);
+    let (_, evs) = drain(&mut agent, start);
+    assert_eq!(
+        evs,
+        [Event::Multicast(McEvent::ClassCStart {
+            id: 2,
+            freq_hz: 869_525_000,
+            dr: 3
+        })]
+    );
+}
