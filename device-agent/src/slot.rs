@@ -165,11 +165,8 @@ impl<'a, F: NorFlash> SlotWriter<'a, F> {
             .map_err(SlotError::Flash)
     }
 
-    /// Writes the unfinished word padded with 0xFF (the end of the image).
-    pub fn flush(&mut self) -> Result<(), SlotError<F::Error>> {
-        if self.pending_len == 0 {
-            return Ok(());
-        }
+    /// Writes the word in `pending` (padded with 0xFF) and starts a fresh one.
+    fn write_pending(&mut self) -> Result<(), SlotError<F::Error>> {
         let w = F::WRITE_SIZE;
         let word = self.pending;
         self.write_words(self.pending_at, &word[..w])?;
@@ -177,6 +174,14 @@ impl<'a, F: NorFlash> SlotWriter<'a, F> {
         self.pending_len = 0;
         self.pending = [0xff; MAX_WRITE_SIZE];
         Ok(())
+    }
+
+    /// Writes the unfinished word padded with 0xFF (the end of the image).
+    pub fn flush(&mut self) -> Result<(), SlotError<F::Error>> {
+        if self.pending_len == 0 {
+            return Ok(());
+        }
+        self.write_pending()
     }
 }
 
@@ -206,11 +211,7 @@ impl<F: NorFlash> TargetImage for SlotWriter<'_, F> {
             if self.pending_len < w {
                 return Ok(());
             }
-            let word = self.pending;
-            self.write_words(self.pending_at, &word[..w])?;
-            self.pending_at += w as u32;
-            self.pending_len = 0;
-            self.pending = [0xff; MAX_WRITE_SIZE];
+            self.write_pending()?;
         }
         // Whole words straight from the input.
         let whole = data.len() / w * w;
