@@ -78,7 +78,7 @@ mod probe {
             offset: 96 * KB,
             len: 96 * KB,
         },
-        fragments: FragAreas {
+        fragments: [FragAreas {
             log: Region {
                 offset: 192 * KB,
                 len: 32 * KB,
@@ -91,7 +91,7 @@ mod probe {
                 offset: 240 * KB,
                 len: 8 * KB,
             },
-        },
+        }],
         journal: Region {
             offset: 248 * KB,
             len: 8 * KB,

@@ -16,7 +16,9 @@ use fuota_codec::patch::VerifyingKey;
 use fuota_codec::{clock_sync, fragmentation, multicast_setup, Version};
 
 use crate::clock::{ClockSync, Millis};
-use crate::frag_session::{FragAreas, FragEvent, Fragmentation, SessionParams, Via};
+use crate::frag_session::{
+    FragAreas, FragEvent, Fragmentation, SavedSession, SessionParams, Via, MAX_FRAG_SESSIONS,
+};
 use crate::install::{install, InstallConfig, InstallError};
 use crate::journal::Journal;
 use crate::mcuboot::{self, Trailer};
@@ -32,18 +34,19 @@ const UPLINK_LEN: usize = 64;
 const UPLINK_QUEUE: usize = 4;
 const EVENT_QUEUE: usize = 8;
 
-/// Flash layout, declared by the integrator.
+/// Flash layout, declared by the integrator: `SESSIONS` fragment storage areas, one per
+/// fragmentation session the device can hold at once (1 to 4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Layout {
+pub struct Layout<const SESSIONS: usize = 1> {
     pub primary: Region,
     pub secondary: Region,
-    pub fragments: FragAreas,
+    pub fragments: [FragAreas; SESSIONS],
     pub journal: Region,
 }
 
 /// Keys, limits and choices fixed at build or provisioning time.
 #[derive(Debug, Clone)]
-pub struct AgentConfig {
+pub struct AgentConfig<const SESSIONS: usize = 1> {
     /// Package version spoken on all three ports.
     pub version: Version,
     pub mc_ke_key: Key128,
@@ -51,7 +54,7 @@ pub struct AgentConfig {
     pub limits: RadioLimits,
     /// Public key patches must be signed with.
     pub patch_key: VerifyingKey,
-    pub layout: Layout,
+    pub layout: Layout<SESSIONS>,
     /// BOOT_MAX_ALIGN of the bootloader (8 or 32).
     pub boot_max_align: u32,
     /// Ask for a permanent swap instead of a test swap.
@@ -74,6 +77,9 @@ pub enum UpdateFailure {
     /// The rebuilt image failed MCUboot's checks.
     BadImage,
     Flash,
+    /// The running image is still on test (not confirmed): its secondary slot holds the way
+    /// back, so nothing is installed over it. Confirm, then send the update again.
+    Unconfirmed,
 }
 
 /// What the firmware must act on.
@@ -98,23 +104,27 @@ pub enum Event {
 enum Update {
     #[default]
     Idle,
-    /// The block is complete; install (again) from this checkpoint.
-    Installing(Option<Checkpoint>),
+    /// The block of this FragIndex is complete; install (again) from this checkpoint.
+    Installing {
+        frag_index: u8,
+        checkpoint: Option<Checkpoint>,
+    },
     /// Swap requested for this version.
     SwapRequested(ImageVersion),
     /// Running the new image, not yet confirmed.
     Testing(ImageVersion),
 }
 
-/// The FUOTA device agent over flash `F`; `SPARES` spare fragment slots.
+/// The FUOTA device agent over flash `F`; `SPARES` spare fragment slots per session,
+/// `SESSIONS` fragmentation sessions at once.
 #[derive(Debug)]
-pub struct Agent<'a, F: NorFlash, const SPARES: usize> {
-    config: AgentConfig,
+pub struct Agent<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize = 1> {
+    config: AgentConfig<SESSIONS>,
     flash: &'a RefCell<F>,
     journal: Journal<JOURNAL_SLOT>,
     clock: ClockSync,
     multicast: Multicast,
-    frag: Fragmentation<'a, F, SPARES>,
+    frag: Fragmentation<'a, F, SPARES, SESSIONS>,
     rng: Rng,
     update: Update,
     install_due: bool,
@@ -135,12 +145,13 @@ fn gps_s(clock: &ClockSync, now: Millis) -> u32 {
     clock.gps_ms(now).unwrap_or(now as i64).div_euclid(1000) as u32
 }
 
-impl<'a, F: NorFlash, const SPARES: usize> Agent<'a, F, SPARES> {
+impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize> Agent<'a, F, SPARES, SESSIONS> {
     /// Starts the agent: reads its journal back (groups, sessions, SessionCnt, an update in
-    /// progress), replays a fragment session's log, and looks at what the bootloader did.
+    /// progress), replays the fragment sessions' logs, and looks at what the bootloader did.
+    /// `workspace` is the TS004 decoders' RAM, shared equally between the sessions.
     pub fn new(
         flash: &'a RefCell<F>,
-        config: AgentConfig,
+        config: AgentConfig<SESSIONS>,
         workspace: &'a mut [u8],
         now: Millis,
     ) -> Result<Self, AgentError<F::Error>> {
@@ -188,20 +199,25 @@ impl<'a, F: NorFlash, const SPARES: usize> Agent<'a, F, SPARES> {
             nb_uplinks: 0,
             events: [const { None }; EVENT_QUEUE],
         };
-        if let Some(params) = snapshot.session {
-            match agent.frag.restore(params) {
-                Ok(Some(FragEvent::BlockComplete { mic_ok: true, .. })) => {
-                    if matches!(agent.update, Update::Idle | Update::Installing(_)) {
-                        agent.install_due = true;
-                        if agent.update == Update::Idle {
-                            agent.update = Update::Installing(None);
-                        }
-                    }
+        for (slot, saved) in snapshot.sessions.iter().take(SESSIONS).enumerate() {
+            let Some(saved) = saved else { continue };
+            match agent.frag.restore(slot, *saved) {
+                // A block that completed just before the power went, not yet handed over.
+                Ok(Some(FragEvent::BlockComplete {
+                    frag_index,
+                    mic_ok: true,
+                    ..
+                })) if !saved.consumed && agent.update == Update::Idle => {
+                    agent.update = Update::Installing {
+                        frag_index,
+                        checkpoint: None,
+                    };
                 }
                 Ok(_) => {}
                 Err(_) => agent.push_event(Event::UpdateFailed(UpdateFailure::Flash)),
             }
         }
+        agent.install_due = matches!(agent.update, Update::Installing { .. });
         agent.check_boot();
         Ok(agent)
     }
@@ -348,11 +364,17 @@ impl<'a, F: NorFlash, const SPARES: usize> Agent<'a, F, SPARES> {
     }
 
     fn run_install(&mut self) {
-        let resume = match self.update {
-            Update::Installing(cp) => cp,
-            _ => None,
+        let Update::Installing {
+            frag_index,
+            checkpoint: resume,
+        } = self.update
+        else {
+            return;
         };
-        let Some(params) = self.frag.params().copied() else {
+        let Some(params) = self.frag.params(frag_index).copied() else {
+            // The session was deleted before its install ran.
+            self.update = Update::Idle;
+            self.save();
             return;
         };
         let len =
@@ -366,15 +388,22 @@ impl<'a, F: NorFlash, const SPARES: usize> Agent<'a, F, SPARES> {
         };
         let flash = self.flash;
         let mut snap = self.snapshot();
-        let Some(store) = self.frag.store() else {
+        let Some(store) = self.frag.store(frag_index) else {
+            self.update = Update::Idle;
+            self.save();
             return;
         };
         // Checkpoints go to the journal as they come; the rest of the snapshot is unchanged.
         let journal = &mut self.journal;
         let result = install::<F, APPLY_WINDOW>(flash, store, len, &config, resume, |cp| {
-            snap.update = Update::Installing(Some(cp));
+            snap.update = Update::Installing {
+                frag_index,
+                checkpoint: Some(cp),
+            };
             append_snapshot(journal, flash, &snap);
         });
+        // Success or not, this block has been used: a reboot must not install it again.
+        self.frag.consume(frag_index);
         match result {
             Ok(done) => {
                 self.update = Update::SwapRequested(done.manifest.version);
@@ -392,9 +421,10 @@ impl<'a, F: NorFlash, const SPARES: usize> Agent<'a, F, SPARES> {
 
     /// The state to journal.
     fn snapshot(&self) -> Snapshot {
+        let saved = self.frag.saved();
         Snapshot {
             last_session_cnt: self.frag.last_session_cnt(),
-            session: self.frag.params().copied(),
+            sessions: core::array::from_fn(|i| saved.get(i).copied().flatten()),
             groups: snapshot_groups(&self.multicast),
             update: self.update,
         }
@@ -485,12 +515,29 @@ impl<'a, F: NorFlash, const SPARES: usize> Agent<'a, F, SPARES> {
                         Some(FragEvent::BlockComplete {
                             len: block,
                             mic_ok: true,
-                            ..
+                            frag_index,
                         }) => {
                             self.push_event(Event::BlockComplete { len: block });
-                            self.update = Update::Installing(None);
-                            self.install_due = true;
                             dirty = true;
+                            match self.update {
+                                Update::Idle | Update::SwapRequested(_) => {
+                                    self.update = Update::Installing {
+                                        frag_index,
+                                        checkpoint: None,
+                                    };
+                                    self.install_due = true;
+                                }
+                                // One install at a time; the later block waits for a resend.
+                                Update::Installing { .. } => {
+                                    self.frag.consume(frag_index);
+                                }
+                                Update::Testing(_) => {
+                                    self.frag.consume(frag_index);
+                                    self.push_event(Event::UpdateFailed(
+                                        UpdateFailure::Unconfirmed,
+                                    ));
+                                }
+                            }
                         }
                         Some(FragEvent::BlockComplete { mic_ok: false, .. }) => {
                             self.push_event(Event::UpdateFailed(UpdateFailure::BlockMic));
@@ -550,13 +597,15 @@ fn snapshot_groups(m: &Multicast) -> [(Option<McGroup>, Option<ClassCSession>); 
 /// The journaled state.
 #[derive(Debug, Clone, Default)]
 struct Snapshot {
-    last_session_cnt: Option<u16>,
-    session: Option<SessionParams>,
+    /// Per FragIndex.
+    last_session_cnt: [Option<u16>; MAX_FRAG_SESSIONS],
+    /// Per storage slot (the agent's first `SESSIONS`).
+    sessions: [Option<SavedSession>; MAX_FRAG_SESSIONS],
     groups: [(Option<McGroup>, Option<ClassCSession>); 4],
     update: Update,
 }
 
-const SNAPSHOT_FORMAT: u8 = 1;
+const SNAPSHOT_FORMAT: u8 = 2;
 
 struct W<'b> {
     buf: &'b mut [u8],
@@ -615,29 +664,40 @@ impl Snapshot {
     fn encode(&self, buf: &mut [u8]) -> usize {
         let mut w = W { buf, at: 0 };
         w.put(&[SNAPSHOT_FORMAT]);
-        match self.last_session_cnt {
-            Some(c) => {
-                w.put(&[1]);
-                w.put(&c.to_le_bytes());
+        for cnt in self.last_session_cnt {
+            match cnt {
+                Some(c) => {
+                    w.put(&[1]);
+                    w.put(&c.to_le_bytes());
+                }
+                None => w.put(&[0, 0, 0]),
             }
-            None => w.put(&[0, 0, 0]),
         }
-        match &self.session {
-            Some(p) => {
-                w.put(&[1, p.frag_index, p.mc_group_bit_mask]);
-                w.put(&p.nb_frag.to_le_bytes());
-                w.put(&[
-                    p.frag_size,
-                    p.frag_algo,
-                    p.block_ack_delay,
-                    u8::from(p.ack_reception),
-                    p.padding,
-                ]);
-                w.put(&p.descriptor);
-                w.put(&p.session_cnt.to_le_bytes());
-                w.put(&p.mic);
+        for saved in &self.sessions {
+            match saved {
+                Some(SavedSession {
+                    params: p,
+                    consumed,
+                }) => {
+                    w.put(&[
+                        1 | u8::from(*consumed) << 1,
+                        p.frag_index,
+                        p.mc_group_bit_mask,
+                    ]);
+                    w.put(&p.nb_frag.to_le_bytes());
+                    w.put(&[
+                        p.frag_size,
+                        p.frag_algo,
+                        p.block_ack_delay,
+                        u8::from(p.ack_reception),
+                        p.padding,
+                    ]);
+                    w.put(&p.descriptor);
+                    w.put(&p.session_cnt.to_le_bytes());
+                    w.put(&p.mic);
+                }
+                None => w.put(&[0; 20]),
             }
-            None => w.put(&[0; 20]),
         }
         for (group, session) in &self.groups {
             match group {
@@ -664,16 +724,19 @@ impl Snapshot {
         }
         match self.update {
             Update::Idle => w.put(&[0; 41]),
-            Update::Installing(cp) => {
+            Update::Installing {
+                frag_index,
+                checkpoint,
+            } => {
                 w.put(&[1]);
-                match cp {
+                match checkpoint {
                     Some(c) => {
                         w.put(&[1]);
                         w.put(&c.to_bytes());
                     }
                     None => w.put(&[0; 37]),
                 }
-                w.put(&[0; 3]);
+                w.put(&[frag_index, 0, 0]);
             }
             Update::SwapRequested(v) | Update::Testing(v) => {
                 w.put(&[if matches!(self.update, Update::SwapRequested(_)) {
@@ -693,24 +756,33 @@ impl Snapshot {
         if r.u8()? != SNAPSHOT_FORMAT {
             return None;
         }
-        let has_cnt = r.u8()?;
-        let cnt = r.u16()?;
-        let last_session_cnt = (has_cnt == 1).then_some(cnt);
-        let has_session = r.u8()?;
-        let session = SessionParams {
-            frag_index: r.u8()?,
-            mc_group_bit_mask: r.u8()?,
-            nb_frag: r.u16()?,
-            frag_size: r.u8()?,
-            frag_algo: r.u8()?,
-            block_ack_delay: r.u8()?,
-            ack_reception: r.u8()? == 1,
-            padding: r.u8()?,
-            descriptor: r.take()?,
-            session_cnt: r.u16()?,
-            mic: r.take()?,
-        };
-        let session = (has_session == 1).then_some(session);
+        let mut last_session_cnt = [None; MAX_FRAG_SESSIONS];
+        for slot in &mut last_session_cnt {
+            let has = r.u8()?;
+            let cnt = r.u16()?;
+            *slot = (has == 1).then_some(cnt);
+        }
+        let mut sessions = [None; MAX_FRAG_SESSIONS];
+        for slot in &mut sessions {
+            let flags = r.u8()?;
+            let params = SessionParams {
+                frag_index: r.u8()?,
+                mc_group_bit_mask: r.u8()?,
+                nb_frag: r.u16()?,
+                frag_size: r.u8()?,
+                frag_algo: r.u8()?,
+                block_ack_delay: r.u8()?,
+                ack_reception: r.u8()? == 1,
+                padding: r.u8()?,
+                descriptor: r.take()?,
+                session_cnt: r.u16()?,
+                mic: r.take()?,
+            };
+            *slot = (flags & 1 == 1).then_some(SavedSession {
+                params,
+                consumed: flags & 2 != 0,
+            });
+        }
         let mut groups: [(Option<McGroup>, Option<ClassCSession>); 4] = Default::default();
         for slot in &mut groups {
             let has = r.u8()?;
@@ -735,7 +807,10 @@ impl Snapshot {
             1 => {
                 let has_cp = r.u8()?;
                 let cp = Checkpoint::from_bytes(&r.take()?);
-                Update::Installing((has_cp == 1).then_some(cp))
+                Update::Installing {
+                    checkpoint: (has_cp == 1).then_some(cp),
+                    frag_index: r.u8()?,
+                }
             }
             2 => Update::SwapRequested(take_version(&mut r)?),
             3 => Update::Testing(take_version(&mut r)?),
@@ -743,7 +818,7 @@ impl Snapshot {
         };
         Some(Self {
             last_session_cnt,
-            session,
+            sessions,
             groups,
             update,
         })

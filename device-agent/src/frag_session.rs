@@ -1,6 +1,8 @@
-//! TS004 fragmented data block transport, device side (sans-IO), over one flash storage
-//! area ([`FragAreas`]): one session decodes at a time; a setup for another index while one is
-//! open is answered NotEnoughMemory.
+//! TS004 fragmented data block transport, device side (sans-IO), with up to `SESSIONS`
+//! sessions open at once (at most [`MAX_FRAG_SESSIONS`], the protocol's FragIndex range).
+//! Each session takes one storage slot: its own flash areas ([`FragAreas`]) and its own share
+//! of the decoder workspace, so sessions decode side by side. A slot is given to a FragIndex
+//! at setup; a setup for a new index when every slot is taken is answered NotEnoughMemory.
 //!
 //! Every fragment is logged before it is decoded, so [`Fragmentation::restore`] rebuilds the
 //! decoder after a reboot by replaying the log.
@@ -21,6 +23,9 @@ use crate::clock::Millis;
 use crate::frag_store::{FlashStore, FragLog, StoreError, MAX_FRAG_SIZE};
 use crate::rng::Rng;
 use crate::slot::Region;
+
+/// FragIndex is two bits: at most four sessions.
+pub const MAX_FRAG_SESSIONS: usize = 4;
 
 /// Flash for one session: the fragment log, the data block, spare slots.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +58,14 @@ pub enum FragEvent {
     },
 }
 
+/// What must be journaled of one slot to bring its session back after a reboot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SavedSession {
+    pub params: SessionParams,
+    /// The complete block was handed to the installer already (do not install it again).
+    pub consumed: bool,
+}
+
 #[derive(Debug)]
 struct Session<'a, F, const SPARES: usize> {
     params: SessionParams,
@@ -67,83 +80,149 @@ struct Session<'a, F, const SPARES: usize> {
     memory_error: bool,
     /// v2: FragDataBlockReceivedReq still to be acknowledged.
     ack_pending: bool,
+    consumed: bool,
 }
 
-/// Device side of TS004 over one storage area.
+/// One storage slot: flash areas, a share of the workspace, maybe a session.
 #[derive(Debug)]
-pub struct Fragmentation<'a, F, const SPARES: usize> {
-    version: Version,
-    flash: &'a RefCell<F>,
+struct Slot<'a, F, const SPARES: usize> {
     areas: FragAreas,
     workspace: &'a mut [u8],
+    session: Option<Session<'a, F, SPARES>>,
+}
+
+/// Device side of TS004 over `SESSIONS` storage slots.
+#[derive(Debug)]
+pub struct Fragmentation<'a, F, const SPARES: usize, const SESSIONS: usize = 1> {
+    version: Version,
+    flash: &'a RefCell<F>,
+    slots: [Slot<'a, F, SPARES>; SESSIONS],
     max_lost: usize,
     data_block_int_key: Key128,
-    session: Option<Session<'a, F, SPARES>>,
-    /// v2: the highest SessionCnt accepted (persist it, see [`Fragmentation::last_session_cnt`]).
-    last_session_cnt: Option<u16>,
-    pending_status: Option<(Millis, FragSessionStatusAns)>,
+    /// v2: the highest SessionCnt accepted per FragIndex (persist it, see
+    /// [`Fragmentation::last_session_cnt`]).
+    last_session_cnt: [Option<u16>; MAX_FRAG_SESSIONS],
+    /// FragSessionStatusAns waiting for their BlockAckDelay, per FragIndex.
+    pending_status: [Option<(Millis, FragSessionStatusAns)>; MAX_FRAG_SESSIONS],
 }
 
 /// Bytes of the data block read at once for the MIC.
 const MIC_CHUNK: usize = 64;
 
-impl<'a, F: NorFlash, const SPARES: usize> Fragmentation<'a, F, SPARES> {
-    /// `workspace` is the decoder's RAM; `max_lost` the data fragments it may recover.
+impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
+    Fragmentation<'a, F, SPARES, SESSIONS>
+{
+    /// `areas` gives each slot's flash; `workspace` is the decoders' RAM, shared equally
+    /// between the slots; `max_lost` the data fragments a decoder may recover.
     pub fn new(
         version: Version,
         flash: &'a RefCell<F>,
-        areas: FragAreas,
+        areas: [FragAreas; SESSIONS],
         workspace: &'a mut [u8],
         max_lost: usize,
         data_block_int_key: Key128,
-        last_session_cnt: Option<u16>,
+        last_session_cnt: [Option<u16>; MAX_FRAG_SESSIONS],
     ) -> Self {
+        let share = workspace.len() / SESSIONS.max(1);
+        let mut rest = Some(workspace);
+        let slots = core::array::from_fn(|i| {
+            let all = rest.take().unwrap_or_default();
+            let (mine, others) = all.split_at_mut(share.min(all.len()));
+            rest = Some(others);
+            Slot {
+                areas: areas[i],
+                workspace: mine,
+                session: None,
+            }
+        });
         Self {
             version,
             flash,
-            areas,
-            workspace,
+            slots,
             max_lost,
             data_block_int_key,
-            session: None,
             last_session_cnt,
-            pending_status: None,
+            pending_status: [None; MAX_FRAG_SESSIONS],
         }
     }
 
-    /// The SessionCnt to persist, so that a replayed setup is refused after a reboot too.
-    pub fn last_session_cnt(&self) -> Option<u16> {
+    /// The SessionCnt to persist per FragIndex, so that a replayed setup is refused after a
+    /// reboot too.
+    pub fn last_session_cnt(&self) -> [Option<u16>; MAX_FRAG_SESSIONS] {
         self.last_session_cnt
     }
 
-    /// The open session's setup, to persist with [`Fragmentation::restore`].
-    pub fn params(&self) -> Option<&SessionParams> {
-        self.session.as_ref().map(|s| &s.params)
+    /// Each slot's session, to persist and give back to [`Fragmentation::restore`].
+    pub fn saved(&self) -> [Option<SavedSession>; SESSIONS] {
+        core::array::from_fn(|i| {
+            self.slots[i].session.as_ref().map(|s| SavedSession {
+                params: s.params,
+                consumed: s.consumed,
+            })
+        })
     }
 
-    /// Useful fragments still needed (0 once complete); `None` without a session.
-    pub fn missing(&self) -> Option<usize> {
-        self.session.as_ref().map(|s| s.decoder.missing())
+    fn find(&self, frag_index: u8) -> Option<usize> {
+        self.slots.iter().position(|s| {
+            s.session
+                .as_ref()
+                .is_some_and(|s| s.params.frag_index == frag_index)
+        })
+    }
+
+    fn session(&self, frag_index: u8) -> Option<&Session<'a, F, SPARES>> {
+        self.find(frag_index)
+            .and_then(|i| self.slots[i].session.as_ref())
+    }
+
+    fn session_mut(&mut self, frag_index: u8) -> Option<&mut Session<'a, F, SPARES>> {
+        self.find(frag_index)
+            .and_then(|i| self.slots[i].session.as_mut())
+    }
+
+    /// The setup of the session on `frag_index`.
+    pub fn params(&self, frag_index: u8) -> Option<&SessionParams> {
+        self.session(frag_index).map(|s| &s.params)
+    }
+
+    /// Useful fragments still needed on `frag_index` (0 once complete); `None` without a
+    /// session.
+    pub fn missing(&self, frag_index: u8) -> Option<usize> {
+        self.session(frag_index).map(|s| s.decoder.missing())
+    }
+
+    /// Marks the complete block of `frag_index` as handed to the installer.
+    pub fn consume(&mut self, frag_index: u8) {
+        if let Some(s) = self.session_mut(frag_index) {
+            s.consumed = true;
+        }
     }
 
     fn open(
         &mut self,
+        slot: usize,
         params: SessionParams,
         erase: bool,
     ) -> Result<Session<'a, F, SPARES>, StoreError<F::Error>> {
         let frag_size = usize::from(params.frag_size);
-        let store = FlashStore::create(self.flash, self.areas.block, self.areas.spare, frag_size)?;
+        let Some(Slot {
+            areas, workspace, ..
+        }) = self.slots.get_mut(slot)
+        else {
+            return Err(StoreError::OutOfRange);
+        };
+        let store = FlashStore::create(self.flash, areas.block, areas.spare, frag_size)?;
         let log = if erase {
-            FragLog::create(self.flash, self.areas.log, frag_size)?
+            FragLog::create(self.flash, areas.log, frag_size)?
         } else {
-            FragLog::replay(self.flash, self.areas.log, frag_size, |_, _| Ok(()))?
+            FragLog::replay(self.flash, areas.log, frag_size, |_, _| Ok(()))?
         };
         let decoder = DecoderState::new(
             self.version,
             usize::from(params.nb_frag),
             frag_size,
             self.max_lost,
-            self.workspace,
+            workspace,
         )
         .map_err(|_| StoreError::BadSize)?;
         Ok(Session {
@@ -155,21 +234,31 @@ impl<'a, F: NorFlash, const SPARES: usize> Fragmentation<'a, F, SPARES> {
             mic_ok: None,
             memory_error: false,
             ack_pending: false,
+            consumed: false,
         })
     }
 
-    /// After a reboot: reopens the session with its saved setup and replays its log.
+    /// After a reboot: reopens the session of `slot` with its saved setup and replays its
+    /// log. The event says whether the block was complete.
     pub fn restore(
         &mut self,
-        params: SessionParams,
+        slot: usize,
+        saved: SavedSession,
     ) -> Result<Option<FragEvent>, StoreError<F::Error>> {
-        let mut session = self.open(params, false)?;
-        let mut event = None;
-        let workspace = &mut *self.workspace;
+        let params = saved.params;
+        if self.find(params.frag_index).is_some() {
+            return Err(StoreError::OutOfRange);
+        }
+        let mut session = self.open(slot, params, false)?;
+        session.consumed = saved.consumed;
         let flash = self.flash;
         let key = &self.data_block_int_key;
-        let areas = self.areas;
+        let version = self.version;
         let frag_size = usize::from(params.frag_size);
+        let Slot {
+            areas, workspace, ..
+        } = &mut self.slots[slot];
+        let workspace = &mut **workspace;
         let mut progress = session.decoder.progress();
         let mut received = 0u16;
         session.log = FragLog::replay(flash, areas.log, frag_size, |n, payload| {
@@ -186,19 +275,16 @@ impl<'a, F: NorFlash, const SPARES: usize> Fragmentation<'a, F, SPARES> {
             Ok(())
         })?;
         session.received = received;
+        let mut event = None;
         if progress == Progress::Complete {
-            event = Some(complete(&mut session, key, self.version)?);
+            event = Some(complete(&mut session, key, version)?);
         }
-        self.session = Some(session);
+        self.slots[slot].session = Some(session);
         Ok(event)
     }
 
     fn status_of(&self, frag_index: u8) -> FragSessionStatusAns {
-        match self
-            .session
-            .as_ref()
-            .filter(|s| s.params.frag_index == frag_index)
-        {
+        match self.session(frag_index) {
             None => FragSessionStatusAns {
                 frag_index,
                 nb_frag_received: 0,
@@ -243,16 +329,13 @@ impl<'a, F: NorFlash, const SPARES: usize> Fragmentation<'a, F, SPARES> {
                 Ok(Some(Uplink::FragSessionSetupAns(self.setup(req)?)))
             }
             Downlink::FragSessionDeleteReq(req) => {
-                let exists = self
-                    .session
-                    .as_ref()
-                    .is_some_and(|s| s.params.frag_index == req.frag_index);
-                if exists {
-                    self.session = None;
+                let slot = self.find(req.frag_index);
+                if let Some(i) = slot {
+                    self.slots[i].session = None;
                 }
                 Ok(Some(Uplink::FragSessionDeleteAns(FragSessionDeleteAns {
                     frag_index: req.frag_index,
-                    session_does_not_exist: !exists,
+                    session_does_not_exist: slot.is_none(),
                 })))
             }
             Downlink::FragSessionStatusReq(req) => {
@@ -262,35 +345,34 @@ impl<'a, F: NorFlash, const SPARES: usize> Fragmentation<'a, F, SPARES> {
                 if !req.participants && (done || ans.session_does_not_exist) {
                     return Ok(None);
                 }
-                let delay_exp = self
-                    .session
-                    .as_ref()
-                    .map_or(0, |s| s.params.block_ack_delay);
+                let delay_exp = self.params(req.frag_index).map_or(0, |p| p.block_ack_delay);
                 let spread_ms = (1u64 << (u32::from(delay_exp) + 4)) * 1000;
-                self.pending_status = Some((now + rng.below(spread_ms), ans));
+                self.pending_status[usize::from(req.frag_index & 3)] =
+                    Some((now + rng.below(spread_ms), ans));
                 Ok(None)
             }
             Downlink::FragDataBlockReceivedAns(ans) => {
-                if let Some(s) = self
-                    .session
-                    .as_mut()
-                    .filter(|s| s.params.frag_index == ans.frag_index)
-                {
+                if let Some(s) = self.session_mut(ans.frag_index) {
                     s.ack_pending = false;
                 }
                 Ok(None)
             }
             Downlink::DataFragment(f) => {
                 let version = self.version;
-                let Some(s) = self
-                    .session
-                    .as_mut()
-                    .filter(|s| s.params.frag_index == f.frag_index)
+                let flash = self.flash;
+                let Some(i) = self.find(f.frag_index) else {
+                    return Ok(None);
+                };
+                let Slot {
+                    workspace,
+                    session: Some(s),
+                    ..
+                } = &mut self.slots[i]
                 else {
                     return Ok(None);
                 };
                 if let Via::Multicast(g) = via {
-                    if s.params.mc_group_bit_mask & (1 << g) == 0 {
+                    if s.params.mc_group_bit_mask & (1 << (g & 3)) == 0 {
                         return Ok(None);
                     }
                 }
@@ -300,11 +382,11 @@ impl<'a, F: NorFlash, const SPARES: usize> Fragmentation<'a, F, SPARES> {
                 {
                     return Ok(None);
                 }
-                s.log.append(self.flash, f.n, f.payload)?;
+                s.log.append(flash, f.n, f.payload)?;
                 s.received = s.received.saturating_add(1);
                 match s
                     .decoder
-                    .push(self.workspace, &mut s.store, usize::from(f.n), f.payload)
+                    .push(workspace, &mut s.store, usize::from(f.n), f.payload)
                 {
                     Ok(Progress::Complete) => {
                         let event = complete(s, &self.data_block_int_key, version)?;
@@ -340,63 +422,71 @@ impl<'a, F: NorFlash, const SPARES: usize> Fragmentation<'a, F, SPARES> {
             frag_index: req.frag_index,
             encoding_unsupported: req.frag_algo != 0,
             not_enough_memory: false,
-            frag_session_index_not_supported: false,
+            frag_session_index_not_supported: usize::from(req.frag_index) >= MAX_FRAG_SESSIONS,
             wrong_descriptor: false,
             session_cnt_replay: false,
         };
+        // The index's own slot (a new setup replaces its session), else a free one.
+        let slot = self
+            .find(req.frag_index)
+            .or_else(|| self.slots.iter().position(|s| s.session.is_none()));
         let frag_size = usize::from(req.frag_size);
         let m = usize::from(req.nb_frag);
         let pitch = frag_size.div_ceil(F::WRITE_SIZE) * F::WRITE_SIZE;
         let record = (2 + frag_size + 4).div_ceil(F::WRITE_SIZE) * F::WRITE_SIZE;
-        let busy = self
-            .session
-            .as_ref()
-            .is_some_and(|s| s.params.frag_index != req.frag_index);
-        ans.not_enough_memory = busy
-            || m == 0
-            || frag_size == 0
-            || frag_size > MAX_FRAG_SIZE
-            || m * pitch > self.areas.block.len as usize
-            || (m + self.max_lost) * record > self.areas.log.len as usize
-            || DecoderState::workspace_len(m, self.max_lost, frag_size) > self.workspace.len();
+        ans.not_enough_memory = match slot.and_then(|i| self.slots.get(i)) {
+            None => true,
+            Some(s) => {
+                m == 0
+                    || frag_size == 0
+                    || frag_size > MAX_FRAG_SIZE
+                    || m * pitch > s.areas.block.len as usize
+                    || (m + self.max_lost) * record > s.areas.log.len as usize
+                    || DecoderState::workspace_len(m, self.max_lost, frag_size) > s.workspace.len()
+            }
+        };
+        let last = &mut self.last_session_cnt[usize::from(req.frag_index) % MAX_FRAG_SESSIONS];
         if self.version == Version::V2 {
-            ans.session_cnt_replay = self
-                .last_session_cnt
-                .is_some_and(|last| req.session_cnt <= last);
+            ans.session_cnt_replay = last.is_some_and(|last| req.session_cnt <= last);
         }
-        if ans.encoding_unsupported || ans.not_enough_memory || ans.session_cnt_replay {
+        let refused = ans.encoding_unsupported
+            || ans.not_enough_memory
+            || ans.frag_session_index_not_supported
+            || ans.session_cnt_replay;
+        let Some(slot) = slot.filter(|_| !refused) else {
             return Ok(ans);
-        }
+        };
         if self.version == Version::V2 {
-            self.last_session_cnt = Some(req.session_cnt);
+            *last = Some(req.session_cnt);
         }
-        let mut session = self.open(req, true)?;
-        session.ack_pending = false;
-        self.session = Some(session);
+        // The old session goes first: if erasing fails, no half-open session remains.
+        self.slots[slot].session = None;
+        let session = self.open(slot, req, true)?;
+        self.slots[slot].session = Some(session);
         Ok(ans)
     }
 
-    /// A FragSessionStatusAns whose delay is over, or a FragDataBlockReceivedReq not yet
-    /// acknowledged (repeated at each poll after its delay).
+    /// A FragSessionStatusAns whose delay is over.
     pub fn poll_uplink(&mut self, now: Millis) -> Option<Uplink> {
-        match self.pending_status {
-            Some((due, ans)) if now >= due => {
-                self.pending_status = None;
-                Some(Uplink::FragSessionStatusAns(ans))
-            }
-            _ => None,
-        }
+        let due = self
+            .pending_status
+            .iter_mut()
+            .find(|p| p.is_some_and(|(due, _)| now >= due))?;
+        due.take().map(|(_, ans)| Uplink::FragSessionStatusAns(ans))
     }
 
     /// When [`Fragmentation::poll_uplink`] has something.
     pub fn poll_timeout(&self) -> Option<Millis> {
-        self.pending_status.map(|(due, _)| due)
+        self.pending_status
+            .iter()
+            .flatten()
+            .map(|(due, _)| *due)
+            .min()
     }
 
-    /// Reads the complete block (for the installer).
-    pub fn store(&mut self) -> Option<&mut FlashStore<'a, F, SPARES>> {
-        self.session
-            .as_mut()
+    /// The complete block of `frag_index` (MIC checked), for the installer.
+    pub fn store(&mut self, frag_index: u8) -> Option<&mut FlashStore<'a, F, SPARES>> {
+        self.session_mut(frag_index)
             .filter(|s| s.mic_ok == Some(true))
             .map(|s| &mut s.store)
     }
@@ -468,9 +558,13 @@ mod tests {
     }
 
     fn block(session_cnt: u16) -> Block {
+        block_for(1, session_cnt)
+    }
+
+    fn block_for(frag_index: u8, session_cnt: u16) -> Block {
         let (m, frag_size, padding) = (50usize, 40usize, 7u8);
         let data: Vec<u8> = (0..m * frag_size - usize::from(padding))
-            .map(|i| (i * 13 % 256) as u8)
+            .map(|i| ((i * 13 + usize::from(frag_index) * 101) % 256) as u8)
             .collect();
         let mut padded = data.clone();
         padded.resize(m * frag_size, 0);
@@ -484,13 +578,19 @@ mod tests {
             })
             .collect();
         let descriptor = [1, 2, 3, 4];
-        let mic =
-            data_block_mic(&Key128::from_bytes(KEY), session_cnt, 1, descriptor, &data).unwrap();
+        let mic = data_block_mic(
+            &Key128::from_bytes(KEY),
+            session_cnt,
+            frag_index,
+            descriptor,
+            &data,
+        )
+        .unwrap();
         Block {
             data,
             frags,
             setup: FragSessionSetupReq {
-                frag_index: 1,
+                frag_index,
                 mc_group_bit_mask: 0b0001,
                 nb_frag: m as u16,
                 frag_size: frag_size as u8,
@@ -506,8 +606,8 @@ mod tests {
     }
 
     /// A unicast command, events dropped.
-    fn unicast(
-        fr: &mut Fragmentation<'_, Flash, 16>,
+    fn unicast<const S: usize>(
+        fr: &mut Fragmentation<'_, Flash, 16, S>,
         rng: &mut Rng,
         cmd: Downlink<'_>,
     ) -> Option<Uplink> {
@@ -516,7 +616,7 @@ mod tests {
 
     fn frag(b: &Block, n: usize) -> Downlink<'_> {
         Downlink::DataFragment(DataFragment {
-            frag_index: 1,
+            frag_index: b.setup.frag_index,
             n: n as u16,
             payload: &b.frags[n - 1],
         })
@@ -534,11 +634,11 @@ mod tests {
             let mut fr = Fragmentation::<_, 16>::new(
                 Version::V2,
                 &flash,
-                AREAS,
+                [AREAS],
                 &mut ws,
                 16,
                 Key128::from_bytes(KEY),
-                None,
+                [None; MAX_FRAG_SESSIONS],
             );
             let ans = fr
                 .handle(
@@ -566,7 +666,7 @@ mod tests {
             );
             fr.handle(0, Via::Multicast(2), frag(&b, 1), &mut rng, |_| {})
                 .unwrap();
-            assert_eq!(fr.missing(), Some(50));
+            assert_eq!(fr.missing(1), Some(50));
             // Half the data fragments (20% lost), on group 0.
             for n in (1..=25).filter(|n| n % 5 != 0) {
                 fr.handle(0, Via::Multicast(0), frag(&b, n), &mut rng, |e| {
@@ -606,14 +706,24 @@ mod tests {
         let mut fr = Fragmentation::<_, 16>::new(
             Version::V2,
             &flash,
-            AREAS,
+            [AREAS],
             &mut ws,
             16,
             Key128::from_bytes(KEY),
             last_cnt,
         );
-        assert_eq!(fr.restore(b.setup).unwrap(), None);
-        assert_eq!(fr.missing(), Some(30));
+        assert_eq!(
+            fr.restore(
+                0,
+                SavedSession {
+                    params: b.setup,
+                    consumed: false
+                }
+            )
+            .unwrap(),
+            None
+        );
+        assert_eq!(fr.missing(1), Some(30));
         let mut ack = None;
         for n in (26..=75).filter(|n| n % 5 != 0) {
             if let Some(u) = fr
@@ -647,7 +757,7 @@ mod tests {
             Downlink::FragDataBlockReceivedAns(FragDataBlockReceivedAns { frag_index: 1 }),
         );
         let mut out = vec![0u8; b.data.len()];
-        fr.store().unwrap().read_block(0, &mut out).unwrap();
+        fr.store(1).unwrap().read_block(0, &mut out).unwrap();
         assert_eq!(out, b.data);
         // Participants = 0 and nothing missing: no answer.
         unicast(
@@ -686,11 +796,11 @@ mod tests {
         let mut fr = Fragmentation::<_, 16>::new(
             Version::V2,
             &flash,
-            AREAS,
+            [AREAS],
             &mut ws,
             16,
             Key128::from_bytes(KEY),
-            None,
+            [None; MAX_FRAG_SESSIONS],
         );
         let b = block(1);
         let mut big = b.setup;
@@ -718,12 +828,119 @@ mod tests {
                 mic_ok: false
             }]
         );
-        assert!(fr.store().is_none());
+        assert!(fr.store(1).is_none());
         // Another index while one is open: no room.
         let mut other = b.setup;
         other.frag_index = 2;
         other.session_cnt = 9;
         let ans = unicast(&mut fr, &mut rng, Downlink::FragSessionSetupReq(other));
         assert!(matches!(ans, Some(Uplink::FragSessionSetupAns(a)) if a.not_enough_memory));
+    }
+
+    #[test]
+    fn two_sessions_decode_side_by_side_and_come_back_after_a_reboot() {
+        let second = FragAreas {
+            log: Region {
+                offset: 26 * 1024,
+                len: 16 * 1024,
+            },
+            block: Region {
+                offset: 42 * 1024,
+                len: 8 * 1024,
+            },
+            spare: Region {
+                offset: 50 * 1024,
+                len: 2 * 1024,
+            },
+        };
+        let flash = RefCell::new(Flash::new(52));
+        // RAM before and after the reboot.
+        let (mut ws, mut ws_after) = (vec![0u8; 4096], vec![0u8; 4096]);
+        let mut rng = Rng::new(5);
+        let (a, b, c) = (block_for(0, 3), block_for(2, 1), block_for(3, 1));
+        let mut events = Vec::new();
+        let boot = |ws, cnt| {
+            Fragmentation::<_, 16, 2>::new(
+                Version::V2,
+                &flash,
+                [AREAS, second],
+                ws,
+                16,
+                Key128::from_bytes(KEY),
+                cnt,
+            )
+        };
+        let (saved, cnt) = {
+            let mut fr = boot(&mut ws, [None; MAX_FRAG_SESSIONS]);
+            for blk in [&a, &b] {
+                let ans = unicast(&mut fr, &mut rng, Downlink::FragSessionSetupReq(blk.setup));
+                assert!(
+                    matches!(ans, Some(Uplink::FragSessionSetupAns(x)) if !x.not_enough_memory && !x.session_cnt_replay)
+                );
+            }
+            // Both slots taken: a third index gets NotEnoughMemory.
+            let ans = unicast(&mut fr, &mut rng, Downlink::FragSessionSetupReq(c.setup));
+            assert!(matches!(ans, Some(Uplink::FragSessionSetupAns(x)) if x.not_enough_memory));
+            // Interleaved fragments, 1 in 6 lost, the first block only half way.
+            for n in (1..=72).filter(|n| n % 6 != 0) {
+                if n <= 30 {
+                    fr.handle(0, Via::Multicast(0), frag(&a, n), &mut rng, |e| {
+                        events.push(e)
+                    })
+                    .unwrap();
+                }
+                fr.handle(0, Via::Multicast(0), frag(&b, n), &mut rng, |e| {
+                    events.push(e)
+                })
+                .unwrap();
+            }
+            assert_eq!(
+                events,
+                [FragEvent::BlockComplete {
+                    frag_index: 2,
+                    len: b.data.len() as u32,
+                    mic_ok: true
+                }]
+            );
+            assert_eq!(fr.missing(2), Some(0));
+            assert!(fr.missing(0).unwrap() > 0);
+            fr.consume(2);
+            (fr.saved(), fr.last_session_cnt())
+        };
+        assert_eq!(cnt, [Some(3), None, Some(1), None]);
+        assert!(saved[1].is_some_and(|s| s.consumed));
+        // Reboot: both come back from their own logs.
+        let mut fr = boot(&mut ws_after, cnt);
+        for (slot, s) in saved.iter().enumerate() {
+            fr.restore(slot, s.unwrap()).unwrap();
+        }
+        assert_eq!(fr.saved(), saved);
+        let mut out = vec![0u8; b.data.len()];
+        fr.store(2).unwrap().read_block(0, &mut out).unwrap();
+        assert_eq!(out, b.data);
+        events.clear();
+        for n in (31..=75).filter(|n| n % 6 != 0) {
+            fr.handle(0, Via::Unicast, frag(&a, n), &mut rng, |e| events.push(e))
+                .unwrap();
+        }
+        assert_eq!(
+            events,
+            [FragEvent::BlockComplete {
+                frag_index: 0,
+                len: a.data.len() as u32,
+                mic_ok: true
+            }]
+        );
+        fr.store(0).unwrap().read_block(0, &mut out).unwrap();
+        assert_eq!(out, a.data);
+        // Deleting one frees its slot for the third index.
+        unicast(
+            &mut fr,
+            &mut rng,
+            Downlink::FragSessionDeleteReq(FragSessionDeleteReq { frag_index: 2 }),
+        );
+        let ans = unicast(&mut fr, &mut rng, Downlink::FragSessionSetupReq(c.setup));
+        assert!(matches!(ans, Some(Uplink::FragSessionSetupAns(x)) if !x.not_enough_memory));
+        assert_eq!(fr.missing(3), Some(50));
     }
 }

@@ -6,7 +6,7 @@
 use core::cell::RefCell;
 
 use embedded_storage::nor_flash::NorFlash;
-use fuota_codec::patch::apply::{verify_preamble, Applier, ApplyError, Checkpoint};
+use fuota_codec::patch::apply::{Applier, ApplyError, Checkpoint};
 use fuota_codec::patch::container::{ImageVersion, Manifest, PREAMBLE_LEN};
 use fuota_codec::patch::VerifyingKey;
 
@@ -109,7 +109,17 @@ pub fn install<F: NorFlash, const W: usize>(
         return Err(InstallError::Apply(ApplyError::Truncated));
     }
     read_patch(0, &mut preamble)?;
-    let manifest = verify_preamble(&preamble, &config.key).map_err(InstallError::Apply)?;
+    // A checkpoint is only good on a sector boundary the writer can restart from.
+    let sector = F::ERASE_SIZE as u32;
+    let (mut applier, manifest) = Applier::<W>::after_preamble(
+        &preamble,
+        config.key,
+        resume.map(|c| Checkpoint {
+            written: c.written / sector * sector,
+            ..c
+        }),
+    )
+    .map_err(InstallError::Apply)?;
     let running = {
         let mut f = flash.borrow_mut();
         mcuboot::verify_image(&mut *f, config.primary).map_err(InstallError::Image)?
@@ -127,26 +137,18 @@ pub fn install<F: NorFlash, const W: usize>(
             offered: manifest.security_counter,
         });
     }
-    // A checkpoint is only good on a sector boundary the writer can restart from.
-    let sector = F::ERASE_SIZE as u32;
     let resume = resume.filter(|c| c.target_sha256 == manifest.target_sha256);
     let start = resume.map_or(0, |c| c.written / sector * sector);
-    let mut applier = match resume {
-        Some(c) => Applier::<W>::resume(
-            config.key,
-            Checkpoint {
-                written: start,
-                ..c
-            },
-        ),
-        None => Applier::<W>::new(config.key),
-    };
+    if resume.is_none() {
+        mcuboot::cancel_swap(&mut *flash.borrow_mut(), config.secondary, config.trailer)
+            .map_err(InstallError::Image)?;
+    }
     let mut source = SlotReader::new(flash, config.primary);
     let mut target = SlotWriter::new(flash, config.secondary, start)
         .map_err(|e| InstallError::Apply(ApplyError::Target(e)))?;
     let mut saved = start;
     let mut buf = [0u8; CHUNK];
-    let mut at = 0;
+    let mut at = PREAMBLE_LEN as u32;
     while at < patch_len {
         let n = ((patch_len - at) as usize).min(CHUNK);
         read_patch(at, &mut buf[..n])?;

@@ -299,6 +299,35 @@ fn write_flag<F: NorFlash>(
         .map_err(McubootError::Flash)
 }
 
+/// Offset of the first sector holding trailer fields (images must end before it).
+fn trailer_sectors<F: NorFlash>(trailer: Trailer) -> u32 {
+    let sector = F::ERASE_SIZE as u32;
+    trailer.swap_size_off() / sector * sector
+}
+
+fn erase_trailer<F: NorFlash>(
+    flash: &mut F,
+    slot: Region,
+    trailer: Trailer,
+) -> Result<(), McubootError<F::Error>> {
+    flash
+        .erase(slot.offset + trailer_sectors::<F>(trailer), slot.end())
+        .map_err(McubootError::Flash)
+}
+
+/// Withdraws a swap request from `secondary` (before its image is overwritten, so that a
+/// power cut mid-write never leaves a request next to a half-written image).
+pub fn cancel_swap<F: NorFlash>(
+    flash: &mut F,
+    secondary: Region,
+    trailer: Trailer,
+) -> Result<(), McubootError<F::Error>> {
+    if read_trailer(flash, secondary, trailer)?.magic_good {
+        erase_trailer(flash, secondary, trailer)?;
+    }
+    Ok(())
+}
+
 /// Asks MCUboot to swap in the image of `secondary` at the next boot: for a test (reverted
 /// unless confirmed) or permanently. The image must end before the trailer's sectors, which
 /// are erased first.
@@ -312,14 +341,10 @@ pub fn request_swap<F: NorFlash>(
     if (trailer.align as usize) < F::WRITE_SIZE || trailer.align as usize % F::WRITE_SIZE != 0 {
         return Err(McubootError::BadAlign);
     }
-    let sector = F::ERASE_SIZE as u32;
-    let first = trailer.swap_size_off() / sector * sector;
-    if image_len > first {
+    if image_len > trailer_sectors::<F>(trailer) {
         return Err(McubootError::ImageOverlapsTrailer);
     }
-    flash
-        .erase(secondary.offset + first, secondary.end())
-        .map_err(McubootError::Flash)?;
+    erase_trailer(flash, secondary, trailer)?;
     let mut magic = [0xffu8; 32];
     let magic_at = trailer.slot_len - trailer.align.max(16);
     magic[trailer.align.max(16) as usize - 16..trailer.align.max(16) as usize]

@@ -19,11 +19,11 @@ const KB: u32 = 1024;
 const LAYOUT: Layout = Layout {
     primary: Region { offset: 0, len: 8 * KB },
     secondary: Region { offset: 8 * KB, len: 8 * KB },
-    fragments: FragAreas {
+    fragments: [FragAreas {
         log: Region { offset: 16 * KB, len: 8 * KB },
         block: Region { offset: 24 * KB, len: 4 * KB },
         spare: Region { offset: 28 * KB, len: 2 * KB },
-    },
+    }],
     journal: Region { offset: 30 * KB, len: 2 * KB },
 };
 

@@ -1,5 +1,7 @@
 //! Tests that cross crates live in `tests/tests/`; this library holds what they share.
 
+pub mod rig;
+
 use fuota_codec::patch::container::ImageVersion;
 use sha2::{Digest, Sha256};
 

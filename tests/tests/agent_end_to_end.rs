@@ -9,121 +9,31 @@ use std::cell::RefCell;
 
 use embedded_storage::nor_flash::NorFlash;
 use fuota_codec::clock_sync::{self, AppTimeAns};
-use fuota_codec::fragmentation::{self, FragSessionSetupReq};
-use fuota_codec::keys::{
-    data_block_mic, encrypt_mc_key, mc_ke_key, mc_root_key_lorawan_1_1, Key128,
-};
+use fuota_codec::fragmentation;
+use fuota_codec::keys::{encrypt_mc_key, Key128};
 use fuota_codec::multicast_setup::{self, DlFrequ, McClassCSessionReq, McGroupSetupReq};
 use fuota_codec::patch::container::ImageVersion;
 use fuota_codec::Version;
-use fuota_device_agent::agent::{Agent, AgentConfig, Event, Layout};
-use fuota_device_agent::frag_session::{FragAreas, Via};
+use fuota_device_agent::agent::{Agent, Event};
+use fuota_device_agent::frag_session::Via;
 use fuota_device_agent::mcuboot::{self, Trailer};
-use fuota_device_agent::multicast::{McEvent, RadioLimits};
-use fuota_device_agent::sim_flash::SimFlash;
-use fuota_device_agent::slot::Region;
-use fuota_server::fragmentation::{encode_block, Code};
-use fuota_tests::{padded, simba_update, SimbaUpdate};
+use fuota_device_agent::multicast::McEvent;
+use fuota_tests::rig::{build, config, drain, fragment_patch, Flash, LAYOUT, SECTOR, SECTORS};
+use fuota_tests::{padded, simba_update};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-
-const SECTOR: usize = 1024;
-type Flash = SimFlash<8, SECTOR>;
-const KB: u32 = 1024;
-const LAYOUT: Layout = Layout {
-    primary: Region {
-        offset: 0,
-        len: 32 * KB,
-    },
-    secondary: Region {
-        offset: 32 * KB,
-        len: 32 * KB,
-    },
-    fragments: FragAreas {
-        log: Region {
-            offset: 64 * KB,
-            len: 16 * KB,
-        },
-        block: Region {
-            offset: 80 * KB,
-            len: 8 * KB,
-        },
-        spare: Region {
-            offset: 88 * KB,
-            len: 4 * KB,
-        },
-    },
-    journal: Region {
-        offset: 92 * KB,
-        len: 4 * KB,
-    },
-};
-const APP_KEY: [u8; 16] = [0x2b; 16];
-
-fn config(s: &SimbaUpdate) -> AgentConfig {
-    let root = mc_root_key_lorawan_1_1(&Key128::from_bytes(APP_KEY));
-    AgentConfig {
-        version: Version::V2,
-        mc_ke_key: mc_ke_key(&root),
-        data_block_int_key: fuota_codec::keys::data_block_int_key(&Key128::from_bytes(APP_KEY)),
-        limits: RadioLimits::EU868,
-        patch_key: *s.key.verifying_key(),
-        layout: LAYOUT,
-        boot_max_align: 8,
-        permanent: false,
-        max_lost: 64,
-        seed: 7,
-    }
-}
-
-fn drain(agent: &mut Agent<'_, Flash, 64>, now: u64) -> (Vec<(u8, Vec<u8>)>, Vec<Event>) {
-    let mut ups = Vec::new();
-    let mut buf = [0u8; 64];
-    while let Some((port, n)) = agent.poll_uplink(now, &mut buf) {
-        ups.push((port, buf[..n].to_vec()));
-    }
-    let mut evs = Vec::new();
-    while let Some(e) = agent.poll_event() {
-        evs.push(e);
-    }
-    (ups, evs)
-}
-
-fn build<T>(f: impl FnOnce(&mut [u8]) -> Result<&[u8], T>) -> Vec<u8>
-where
-    T: std::fmt::Debug,
-{
-    let mut buf = [0u8; 64];
-    f(&mut buf).unwrap().to_vec()
-}
 
 #[test]
 fn fragments_in_new_image_out_then_booted_or_reverted() {
     let s = simba_update(21);
-    let mut flash = Flash::new(96);
+    let mut flash = Flash::new(SECTORS);
     flash.write(0, &padded(&s.old)).unwrap();
     let flash = RefCell::new(flash);
     let mut ws = vec![0u8; 8 * 1024];
     let frag_size = 48;
     let gps0: i64 = 1_400_000_000;
 
-    let (layout, frames) =
-        encode_block(&s.patch, frag_size, 40, Code::Ts004(Version::V2), 0).unwrap();
-    let descriptor = [0xf0, 0, 0, 1];
-    let mic = data_block_mic(&config(&s).data_block_int_key, 3, 0, descriptor, &s.patch).unwrap();
-    let setup = FragSessionSetupReq {
-        frag_index: 0,
-        mc_group_bit_mask: 0b0001,
-        nb_frag: layout.nb_frag as u16,
-        frag_size: frag_size as u8,
-        frag_algo: 0,
-        block_ack_delay: 0,
-        ack_reception: true,
-        padding: layout.padding as u8,
-        descriptor,
-        session_cnt: 3,
-        mic,
-    };
+    let (setup, frames) = fragment_patch(&s, frag_size, 3);
     let mut rng = ChaCha8Rng::seed_from_u64(10);
     let kept: Vec<&Vec<u8>> = frames
         .iter()
@@ -292,7 +202,7 @@ fn fragments_in_new_image_out_then_booted_or_reverted() {
 #[test]
 fn a_scheduled_session_survives_a_reboot() {
     let s = simba_update(21);
-    let mut flash = Flash::new(96);
+    let mut flash = Flash::new(SECTORS);
     flash.write(0, &padded(&s.old)).unwrap();
     let flash = RefCell::new(flash);
     let gps0: i64 = 1_400_000_000;

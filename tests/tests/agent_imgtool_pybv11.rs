@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use embedded_storage::nor_flash::NorFlash;
-use fuota_codec::fragmentation::{self, FragSessionSetupReq};
-use fuota_codec::keys::{data_block_int_key, data_block_mic, Key128};
+use fuota_codec::fragmentation;
+use fuota_codec::keys::{data_block_int_key, Key128};
 use fuota_codec::patch::container::ImageVersion;
 use fuota_codec::Version;
 use fuota_device_agent::agent::{Agent, AgentConfig, Event, Layout};
@@ -20,8 +20,8 @@ use fuota_device_agent::mcuboot::Trailer;
 use fuota_device_agent::multicast::RadioLimits;
 use fuota_device_agent::sim_flash::SimFlash;
 use fuota_device_agent::slot::Region;
-use fuota_server::fragmentation::{encode_block, Code};
 use fuota_tests::padded;
+use fuota_tests::rig::{fragment_block, APP_KEY};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -36,7 +36,7 @@ const LAYOUT: Layout = Layout {
         offset: SLOT,
         len: SLOT,
     },
-    fragments: FragAreas {
+    fragments: [FragAreas {
         log: Region {
             offset: 2 * SLOT,
             len: 128 * KB,
@@ -49,13 +49,12 @@ const LAYOUT: Layout = Layout {
             offset: 2 * SLOT + 192 * KB,
             len: 16 * KB,
         },
-    },
+    }],
     journal: Region {
         offset: 2 * SLOT + 208 * KB,
         len: 8 * KB,
     },
 };
-const APP_KEY: [u8; 16] = [0x5a; 16];
 
 fn venv() -> Option<PathBuf> {
     let Some(v) = std::env::var_os("FUOTA_VENV") else {
@@ -183,30 +182,8 @@ fn pybv11_signed_by_imgtool_through_the_agent() {
     let mut agent = Agent::<_, 96>::new(&flash, config, &mut ws, 0).unwrap();
 
     let frag_size = 232;
-    let (layout, frames) =
-        encode_block(&patch, frag_size, 60, Code::Ts004(Version::V2), 0).unwrap();
-    let descriptor = [0, 0, 0, 0];
-    let mic = data_block_mic(
-        &data_block_int_key(&Key128::from_bytes(APP_KEY)),
-        1,
-        0,
-        descriptor,
-        &patch,
-    )
-    .unwrap();
-    let setup = fragmentation::Downlink::FragSessionSetupReq(FragSessionSetupReq {
-        frag_index: 0,
-        mc_group_bit_mask: 1,
-        nb_frag: layout.nb_frag as u16,
-        frag_size: frag_size as u8,
-        frag_algo: 0,
-        block_ack_delay: 0,
-        ack_reception: false,
-        padding: layout.padding as u8,
-        descriptor,
-        session_cnt: 1,
-        mic,
-    });
+    let (setup, frames) = fragment_block(&patch, frag_size, 60, 1);
+    let setup = fragmentation::Downlink::FragSessionSetupReq(setup);
     let mut buf = [0u8; 64];
     let setup = setup.build_into(Version::V2, &mut buf).unwrap().to_vec();
     agent.handle_downlink(0, Via::Unicast, fragmentation::PORT, &setup);

@@ -460,7 +460,12 @@ impl<const N: usize> Payload<N> {
 #[allow(clippy::large_enum_variant)]
 #[derive(Clone)]
 enum Phase<const N: usize> {
-    Preamble { buf: [u8; PREAMBLE_LEN], len: usize },
+    Preamble {
+        buf: [u8; PREAMBLE_LEN],
+        len: usize,
+    },
+    /// The caller checked the preamble ([`Applier::after_preamble`]); the payload is next.
+    Verified(Manifest),
     Payload(Payload<N>),
     Failed,
 }
@@ -478,6 +483,7 @@ impl<const N: usize> core::fmt::Debug for Applier<N> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match &self.phase {
             Phase::Preamble { len, .. } => write!(f, "Applier(preamble, {len} bytes)"),
+            Phase::Verified(_) => f.write_str("Applier(verified)"),
             Phase::Payload(p) => write!(f, "Applier(payload, {} bytes in)", p.received),
             Phase::Failed => f.write_str("Applier(failed)"),
         }
@@ -511,9 +517,27 @@ impl<const N: usize> Applier<N> {
         applier
     }
 
+    /// Checks the preamble (the first [`PREAMBLE_LEN`] bytes of the patch: signature first)
+    /// and returns an applier that takes the rest of the patch, with the verified manifest,
+    /// for callers that must read the manifest before applying (anti-rollback) without
+    /// paying for a second signature check. `resume` as in [`Applier::resume`]; a checkpoint
+    /// of another target than this manifest's is dropped (the apply starts over).
+    pub fn after_preamble<E>(
+        preamble: &[u8],
+        key: VerifyingKey,
+        resume: Option<Checkpoint>,
+    ) -> Result<(Self, Manifest), ApplyError<E>> {
+        let manifest = verify_preamble(preamble, &key)?;
+        let mut applier = Self::new(key);
+        applier.resume = resume.filter(|c| c.target_sha256 == manifest.target_sha256);
+        applier.phase = Phase::Verified(manifest);
+        Ok((applier, manifest))
+    }
+
     /// The verified manifest, once the preamble has been checked.
     pub fn manifest(&self) -> Option<&Manifest> {
         match &self.phase {
+            Phase::Verified(m) => Some(m),
             Phase::Payload(p) => Some(&p.manifest),
             _ => None,
         }
@@ -577,6 +601,9 @@ impl<const N: usize> Applier<N> {
                 return Ok(());
             }
             let manifest = verify_preamble(&buf[..], &self.key)?;
+            self.phase = Phase::Payload(self.start_payload(manifest, source)?);
+        }
+        if let Phase::Verified(manifest) = self.phase {
             self.phase = Phase::Payload(self.start_payload(manifest, source)?);
         }
         let Phase::Payload(p) = &mut self.phase else {
@@ -669,7 +696,7 @@ impl<const N: usize> Applier<N> {
         let p = match self.phase {
             Phase::Payload(p) => p,
             Phase::Failed => return Err(ApplyError::Failed),
-            Phase::Preamble { .. } => return Err(ApplyError::Truncated),
+            Phase::Preamble { .. } | Phase::Verified(_) => return Err(ApplyError::Truncated),
         };
         if p.received != p.manifest.payload_len {
             return Err(ApplyError::Truncated);
