@@ -120,6 +120,8 @@ enum Update {
 #[derive(Debug)]
 pub struct Agent<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize = 1> {
     config: AgentConfig<SESSIONS>,
+    primary_trailer: Trailer,
+    secondary_trailer: Trailer,
     flash: &'a RefCell<F>,
     journal: Journal<JOURNAL_SLOT>,
     clock: ClockSync,
@@ -137,8 +139,34 @@ pub struct Agent<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize = 1
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AgentError<E> {
     Flash(E),
-    /// The journal region is not whole sectors (at least two).
+    /// A region is not whole sectors, lies outside the flash or overlaps another, or the
+    /// journal has fewer than two sectors.
     Layout,
+    /// `boot_max_align` is not 8, 16 or 32, or not a multiple of the flash's write size.
+    BootMaxAlign,
+}
+
+impl<const SESSIONS: usize> Layout<SESSIONS> {
+    /// Whether every region is whole sectors of a flash of `capacity` bytes and no two
+    /// regions overlap.
+    pub fn is_valid(&self, erase_size: u32, capacity: u32) -> bool {
+        let mut regions = [Region { offset: 0, len: 0 }; 3 + 3 * MAX_FRAG_SESSIONS];
+        regions[..3].copy_from_slice(&[self.primary, self.secondary, self.journal]);
+        for (i, a) in self.fragments.iter().take(MAX_FRAG_SESSIONS).enumerate() {
+            regions[3 + 3 * i..6 + 3 * i].copy_from_slice(&[a.log, a.block, a.spare]);
+        }
+        let used = &regions[..3 + 3 * SESSIONS.min(MAX_FRAG_SESSIONS)];
+        SESSIONS <= MAX_FRAG_SESSIONS
+            && used.iter().enumerate().all(|(i, r)| {
+                r.len > 0
+                    && erase_size > 0
+                    && r.is_aligned(erase_size)
+                    && r.offset
+                        .checked_add(r.len)
+                        .is_some_and(|end| end <= capacity)
+                    && used[i + 1..].iter().all(|o| !r.overlaps(o))
+            })
+    }
 }
 
 fn gps_s(clock: &ClockSync, now: Millis) -> u32 {
@@ -155,6 +183,21 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize> Agent<'a, F, S
         workspace: &'a mut [u8],
         now: Millis,
     ) -> Result<Self, AgentError<F::Error>> {
+        let capacity = u32::try_from(flash.borrow().capacity()).unwrap_or(u32::MAX);
+        if !config.layout.is_valid(F::ERASE_SIZE as u32, capacity) {
+            return Err(AgentError::Layout);
+        }
+        let align = config.boot_max_align;
+        let trailers = (
+            Trailer::new(config.layout.primary.len, align),
+            Trailer::new(config.layout.secondary.len, align),
+        );
+        let (Some(primary_trailer), Some(secondary_trailer)) = trailers else {
+            return Err(AgentError::BootMaxAlign);
+        };
+        if align as usize % F::WRITE_SIZE != 0 {
+            return Err(AgentError::BootMaxAlign);
+        }
         let journal = Journal::open(&mut *flash.borrow_mut(), config.layout.journal).map_err(
             |e| match e {
                 crate::journal::JournalError::Flash(e) => AgentError::Flash(e),
@@ -186,6 +229,8 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize> Agent<'a, F, S
             snapshot.last_session_cnt,
         );
         let mut agent = Self {
+            primary_trailer,
+            secondary_trailer,
             clock: ClockSync::new(config.version, now),
             rng: Rng::new(config.seed),
             config,
@@ -241,8 +286,12 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize> Agent<'a, F, S
                 // Still (or again) the old image: a revert, or a swap that never happened.
                 let secondary_pending = {
                     let mut f = self.flash.borrow_mut();
-                    mcuboot::read_trailer(&mut *f, self.config.layout.secondary, self.trailer())
-                        .is_ok_and(|t| t.magic_good)
+                    mcuboot::read_trailer(
+                        &mut *f,
+                        self.config.layout.secondary,
+                        self.secondary_trailer,
+                    )
+                    .is_ok_and(|t| t.magic_good)
                 };
                 if !secondary_pending {
                     self.update = Update::Idle;
@@ -253,26 +302,12 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize> Agent<'a, F, S
         self.save();
     }
 
-    fn trailer(&self) -> Trailer {
-        Trailer::new(self.config.layout.secondary.len, self.config.boot_max_align).unwrap_or(
-            Trailer {
-                slot_len: self.config.layout.secondary.len,
-                align: 8,
-            },
-        )
-    }
-
     /// Marks the running (new) image good, so that the bootloader keeps it.
     pub fn confirm(&mut self) -> Result<(), mcuboot::McubootError<F::Error>> {
-        let trailer = Trailer::new(self.config.layout.primary.len, self.config.boot_max_align)
-            .unwrap_or(Trailer {
-                slot_len: self.config.layout.primary.len,
-                align: 8,
-            });
         mcuboot::confirm(
             &mut *self.flash.borrow_mut(),
             self.config.layout.primary,
-            trailer,
+            self.primary_trailer,
         )?;
         if let Update::Testing(_) = self.update {
             self.update = Update::Idle;
@@ -382,7 +417,7 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize> Agent<'a, F, S
         let config = InstallConfig {
             primary: self.config.layout.primary,
             secondary: self.config.layout.secondary,
-            trailer: self.trailer(),
+            trailer: self.secondary_trailer,
             key: self.config.patch_key,
             permanent: self.config.permanent,
         };

@@ -3,8 +3,10 @@
 //! The device keeps `GPS time = now + offset`; `now` is the caller's monotonic clock in
 //! milliseconds. It sends AppTimeReq at start, then every `128 * 2^period` seconds (with up
 //! to 30 s of random jitter, so that a fleet does not answer at once), and `nb_transmissions`
-//! times after a ForceDeviceResync. An AppTimeAns counts only with the token of the request
-//! it answers.
+//! times after a ForceDeviceResync. Until a first answer it asks again sooner, after 60 s,
+//! then twice as long each time up to the period, so that a device that joined while the
+//! server was away syncs soon without flooding the channel. An AppTimeAns counts only with
+//! the token of the request it answers.
 
 use fuota_codec::clock_sync::{
     AppTimeReq, DeviceAppTimePeriodicityAns, Downlink, PackageVersionAns, Uplink, PACKAGE_ID,
@@ -21,6 +23,8 @@ pub const DEFAULT_PERIOD: u8 = 7;
 const JITTER_MS: u64 = 30_000;
 /// Spacing of the AppTimeReq a ForceDeviceResync asks for.
 const RESYNC_SPACING_MS: u64 = 10_000;
+/// First wait before asking again while unsynchronized (then doubled each time).
+const UNSYNCED_RETRY_MS: u64 = 60_000;
 
 /// Device side of TS003.
 #[derive(Debug, Clone)]
@@ -34,6 +38,8 @@ pub struct ClockSync {
     period: u8,
     next_request: Millis,
     resync_left: u8,
+    /// Unanswered requests since the last answer (for the unsynchronized back-off).
+    unanswered: u8,
 }
 
 impl ClockSync {
@@ -47,6 +53,7 @@ impl ClockSync {
             period: DEFAULT_PERIOD,
             next_request: now,
             resync_left: 0,
+            unanswered: 0,
         }
     }
 
@@ -79,6 +86,10 @@ impl ClockSync {
                     self.offset_ms = Some(base + i64::from(ans.time_correction) * 1000);
                     self.awaiting = false;
                     self.token = (self.token + 1) & 0x0f;
+                    self.unanswered = 0;
+                    if self.resync_left == 0 {
+                        self.next_request = now + self.period_ms() + rng.below(JITTER_MS);
+                    }
                 }
                 None
             }
@@ -121,9 +132,13 @@ impl ClockSync {
         }
         self.next_request = if self.resync_left > 0 {
             now + RESYNC_SPACING_MS
+        } else if !self.is_synced() {
+            let wait = (UNSYNCED_RETRY_MS << self.unanswered.min(16)).min(self.period_ms());
+            now + wait + rng.below(JITTER_MS)
         } else {
             now + self.period_ms() + rng.below(JITTER_MS)
         };
+        self.unanswered = self.unanswered.saturating_add(1);
         if self.awaiting {
             // The previous request went unanswered: a new token tells the answers apart.
             self.token = (self.token + 1) & 0x0f;
@@ -141,6 +156,7 @@ impl ClockSync {
 mod tests {
     use super::*;
     use fuota_codec::clock_sync::{AppTimeAns, DeviceAppTimePeriodicityReq, ForceDeviceResyncCmd};
+    use std::vec::Vec;
 
     fn req(u: Option<Uplink>) -> AppTimeReq {
         match u {
@@ -185,9 +201,9 @@ mod tests {
             &mut rng,
         );
         assert_eq!(c.gps_ms(7_000), Some(1_000_007_000));
-        // The next request is a period (+ jitter) later, with the next token.
+        // The next request is a period (+ jitter) after the answer, with the next token.
         let due = c.poll_timeout();
-        assert!((5_000 + 128_000 * 128..=5_000 + 128_000 * 128 + 30_000).contains(&due));
+        assert!((6_000 + 128_000 * 128..=6_000 + 128_000 * 128 + 30_000).contains(&due));
         let r = req(c.poll_request(due, &mut rng));
         assert_eq!((r.token_req, r.ans_required), (1, false));
     }
@@ -229,5 +245,35 @@ mod tests {
                 package_version: 1
             }))
         ));
+    }
+
+    #[test]
+    fn unanswered_requests_back_off_from_a_minute_to_the_period() {
+        let mut rng = Rng::new(3);
+        let mut c = ClockSync::new(Version::V2, 0);
+        c.handle(
+            0,
+            Downlink::DeviceAppTimePeriodicityReq(DeviceAppTimePeriodicityReq { period: 2 }),
+            &mut rng,
+        );
+        let mut t = 0;
+        let mut gaps = Vec::new();
+        let mut last = None;
+        let mut tokens = Vec::new();
+        while gaps.len() < 6 {
+            t = t.max(c.poll_timeout());
+            let r = req(c.poll_request(t, &mut rng));
+            assert!(r.ans_required);
+            tokens.push(r.token_req);
+            if let Some(l) = last {
+                gaps.push((t - l) / 1000);
+            }
+            last = Some(t);
+        }
+        // 60, 120, 240, 480 s, then the period (512 s), each plus up to 30 s of jitter.
+        for (gap, base) in gaps.iter().zip([60, 120, 240, 480, 512, 512]) {
+            assert!((base..=base + 30).contains(gap), "{gaps:?}");
+        }
+        assert_eq!(tokens, [0, 1, 2, 3, 4, 5, 6]);
     }
 }

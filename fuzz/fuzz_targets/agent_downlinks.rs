@@ -16,19 +16,27 @@ use fuota_device_agent::slot::Region;
 use libfuzzer_sys::fuzz_target;
 
 const KB: u32 = 1024;
-const LAYOUT: Layout = Layout {
+const LAYOUT: Layout<2> = Layout {
     primary: Region { offset: 0, len: 8 * KB },
     secondary: Region { offset: 8 * KB, len: 8 * KB },
-    fragments: [FragAreas {
-        log: Region { offset: 16 * KB, len: 8 * KB },
-        block: Region { offset: 24 * KB, len: 4 * KB },
-        spare: Region { offset: 28 * KB, len: 2 * KB },
-    }],
+    // Two fragmentation sessions side by side.
+    fragments: [
+        FragAreas {
+            log: Region { offset: 16 * KB, len: 8 * KB },
+            block: Region { offset: 24 * KB, len: 4 * KB },
+            spare: Region { offset: 28 * KB, len: 2 * KB },
+        },
+        FragAreas {
+            log: Region { offset: 32 * KB, len: 8 * KB },
+            block: Region { offset: 40 * KB, len: 4 * KB },
+            spare: Region { offset: 44 * KB, len: 2 * KB },
+        },
+    ],
     journal: Region { offset: 30 * KB, len: 2 * KB },
 };
 
 fuzz_target!(|input: &[u8]| {
-    let mut flash = SimFlash::<8, 1024>::new(32);
+    let mut flash = SimFlash::<8, 1024>::new(46);
     let primary: Vec<u8> = (0..4096u32).map(|i| (i * 31 % 253) as u8).collect();
     if flash.write(0, &primary).is_err() {
         return;
@@ -47,8 +55,8 @@ fuzz_target!(|input: &[u8]| {
         max_lost: 16,
         seed: 1,
     };
-    let mut ws = vec![0u8; 2048];
-    let Ok(mut agent) = Agent::<_, 16>::new(&flash, config, &mut ws, 0) else { return };
+    let mut ws = vec![0u8; 4096];
+    let mut agent = Agent::<_, 16, 2>::new(&flash, config, &mut ws, 0).expect("a valid layout");
     let mut now = 0u64;
     let mut rest = input.get(1..).unwrap_or(&[]);
     let mut buf = [0u8; 64];

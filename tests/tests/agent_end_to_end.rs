@@ -14,7 +14,7 @@ use fuota_codec::keys::{encrypt_mc_key, Key128};
 use fuota_codec::multicast_setup::{self, DlFrequ, McClassCSessionReq, McGroupSetupReq};
 use fuota_codec::patch::container::ImageVersion;
 use fuota_codec::Version;
-use fuota_device_agent::agent::{Agent, Event};
+use fuota_device_agent::agent::{Agent, AgentError, Event};
 use fuota_device_agent::frag_session::Via;
 use fuota_device_agent::mcuboot::{self, Trailer};
 use fuota_device_agent::multicast::McEvent;
@@ -274,4 +274,33 @@ fn a_scheduled_session_survives_a_reboot() {
             dr: 3
         })]
     );
+}
+
+/// A layout the agent cannot work with, or a BOOT_MAX_ALIGN MCUboot does not have, is
+/// refused at start with its reason, before anything is written.
+#[test]
+fn a_bad_layout_or_boot_max_align_is_refused() {
+    let s = simba_update(21);
+    let flash = RefCell::new(Flash::new(SECTORS));
+    let mut ws = vec![0u8; 8 * 1024];
+    let start = |config, ws: &mut [u8]| {
+        Agent::<_, 64>::new(&flash, config, ws, 0)
+            .map(|_| ())
+            .unwrap_err()
+    };
+    let mut overlap = config(&s);
+    overlap.layout.secondary.offset -= SECTOR as u32;
+    assert_eq!(start(overlap, &mut ws), AgentError::Layout);
+    let mut unaligned = config(&s);
+    unaligned.layout.journal.len -= 8;
+    assert_eq!(start(unaligned, &mut ws), AgentError::Layout);
+    let mut outside = config(&s);
+    outside.layout.journal.offset = (SECTORS * SECTOR) as u32;
+    assert_eq!(start(outside, &mut ws), AgentError::Layout);
+    for align in [0, 4, 12, 64] {
+        let mut bad = config(&s);
+        bad.boot_max_align = align;
+        assert_eq!(start(bad, &mut ws), AgentError::BootMaxAlign, "{align}");
+    }
+    assert_eq!(flash.borrow().operations(), 0);
 }
