@@ -6,7 +6,9 @@
 //!
 //! Inputs come through `core::hint::black_box`, so nothing is constant-folded away. The flash
 //! driver is a stand-in (reads give erased bytes, writes go nowhere): its own code is not what
-//! is measured. The decoder workspace (M = 1024, 64 lost, 242-byte fragments) and the agent
+//! is measured. Built with `RUSTFLAGS="--cfg fuota_probe_pka"`, patch signatures go to a
+//! stand-in for a hardware accelerator (the STM32WL's PKA) instead of the software P-256
+//! verifier, which shows what the software verifier costs. The decoder workspace (M = 1024, 64 lost, 242-byte fragments) and the agent
 //! live in `.bss`, as they would in a product.
 #![cfg_attr(target_os = "none", no_std, no_main)]
 #![allow(unsafe_code)]
@@ -27,6 +29,7 @@ mod probe {
     use fuota_device_agent::agent::{Agent, AgentConfig, Layout};
     use fuota_device_agent::codec::fec::decoder::DecoderState;
     use fuota_device_agent::codec::keys::Key128;
+    #[cfg(not(fuota_probe_pka))]
     use fuota_device_agent::codec::patch::VerifyingKey;
     use fuota_device_agent::codec::Version;
     use fuota_device_agent::frag_session::{FragAreas, Via};
@@ -100,7 +103,39 @@ mod probe {
 
     static mut WS: [u8; WORKSPACE] = [0; WORKSPACE];
     static mut FLASH: MaybeUninit<RefCell<Flash>> = MaybeUninit::uninit();
-    static mut AGENT: MaybeUninit<Agent<'static, Flash, 64>> = MaybeUninit::uninit();
+    /// Stand-in for a driver of the MCU's public-key accelerator.
+    #[cfg(fuota_probe_pka)]
+    #[derive(Debug)]
+    struct Pka;
+
+    #[cfg(fuota_probe_pka)]
+    impl fuota_device_agent::codec::patch::SignatureCheck for Pka {
+        fn verify_digest(&self, digest: &[u8; 32], signature: &[u8; 64]) -> bool {
+            black_box((digest, signature));
+            black_box(true)
+        }
+    }
+
+    #[cfg(fuota_probe_pka)]
+    type Check = Pka;
+    #[cfg(not(fuota_probe_pka))]
+    type Check = VerifyingKey;
+
+    #[cfg(fuota_probe_pka)]
+    fn patch_key() -> Check {
+        Pka
+    }
+
+    #[cfg(not(fuota_probe_pka))]
+    fn patch_key() -> Check {
+        let key_bytes: [u8; 65] = black_box([4; 65]);
+        let Ok(key) = VerifyingKey::from_sec1_bytes(&key_bytes) else {
+            panic!("patch key");
+        };
+        key
+    }
+
+    static mut AGENT: MaybeUninit<Agent<'static, Flash, 64, 1, Check>> = MaybeUninit::uninit();
 
     #[entry]
     fn main() -> ! {
@@ -112,10 +147,7 @@ mod probe {
                 &mut *core::ptr::addr_of_mut!(AGENT),
             )
         };
-        let key_bytes: [u8; 65] = black_box([4; 65]);
-        let Ok(patch_key) = VerifyingKey::from_sec1_bytes(&key_bytes) else {
-            panic!("patch key");
-        };
+        let patch_key = patch_key();
         let config = AgentConfig {
             version: if black_box(true) {
                 Version::V2

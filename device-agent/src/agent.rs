@@ -12,7 +12,7 @@ use embedded_storage::nor_flash::NorFlash;
 use fuota_codec::keys::Key128;
 use fuota_codec::patch::apply::Checkpoint;
 use fuota_codec::patch::container::ImageVersion;
-use fuota_codec::patch::VerifyingKey;
+use fuota_codec::patch::{SignatureCheck, VerifyingKey};
 use fuota_codec::{clock_sync, fragmentation, multicast_setup, Version};
 
 use crate::clock::{ClockSync, Millis};
@@ -45,15 +45,16 @@ pub struct Layout<const SESSIONS: usize = 1> {
 }
 
 /// Keys, limits and choices fixed at build or provisioning time.
+/// `K` checks patch signatures: a P-256 public key ([`VerifyingKey`], software) by default.
 #[derive(Debug, Clone)]
-pub struct AgentConfig<const SESSIONS: usize = 1> {
+pub struct AgentConfig<const SESSIONS: usize = 1, K = VerifyingKey> {
     /// Package version spoken on all three ports.
     pub version: Version,
     pub mc_ke_key: Key128,
     pub data_block_int_key: Key128,
     pub limits: RadioLimits,
-    /// Public key patches must be signed with.
-    pub patch_key: VerifyingKey,
+    /// Public key patches must be signed with (or a [`SignatureCheck`] that holds it).
+    pub patch_key: K,
     pub layout: Layout<SESSIONS>,
     /// BOOT_MAX_ALIGN of the bootloader (8 or 32).
     pub boot_max_align: u32,
@@ -118,8 +119,14 @@ enum Update {
 /// The FUOTA device agent over flash `F`; `SPARES` spare fragment slots per session,
 /// `SESSIONS` fragmentation sessions at once.
 #[derive(Debug)]
-pub struct Agent<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize = 1> {
-    config: AgentConfig<SESSIONS>,
+pub struct Agent<
+    'a,
+    F: NorFlash,
+    const SPARES: usize,
+    const SESSIONS: usize = 1,
+    K: SignatureCheck = VerifyingKey,
+> {
+    config: AgentConfig<SESSIONS, K>,
     primary_trailer: Trailer,
     secondary_trailer: Trailer,
     flash: &'a RefCell<F>,
@@ -173,13 +180,15 @@ fn gps_s(clock: &ClockSync, now: Millis) -> u32 {
     clock.gps_ms(now).unwrap_or(now as i64).div_euclid(1000) as u32
 }
 
-impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize> Agent<'a, F, SPARES, SESSIONS> {
+impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize, K: SignatureCheck>
+    Agent<'a, F, SPARES, SESSIONS, K>
+{
     /// Starts the agent: reads its journal back (groups, sessions, SessionCnt, an update in
     /// progress), replays the fragment sessions' logs, and looks at what the bootloader did.
     /// `workspace` is the TS004 decoders' RAM, shared equally between the sessions.
     pub fn new(
         flash: &'a RefCell<F>,
-        config: AgentConfig<SESSIONS>,
+        config: AgentConfig<SESSIONS, K>,
         workspace: &'a mut [u8],
         now: Millis,
     ) -> Result<Self, AgentError<F::Error>> {
@@ -302,6 +311,12 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize> Agent<'a, F, S
         self.save();
     }
 
+    /// Multicast group `id` as the LoRaWAN stack must install it (on
+    /// [`McEvent::GroupKeys`]): McAddr, McAppSKey, McNwkSKey and the FCnt window.
+    pub fn multicast_group(&self, id: u8) -> Option<&McGroup> {
+        self.multicast.group(id)
+    }
+
     /// Marks the running (new) image good, so that the bootloader keeps it.
     pub fn confirm(&mut self) -> Result<(), mcuboot::McubootError<F::Error>> {
         mcuboot::confirm(
@@ -418,7 +433,7 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize> Agent<'a, F, S
             primary: self.config.layout.primary,
             secondary: self.config.layout.secondary,
             trailer: self.secondary_trailer,
-            key: self.config.patch_key,
+            key: &self.config.patch_key,
             permanent: self.config.permanent,
         };
         let flash = self.flash;
@@ -430,7 +445,7 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize> Agent<'a, F, S
         };
         // Checkpoints go to the journal as they come; the rest of the snapshot is unchanged.
         let journal = &mut self.journal;
-        let result = install::<F, APPLY_WINDOW>(flash, store, len, &config, resume, |cp| {
+        let result = install::<F, APPLY_WINDOW, &K>(flash, store, len, &config, resume, |cp| {
             snap.update = Update::Installing {
                 frag_index,
                 checkpoint: Some(cp),

@@ -8,7 +8,7 @@ use core::cell::RefCell;
 use embedded_storage::nor_flash::NorFlash;
 use fuota_codec::patch::apply::{Applier, ApplyError, Checkpoint};
 use fuota_codec::patch::container::{ImageVersion, Manifest, PREAMBLE_LEN};
-use fuota_codec::patch::VerifyingKey;
+use fuota_codec::patch::{SignatureCheck, VerifyingKey};
 
 use crate::frag_store::{FlashStore, StoreError};
 use crate::mcuboot::{self, McubootError, Trailer};
@@ -47,12 +47,12 @@ impl<F: NorFlash> PatchSource<F::Error> for RegionPatch<'_, F> {
 
 /// Where things are and what is trusted.
 #[derive(Debug, Clone, Copy)]
-pub struct InstallConfig {
+pub struct InstallConfig<K = VerifyingKey> {
     pub primary: Region,
     pub secondary: Region,
     pub trailer: Trailer,
-    /// Public key patches must be signed with.
-    pub key: VerifyingKey,
+    /// Checks patch signatures: the public key patches must be signed with.
+    pub key: K,
     /// Swap for good at the next boot, instead of a test swap that needs `confirm`.
     pub permanent: bool,
 }
@@ -93,11 +93,11 @@ const CHUNK: usize = 256;
 /// Checks the patch (its first `patch_len` bytes) and applies it into the
 /// secondary slot. `resume` continues an interrupted install; `save` is called with each
 /// checkpoint worth keeping (sector-aligned, durable), which the caller journals.
-pub fn install<F: NorFlash, const W: usize>(
+pub fn install<F: NorFlash, const W: usize, K: SignatureCheck>(
     flash: &RefCell<F>,
     patch: &mut impl PatchSource<F::Error>,
     patch_len: u32,
-    config: &InstallConfig,
+    config: &InstallConfig<K>,
     resume: Option<Checkpoint>,
     mut save: impl FnMut(Checkpoint),
 ) -> Result<Installed, InstallError<F::Error>> {
@@ -111,9 +111,9 @@ pub fn install<F: NorFlash, const W: usize>(
     read_patch(0, &mut preamble)?;
     // A checkpoint is only good on a sector boundary the writer can restart from.
     let sector = F::ERASE_SIZE as u32;
-    let (mut applier, manifest) = Applier::<W>::after_preamble(
+    let (mut applier, manifest) = Applier::<W, &K>::after_preamble(
         &preamble,
-        config.key,
+        &config.key,
         resume.map(|c| Checkpoint {
             written: c.written / sector * sector,
             ..c

@@ -2,7 +2,7 @@
 //!
 //! Groups hold the multicast address, the session keys derived from the McKey (decrypted with
 //! McKEKey) and the frame-counter window; the LoRaWAN stack installs them when the agent says
-//! so ([`McEvent::GroupKeys`]). Class C sessions open and close on GPS time; the agent tells
+//! so ([`McEvent::GroupKeys`], then [`Multicast::group`] for the keys). Class C sessions open and close on GPS time; the agent tells
 //! the stack when to switch ([`McEvent::ClassCStart`], [`McEvent::ClassCEnd`]). Class B is
 //! refused unless the integrator enables it.
 
@@ -58,8 +58,9 @@ pub struct ClassCSession {
 /// What the LoRaWAN stack must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum McEvent {
-    /// Install (or replace) group `id` with these keys and frame-counter window.
-    GroupKeys { id: u8, group: McGroup },
+    /// Install (or replace) group `id`: its address, keys and frame-counter window are in
+    /// [`Multicast::group`] (the event stays small: events queue in RAM).
+    GroupKeys { id: u8 },
     /// Forget group `id`.
     GroupDeleted { id: u8 },
     /// Open class C reception for group `id`.
@@ -163,14 +164,14 @@ impl Multicast {
                     min_fcount: req.min_mc_fcount,
                     max_fcount: req.max_mc_fcount,
                 };
-                *slot = Some(group.clone());
+                *slot = Some(group);
                 // A new definition ends any session of the old one.
                 if let Some(s) = self.sessions[usize::from(id)].take() {
                     if s.running {
                         emit(McEvent::ClassCEnd { id });
                     }
                 }
-                emit(McEvent::GroupKeys { id, group });
+                emit(McEvent::GroupKeys { id });
                 Some(Uplink::McGroupSetupAns(McGroupSetupAns {
                     mc_group_id: id,
                     id_error: false,
@@ -350,9 +351,8 @@ mod tests {
                 id_error: false
             }))
         );
-        let McEvent::GroupKeys { id: 1, group } = &events[0] else {
-            panic!("{events:?}")
-        };
+        assert_eq!(events, [McEvent::GroupKeys { id: 1 }]);
+        let group = m.group(1).unwrap();
         assert_eq!(group.app_s_key, mc_app_s_key(&mc_key, 0x0102_0304));
         // Status: only group 1 defined.
         let Some(Uplink::McGroupStatusAns(s)) = m.handle(

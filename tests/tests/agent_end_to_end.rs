@@ -10,7 +10,7 @@ use std::cell::RefCell;
 use embedded_storage::nor_flash::NorFlash;
 use fuota_codec::clock_sync::{self, AppTimeAns};
 use fuota_codec::fragmentation;
-use fuota_codec::keys::{encrypt_mc_key, Key128};
+use fuota_codec::keys::{encrypt_mc_key, mc_app_s_key, mc_nwk_s_key, Key128};
 use fuota_codec::multicast_setup::{self, DlFrequ, McClassCSessionReq, McGroupSetupReq};
 use fuota_codec::patch::container::ImageVersion;
 use fuota_codec::Version;
@@ -106,8 +106,13 @@ fn fragments_in_new_image_out_then_booted_or_reverted() {
         assert_eq!(ups[1].1[1], 0);
         assert!(matches!(
             evs[..],
-            [Event::Multicast(McEvent::GroupKeys { id: 0, .. })]
+            [Event::Multicast(McEvent::GroupKeys { id: 0 })]
         ));
+        let group = agent.multicast_group(0).unwrap();
+        assert_eq!(group.addr, 0x00ab_cdef);
+        assert_eq!(group.app_s_key, mc_app_s_key(&mc_key, 0x00ab_cdef));
+        assert_eq!(group.nwk_s_key, mc_nwk_s_key(&mc_key, 0x00ab_cdef));
+        assert_eq!((group.min_fcount, group.max_fcount), (0, 0xffff));
         // The session starts on time.
         let start = agent.poll_timeout(3000);
         assert!((61_000..=63_000).contains(&start), "{start}");

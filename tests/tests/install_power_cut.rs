@@ -5,11 +5,12 @@
 //! cut the device reboots and installs again from its journal. Every run must end with the
 //! new image in the secondary slot, a test-swap trailer, and the primary slot untouched.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
 use embedded_storage::nor_flash::NorFlash;
 use fuota_codec::patch::apply::Checkpoint;
 use fuota_codec::patch::container::ImageVersion;
+use fuota_codec::patch::{SignatureCheck, VerifyingKey};
 use fuota_device_agent::frag_store::StoreError;
 use fuota_device_agent::install::{install, InstallConfig, InstallError, RegionPatch};
 use fuota_device_agent::journal::Journal;
@@ -70,7 +71,7 @@ fn boot(flash: &RefCell<Flash>, w: &SimbaUpdate) -> Result<(), ()> {
         .read(&mut *flash.borrow_mut(), &mut out)
         .map_err(|_| ())?
         .map(|p| Checkpoint::from_bytes(p.try_into().unwrap()));
-    let result = install::<_, 512>(
+    let result = install::<_, 512, _>(
         flash,
         &mut RegionPatch {
             flash,
@@ -154,12 +155,12 @@ fn every_power_cut_point_ends_in_the_new_image() {
 }
 
 /// One install without a journal (the refusal cases).
-fn install_once(
+fn install_once<K: SignatureCheck>(
     flash: &RefCell<Flash>,
     w: &SimbaUpdate,
-    cfg: &InstallConfig,
+    cfg: &InstallConfig<K>,
 ) -> Result<fuota_device_agent::install::Installed, InstallError<SimFlashError>> {
-    install::<_, 512>(
+    install::<_, 512, _>(
         flash,
         &mut RegionPatch {
             flash,
@@ -170,6 +171,42 @@ fn install_once(
         None,
         |_| {},
     )
+}
+
+/// The software key, counting how often it is asked.
+struct Counting<'a> {
+    key: VerifyingKey,
+    calls: &'a Cell<u32>,
+}
+
+impl SignatureCheck for Counting<'_> {
+    fn verify_digest(&self, digest: &[u8; 32], signature: &[u8; 64]) -> bool {
+        self.calls.set(self.calls.get() + 1);
+        self.key.verify_digest(digest, signature)
+    }
+}
+
+/// The signature is checked once per install (a P-256 check costs tens of milliseconds on
+/// a Cortex-M4), through the integrator's own checker when one is given.
+#[test]
+fn an_install_checks_the_signature_once_with_the_given_checker() {
+    let w = simba_update(11);
+    let flash = RefCell::new(fresh_flash(&w));
+    let calls = Cell::new(0);
+    let c = config(&w);
+    let cfg = InstallConfig {
+        primary: c.primary,
+        secondary: c.secondary,
+        trailer: c.trailer,
+        key: Counting {
+            key: c.key,
+            calls: &calls,
+        },
+        permanent: c.permanent,
+    };
+    install_once(&flash, &w, &cfg).unwrap();
+    assert_eq!(calls.get(), 1);
+    check_done(&flash, &w, 0);
 }
 
 #[test]

@@ -14,9 +14,10 @@
 //! covers all of them, so an interrupted apply either completes with the right image or
 //! fails; it never completes with a wrong one.
 
-use p256::ecdsa::signature::Verifier;
-use p256::ecdsa::{Signature, VerifyingKey};
+use p256::ecdsa::VerifyingKey;
 use sha2::{Digest, Sha256};
+
+use super::SignatureCheck;
 
 use super::container::{Compression, ContainerError, Kind, Manifest, PREAMBLE_LEN, SIGNED_LEN};
 use super::detools::{
@@ -182,7 +183,10 @@ impl<E> From<ContainerError> for ApplyError<E> {
 }
 
 /// Parses header and manifest and checks the signature over them.
-pub fn verify_preamble<E>(preamble: &[u8], key: &VerifyingKey) -> Result<Manifest, ApplyError<E>> {
+pub fn verify_preamble<E>(
+    preamble: &[u8],
+    key: &impl SignatureCheck,
+) -> Result<Manifest, ApplyError<E>> {
     if preamble.len() < PREAMBLE_LEN {
         return Err(ContainerError::Truncated {
             needed: PREAMBLE_LEN,
@@ -192,10 +196,12 @@ pub fn verify_preamble<E>(preamble: &[u8], key: &VerifyingKey) -> Result<Manifes
     }
     // Structure first, so a garbled file says "bad magic", not "bad signature".
     let manifest = Manifest::parse(preamble)?;
-    let signature = Signature::from_slice(&preamble[SIGNED_LEN..PREAMBLE_LEN])
-        .map_err(|_| ApplyError::BadSignature)?;
-    key.verify(&preamble[..SIGNED_LEN], &signature)
-        .map_err(|_| ApplyError::BadSignature)?;
+    let mut signature = [0u8; 64];
+    signature.copy_from_slice(&preamble[SIGNED_LEN..PREAMBLE_LEN]);
+    let digest: [u8; 32] = Sha256::digest(&preamble[..SIGNED_LEN]).into();
+    if !key.verify_digest(&digest, &signature) {
+        return Err(ApplyError::BadSignature);
+    }
     Ok(manifest)
 }
 
@@ -471,15 +477,16 @@ enum Phase<const N: usize> {
 }
 
 /// Streaming, verifying patch applier. `N` is the largest heatshrink window accepted (and
-/// the decoder's buffer): 512 bytes by default, the patch maker's default budget.
+/// the decoder's buffer): 512 bytes by default, the patch maker's default budget. `K`
+/// checks the signature ([`VerifyingKey`] by default).
 #[derive(Clone)]
-pub struct Applier<const N: usize = 512> {
-    key: VerifyingKey,
+pub struct Applier<const N: usize = 512, K = VerifyingKey> {
+    key: K,
     resume: Option<Checkpoint>,
     phase: Phase<N>,
 }
 
-impl<const N: usize> core::fmt::Debug for Applier<N> {
+impl<const N: usize, K> core::fmt::Debug for Applier<N, K> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match &self.phase {
             Phase::Preamble { len, .. } => write!(f, "Applier(preamble, {len} bytes)"),
@@ -496,9 +503,9 @@ pub struct Applied {
     pub manifest: Manifest,
 }
 
-impl<const N: usize> Applier<N> {
+impl<const N: usize, K: SignatureCheck> Applier<N, K> {
     /// A fresh apply, trusting patches signed by `key`.
-    pub fn new(key: VerifyingKey) -> Self {
+    pub fn new(key: K) -> Self {
         Self {
             key,
             resume: None,
@@ -511,7 +518,7 @@ impl<const N: usize> Applier<N> {
 
     /// Starts the same patch again from its first byte after an interruption; target bytes
     /// below `checkpoint.written` are re-derived and hashed but not written again.
-    pub fn resume(key: VerifyingKey, checkpoint: Checkpoint) -> Self {
+    pub fn resume(key: K, checkpoint: Checkpoint) -> Self {
         let mut applier = Self::new(key);
         applier.resume = Some(checkpoint);
         applier
@@ -524,7 +531,7 @@ impl<const N: usize> Applier<N> {
     /// of another target than this manifest's is dropped (the apply starts over).
     pub fn after_preamble<E>(
         preamble: &[u8],
-        key: VerifyingKey,
+        key: K,
         resume: Option<Checkpoint>,
     ) -> Result<(Self, Manifest), ApplyError<E>> {
         let manifest = verify_preamble(preamble, &key)?;

@@ -12,3 +12,26 @@ pub use apply::{
 };
 pub use container::{Compression, Container, ContainerError, ImageVersion, Kind, Manifest};
 pub use p256::ecdsa::VerifyingKey;
+
+/// What checks a patch's signature: ECDSA P-256 over the SHA-256 digest of the signed bytes
+/// (header and manifest), the signature as r || s. [`VerifyingKey`] does it in software (the
+/// `p256` crate, about 12 KiB of Cortex-M4 code); a device with a public-key accelerator (the
+/// STM32WL's PKA, for one) can bring its own and leave that code out.
+pub trait SignatureCheck {
+    /// Whether `signature` is valid for `digest` under the trusted key.
+    fn verify_digest(&self, digest: &[u8; 32], signature: &[u8; 64]) -> bool;
+}
+
+impl SignatureCheck for VerifyingKey {
+    fn verify_digest(&self, digest: &[u8; 32], signature: &[u8; 64]) -> bool {
+        use p256::ecdsa::signature::hazmat::PrehashVerifier;
+        p256::ecdsa::Signature::from_slice(signature)
+            .is_ok_and(|sig| self.verify_prehash(digest, &sig).is_ok())
+    }
+}
+
+impl<K: SignatureCheck + ?Sized> SignatureCheck for &K {
+    fn verify_digest(&self, digest: &[u8; 32], signature: &[u8; 64]) -> bool {
+        (**self).verify_digest(digest, signature)
+    }
+}
