@@ -70,7 +70,8 @@ pub struct SavedSession {
 struct Session<'a, F, const SPARES: usize> {
     params: SessionParams,
     decoder: DecoderState,
-    store: FlashStore<'a, F, SPARES>,
+    /// The data block; `None` for a block already used, not decoded again after a reboot.
+    store: Option<FlashStore<'a, F, SPARES>>,
     log: FragLog,
     /// Fragments received (duplicates included), for FragSessionStatusAns.
     received: u16,
@@ -188,7 +189,8 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
     /// Useful fragments still needed on `frag_index` (0 once complete); `None` without a
     /// session.
     pub fn missing(&self, frag_index: u8) -> Option<usize> {
-        self.session(frag_index).map(|s| s.decoder.missing())
+        self.session(frag_index)
+            .map(|s| if s.consumed { 0 } else { s.decoder.missing() })
     }
 
     /// Marks the complete block of `frag_index` as handed to the installer.
@@ -198,29 +200,23 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
         }
     }
 
-    fn open(
+    /// A session over `slot` with a fresh decoder.
+    fn new_session(
         &mut self,
         slot: usize,
         params: SessionParams,
-        erase: bool,
+        store: Option<FlashStore<'a, F, SPARES>>,
+        log: FragLog,
     ) -> Result<Session<'a, F, SPARES>, StoreError<F::Error>> {
-        let frag_size = usize::from(params.frag_size);
-        let Some(Slot {
-            areas, workspace, ..
-        }) = self.slots.get_mut(slot)
-        else {
-            return Err(StoreError::OutOfRange);
-        };
-        let store = FlashStore::create(self.flash, areas.block, areas.spare, frag_size)?;
-        let log = if erase {
-            FragLog::create(self.flash, areas.log, frag_size)?
-        } else {
-            FragLog::replay(self.flash, areas.log, frag_size, |_, _| Ok(()))?
-        };
+        let workspace = &mut *self
+            .slots
+            .get_mut(slot)
+            .ok_or(StoreError::OutOfRange)?
+            .workspace;
         let decoder = DecoderState::new(
             self.version,
             usize::from(params.nb_frag),
-            frag_size,
+            usize::from(params.frag_size),
             self.max_lost,
             workspace,
         )
@@ -239,34 +235,52 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
     }
 
     /// After a reboot: reopens the session of `slot` with its saved setup and replays its
-    /// log. The event says whether the block was complete.
+    /// log into a new decode. The event says whether the block was complete. A session whose
+    /// block was used already is only counted, not decoded again (no erase, no writes).
     pub fn restore(
         &mut self,
         slot: usize,
         saved: SavedSession,
     ) -> Result<Option<FragEvent>, StoreError<F::Error>> {
         let params = saved.params;
+        let areas = self.slots.get(slot).ok_or(StoreError::OutOfRange)?.areas;
         if self.find(params.frag_index).is_some() {
             return Err(StoreError::OutOfRange);
         }
-        let mut session = self.open(slot, params, false)?;
-        session.consumed = saved.consumed;
         let flash = self.flash;
-        let key = &self.data_block_int_key;
-        let version = self.version;
         let frag_size = usize::from(params.frag_size);
-        let Slot {
-            areas, workspace, ..
-        } = &mut self.slots[slot];
-        let workspace = &mut **workspace;
-        let mut progress = session.decoder.progress();
         let mut received = 0u16;
+        if saved.consumed {
+            let log = FragLog::replay(flash, areas.log, frag_size, |_, _| {
+                received = received.saturating_add(1);
+                Ok(())
+            })?;
+            let mut session = self.new_session(slot, params, None, log)?;
+            session.received = received;
+            session.mic_ok = Some(true);
+            session.consumed = true;
+            self.slots[slot].session = Some(session);
+            return Ok(None);
+        }
+        let store = FlashStore::create(flash, areas.block, areas.spare, frag_size)?;
+        // The log is found again by the replay below.
+        let log = FragLog::at_start(areas.log, frag_size);
+        let mut session = self.new_session(slot, params, Some(store), log)?;
+        let workspace = &mut *self.slots[slot].workspace;
+        let mut progress = session.decoder.progress();
+        let Session {
+            decoder,
+            store: Some(store),
+            ..
+        } = &mut session
+        else {
+            return Err(StoreError::OutOfRange);
+        };
         session.log = FragLog::replay(flash, areas.log, frag_size, |n, payload| {
             received = received.saturating_add(1);
             if progress != Progress::Complete {
-                progress = session
-                    .decoder
-                    .push(workspace, &mut session.store, usize::from(n), payload)
+                progress = decoder
+                    .push(workspace, store, usize::from(n), payload)
                     .or_else(|e| match e {
                         DecodeError::Store(e) => Err(e),
                         _ => Ok(progress),
@@ -277,7 +291,11 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
         session.received = received;
         let mut event = None;
         if progress == Progress::Complete {
-            event = Some(complete(&mut session, key, version)?);
+            event = Some(complete(
+                &mut session,
+                &self.data_block_int_key,
+                self.version,
+            )?);
         }
         self.slots[slot].session = Some(session);
         Ok(event)
@@ -296,7 +314,11 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
             Some(s) => FragSessionStatusAns {
                 frag_index,
                 nb_frag_received: s.received & 0x3fff,
-                missing_frag: s.decoder.missing().min(255) as u8,
+                missing_frag: if s.consumed {
+                    0
+                } else {
+                    s.decoder.missing().min(255) as u8
+                },
                 memory_error: s.memory_error,
                 mic_error: s.mic_ok == Some(false),
                 session_does_not_exist: false,
@@ -376,6 +398,9 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
                         return Ok(None);
                     }
                 }
+                let Some(store) = s.store.as_mut() else {
+                    return Ok(None);
+                };
                 if s.mic_ok.is_some()
                     || s.memory_error
                     || f.payload.len() != usize::from(s.params.frag_size)
@@ -386,7 +411,7 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
                 s.received = s.received.saturating_add(1);
                 match s
                     .decoder
-                    .push(workspace, &mut s.store, usize::from(f.n), f.payload)
+                    .push(workspace, store, usize::from(f.n), f.payload)
                 {
                     Ok(Progress::Complete) => {
                         let event = complete(s, &self.data_block_int_key, version)?;
@@ -461,7 +486,10 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
         }
         // The old session goes first: if erasing fails, no half-open session remains.
         self.slots[slot].session = None;
-        let session = self.open(slot, req, true)?;
+        let areas = self.slots[slot].areas;
+        let store = FlashStore::create(self.flash, areas.block, areas.spare, frag_size)?;
+        let log = FragLog::create(self.flash, areas.log, frag_size)?;
+        let session = self.new_session(slot, req, Some(store), log)?;
         self.slots[slot].session = Some(session);
         Ok(ans)
     }
@@ -488,7 +516,7 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
     pub fn store(&mut self, frag_index: u8) -> Option<&mut FlashStore<'a, F, SPARES>> {
         self.session_mut(frag_index)
             .filter(|s| s.mic_ok == Some(true))
-            .map(|s| &mut s.store)
+            .and_then(|s| s.store.as_mut())
     }
 }
 
@@ -505,7 +533,10 @@ fn complete<F: NorFlash, const SPARES: usize>(
         let mut at = 0;
         while at < len {
             let n = ((len - at) as usize).min(MIC_CHUNK);
-            s.store.read_block(at, &mut buf[..n])?;
+            s.store
+                .as_mut()
+                .ok_or(StoreError::OutOfRange)?
+                .read_block(at, &mut buf[..n])?;
             mic.update(&buf[..n]);
             at += n as u32;
         }
@@ -904,6 +935,9 @@ mod tests {
             );
             assert_eq!(fr.missing(2), Some(0));
             assert!(fr.missing(0).unwrap() > 0);
+            let mut out = vec![0u8; b.data.len()];
+            fr.store(2).unwrap().read_block(0, &mut out).unwrap();
+            assert_eq!(out, b.data);
             fr.consume(2);
             (fr.saved(), fr.last_session_cnt())
         };
@@ -915,9 +949,10 @@ mod tests {
             fr.restore(slot, s.unwrap()).unwrap();
         }
         assert_eq!(fr.saved(), saved);
-        let mut out = vec![0u8; b.data.len()];
-        fr.store(2).unwrap().read_block(0, &mut out).unwrap();
-        assert_eq!(out, b.data);
+        // The used block is not decoded again: it stays complete, but is not handed out.
+        assert_eq!(fr.missing(2), Some(0));
+        assert!(fr.store(2).is_none());
+        let mut out = vec![0u8; a.data.len()];
         events.clear();
         for n in (31..=75).filter(|n| n % 6 != 0) {
             fr.handle(0, Via::Unicast, frag(&a, n), &mut rng, |e| events.push(e))

@@ -47,6 +47,16 @@ pub struct FragLog {
 }
 
 impl FragLog {
+    /// The log of `region` before anything is known of its records (appends would go to its
+    /// start): a placeholder until [`FragLog::replay`] finds the end.
+    pub fn at_start(region: Region, frag_size: usize) -> Self {
+        Self {
+            region,
+            frag_size,
+            next: 0,
+        }
+    }
+
     /// Erases the log for a new session.
     pub fn create<F: NorFlash>(
         flash: &RefCell<F>,

@@ -56,6 +56,11 @@ pub type TestAgent<'a> = Agent<'a, Flash, 64>;
 
 /// The agent's configuration for the update `s` (TS00x v2).
 pub fn config(s: &SimbaUpdate) -> AgentConfig {
+    config_with(s, LAYOUT)
+}
+
+/// [`config`] over another layout (another number of fragmentation sessions).
+pub fn config_with<const S: usize>(s: &SimbaUpdate, layout: Layout<S>) -> AgentConfig<S> {
     let root = mc_root_key_lorawan_1_1(&Key128::from_bytes(APP_KEY));
     AgentConfig {
         version: Version::V2,
@@ -63,7 +68,7 @@ pub fn config(s: &SimbaUpdate) -> AgentConfig {
         data_block_int_key: data_block_int_key(&Key128::from_bytes(APP_KEY)),
         limits: RadioLimits::EU868,
         patch_key: *s.key.verifying_key(),
-        layout: LAYOUT,
+        layout,
         boot_max_align: 8,
         permanent: false,
         max_lost: 64,
@@ -72,7 +77,10 @@ pub fn config(s: &SimbaUpdate) -> AgentConfig {
 }
 
 /// The uplinks (port, bytes) and events the agent has for the driver now.
-pub fn drain(agent: &mut TestAgent<'_>, now: u64) -> (Vec<(u8, Vec<u8>)>, Vec<Event>) {
+pub fn drain<const S: usize>(
+    agent: &mut Agent<'_, Flash, 64, S>,
+    now: u64,
+) -> (Vec<(u8, Vec<u8>)>, Vec<Event>) {
     let mut ups = Vec::new();
     let mut buf = [0u8; 64];
     while let Some((port, n)) = agent.poll_uplink(now, &mut buf) {

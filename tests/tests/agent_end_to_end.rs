@@ -10,15 +10,19 @@ use std::cell::RefCell;
 use embedded_storage::nor_flash::NorFlash;
 use fuota_codec::clock_sync::{self, AppTimeAns};
 use fuota_codec::fragmentation;
-use fuota_codec::keys::{encrypt_mc_key, mc_app_s_key, mc_nwk_s_key, Key128};
+use fuota_codec::keys::{data_block_mic, encrypt_mc_key, mc_app_s_key, mc_nwk_s_key, Key128};
 use fuota_codec::multicast_setup::{self, DlFrequ, McClassCSessionReq, McGroupSetupReq};
 use fuota_codec::patch::container::ImageVersion;
 use fuota_codec::Version;
-use fuota_device_agent::agent::{Agent, AgentError, Event};
+use fuota_device_agent::agent::{Agent, AgentError, Event, Layout};
 use fuota_device_agent::frag_session::Via;
 use fuota_device_agent::mcuboot::{self, Trailer};
 use fuota_device_agent::multicast::McEvent;
-use fuota_tests::rig::{build, config, drain, fragment_patch, Flash, LAYOUT, SECTOR, SECTORS};
+use fuota_device_agent::slot::Region;
+use fuota_tests::rig::{
+    build, config, config_with, drain, fragment_block, fragment_patch, Flash, LAYOUT, SECTOR,
+    SECTORS,
+};
 use fuota_tests::{padded, simba_update};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -308,4 +312,157 @@ fn a_bad_layout_or_boot_max_align_is_refused() {
         assert_eq!(start(bad, &mut ws), AgentError::BootMaxAlign, "{align}");
     }
     assert_eq!(flash.borrow().operations(), 0);
+}
+
+/// Two fragmentation sessions at once: the patch comes on FragIndex 1 while FragIndex 0 is
+/// still open and half received; the complete one is installed. After the swap and the
+/// confirmation, reboots bring both sessions back without installing the used block again.
+#[test]
+fn two_sessions_at_once_and_a_used_block_is_not_installed_again() {
+    let s = simba_update(21);
+    let mut layout = Layout {
+        primary: LAYOUT.primary,
+        secondary: LAYOUT.secondary,
+        fragments: [LAYOUT.fragments[0]; 2],
+        journal: LAYOUT.journal,
+    };
+    let second = LAYOUT.journal.end();
+    layout.fragments[1].log = Region {
+        offset: second,
+        len: 16 * 1024,
+    };
+    layout.fragments[1].block = Region {
+        offset: second + 16 * 1024,
+        len: 8 * 1024,
+    };
+    layout.fragments[1].spare = Region {
+        offset: second + 24 * 1024,
+        len: 4 * 1024,
+    };
+    let sectors = (layout.fragments[1].spare.end() as usize) / SECTOR;
+    let mut flash = Flash::new(sectors);
+    flash.write(0, &padded(&s.old)).unwrap();
+    let flash = RefCell::new(flash);
+    // The RAM of three boots.
+    let (mut ws1, mut ws2, mut ws3) =
+        (vec![0u8; 16 * 1024], vec![0; 16 * 1024], vec![0; 16 * 1024]);
+    let boot = |ws| Agent::<_, 64, 2>::new(&flash, config_with(&s, layout), ws, 0).unwrap();
+
+    let (mut patch_setup, patch_frames) = fragment_patch(&s, 48, 3);
+    // The frames carry their FragIndex in the first byte after the CID (bits 15:14 of n).
+    patch_setup.frag_index = 1;
+    patch_setup.mic = data_block_mic(
+        &config(&s).data_block_int_key,
+        3,
+        1,
+        patch_setup.descriptor,
+        &s.patch,
+    )
+    .unwrap();
+    let patch_frames: Vec<Vec<u8>> = patch_frames
+        .into_iter()
+        .map(|mut f| {
+            f[2] |= 1 << 6;
+            f
+        })
+        .collect();
+    let other: Vec<u8> = (0..3000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let (other_setup, other_frames) = fragment_block(&other, 48, 10, 9);
+    {
+        let mut agent = boot(&mut ws1);
+        for setup in [other_setup, patch_setup] {
+            let dl = fragmentation::Downlink::FragSessionSetupReq(setup);
+            agent.handle_downlink(
+                0,
+                Via::Unicast,
+                fragmentation::PORT,
+                &build(|b| dl.build_into(Version::V2, b)),
+            );
+        }
+        let (ups, _) = drain(&mut agent, 0);
+        let setup_answers: Vec<&Vec<u8>> = ups
+            .iter()
+            .filter(|(p, b)| *p == fragmentation::PORT && b[0] == 0x02)
+            .map(|(_, b)| b)
+            .collect();
+        // Both accepted: FragIndex in bits 7:6, no error bits.
+        assert_eq!(setup_answers, [&vec![0x02, 0x00], &vec![0x02, 0x40]]);
+        let mut installed = false;
+        for (i, f) in patch_frames.iter().enumerate() {
+            if let Some(o) = other_frames.get(i).filter(|_| i < 20) {
+                agent.handle_downlink(1_000, Via::Multicast(0), fragmentation::PORT, o);
+            }
+            agent.handle_downlink(1_000, Via::Multicast(0), fragmentation::PORT, f);
+            if agent.poll_timeout(1_000) <= 1_000 {
+                agent.handle_timeout(1_000);
+            }
+            let (_, evs) = drain(&mut agent, 1_000);
+            if evs.iter().any(|e| matches!(e, Event::RebootWanted { .. })) {
+                installed = true;
+                break;
+            }
+        }
+        assert!(installed);
+    }
+    let sec = LAYOUT.secondary.offset as usize;
+    assert!(flash.borrow().as_bytes()[sec..sec + s.new.len()] == s.new[..]);
+    // The bootloader swaps; the new image confirms itself.
+    {
+        let mut f = flash.borrow_mut();
+        f.erase(0, LAYOUT.primary.len).unwrap();
+        f.write(0, &padded(&s.new)).unwrap();
+    }
+    {
+        let mut agent = boot(&mut ws2);
+        let (_, evs) = drain(&mut agent, 0);
+        assert!(
+            evs.iter().any(|e| matches!(e, Event::Booted { .. })),
+            "{evs:?}"
+        );
+        agent.confirm().unwrap();
+    }
+    // Later boots: both sessions are back, nothing is installed again.
+    let before = flash.borrow().as_bytes().to_vec();
+    let mut agent = boot(&mut ws3);
+    agent.handle_timeout(agent.poll_timeout(0));
+    let (_, evs) = drain(&mut agent, 0);
+    assert_eq!(evs, []);
+    // Status of both sessions: the patch complete, the other still missing fragments.
+    for index in [0u8, 1] {
+        let req =
+            fragmentation::Downlink::FragSessionStatusReq(fragmentation::FragSessionStatusReq {
+                participants: true,
+                frag_index: index,
+            });
+        agent.handle_downlink(
+            0,
+            Via::Unicast,
+            fragmentation::PORT,
+            &build(|b| req.build_into(Version::V2, b)),
+        );
+    }
+    let (ups, _) = drain(&mut agent, 60_000);
+    let status: Vec<(u8, u8)> = ups
+        .iter()
+        .filter(|(p, _)| *p == fragmentation::PORT)
+        .flat_map(|(_, b)| fragmentation::uplinks(Version::V2, b).flatten())
+        .filter_map(|u| match u {
+            fragmentation::Uplink::FragSessionStatusAns(a) => Some((a.frag_index, a.missing_frag)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(status.len(), 2, "{ups:?}");
+    assert!(status.contains(&(1, 0)), "{status:?}");
+    assert!(
+        status.iter().any(|&(i, missing)| i == 0 && missing > 0),
+        "{status:?}"
+    );
+    // The secondary slot and the used session's areas were not touched (the open session's
+    // block is decoded again from its log, its own areas only).
+    let after = flash.borrow().as_bytes().to_vec();
+    let areas = layout.fragments[1];
+    for r in [LAYOUT.secondary, areas.log, areas.block, areas.spare] {
+        let (a, b) = (r.offset as usize, r.end() as usize);
+        assert!(before[a..b] == after[a..b], "{r:?} changed");
+    }
 }
