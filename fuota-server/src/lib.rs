@@ -5,3 +5,4 @@
 
 pub mod fragmentation;
 pub mod patch;
+pub mod plan;

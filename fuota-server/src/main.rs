@@ -25,6 +25,8 @@ enum Command {
     /// Signed delta patches: create, inspect, apply, bench.
     #[command(subcommand)]
     Patch(cli::patch::PatchCommand),
+    /// Plan a campaign: fragments, redundancy, airtime, session timeout, window (offline).
+    Plan(cli::plan::PlanArgs),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +42,7 @@ fn main() -> ExitCode {
         Command::Frag(cmd) => cli::frag::run(cmd),
         Command::Keys(cmd) => cli::keys::run(cmd),
         Command::Patch(cmd) => cli::patch::run(cmd),
+        Command::Plan(args) => cli::plan::run(args),
     };
     match result {
         Ok(code) => code,

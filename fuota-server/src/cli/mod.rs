@@ -3,3 +3,4 @@
 pub mod frag;
 pub mod keys;
 pub mod patch;
+pub mod plan;
