@@ -24,6 +24,7 @@ extern crate alloc;
 pub mod clock_sync;
 pub mod error;
 pub mod fec;
+pub mod firmware_management;
 pub mod fragmentation;
 pub mod keys;
 pub mod multicast_setup;

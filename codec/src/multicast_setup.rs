@@ -5,7 +5,7 @@
 
 use crate::error::{Error, ErrorKind};
 use crate::package::{Command, Commands, Version};
-use crate::wire::{Reader, Writer};
+use crate::wire::{split_cid, Reader, Writer};
 
 pub const PORT: u8 = 200;
 pub const PACKAGE_ID: u8 = 2;
@@ -215,17 +215,6 @@ fn check_id(w: &Writer<'_>, id: u8) -> Result<(), Error> {
     }
 }
 
-fn cid_of(bytes: &[u8]) -> Result<(u8, &[u8]), Error> {
-    match bytes.split_first() {
-        Some((&cid, body)) => Ok((cid, body)),
-        None => Err(Error::new(
-            "payload",
-            "CID",
-            ErrorKind::Truncated { needed: 1, got: 0 },
-        )),
-    }
-}
-
 impl Downlink {
     pub const fn cid(&self) -> u8 {
         match self {
@@ -260,7 +249,7 @@ impl Downlink {
     }
 
     pub fn parse(version: Version, bytes: &[u8]) -> Result<(Self, usize), Error> {
-        let (cid, body) = cid_of(bytes)?;
+        let (cid, body) = split_cid(bytes)?;
         let cmd = match cid {
             0x00 => Downlink::PackageVersionReq(PackageVersionReq),
             0x01 => {
@@ -468,7 +457,7 @@ impl Uplink {
     }
 
     pub fn parse(version: Version, bytes: &[u8]) -> Result<(Self, usize), Error> {
-        let (cid, body) = cid_of(bytes)?;
+        let (cid, body) = split_cid(bytes)?;
         let cmd = match cid {
             0x00 => {
                 let mut r = Reader::new("PackageVersionAns", body);

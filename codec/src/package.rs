@@ -46,6 +46,8 @@ pub enum PackageId {
     MulticastSetup,
     /// TS004 Fragmented Data Block Transport.
     Fragmentation,
+    /// TS006 Firmware Management Protocol.
+    FirmwareManagement,
 }
 
 impl PackageId {
@@ -54,6 +56,7 @@ impl PackageId {
             PackageId::ClockSync => 1,
             PackageId::MulticastSetup => 2,
             PackageId::Fragmentation => 3,
+            PackageId::FirmwareManagement => 4,
         }
     }
 
@@ -62,6 +65,7 @@ impl PackageId {
             1 => Some(PackageId::ClockSync),
             2 => Some(PackageId::MulticastSetup),
             3 => Some(PackageId::Fragmentation),
+            4 => Some(PackageId::FirmwareManagement),
             _ => None,
         }
     }
@@ -72,6 +76,7 @@ impl PackageId {
             PackageId::ClockSync => 202,
             PackageId::MulticastSetup => 200,
             PackageId::Fragmentation => 201,
+            PackageId::FirmwareManagement => 203,
         }
     }
 
@@ -80,6 +85,7 @@ impl PackageId {
             202 => Some(PackageId::ClockSync),
             200 => Some(PackageId::MulticastSetup),
             201 => Some(PackageId::Fragmentation),
+            203 => Some(PackageId::FirmwareManagement),
             _ => None,
         }
     }

@@ -153,3 +153,15 @@ impl<'a> Writer<'a> {
         &buf[..pos.min(buf.len())]
     }
 }
+
+/// The CID and the body after it.
+pub(crate) fn split_cid(bytes: &[u8]) -> Result<(u8, &[u8]), Error> {
+    match bytes.split_first() {
+        Some((&cid, body)) => Ok((cid, body)),
+        None => Err(Error::new(
+            "payload",
+            "CID",
+            ErrorKind::Truncated { needed: 1, got: 0 },
+        )),
+    }
+}

@@ -163,6 +163,7 @@ mod probe {
             permanent: black_box(false),
             max_lost: 64,
             seed: black_box(1),
+            hw_version: black_box(1),
         };
         let Ok(agent) = Agent::new(flash, config, ws, 0) else {
             panic!("agent");

@@ -9,6 +9,7 @@
 use core::cell::RefCell;
 
 use embedded_storage::nor_flash::NorFlash;
+use fuota_codec::firmware_management::{self, fw_version, DevVersionAns, UpImageStatus};
 use fuota_codec::keys::Key128;
 use fuota_codec::patch::apply::Checkpoint;
 use fuota_codec::patch::container::ImageVersion;
@@ -64,6 +65,8 @@ pub struct AgentConfig<const SESSIONS: usize = 1, K = VerifyingKey> {
     pub max_lost: usize,
     /// Seed for protocol jitter (per device).
     pub seed: u64,
+    /// HWversion reported by TS006 DevVersionAns.
+    pub hw_version: u32,
 }
 
 /// Why an update did not go through.
@@ -311,6 +314,48 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize, K: SignatureCh
         self.save();
     }
 
+    /// TS006: what runs, and what waits in the secondary slot.
+    fn firmware_answer(&self, cmd: firmware_management::Downlink) -> firmware_management::Uplink {
+        use firmware_management::{Downlink as D, Uplink as U};
+        let fw = |v: ImageVersion| fw_version(v.major, v.minor, v.revision);
+        let running = self.running_version();
+        match cmd {
+            D::PackageVersionReq => U::PackageVersionAns {
+                package_identifier: firmware_management::PACKAGE_ID,
+                package_version: firmware_management::PACKAGE_VERSION,
+            },
+            D::DevVersionReq => U::DevVersionAns(DevVersionAns {
+                fw_version: running.map_or(0, fw),
+                hw_version: self.config.hw_version,
+            }),
+            D::DevUpgradeImageReq => {
+                let waiting = {
+                    let mut f = self.flash.borrow_mut();
+                    mcuboot::verify_image(&mut *f, self.config.layout.secondary)
+                };
+                U::DevUpgradeImageAns(match (self.update, waiting) {
+                    (Update::SwapRequested(v), _) => UpImageStatus::Valid { firmware_id: fw(v) },
+                    (_, Ok(info)) if running.is_none_or(|r| info.header.version > r) => {
+                        UpImageStatus::Valid {
+                            firmware_id: fw(info.header.version),
+                        }
+                    }
+                    // Nothing newer than the running image: nothing to upgrade to.
+                    (_, Ok(_) | Err(mcuboot::McubootError::NoImage)) => UpImageStatus::Absent,
+                    (_, Err(_)) => UpImageStatus::Corrupt,
+                })
+            }
+        }
+    }
+
+    /// The version in the primary slot's image header.
+    fn running_version(&self) -> Option<ImageVersion> {
+        let mut h = [0u8; mcuboot::HEADER_LEN];
+        let primary = self.config.layout.primary.offset;
+        self.flash.borrow_mut().read(primary, &mut h).ok()?;
+        mcuboot::ImageHeader::parse(&h).map(|h| h.version)
+    }
+
     /// Multicast group `id` as the LoRaWAN stack must install it (on
     /// [`McEvent::GroupKeys`]): McAddr, McAppSKey, McNwkSKey and the FCnt window.
     pub fn multicast_group(&self, id: u8) -> Option<&McGroup> {
@@ -533,6 +578,17 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize, K: SignatureCh
                             &mut len,
                         );
                     }
+                }
+            }
+            firmware_management::PORT if via == Via::Unicast => {
+                for cmd in firmware_management::downlinks(Version::V1, bytes) {
+                    let Ok(cmd) = cmd else { break };
+                    let u = self.firmware_answer(cmd);
+                    append(
+                        &|b| u.build_into(b).ok().map(|x| x.len()),
+                        &mut out,
+                        &mut len,
+                    );
                 }
             }
             fragmentation::PORT => {

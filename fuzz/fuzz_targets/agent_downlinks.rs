@@ -54,6 +54,7 @@ fuzz_target!(|input: &[u8]| {
         permanent: false,
         max_lost: 16,
         seed: 1,
+        hw_version: 1,
     };
     let mut ws = vec![0u8; 4096];
     let mut agent = Agent::<_, 16, 2>::new(&flash, config, &mut ws, 0).expect("a valid layout");
@@ -68,10 +69,11 @@ fuzz_target!(|input: &[u8]| {
             4 => Via::Unicast,
             g => Via::Multicast(g),
         };
-        let port = match port % 4 {
+        let port = match port % 5 {
             0 => 200,
             1 => 201,
             2 => 202,
+            3 => 203,
             _ => *port,
         };
         agent.handle_downlink(now, via, port, payload);

@@ -73,6 +73,7 @@ pub fn config_with<const S: usize>(s: &SimbaUpdate, layout: Layout<S>) -> AgentC
         permanent: false,
         max_lost: 64,
         seed: 7,
+        hw_version: 0x0201,
     }
 }
 

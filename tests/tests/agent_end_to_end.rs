@@ -466,3 +466,65 @@ fn two_sessions_at_once_and_a_used_block_is_not_installed_again() {
         assert!(before[a..b] == after[a..b], "{r:?} changed");
     }
 }
+
+/// TS006 on port 203: the running version, then what waits in the secondary slot before and
+/// after an update is installed.
+#[test]
+fn firmware_management_reports_the_running_and_the_waiting_image() {
+    use fuota_codec::firmware_management::{self as fmp, fw_version, UpImageStatus};
+    let s = simba_update(21);
+    let mut flash = Flash::new(SECTORS);
+    flash.write(0, &padded(&s.old)).unwrap();
+    let flash = RefCell::new(flash);
+    let mut ws = vec![0u8; 8 * 1024];
+    let mut agent = Agent::<_, 64>::new(&flash, config(&s), &mut ws, 0).unwrap();
+    drain(&mut agent, 0);
+    let ask = |agent: &mut fuota_tests::rig::TestAgent<'_>| {
+        agent.handle_downlink(0, Via::Unicast, fmp::PORT, &[0x00, 0x01, 0x04]);
+        let (ups, _) = drain(agent, 0);
+        assert_eq!(ups.len(), 1, "one frame for the three answers");
+        fmp::uplinks(Version::V1, &ups[0].1)
+            .map(Result::unwrap)
+            .collect::<Vec<_>>()
+    };
+    let answers = ask(&mut agent);
+    assert_eq!(
+        answers,
+        [
+            fmp::Uplink::PackageVersionAns {
+                package_identifier: 4,
+                package_version: 1
+            },
+            fmp::Uplink::DevVersionAns(fmp::DevVersionAns {
+                fw_version: fw_version(0, 8, 0),
+                hw_version: 0x0201
+            }),
+            fmp::Uplink::DevUpgradeImageAns(UpImageStatus::Absent),
+        ]
+    );
+    // Over multicast: ignored.
+    agent.handle_downlink(0, Via::Multicast(0), fmp::PORT, &[0x01]);
+    assert_eq!(drain(&mut agent, 0).0, []);
+    // The new image in the secondary slot, not yet installed by the agent: valid, newer.
+    flash
+        .borrow_mut()
+        .write(LAYOUT.secondary.offset, &padded(&s.new))
+        .unwrap();
+    let answers = ask(&mut agent);
+    assert_eq!(
+        answers[2],
+        fmp::Uplink::DevUpgradeImageAns(UpImageStatus::Valid {
+            firmware_id: fw_version(0, 9, 0)
+        })
+    );
+    // A sector of it erased: corrupt.
+    {
+        let mut f = flash.borrow_mut();
+        let at = LAYOUT.secondary.offset + 0x400;
+        f.erase(at, at + SECTOR as u32).unwrap();
+    }
+    assert_eq!(
+        ask(&mut agent)[2],
+        fmp::Uplink::DevUpgradeImageAns(UpImageStatus::Corrupt)
+    );
+}

@@ -177,6 +177,7 @@ fn pybv11_signed_by_imgtool_through_the_agent() {
         permanent: false,
         max_lost: 96,
         seed: 99,
+        hw_version: 1,
     };
     let mut ws = vec![0u8; 16 * 1024];
     let mut agent = Agent::<_, 96>::new(&flash, config, &mut ws, 0).unwrap();
