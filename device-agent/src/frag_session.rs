@@ -336,8 +336,13 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
         rng: &mut Rng,
         mut emit: impl FnMut(FragEvent),
     ) -> Result<Option<Uplink>, StoreError<F::Error>> {
-        // Setup and management come unicast; only fragments may come on a multicast group.
-        if via != Via::Unicast && !matches!(cmd, Downlink::DataFragment(_)) {
+        // Setup and management come unicast; fragments and status requests (whose answers
+        // BlockAckDelay spreads out for that reason) may come on a multicast group.
+        let multicast_ok = matches!(
+            cmd,
+            Downlink::DataFragment(_) | Downlink::FragSessionStatusReq(_)
+        );
+        if via != Via::Unicast && !multicast_ok {
             return Ok(None);
         }
         match cmd {
@@ -361,6 +366,11 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
                 })))
             }
             Downlink::FragSessionStatusReq(req) => {
+                if let (Via::Multicast(g), Some(p)) = (via, self.params(req.frag_index)) {
+                    if p.mc_group_bit_mask & (1 << (g & 3)) == 0 {
+                        return Ok(None);
+                    }
+                }
                 let ans = self.status_of(req.frag_index);
                 // With Participants = 0 only devices still missing fragments answer.
                 let done = !ans.session_does_not_exist && ans.missing_frag == 0 && !ans.mic_error;
@@ -705,15 +715,18 @@ mod tests {
                 })
                 .unwrap();
             }
-            // Status: answered after a random delay within 2^(1+4) s.
-            unicast(
-                &mut fr,
-                &mut rng,
-                Downlink::FragSessionStatusReq(FragSessionStatusReq {
-                    participants: true,
-                    frag_index: 1,
-                }),
-            );
+            // Status, asked on the multicast group (on a group outside the session's mask:
+            // ignored), only of devices still missing fragments: answered after a random
+            // delay within 2^(1+4) s.
+            let status = Downlink::FragSessionStatusReq(FragSessionStatusReq {
+                participants: false,
+                frag_index: 1,
+            });
+            fr.handle(0, Via::Multicast(1), status, &mut rng, |_| {})
+                .unwrap();
+            assert_eq!(fr.poll_timeout(), None);
+            fr.handle(0, Via::Multicast(0), status, &mut rng, |_| {})
+                .unwrap();
             let due = fr.poll_timeout().unwrap();
             assert!(due < 32_000);
             assert_eq!(
