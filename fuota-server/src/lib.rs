@@ -3,6 +3,7 @@
 //! fragments (and rebuilding them, for checks). The planner and campaign engine land with
 //! their issues.
 
+pub mod engine;
 pub mod fragmentation;
 pub mod patch;
 pub mod plan;

@@ -1,0 +1,417 @@
+//! The engine against hand-written device answers: the setup order, error answers, retries,
+//! the multicast schedule, repair and the window's end. (Real agents drive it end to end in
+//! `tests/tests/campaign_engine.rs`.)
+
+use super::*;
+use fuota_codec::fragmentation::{FragSessionSetupAns, FragSessionStatusAns, PackageVersionAns};
+use fuota_codec::multicast_setup::{McGroupSetupAns, McSessionAns};
+
+const T0: GpsMillis = 1_400_000_000_000;
+
+fn config() -> CampaignConfig {
+    CampaignConfig {
+        version: Version::V2,
+        data: (0..1000u32).map(|i| (i * 7) as u8).collect(),
+        frag_size: 50,
+        redundancy: 5,
+        frag_index: 0,
+        descriptor: [0; 4],
+        session_cnt: 1,
+        block_ack_delay: 0,
+        mc_group_id: 0,
+        mc_addr: 0x0102_0304,
+        mc_key: Key128::from_bytes([9; 16]),
+        first_mc_fcnt: 0,
+        freq_hz: 869_525_000,
+        dr: 3,
+        session_start: T0 + 600_000,
+        timeout_exp: 10,
+        spacing_ms: 2_000,
+        window_end: T0 + 7_200_000,
+        target_fw_version: 0x0002_0000,
+        retry_ms: 60_000,
+        max_attempts: 3,
+        reboot_wait_ms: 30_000,
+        unicast_repair_max_devices: 0,
+        multicast_lead_ms: 0,
+    }
+}
+
+fn devices(n: u64) -> Vec<DeviceSpec> {
+    (1..=n)
+        .map(|dev_eui| DeviceSpec {
+            dev_eui,
+            root_key: RootKey::AppKey(Key128::from_bytes([dev_eui as u8; 16])),
+        })
+        .collect()
+}
+
+fn drain(e: &mut Engine) -> Vec<Output> {
+    std::iter::from_fn(|| e.poll_output()).collect()
+}
+
+fn up<T: fmt::Debug>(f: impl FnOnce(&mut [u8]) -> Result<&[u8], T>) -> Vec<u8> {
+    let mut buf = [0u8; 64];
+    f(&mut buf).unwrap().to_vec()
+}
+
+/// Answers of a healthy v2 device to the setup, as uplinks.
+fn setup_answers() -> Vec<(u8, Vec<u8>)> {
+    let v = Version::V2;
+    vec![
+        (
+            ts004::PORT,
+            up(|b| {
+                ts004::Uplink::PackageVersionAns(PackageVersionAns {
+                    package_identifier: 3,
+                    package_version: 2,
+                })
+                .build_into(v, b)
+            }),
+        ),
+        (
+            ts005::PORT,
+            up(|b| {
+                ts005::Uplink::McGroupSetupAns(McGroupSetupAns {
+                    mc_group_id: 0,
+                    id_error: false,
+                })
+                .build_into(v, b)
+            }),
+        ),
+        (
+            ts004::PORT,
+            up(|b| {
+                ts004::Uplink::FragSessionSetupAns(FragSessionSetupAns {
+                    frag_index: 0,
+                    encoding_unsupported: false,
+                    not_enough_memory: false,
+                    frag_session_index_not_supported: false,
+                    wrong_descriptor: false,
+                    session_cnt_replay: false,
+                })
+                .build_into(v, b)
+            }),
+        ),
+        (
+            ts003::PORT,
+            up(|b| {
+                ts003::Uplink::AppTimeReq(ts003::AppTimeReq {
+                    device_time: 5,
+                    token_req: 0,
+                    ans_required: true,
+                })
+                .build_into(v, b)
+            }),
+        ),
+        (
+            ts005::PORT,
+            up(|b| {
+                ts005::Uplink::McClassCSessionAns(McSessionAns {
+                    mc_group_id: 0,
+                    dr_error: false,
+                    freq_error: false,
+                    mc_group_undefined: false,
+                    start_missed: false,
+                    time_to_start: Some(500),
+                })
+                .build_into(v, b)
+            }),
+        ),
+    ]
+}
+
+fn status(missing: u8) -> Vec<u8> {
+    up(|b| {
+        ts004::Uplink::FragSessionStatusAns(FragSessionStatusAns {
+            frag_index: 0,
+            nb_frag_received: 10,
+            missing_frag: missing,
+            memory_error: false,
+            mic_error: false,
+            session_does_not_exist: false,
+        })
+        .build_into(Version::V2, b)
+    })
+}
+
+fn unicasts_to(outs: &[Output], dev: DevEui) -> Vec<(u8, Vec<u8>)> {
+    outs.iter()
+        .filter_map(|o| match o {
+            Output::Unicast {
+                dev: d,
+                port,
+                payload,
+            } if *d == dev => Some((*port, payload.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Runs the engine's timeouts up to `until`, collecting outputs.
+fn run_until(e: &mut Engine, until: GpsMillis) -> Vec<Output> {
+    let mut outs = drain(e);
+    while let Some(t) = e.poll_timeout() {
+        if t > until {
+            break;
+        }
+        e.handle_timeout(t);
+        outs.extend(drain(e));
+    }
+    outs
+}
+
+#[test]
+fn setup_goes_in_order_and_the_class_c_request_waits_for_the_clock() {
+    let mut e = Engine::new(config(), devices(1), T0).unwrap();
+    let outs = drain(&mut e);
+    assert_eq!(unicasts_to(&outs, 1), [(201, vec![0x00])]);
+    let answers = setup_answers();
+    // PackageVersionAns, McGroupSetupAns, FragSessionSetupAns: each brings the next request.
+    let mut ports = Vec::new();
+    for (port, bytes) in &answers[..3] {
+        e.handle_uplink(T0 + 1000, 1, *port, bytes);
+        ports.extend(
+            unicasts_to(&drain(&mut e), 1)
+                .into_iter()
+                .map(|(p, b)| (p, b[0])),
+        );
+    }
+    // McGroupSetupReq (CID 2), FragSessionSetupReq (CID 2), and no session request yet.
+    assert_eq!(ports, [(200, 0x02), (201, 0x02)]);
+    assert_eq!(
+        e.device(1).unwrap().phase,
+        Phase::Setup(Request::ClassCSession)
+    );
+    // AppTimeReq at T0 + 2 s with device time 5 s: the answer, then the session request.
+    e.handle_uplink(T0 + 2_000, 1, answers[3].0, &answers[3].1);
+    let outs = unicasts_to(&drain(&mut e), 1);
+    assert_eq!(outs[0].0, 202);
+    let Ok((ts003::Downlink::AppTimeAns(a), _)) = ts003::Downlink::parse(Version::V2, &outs[0].1)
+    else {
+        panic!("{outs:?}")
+    };
+    assert_eq!(a.time_correction, ((T0 + 2_000) / 1000 - 5) as i32);
+    assert_eq!((outs[1].0, outs[1].1[0]), (200, 0x04));
+    let Ok((ts005::Downlink::McClassCSessionReq(s), _)) =
+        ts005::Downlink::parse(Version::V2, &outs[1].1)
+    else {
+        panic!()
+    };
+    assert_eq!(
+        (s.session_time, s.time_out, s.dr, s.dl_frequ.hz()),
+        (((T0 + 600_000) / 1000) as u32, 10, 3, 869_525_000)
+    );
+    e.handle_uplink(T0 + 3_000, 1, answers[4].0, &answers[4].1);
+    assert_eq!(e.device(1).unwrap().phase, Phase::Ready);
+}
+
+fn ready_engine(n: u64, cfg: CampaignConfig) -> Engine {
+    let mut e = Engine::new(cfg, devices(n), T0).unwrap();
+    drain(&mut e);
+    for dev in 1..=n {
+        for (port, bytes) in setup_answers() {
+            e.handle_uplink(T0 + 1000, dev, port, &bytes);
+        }
+    }
+    drain(&mut e);
+    e
+}
+
+#[test]
+fn the_multicast_goes_out_on_schedule_with_fresh_fcnts() {
+    let mut e = ready_engine(2, config());
+    let cfg = config();
+    let outs = run_until(&mut e, cfg.session_start + 60_000);
+    let frames: Vec<&MulticastFrame> = outs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Multicast(f) => Some(f),
+            _ => None,
+        })
+        .collect();
+    // M = 20 data, 5 coded, then the status request.
+    assert_eq!(frames.len(), 26);
+    for (i, f) in frames.iter().enumerate() {
+        assert_eq!(f.at, cfg.session_start + 1_000 + i as u64 * 2_000);
+        assert_eq!(f.fcnt, i as u32);
+        assert_eq!((f.freq_hz, f.dr, f.port), (869_525_000, 3, 201));
+    }
+    assert_eq!(frames[0].kind, FrameKind::DataFragment);
+    assert_eq!(frames[20].kind, FrameKind::CodedFragment);
+    // FragSessionStatusReq with Participants = 0.
+    assert_eq!(frames[25].kind, FrameKind::StatusRequest);
+    assert_eq!(frames[25].payload, [0x01, 0x00]);
+    assert_eq!(e.device(1).unwrap().phase, Phase::Receiving);
+    let c = e.counters();
+    assert_eq!((c.data_fragments, c.coded_fragments), (20, 5));
+}
+
+#[test]
+fn a_repair_round_by_multicast_then_unicast_status_of_the_silent() {
+    let mut cfg = config();
+    cfg.unicast_repair_max_devices = 1;
+    let mut e = ready_engine(3, cfg.clone());
+    let status_at = cfg.session_start + 1_000 + 25 * 2_000;
+    run_until(&mut e, status_at);
+    // Two devices miss fragments (4 and 7); the third says nothing.
+    e.handle_uplink(status_at + 3_000, 1, 201, &status(4));
+    e.handle_uplink(status_at + 4_000, 2, 201, &status(7));
+    // Answers until +21 s; the repair round runs from +22 s, a frame every 2 s.
+    let outs = run_until(&mut e, status_at + 45_000);
+    let repair: Vec<&MulticastFrame> = outs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Multicast(f) if f.kind == FrameKind::RepairFragment => Some(f),
+            _ => None,
+        })
+        .collect();
+    // The most missed (7) plus a margin of 3, numbered after the first round's 25.
+    assert_eq!(repair.len(), 10);
+    let first = crate::fragmentation::parse_data_fragment(&repair[0].payload).unwrap();
+    assert_eq!(first.n, 26);
+    assert_eq!(e.counters().repair_rounds, 1);
+    // Device 1 reports its block; devices 2 and 3 stay silent after the round.
+    let v2_ack = up(|b| {
+        ts004::Uplink::FragDataBlockReceivedReq(ts004::FragDataBlockReceivedReq {
+            frag_index: 0,
+            mic_error: false,
+        })
+        .build_into(Version::V2, b)
+    });
+    e.handle_uplink(status_at + 46_000, 1, 201, &v2_ack);
+    assert_eq!(e.device(1).unwrap().phase, Phase::Complete);
+    let outs = run_until(&mut e, status_at + 90_000);
+    // FragDataBlockReceivedAns to 1; unicast status requests to the silent 2 and 3.
+    assert_eq!(unicasts_to(&outs, 1)[0], (201, vec![0x04, 0x00]));
+    for dev in [2, 3] {
+        assert_eq!(unicasts_to(&outs, dev), [(201, vec![0x01, 0x01])]);
+    }
+    // Device 2 still misses 2: unicast repair (2 + 3 coded fragments), then status again.
+    e.handle_uplink(status_at + 95_000, 2, 201, &status(2));
+    let outs = unicasts_to(&drain(&mut e), 2);
+    assert_eq!(outs.len(), 6);
+    assert!(outs[..5].iter().all(|(p, b)| *p == 201 && b[0] == 0x08));
+    assert_eq!(outs[5], (201, vec![0x01, 0x01]));
+    assert_eq!(e.device(2).unwrap().unicast_fragments, 5);
+}
+
+#[test]
+fn errors_and_silence_end_in_failures_with_reasons() {
+    let mut cfg = config();
+    cfg.window_end = T0 + 3_600_000;
+    let mut e = Engine::new(cfg.clone(), devices(4), T0).unwrap();
+    drain(&mut e);
+    let answers = setup_answers();
+    // 1: speaks TS004 v1 only.
+    let v1 = up(|b| {
+        ts004::Uplink::PackageVersionAns(PackageVersionAns {
+            package_identifier: 3,
+            package_version: 1,
+        })
+        .build_into(Version::V2, b)
+    });
+    e.handle_uplink(T0 + 1000, 1, 201, &v1);
+    // 2: refuses the session for lack of memory.
+    e.handle_uplink(T0 + 1000, 2, answers[0].0, &answers[0].1);
+    e.handle_uplink(T0 + 1000, 2, answers[1].0, &answers[1].1);
+    let no_memory = up(|b| {
+        ts004::Uplink::FragSessionSetupAns(FragSessionSetupAns {
+            frag_index: 0,
+            encoding_unsupported: false,
+            not_enough_memory: true,
+            frag_session_index_not_supported: false,
+            wrong_descriptor: false,
+            session_cnt_replay: false,
+        })
+        .build_into(Version::V2, b)
+    });
+    e.handle_uplink(T0 + 1000, 2, 201, &no_memory);
+    // 3: never answers. 4: set up, then silent after the multicast.
+    for (port, bytes) in &answers {
+        e.handle_uplink(T0 + 1000, 4, *port, bytes);
+    }
+    let outs = run_until(&mut e, cfg.window_end);
+    // Device 3 was asked max_attempts (3) times, a retry period apart: the first before.
+    assert_eq!(unicasts_to(&outs, 3).len(), 2);
+    assert!(e.is_finished());
+    let phase = |d| e.device(d).unwrap().phase.clone();
+    assert_eq!(
+        phase(1),
+        Phase::Failed(Failure::PackageVersion {
+            identifier: 3,
+            version: 1
+        })
+    );
+    assert!(matches!(
+        phase(2),
+        Phase::Failed(Failure::FragSessionSetup {
+            not_enough_memory: true,
+            ..
+        })
+    ));
+    assert_eq!(
+        phase(3),
+        Phase::Failed(Failure::NoAnswer(Request::PackageVersion))
+    );
+    assert_eq!(phase(4), Phase::Failed(Failure::NoAnswer(Request::Status)));
+    assert_eq!(e.poll_timeout(), None);
+}
+
+#[test]
+fn after_the_block_the_running_version_decides() {
+    let mut e = ready_engine(2, config());
+    let cfg = config();
+    let status_at = cfg.session_start + 1_000 + 25 * 2_000;
+    run_until(&mut e, status_at);
+    for dev in [1, 2] {
+        e.handle_uplink(status_at + 1_000, dev, 201, &status(0));
+    }
+    assert_eq!(e.device(1).unwrap().phase, Phase::Complete);
+    // After the reboot wait: DevVersionReq on port 203.
+    let outs = run_until(&mut e, status_at + 1_000 + cfg.reboot_wait_ms);
+    assert_eq!(unicasts_to(&outs, 1), [(203, vec![0x01])]);
+    let version = |fw| {
+        up(|b| {
+            fmp::Uplink::DevVersionAns(fmp::DevVersionAns {
+                fw_version: fw,
+                hw_version: 0,
+            })
+            .build_into(b)
+        })
+    };
+    e.handle_uplink(status_at + 40_000, 1, 203, &version(cfg.target_fw_version));
+    assert_eq!(e.device(1).unwrap().phase, Phase::Updated);
+    // Device 2 keeps running the old one: asked until the tries run out.
+    for _ in 0..3 {
+        e.handle_uplink(status_at + 40_000, 2, 203, &version(0x0001_0000));
+        let next = e.poll_timeout().unwrap();
+        run_until(&mut e, next);
+    }
+    assert_eq!(
+        e.device(2).unwrap().phase,
+        Phase::Failed(Failure::NotUpdated {
+            running: 0x0001_0000
+        })
+    );
+    assert!(e.is_finished());
+}
+
+#[test]
+fn bad_configurations_are_refused() {
+    let mut c = config();
+    c.freq_hz = 869_525_050;
+    assert!(matches!(
+        Engine::new(c, devices(1), T0),
+        Err(ConfigError::Frequency(_))
+    ));
+    let mut c = config();
+    c.data.clear();
+    assert!(matches!(
+        Engine::new(c, devices(1), T0),
+        Err(ConfigError::Fragments(_))
+    ));
+    let mut c = config();
+    c.mc_group_id = 4;
+    assert!(Engine::new(c, devices(1), T0).is_err());
+}
