@@ -1,0 +1,225 @@
+//! NOR flash for thousands of simulated devices: sectors are shared copy-on-write. Every
+//! device starts from the same image, erased sectors are one shared page, and a device owns
+//! a private copy of a sector only once it writes it. Same rules as real NOR flash (and as
+//! the agent's `SimFlash`): erase to 0xFF by sector, write only erased, aligned words.
+
+use std::fmt;
+use std::sync::Arc;
+
+use embedded_storage::nor_flash::{
+    ErrorType, NorFlash, NorFlashError, NorFlashErrorKind, ReadNorFlash,
+};
+
+/// Why a flash operation failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlashError {
+    OutOfBounds,
+    NotAligned,
+    /// A write over bytes that are not erased.
+    NotErased {
+        offset: u32,
+    },
+}
+
+impl NorFlashError for FlashError {
+    fn kind(&self) -> NorFlashErrorKind {
+        match self {
+            FlashError::OutOfBounds => NorFlashErrorKind::OutOfBounds,
+            FlashError::NotAligned => NorFlashErrorKind::NotAligned,
+            FlashError::NotErased { .. } => NorFlashErrorKind::Other,
+        }
+    }
+}
+
+impl fmt::Display for FlashError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FlashError::OutOfBounds => f.write_str("out of bounds"),
+            FlashError::NotAligned => f.write_str("not aligned"),
+            FlashError::NotErased { offset } => {
+                write!(f, "write over unerased byte at {offset:#x}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for FlashError {}
+
+/// Write granularity and sector size of the simulated part (STM32WL-like: 8-byte double
+/// words, 2 KiB pages).
+pub const WRITE: usize = 8;
+pub const SECTOR: usize = 2048;
+
+/// A device's flash: a table of shared sectors.
+#[derive(Clone)]
+pub struct CowFlash {
+    sectors: Vec<Arc<[u8]>>,
+    erased: Arc<[u8]>,
+}
+
+impl fmt::Debug for CowFlash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "CowFlash({} sectors, {} private)",
+            self.sectors.len(),
+            self.private_sectors()
+        )
+    }
+}
+
+impl CowFlash {
+    /// `sectors` erased sectors.
+    pub fn new(sectors: usize) -> Self {
+        let erased: Arc<[u8]> = Arc::from(vec![0xffu8; SECTOR]);
+        Self {
+            sectors: vec![erased.clone(); sectors],
+            erased,
+        }
+    }
+
+    /// Puts `bytes` at `offset` (sector-aligned) as shared sectors: the factory image every
+    /// clone of this flash starts from.
+    pub fn program(&mut self, offset: u32, bytes: &[u8]) -> Result<(), FlashError> {
+        let first = offset as usize / SECTOR;
+        if offset as usize % SECTOR != 0 {
+            return Err(FlashError::NotAligned);
+        }
+        for (i, chunk) in bytes.chunks(SECTOR).enumerate() {
+            let slot = self
+                .sectors
+                .get_mut(first + i)
+                .ok_or(FlashError::OutOfBounds)?;
+            let mut page = vec![0xffu8; SECTOR];
+            page[..chunk.len()].copy_from_slice(chunk);
+            *slot = Arc::from(page);
+        }
+        Ok(())
+    }
+
+    /// Sectors this flash owns alone (its memory cost beyond the shared ones).
+    pub fn private_sectors(&self) -> usize {
+        self.sectors
+            .iter()
+            .filter(|s| Arc::strong_count(s) == 1 && !Arc::ptr_eq(s, &self.erased))
+            .count()
+    }
+
+    /// A copy of `len` bytes at `offset`.
+    pub fn read_vec(&self, offset: u32, len: usize) -> Result<Vec<u8>, FlashError> {
+        let mut out = vec![0u8; len];
+        self.read_into(offset, &mut out)?;
+        Ok(out)
+    }
+
+    fn read_into(&self, offset: u32, out: &mut [u8]) -> Result<(), FlashError> {
+        let mut at = offset as usize;
+        if at + out.len() > self.sectors.len() * SECTOR {
+            return Err(FlashError::OutOfBounds);
+        }
+        let mut done = 0;
+        while done < out.len() {
+            let (s, o) = (at / SECTOR, at % SECTOR);
+            let n = (SECTOR - o).min(out.len() - done);
+            out[done..done + n].copy_from_slice(&self.sectors[s][o..o + n]);
+            done += n;
+            at += n;
+        }
+        Ok(())
+    }
+}
+
+impl ErrorType for CowFlash {
+    type Error = FlashError;
+}
+
+impl ReadNorFlash for CowFlash {
+    const READ_SIZE: usize = 1;
+
+    fn read(&mut self, offset: u32, bytes: &mut [u8]) -> Result<(), FlashError> {
+        self.read_into(offset, bytes)
+    }
+
+    fn capacity(&self) -> usize {
+        self.sectors.len() * SECTOR
+    }
+}
+
+impl NorFlash for CowFlash {
+    const WRITE_SIZE: usize = WRITE;
+    const ERASE_SIZE: usize = SECTOR;
+
+    fn erase(&mut self, from: u32, to: u32) -> Result<(), FlashError> {
+        let (from, to) = (from as usize, to as usize);
+        if from % SECTOR != 0 || to % SECTOR != 0 {
+            return Err(FlashError::NotAligned);
+        }
+        if to < from || to > self.sectors.len() * SECTOR {
+            return Err(FlashError::OutOfBounds);
+        }
+        for s in from / SECTOR..to / SECTOR {
+            self.sectors[s] = self.erased.clone();
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, offset: u32, bytes: &[u8]) -> Result<(), FlashError> {
+        let start = offset as usize;
+        if start % WRITE != 0 || bytes.len() % WRITE != 0 {
+            return Err(FlashError::NotAligned);
+        }
+        if start + bytes.len() > self.sectors.len() * SECTOR {
+            return Err(FlashError::OutOfBounds);
+        }
+        let mut at = start;
+        let mut done = 0;
+        while done < bytes.len() {
+            let (s, o) = (at / SECTOR, at % SECTOR);
+            let n = (SECTOR - o).min(bytes.len() - done);
+            let sector = &self.sectors[s];
+            if let Some(i) = sector[o..o + n].iter().position(|&b| b != 0xff) {
+                return Err(FlashError::NotErased {
+                    offset: (at + i) as u32,
+                });
+            }
+            // Copy on first write: the shared page stays as it is for everyone else.
+            let mut page = sector.to_vec();
+            page[o..o + n].copy_from_slice(&bytes[done..done + n]);
+            self.sectors[s] = Arc::from(page);
+            done += n;
+            at += n;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clones_share_until_they_write() {
+        let mut base = CowFlash::new(8);
+        base.program(0, &[1u8; 3000]).unwrap();
+        let mut a = base.clone();
+        let b = base.clone();
+        assert_eq!(a.private_sectors(), 0);
+        a.erase(4096, 6144).unwrap();
+        a.write(4096, &[7u8; 16]).unwrap();
+        assert_eq!(a.private_sectors(), 1);
+        assert_eq!(
+            a.read_vec(4096, 17).unwrap()[..],
+            [[7u8; 16].as_slice(), &[0xff]].concat()
+        );
+        assert_eq!(b.read_vec(4096, 16).unwrap(), vec![0xff; 16]);
+        assert_eq!(a.read_vec(2040, 16).unwrap()[..8], [1u8; 8]);
+        // NOR rules.
+        assert_eq!(
+            a.write(4096, &[0u8; 8]),
+            Err(FlashError::NotErased { offset: 4096 })
+        );
+        assert_eq!(a.write(4100, &[0u8; 8]), Err(FlashError::NotAligned));
+        assert_eq!(a.erase(0, 100), Err(FlashError::NotAligned));
+        assert_eq!(a.write(8 * 2048, &[0u8; 8]), Err(FlashError::OutOfBounds));
+    }
+}

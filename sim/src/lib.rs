@@ -1,0 +1,6 @@
+//! The FUOTA simulator: a deterministic discrete-event world of LoRaWAN devices and gateways
+//! that runs the real device agent (`fuota-device-agent`) and the real campaign engine
+//! (`fuota-server`'s engine) in virtual time.
+
+pub mod flash;
+pub mod mac;
