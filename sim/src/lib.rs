@@ -4,3 +4,4 @@
 
 pub mod flash;
 pub mod mac;
+pub mod radio;
