@@ -2,6 +2,8 @@
 //! that runs the real device agent (`fuota-device-agent`) and the real campaign engine
 //! (`fuota-server`'s engine) in virtual time.
 
+pub mod bootloader;
+pub mod firmware;
 pub mod flash;
 pub mod mac;
 pub mod radio;
