@@ -32,6 +32,14 @@ impl RadioLimits {
         max_dr: 7,
         class_b: false,
     };
+
+    /// US915: 902-928 MHz, downlink DR8-DR13, no class B.
+    pub const US915: Self = Self {
+        min_hz: 902_000_000,
+        max_hz: 928_000_000,
+        max_dr: 13,
+        class_b: false,
+    };
 }
 
 /// A multicast group as the LoRaWAN stack needs it.

@@ -3,7 +3,10 @@
 //! (`fuota-server`'s engine) in virtual time.
 
 pub mod bootloader;
+pub mod device;
 pub mod firmware;
 pub mod flash;
 pub mod mac;
 pub mod radio;
+pub mod scenario;
+pub mod world;

@@ -1,0 +1,446 @@
+//! Scenarios (TOML): the map, the traffic, the firmware and the campaign; and building a
+//! world from one.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use fuota_codec::fec::decoder::DecoderState;
+use fuota_codec::firmware_management::fw_version;
+use fuota_codec::keys::Key128;
+use fuota_codec::Version;
+use fuota_device_agent::agent::{AgentConfig, Layout};
+use fuota_device_agent::frag_session::FragAreas;
+use fuota_device_agent::multicast::RadioLimits;
+use fuota_device_agent::slot::Region as Slot;
+use fuota_server::engine::{CampaignConfig, DeviceSpec, Engine, RootKey};
+use fuota_server::plan::{plan, PlanRequest, Region};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Deserialize;
+
+use crate::device::{Behaviour, SPARES};
+use crate::firmware::{self, Update};
+use crate::flash::{CowFlash, SECTOR};
+use crate::radio::{Micros, Position, Propagation};
+use crate::world::{DevicePlan, World, WorldConfig};
+
+/// A duration in a scenario: seconds, or "90m", "2h", "1h30m", "45s".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Duration(pub u64);
+
+impl<'de> Deserialize<'de> for Duration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Secs(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Secs(s) => Ok(Duration(s)),
+            Raw::Text(t) => parse_duration(&t)
+                .map(Duration)
+                .map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// "7200", "2h", "1h30m", "90m", "45s" -> seconds.
+pub fn parse_duration(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    if let Ok(n) = s.parse::<u64>() {
+        return Ok(n);
+    }
+    let (mut total, mut digits) = (0u64, String::new());
+    for c in s.chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        let unit = match c {
+            'h' => 3600,
+            'm' => 60,
+            's' => 1,
+            _ => return Err(format!("{s:?}: unknown unit {c:?} (use h, m, s)")),
+        };
+        let n: u64 = digits
+            .parse()
+            .map_err(|_| format!("{s:?}: a number must come before {c:?}"))?;
+        total += n * unit;
+        digits.clear();
+    }
+    if digits.is_empty() {
+        Ok(total)
+    } else {
+        Err(format!("{s:?}: a unit must follow {digits}"))
+    }
+}
+
+fn default_region() -> String {
+    "eu868".into()
+}
+
+/// The map and the traffic.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    pub name: String,
+    #[serde(default)]
+    pub seed: u64,
+    #[serde(default = "default_region")]
+    pub region: String,
+    pub devices: usize,
+    /// Devices are spread uniformly over a disc of this radius around the origin.
+    pub radius_m: f64,
+    /// Gateway positions; a number places that many on a ring at half the radius.
+    pub gateways: Gateways,
+    #[serde(default)]
+    pub traffic: Traffic,
+    #[serde(default)]
+    pub radio: RadioSection,
+    #[serde(default)]
+    pub firmware: FirmwareSection,
+    pub campaign: CampaignSection,
+    #[serde(default)]
+    pub behaviour: BehaviourSection,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Gateways {
+    Count(usize),
+    At(Vec<Position>),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Traffic {
+    /// Mean period of each device's own uplinks.
+    pub uplink_period: Duration,
+    pub payload: usize,
+}
+
+impl Default for Traffic {
+    fn default() -> Self {
+        Self {
+            uplink_period: Duration(600),
+            payload: 12,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RadioSection {
+    pub propagation: Propagation,
+    /// Loss on every downlink reception on top of the radio model (0 to 1).
+    pub extra_downlink_loss: f64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FirmwareSection {
+    /// Old and new MCUboot images; a synthetic pair when not given.
+    pub old: Option<PathBuf>,
+    pub new: Option<PathBuf>,
+    /// Size of the synthetic images.
+    pub synthetic_size: usize,
+}
+
+impl Default for FirmwareSection {
+    fn default() -> Self {
+        Self {
+            old: None,
+            new: None,
+            synthetic_size: 64 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CampaignSection {
+    /// Class C data rate.
+    pub dr: u8,
+    /// Loss rate the redundancy is planned for.
+    #[serde(default = "default_loss")]
+    pub planned_loss: f64,
+    #[serde(default = "default_success")]
+    pub success: f64,
+    /// Overrides the planned redundancy (coded fragments of the first round).
+    pub redundancy: Option<usize>,
+    /// Unicast setup time before the multicast session.
+    pub setup: Duration,
+    /// Maintenance window from the session start.
+    pub window: Duration,
+    #[serde(default = "default_block_ack_delay")]
+    pub block_ack_delay: u8,
+    /// Repair by unicast when at most this many devices need fragments.
+    #[serde(default = "default_unicast_repair")]
+    pub unicast_repair_max_devices: usize,
+}
+
+fn default_loss() -> f64 {
+    0.1
+}
+fn default_success() -> f64 {
+    0.99
+}
+fn default_block_ack_delay() -> u8 {
+    2
+}
+fn default_unicast_repair() -> usize {
+    3
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BehaviourSection {
+    /// Fraction of devices whose new image fails its self-test (they revert).
+    pub fails_self_test: f64,
+}
+
+impl Scenario {
+    pub fn from_toml(text: &str) -> Result<Self> {
+        let s: Scenario = toml::from_str(text)?;
+        s.region()?;
+        if s.devices == 0 {
+            bail!("a scenario needs at least one device");
+        }
+        Ok(s)
+    }
+
+    pub fn load(path: &Path) -> Result<Self> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let mut s = Self::from_toml(&text).with_context(|| format!("in {}", path.display()))?;
+        // Firmware paths are relative to the scenario file.
+        let dir = path.parent().unwrap_or(Path::new("."));
+        for p in [&mut s.firmware.old, &mut s.firmware.new]
+            .into_iter()
+            .flatten()
+        {
+            if p.is_relative() {
+                *p = dir.join(&*p);
+            }
+        }
+        Ok(s)
+    }
+
+    pub fn region(&self) -> Result<Region> {
+        Ok(self.region.parse::<Region>()?)
+    }
+
+    fn gateway_positions(&self) -> Vec<Position> {
+        match &self.gateways {
+            Gateways::At(v) => v.clone(),
+            Gateways::Count(1) => vec![Position { x: 0.0, y: 0.0 }],
+            Gateways::Count(n) => (0..*n)
+                .map(|k| {
+                    let a = 2.0 * std::f64::consts::PI * k as f64 / *n as f64;
+                    Position {
+                        x: self.radius_m / 2.0 * a.cos(),
+                        y: self.radius_m / 2.0 * a.sin(),
+                    }
+                })
+                .collect(),
+        }
+    }
+
+    /// The firmware pair and patch.
+    pub fn update(&self) -> Result<Update> {
+        match (&self.firmware.old, &self.firmware.new) {
+            (Some(old), Some(new)) => {
+                let read = |p: &PathBuf| {
+                    std::fs::read(p).with_context(|| format!("reading {}", p.display()))
+                };
+                let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ 0x006b_6579);
+                firmware::update_from_images(
+                    read(old)?,
+                    read(new)?,
+                    p256::ecdsa::SigningKey::random(&mut rng),
+                )
+            }
+            (None, None) => firmware::synthetic_update(self.seed, self.firmware.synthetic_size),
+            _ => bail!("firmware: give both `old` and `new`, or neither"),
+        }
+    }
+}
+
+/// GPS time the simulated campaigns start at (2026-01-01, roughly).
+pub const START_GPS_S: u64 = 1_451_260_818;
+
+fn round_sectors(n: usize) -> u32 {
+    (n.div_ceil(SECTOR) * SECTOR) as u32
+}
+
+/// What a built scenario holds besides the world.
+#[derive(Debug, Clone)]
+pub struct Built {
+    pub update: Update,
+    pub campaign: CampaignConfig,
+    pub plan: fuota_server::plan::Plan,
+    pub positions: Vec<Position>,
+    pub gateways: Vec<Position>,
+    pub start: Micros,
+}
+
+/// Builds the world of a scenario, the update in its factory flash and the engine started.
+pub fn build(s: &Scenario) -> Result<(World, Built)> {
+    let region = s.region()?;
+    let update = s.update()?;
+    let mut rng = ChaCha8Rng::seed_from_u64(s.seed);
+    let start_ms = START_GPS_S * 1000;
+    let mut plan_req = PlanRequest::new(
+        update.patch.len(),
+        region,
+        s.campaign.dr,
+        s.campaign.planned_loss,
+        s.campaign.window.0,
+    );
+    plan_req.success = s.campaign.success;
+    plan_req.block_ack_delay = s.campaign.block_ack_delay;
+    let plan = plan(&plan_req)?;
+    let redundancy = s.campaign.redundancy.unwrap_or(plan.redundancy);
+    let m = plan.nb_frag;
+    let fs = plan.frag_size;
+    // Room to recover what the planned loss takes, with a margin, within the spare slots.
+    let max_lost = ((m as f64 * s.campaign.planned_loss * 2.0) as usize + 16)
+        .min(m)
+        .min(SPARES);
+    // The device's flash: two slots, the fragment store, the journal.
+    let slot = round_sectors(update.old.len().max(update.new.len()) + 2 * SECTOR);
+    let pitch = fs.div_ceil(8) * 8;
+    let record = (2 + fs + 4).div_ceil(8) * 8;
+    let log = round_sectors((m + redundancy + 2 * max_lost + 64) * record);
+    let block = round_sectors(m * pitch);
+    let spare = round_sectors(SPARES * pitch);
+    let journal = 2 * SECTOR as u32;
+    let mut at = 0u32;
+    let mut region_of = |len: u32| {
+        let r = Slot { offset: at, len };
+        at += len;
+        r
+    };
+    let layout = Layout {
+        primary: region_of(slot),
+        secondary: region_of(slot),
+        fragments: [FragAreas {
+            log: region_of(log),
+            block: region_of(block),
+            spare: region_of(spare),
+        }],
+        journal: region_of(journal),
+    };
+    let mut factory = CowFlash::new(at as usize / SECTOR);
+    factory.program(0, &update.old)?;
+    let workspace_len = DecoderState::workspace_len(m, max_lost, fs);
+
+    let gateways = s.gateway_positions();
+    let mut devices = Vec::with_capacity(s.devices);
+    let mut specs = Vec::with_capacity(s.devices);
+    let mut positions = Vec::with_capacity(s.devices);
+    for i in 0..s.devices {
+        let eui = 0x70b3_d500_0000_0000 | i as u64;
+        let app_key = Key128::from_bytes(rng.gen());
+        let root = fuota_codec::keys::mc_root_key_lorawan_1_1(&app_key);
+        let r = s.radius_m * rng.gen::<f64>().sqrt();
+        let a = rng.gen::<f64>() * 2.0 * std::f64::consts::PI;
+        let pos = Position {
+            x: r * a.cos(),
+            y: r * a.sin(),
+        };
+        positions.push(pos);
+        let agent = AgentConfig {
+            version: Version::V2,
+            mc_ke_key: fuota_codec::keys::mc_ke_key(&root),
+            data_block_int_key: fuota_codec::keys::data_block_int_key(&app_key),
+            limits: match region {
+                Region::Eu868 => RadioLimits::EU868,
+                Region::Us915 => RadioLimits::US915,
+            },
+            patch_key: *update.patch_key.verifying_key(),
+            layout,
+            boot_max_align: 8,
+            permanent: false,
+            max_lost,
+            seed: rng.gen(),
+            hw_version: 1,
+        };
+        let behaviour = Behaviour {
+            fails_self_test: rng.gen::<f64>() < s.behaviour.fails_self_test,
+        };
+        devices.push(DevicePlan {
+            eui,
+            pos,
+            agent,
+            behaviour,
+        });
+        specs.push(DeviceSpec {
+            dev_eui: eui,
+            root_key: RootKey::AppKey(app_key),
+        });
+    }
+    let session_start = (start_ms + s.campaign.setup.0 * 1000) / 1000 * 1000;
+    let campaign = CampaignConfig {
+        version: Version::V2,
+        data: update.patch.clone(),
+        frag_size: fs,
+        redundancy,
+        frag_index: 0,
+        descriptor: [0; 4],
+        session_cnt: 1,
+        block_ack_delay: s.campaign.block_ack_delay,
+        mc_group_id: 0,
+        mc_addr: 0x01ff_0001,
+        mc_key: Key128::from_bytes(rng.gen()),
+        first_mc_fcnt: 0,
+        freq_hz: plan.freq_hz,
+        dr: s.campaign.dr,
+        session_start,
+        // Room for repair rounds after the first multicast.
+        timeout_exp: (plan.timeout_exp + 1).min(15),
+        spacing_ms: plan.spacing_ms.ceil() as u64,
+        window_end: session_start + s.campaign.window.0 * 1000,
+        target_fw_version: fw_version(
+            update.new_version.major,
+            update.new_version.minor,
+            update.new_version.revision,
+        ),
+        retry_ms: s.traffic.uplink_period.0 * 1000 * 2,
+        max_attempts: 4,
+        reboot_wait_ms: 120_000,
+        unicast_repair_max_devices: s.campaign.unicast_repair_max_devices,
+        multicast_lead_ms: 0,
+    };
+    let engine = Engine::new(campaign.clone(), specs, start_ms)?;
+    let world_cfg = WorldConfig {
+        seed: s.seed,
+        region,
+        propagation: s.radio.propagation,
+        uplink_period: s.traffic.uplink_period.0 * 1_000_000,
+        uplink_payload: s.traffic.payload,
+        extra_downlink_loss: s.radio.extra_downlink_loss,
+    };
+    let start = start_ms * 1000;
+    let world = World::new(
+        world_cfg,
+        gateways.clone(),
+        devices,
+        &factory,
+        workspace_len,
+        engine,
+        start,
+    )?;
+    Ok((
+        world,
+        Built {
+            update,
+            campaign,
+            plan,
+            positions,
+            gateways,
+            start,
+        },
+    ))
+}
