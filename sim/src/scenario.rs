@@ -13,7 +13,7 @@ use fuota_device_agent::frag_session::FragAreas;
 use fuota_device_agent::multicast::RadioLimits;
 use fuota_device_agent::slot::Region as Slot;
 use fuota_server::engine::{CampaignConfig, DeviceSpec, Engine, RootKey};
-use fuota_server::plan::{plan, PlanRequest, Region};
+use fuota_server::plan::{parse_duration, plan, PlanRequest, Region};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Deserialize;
@@ -42,37 +42,6 @@ impl<'de> Deserialize<'de> for Duration {
                 .map(Duration)
                 .map_err(serde::de::Error::custom),
         }
-    }
-}
-
-/// "7200", "2h", "1h30m", "90m", "45s" -> seconds.
-pub fn parse_duration(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    if let Ok(n) = s.parse::<u64>() {
-        return Ok(n);
-    }
-    let (mut total, mut digits) = (0u64, String::new());
-    for c in s.chars() {
-        if c.is_ascii_digit() {
-            digits.push(c);
-            continue;
-        }
-        let unit = match c {
-            'h' => 3600,
-            'm' => 60,
-            's' => 1,
-            _ => return Err(format!("{s:?}: unknown unit {c:?} (use h, m, s)")),
-        };
-        let n: u64 = digits
-            .parse()
-            .map_err(|_| format!("{s:?}: a number must come before {c:?}"))?;
-        total += n * unit;
-        digits.clear();
-    }
-    if digits.is_empty() {
-        Ok(total)
-    } else {
-        Err(format!("{s:?}: a unit must follow {digits}"))
     }
 }
 

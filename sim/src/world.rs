@@ -1021,16 +1021,7 @@ impl World {
                 d.last_fcnt_down = Some(data.fcnt);
                 d.rx_windows = [None; 2];
                 if let Some(port) = data.port {
-                    if port == fuota_codec::fragmentation::PORT
-                        && data.payload.first() == Some(&0x08)
-                    {
-                        d.stats.unicast_fragments += 1;
-                    }
-                    let now = d.local_ms(self.now);
-                    if let Some(a) = d.agent.as_mut() {
-                        a.handle_downlink(now, Via::Unicast, port, &data.payload);
-                    }
-                    self.agent_step(i);
+                    self.deliver(i, Via::Unicast, port, &data.payload);
                 }
                 // FPending: the firmware sends an uplink soon to fetch the rest.
                 if data.f_pending && self.devices[i].outbox.is_empty() {
@@ -1067,20 +1058,27 @@ impl World {
                         g.last_fcnt = Some(data.fcnt);
                     }
                     if let Some(port) = data.port {
-                        if port == fuota_codec::fragmentation::PORT
-                            && data.payload.first() == Some(&0x08)
-                        {
-                            d.stats.multicast_fragments += 1;
-                        }
-                        let now = d.local_ms(self.now);
-                        if let Some(a) = d.agent.as_mut() {
-                            a.handle_downlink(now, Via::Multicast(c.group), port, &data.payload);
-                        }
-                        self.agent_step(i);
+                        self.deliver(i, Via::Multicast(c.group), port, &data.payload);
                     }
                 }
             }
         }
+    }
+
+    /// Hands an application payload to device `i`'s agent.
+    fn deliver(&mut self, i: usize, via: Via, port: u8, payload: &[u8]) {
+        let d = &mut self.devices[i];
+        if port == fuota_codec::fragmentation::PORT && payload.first() == Some(&0x08) {
+            match via {
+                Via::Unicast => d.stats.unicast_fragments += 1,
+                Via::Multicast(_) => d.stats.multicast_fragments += 1,
+            }
+        }
+        let now = d.local_ms(self.now);
+        if let Some(a) = d.agent.as_mut() {
+            a.handle_downlink(now, via, port, payload);
+        }
+        self.agent_step(i);
     }
 
     /// Whether device `i` decodes downlink `tx` (radio, then the extra loss).

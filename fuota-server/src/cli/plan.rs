@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use fuota_server::plan::{plan, Plan, PlanRequest, Region};
+use fuota_server::plan::{parse_duration, plan, Plan, PlanRequest, Region};
 
 #[derive(Debug, Args)]
 pub struct PlanArgs {
@@ -36,37 +36,6 @@ pub struct PlanArgs {
     /// Print the plan as JSON.
     #[arg(long)]
     json: bool,
-}
-
-/// "7200", "7200s", "90m", "2h", "1h30m" -> seconds.
-pub fn parse_duration(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    if let Ok(n) = s.parse::<u64>() {
-        return Ok(n);
-    }
-    let mut total = 0u64;
-    let mut digits = String::new();
-    for c in s.chars() {
-        if c.is_ascii_digit() {
-            digits.push(c);
-            continue;
-        }
-        let unit = match c {
-            'h' => 3600,
-            'm' => 60,
-            's' => 1,
-            _ => return Err(format!("{s:?}: unknown unit {c:?} (use h, m, s)")),
-        };
-        let n: u64 = digits
-            .parse()
-            .map_err(|_| format!("{s:?}: a number must come before {c:?}"))?;
-        total += n * unit;
-        digits.clear();
-    }
-    if !digits.is_empty() {
-        return Err(format!("{s:?}: a unit must follow {digits}"));
-    }
-    Ok(total)
 }
 
 fn hms(s: f64) -> String {
@@ -167,21 +136,4 @@ pub fn run(a: PlanArgs) -> Result<ExitCode> {
         print_table(&p);
     }
     Ok(ExitCode::SUCCESS)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("7200"), Ok(7200));
-        assert_eq!(parse_duration("2h"), Ok(7200));
-        assert_eq!(parse_duration("1h30m"), Ok(5400));
-        assert_eq!(parse_duration("90m"), Ok(5400));
-        assert_eq!(parse_duration("45s"), Ok(45));
-        assert!(parse_duration("2d").is_err());
-        assert!(parse_duration("h").is_err());
-        assert!(parse_duration("12m5").is_err());
-    }
 }
