@@ -403,9 +403,14 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize, K: SignatureCh
         // Answers that were waiting for their time.
         let version = self.config.version;
         let mut b = [0u8; UPLINK_LEN];
-        if let Some(u) = self.frag.poll_uplink(now) {
+        let before = self.frag.saved();
+        if let Some(u) = self.frag.poll_uplink(now, &mut self.rng) {
             let n = u.build_into(version, &mut b).map_or(0, |x| x.len());
             self.queue_uplink(fragmentation::PORT, &b[..n]);
+        }
+        // The last try of a FragDataBlockReceivedReq: nothing to send again after a reboot.
+        if self.frag.saved() != before {
+            self.save();
         }
         if let Some(u) = self.clock.poll_request(now, &mut self.rng) {
             let n = u.build_into(version, &mut b).map_or(0, |x| x.len());
@@ -594,12 +599,13 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize, K: SignatureCh
             fragmentation::PORT => {
                 for cmd in fragmentation::downlinks(version, bytes) {
                     let Ok(cmd) = cmd else { break };
+                    // Everything but these changes what a reboot must find (the answer to
+                    // FragDataBlockReceivedReq ends its repetitions).
                     let setup_like = !matches!(
                         cmd,
                         fragmentation::Downlink::DataFragment(_)
                             | fragmentation::Downlink::FragSessionStatusReq(_)
                             | fragmentation::Downlink::PackageVersionReq(_)
-                            | fragmentation::Downlink::FragDataBlockReceivedAns(_)
                     );
                     let mut complete = None;
                     match self
@@ -784,9 +790,10 @@ impl Snapshot {
                 Some(SavedSession {
                     params: p,
                     consumed,
+                    ack_pending,
                 }) => {
                     w.put(&[
-                        1 | u8::from(*consumed) << 1,
+                        1 | u8::from(*consumed) << 1 | u8::from(*ack_pending) << 2,
                         p.frag_index,
                         p.mc_group_bit_mask,
                     ]);
@@ -887,6 +894,7 @@ impl Snapshot {
             *slot = (flags & 1 == 1).then_some(SavedSession {
                 params,
                 consumed: flags & 2 != 0,
+                ack_pending: flags & 4 != 0,
             });
         }
         let mut groups: [(Option<McGroup>, Option<ClassCSession>); 4] = Default::default();

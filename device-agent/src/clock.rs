@@ -6,7 +6,9 @@
 //! times after a ForceDeviceResync. Until a first answer it asks again sooner, after 60 s,
 //! then twice as long each time up to the period, so that a device that joined while the
 //! server was away syncs soon without flooding the channel. An AppTimeAns counts only with
-//! the token of the request it answers.
+//! the token of a request sent since the last correction: on class A an answer often comes
+//! after the next request went out (it rides that request's receive window), and its
+//! correction still holds, since the clock has not been corrected meanwhile.
 
 use fuota_codec::clock_sync::{
     AppTimeReq, DeviceAppTimePeriodicityAns, Downlink, PackageVersionAns, Uplink, PACKAGE_ID,
@@ -32,9 +34,10 @@ pub struct ClockSync {
     version: Version,
     /// GPS milliseconds minus `now`; `None` until the first valid AppTimeAns.
     offset_ms: Option<i64>,
-    /// Token of the last AppTimeReq (4 bits).
+    /// Token of the next AppTimeReq (4 bits).
     token: u8,
-    awaiting: bool,
+    /// Tokens of the requests sent since the last correction (bit per token).
+    outstanding: u16,
     period: u8,
     next_request: Millis,
     resync_left: u8,
@@ -49,7 +52,7 @@ impl ClockSync {
             version,
             offset_ms: None,
             token: 0,
-            awaiting: false,
+            outstanding: 0,
             period: DEFAULT_PERIOD,
             next_request: now,
             resync_left: 0,
@@ -81,11 +84,11 @@ impl ClockSync {
                 package_version: self.version.number(),
             })),
             Downlink::AppTimeAns(ans) => {
-                if self.awaiting && ans.token_ans == self.token {
+                if self.outstanding & (1 << (ans.token_ans & 0x0f)) != 0 {
                     let base = self.offset_ms.unwrap_or(0);
                     self.offset_ms = Some(base + i64::from(ans.time_correction) * 1000);
-                    self.awaiting = false;
-                    self.token = (self.token + 1) & 0x0f;
+                    // Answers to the other requests were computed against the old clock.
+                    self.outstanding = 0;
                     self.unanswered = 0;
                     if self.resync_left == 0 {
                         self.next_request = now + self.period_ms() + rng.below(JITTER_MS);
@@ -139,14 +142,12 @@ impl ClockSync {
             now + self.period_ms() + rng.below(JITTER_MS)
         };
         self.unanswered = self.unanswered.saturating_add(1);
-        if self.awaiting {
-            // The previous request went unanswered: a new token tells the answers apart.
-            self.token = (self.token + 1) & 0x0f;
-        }
-        self.awaiting = true;
+        let token = self.token;
+        self.token = (self.token + 1) & 0x0f;
+        self.outstanding |= 1 << token;
         Some(Uplink::AppTimeReq(AppTimeReq {
             device_time: self.device_time(now),
-            token_req: self.token,
+            token_req: token,
             ans_required: !self.is_synced(),
         }))
     }
@@ -275,5 +276,26 @@ mod tests {
             assert!((base..=base + 30).contains(gap), "{gaps:?}");
         }
         assert_eq!(tokens, [0, 1, 2, 3, 4, 5, 6]);
+    }
+
+    #[test]
+    fn a_late_answer_to_an_earlier_request_still_corrects_once() {
+        let mut rng = Rng::new(4);
+        let mut c = ClockSync::new(Version::V2, 0);
+        let first = req(c.poll_request(0, &mut rng));
+        let second = req(c.poll_request(c.poll_timeout(), &mut rng));
+        assert_ne!(first.token_req, second.token_req);
+        // The answer to the first comes after the second went out.
+        let ans = |token_ans, time_correction| {
+            Downlink::AppTimeAns(AppTimeAns {
+                time_correction,
+                token_ans,
+            })
+        };
+        c.handle(70_000, ans(first.token_req, 1_000), &mut rng);
+        assert_eq!(c.gps_ms(70_000), Some(1_070_000));
+        // The second's answer was computed against the old clock: not applied on top.
+        c.handle(71_000, ans(second.token_req, 1_000), &mut rng);
+        assert_eq!(c.gps_ms(71_000), Some(1_071_000));
     }
 }

@@ -64,7 +64,12 @@ pub struct SavedSession {
     pub params: SessionParams,
     /// The complete block was handed to the installer already (do not install it again).
     pub consumed: bool,
+    /// v2: FragDataBlockReceivedReq not yet acknowledged (sent again after a reboot).
+    pub ack_pending: bool,
 }
+
+/// FragDataBlockReceivedReq goes out this many times at most without its answer.
+const MAX_ACK_TRIES: u8 = 4;
 
 #[derive(Debug)]
 struct Session<'a, F, const SPARES: usize> {
@@ -81,6 +86,9 @@ struct Session<'a, F, const SPARES: usize> {
     memory_error: bool,
     /// v2: FragDataBlockReceivedReq still to be acknowledged.
     ack_pending: bool,
+    /// When it goes out next (`None`: at the next poll, after a reboot).
+    ack_due: Option<Millis>,
+    ack_tries: u8,
     consumed: bool,
 }
 
@@ -109,6 +117,11 @@ pub struct Fragmentation<'a, F, const SPARES: usize, const SESSIONS: usize = 1> 
 
 /// Bytes of the data block read at once for the MIC.
 const MIC_CHUNK: usize = 64;
+
+/// The answers of a group spread over 2^(BlockAckDelay + 4) seconds.
+fn ack_spread_ms(block_ack_delay: u8) -> u64 {
+    (1u64 << (u32::from(block_ack_delay & 7) + 4)) * 1000
+}
 
 impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
     Fragmentation<'a, F, SPARES, SESSIONS>
@@ -159,6 +172,7 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
             self.slots[i].session.as_ref().map(|s| SavedSession {
                 params: s.params,
                 consumed: s.consumed,
+                ack_pending: s.ack_pending,
             })
         })
     }
@@ -230,6 +244,8 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
             mic_ok: None,
             memory_error: false,
             ack_pending: false,
+            ack_due: None,
+            ack_tries: 0,
             consumed: false,
         })
     }
@@ -259,6 +275,7 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
             session.received = received;
             session.mic_ok = Some(true);
             session.consumed = true;
+            session.ack_pending = saved.ack_pending;
             self.slots[slot].session = Some(session);
             return Ok(None);
         }
@@ -378,7 +395,7 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
                     return Ok(None);
                 }
                 let delay_exp = self.params(req.frag_index).map_or(0, |p| p.block_ack_delay);
-                let spread_ms = (1u64 << (u32::from(delay_exp) + 4)) * 1000;
+                let spread_ms = ack_spread_ms(delay_exp);
                 self.pending_status[usize::from(req.frag_index & 3)] =
                     Some((now + rng.below(spread_ms), ans));
                 Ok(None)
@@ -426,14 +443,10 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
                     Ok(Progress::Complete) => {
                         let event = complete(s, &self.data_block_int_key, version)?;
                         emit(event);
-                        if s.ack_pending {
-                            return Ok(Some(Uplink::FragDataBlockReceivedReq(
-                                FragDataBlockReceivedReq {
-                                    frag_index: f.frag_index,
-                                    mic_error: s.mic_ok == Some(false),
-                                },
-                            )));
-                        }
+                        // Every device of a multicast group completes on the same fragment:
+                        // the report waits a random BlockAckDelay, or they all collide.
+                        let spread = ack_spread_ms(s.params.block_ack_delay);
+                        s.ack_due = Some(now + rng.below(spread));
                         Ok(None)
                     }
                     Ok(Progress::NeedMore { .. }) => Ok(None),
@@ -504,21 +517,46 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
         Ok(ans)
     }
 
-    /// A FragSessionStatusAns whose delay is over.
-    pub fn poll_uplink(&mut self, now: Millis) -> Option<Uplink> {
-        let due = self
+    /// A FragSessionStatusAns whose delay is over, or a FragDataBlockReceivedReq due (sent
+    /// again, a BlockAckDelay spread apart, until answered or [`MAX_ACK_TRIES`] times).
+    pub fn poll_uplink(&mut self, now: Millis, rng: &mut Rng) -> Option<Uplink> {
+        if let Some(due) = self
             .pending_status
             .iter_mut()
-            .find(|p| p.is_some_and(|(due, _)| now >= due))?;
-        due.take().map(|(_, ans)| Uplink::FragSessionStatusAns(ans))
+            .find(|p| p.is_some_and(|(due, _)| now >= due))
+        {
+            return due.take().map(|(_, ans)| Uplink::FragSessionStatusAns(ans));
+        }
+        let s = self
+            .slots
+            .iter_mut()
+            .filter_map(|slot| slot.session.as_mut())
+            .find(|s| s.ack_pending && s.ack_due.is_none_or(|due| now >= due))?;
+        s.ack_tries += 1;
+        if s.ack_tries >= MAX_ACK_TRIES {
+            s.ack_pending = false;
+        }
+        let spread = ack_spread_ms(s.params.block_ack_delay);
+        s.ack_due = Some(now + spread + rng.below(spread));
+        Some(Uplink::FragDataBlockReceivedReq(FragDataBlockReceivedReq {
+            frag_index: s.params.frag_index,
+            mic_error: s.mic_ok == Some(false),
+        }))
     }
 
     /// When [`Fragmentation::poll_uplink`] has something.
     pub fn poll_timeout(&self) -> Option<Millis> {
+        let acks = self
+            .slots
+            .iter()
+            .filter_map(|slot| slot.session.as_ref())
+            .filter(|s| s.ack_pending)
+            .map(|s| s.ack_due.unwrap_or(0));
         self.pending_status
             .iter()
             .flatten()
             .map(|(due, _)| *due)
+            .chain(acks)
             .min()
     }
 
@@ -730,10 +768,11 @@ mod tests {
             let due = fr.poll_timeout().unwrap();
             assert!(due < 32_000);
             assert_eq!(
-                fr.poll_uplink(due.saturating_sub(1)).filter(|_| due > 0),
+                fr.poll_uplink(due.saturating_sub(1), &mut rng)
+                    .filter(|_| due > 0),
                 None
             );
-            let Some(Uplink::FragSessionStatusAns(st)) = fr.poll_uplink(due) else {
+            let Some(Uplink::FragSessionStatusAns(st)) = fr.poll_uplink(due, &mut rng) else {
                 panic!()
             };
             assert_eq!(
@@ -761,24 +800,21 @@ mod tests {
                 0,
                 SavedSession {
                     params: b.setup,
-                    consumed: false
+                    consumed: false,
+                    ack_pending: false
                 }
             )
             .unwrap(),
             None
         );
         assert_eq!(fr.missing(1), Some(30));
-        let mut ack = None;
         for n in (26..=75).filter(|n| n % 5 != 0) {
-            if let Some(u) = fr
+            let up = fr
                 .handle(0, Via::Multicast(0), frag(&b, n), &mut rng, |e| {
                     events.push(e)
                 })
-                .unwrap()
-            {
-                ack = Some(u);
-                break;
-            }
+                .unwrap();
+            assert_eq!(up, None);
         }
         assert_eq!(
             events,
@@ -788,18 +824,30 @@ mod tests {
                 mic_ok: true
             }]
         );
-        assert_eq!(
-            ack,
-            Some(Uplink::FragDataBlockReceivedReq(FragDataBlockReceivedReq {
-                frag_index: 1,
-                mic_error: false
-            }))
+        // FragDataBlockReceivedReq after a random delay within 2^(1+4) s, then again a
+        // spread later while unanswered.
+        let ack = Uplink::FragDataBlockReceivedReq(FragDataBlockReceivedReq {
+            frag_index: 1,
+            mic_error: false,
+        });
+        let due = fr.poll_timeout().unwrap();
+        assert!(due < 32_000);
+        assert_eq!(fr.poll_uplink(due, &mut rng), Some(ack));
+        assert_eq!(fr.poll_uplink(due, &mut rng), None);
+        let again = fr.poll_timeout().unwrap();
+        assert!(
+            (due + 32_000..due + 64_000).contains(&again),
+            "{due} {again}"
         );
+        assert_eq!(fr.poll_uplink(again, &mut rng), Some(ack));
+        assert!(fr.saved()[0].unwrap().ack_pending);
         unicast(
             &mut fr,
             &mut rng,
             Downlink::FragDataBlockReceivedAns(FragDataBlockReceivedAns { frag_index: 1 }),
         );
+        assert!(!fr.saved()[0].unwrap().ack_pending);
+        assert_eq!(fr.poll_timeout(), None);
         let mut out = vec![0u8; b.data.len()];
         fr.store(1).unwrap().read_block(0, &mut out).unwrap();
         assert_eq!(out, b.data);

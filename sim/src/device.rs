@@ -147,6 +147,8 @@ pub struct SimDevice {
     pub class_c_since: Option<Micros>,
     /// The next uplink try is scheduled (so tries are not stacked).
     pub uplink_scheduled: bool,
+    /// The agent may have uplinks to give (it is asked when the radio is free).
+    pub agent_may_send: bool,
     /// The agent's next timeout as scheduled in the world.
     pub timer_at: Option<Micros>,
 }
@@ -195,6 +197,7 @@ impl SimDevice {
             stats: DeviceStats::default(),
             class_c_since: None,
             uplink_scheduled: false,
+            agent_may_send: false,
             timer_at: None,
         };
         device.start_agent(clock_origin)?;

@@ -4,9 +4,13 @@
 
 pub mod bootloader;
 pub mod device;
+pub mod dump;
 pub mod firmware;
 pub mod flash;
 pub mod mac;
+pub mod plots;
 pub mod radio;
+pub mod report;
+pub mod run;
 pub mod scenario;
 pub mod world;

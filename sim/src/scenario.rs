@@ -98,12 +98,25 @@ impl Default for Traffic {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RadioSection {
     pub propagation: Propagation,
     /// Loss on every downlink reception on top of the radio model (0 to 1).
     pub extra_downlink_loss: f64,
+    /// RX2 data rate: DR3 by default, as many EU868 networks configure it (the regional
+    /// default DR0 takes 1.5 s of airtime per downlink).
+    pub rx2_dr: u8,
+}
+
+impl Default for RadioSection {
+    fn default() -> Self {
+        Self {
+            propagation: Propagation::default(),
+            extra_downlink_loss: 0.0,
+            rx2_dr: 3,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -273,10 +286,8 @@ pub fn build(s: &Scenario) -> Result<(World, Built)> {
     let redundancy = s.campaign.redundancy.unwrap_or(plan.redundancy);
     let m = plan.nb_frag;
     let fs = plan.frag_size;
-    // Room to recover what the planned loss takes, with a margin, within the spare slots.
-    let max_lost = ((m as f64 * s.campaign.planned_loss * 2.0) as usize + 16)
-        .min(m)
-        .min(SPARES);
+    // The decoder may have to recover any data fragment, within the spare slots.
+    let max_lost = m.min(SPARES);
     // The device's flash: two slots, the fragment store, the journal.
     let slot = round_sectors(update.old.len().max(update.new.len()) + 2 * SECTOR);
     let pitch = fs.div_ceil(8) * 8;
@@ -377,9 +388,11 @@ pub fn build(s: &Scenario) -> Result<(World, Built)> {
             update.new_version.revision,
         ),
         retry_ms: s.traffic.uplink_period.0 * 1000 * 2,
-        max_attempts: 4,
+        max_attempts: 6,
         reboot_wait_ms: 120_000,
         unicast_repair_max_devices: s.campaign.unicast_repair_max_devices,
+        // An SF12 device at 1 % duty cycle waits up to 150 s between uplinks.
+        status_wait_ms: 240_000,
         multicast_lead_ms: 0,
     };
     let engine = Engine::new(campaign.clone(), specs, start_ms)?;
@@ -390,6 +403,10 @@ pub fn build(s: &Scenario) -> Result<(World, Built)> {
         uplink_period: s.traffic.uplink_period.0 * 1_000_000,
         uplink_payload: s.traffic.payload,
         extra_downlink_loss: s.radio.extra_downlink_loss,
+        rx2_dr: match region {
+            Region::Eu868 => s.radio.rx2_dr,
+            Region::Us915 => s.radio.rx2_dr.max(8),
+        },
     };
     let start = start_ms * 1000;
     let world = World::new(

@@ -107,8 +107,9 @@ impl Band {
         }
     }
 
-    pub fn rx2(&self) -> (u32, u8) {
-        self.0.class_c_default()
+    /// RX2: the region's default channel, at data rate `dr` (the network's choice).
+    pub fn rx2(&self, dr: u8) -> (u32, u8) {
+        (self.0.class_c_default().0, dr)
     }
 
     pub fn device_power_dbm(&self) -> f64 {
@@ -185,13 +186,7 @@ enum Event {
         frame: Vec<u8>,
     },
     /// A gateway starts a downlink.
-    GatewayTx {
-        gw: usize,
-        freq: u32,
-        dr: u8,
-        frame: Vec<u8>,
-        to: Downlink,
-    },
+    GatewayTx(GatewayTx),
     DownlinkEnd {
         tx: u64,
         dr: u8,
@@ -203,6 +198,16 @@ enum Event {
     Reset(usize),
     /// The bootloader is done; the firmware starts.
     Started(usize),
+}
+
+/// A downlink a gateway is to send.
+#[derive(Debug, Clone)]
+struct GatewayTx {
+    gw: usize,
+    freq: u32,
+    dr: u8,
+    frame: Vec<u8>,
+    to: Downlink,
 }
 
 /// Who a downlink is for.
@@ -269,6 +274,8 @@ pub struct WorldConfig {
     pub uplink_payload: usize,
     /// Extra loss on every downlink reception (fading, bad antennas), 0 to 1.
     pub extra_downlink_loss: f64,
+    /// RX2 data rate (the regional default is the slowest; networks often raise it).
+    pub rx2_dr: u8,
 }
 
 /// One device to place in the world.
@@ -480,10 +487,11 @@ impl World {
                 }
             }
             Event::Background(i) => {
+                // A new reading replaces one still waiting for the radio.
                 let payload = vec![0x5a; self.cfg.uplink_payload];
-                if self.devices[i].outbox.len() < 8 {
-                    self.devices[i].outbox.push_back((2, payload));
-                }
+                let outbox = &mut self.devices[i].outbox;
+                outbox.retain(|(port, _)| *port != 2);
+                outbox.push_back((2, payload));
                 self.try_uplink_soon(i, self.now);
                 let period = self.cfg.uplink_period;
                 let next = self.now + period / 2 + self.rng.gen_range(0..period.max(1));
@@ -509,13 +517,7 @@ impl World {
                 best_gw,
                 frame,
             } => self.network_uplink(dev, end, freq, dr, best_gw, &frame),
-            Event::GatewayTx {
-                gw,
-                freq,
-                dr,
-                frame,
-                to,
-            } => self.gateway_tx(gw, freq, dr, frame, to),
+            Event::GatewayTx(tx) => self.gateway_tx(tx),
             Event::DownlinkEnd { tx, dr, frame, to } => self.downlink_end(tx, dr, &frame, to),
             Event::EngineTimer => {
                 if self.engine_timer_at == Some(self.now) {
@@ -532,25 +534,19 @@ impl World {
     /// After the agent did something: send its uplinks, act on its events, rearm its timer.
     fn agent_step(&mut self, i: usize) {
         let now_local = self.devices[i].local_ms(self.now);
-        let mut uplinks = Vec::new();
         let mut events = Vec::new();
         if let Some(agent) = self.devices[i].agent.as_mut() {
-            let mut buf = [0u8; 64];
-            while let Some((port, n)) = agent.poll_uplink(now_local, &mut buf) {
-                uplinks.push((port, buf[..n].to_vec()));
-            }
             while let Some(e) = agent.poll_event() {
                 events.push(e);
             }
         }
-        let had_uplinks = !uplinks.is_empty();
-        self.devices[i].outbox.extend(uplinks);
         for e in events {
             self.firmware_event(i, e);
         }
-        if had_uplinks {
-            self.try_uplink_soon(i, self.now);
-        }
+        // The firmware asks the agent for its uplinks when the radio is free (so that an
+        // AppTimeReq carries the time it really goes out).
+        self.devices[i].agent_may_send = true;
+        self.try_uplink_soon(i, self.now);
         let d = &mut self.devices[i];
         let Some(agent) = d.agent.as_ref() else {
             return;
@@ -659,7 +655,7 @@ impl World {
 
     fn try_uplink_soon(&mut self, i: usize, at: Micros) {
         let d = &mut self.devices[i];
-        if d.uplink_scheduled || d.outbox.is_empty() {
+        if d.uplink_scheduled || (d.outbox.is_empty() && !d.agent_may_send) {
             return;
         }
         d.uplink_scheduled = true;
@@ -674,7 +670,7 @@ impl World {
         let chans = band.uplink_channels();
         let freq = chans[self.rng.gen_range(0..chans.len())];
         let d = &mut self.devices[i];
-        if d.outbox.is_empty() {
+        if d.outbox.is_empty() && !d.agent_may_send {
             return;
         }
         // Off, or in its own receive windows: later.
@@ -695,7 +691,21 @@ impl World {
             self.schedule(at, Event::TryUplink(i));
             return;
         }
-        let Some((port, payload)) = d.outbox.pop_front() else {
+        // The agent's answers first, then the device's own reading.
+        let now_local = d.local_ms(now);
+        let mut buf = [0u8; 64];
+        let from_agent = d
+            .agent
+            .as_mut()
+            .and_then(|a| a.poll_uplink(now_local, &mut buf));
+        let next = match from_agent {
+            Some((port, n)) => Some((port, buf[..n].to_vec())),
+            None => {
+                d.agent_may_send = false;
+                d.outbox.pop_front()
+            }
+        };
+        let Some((port, payload)) = next else {
             return;
         };
         let Some(frame) = mac::build(true, d.addr, d.fcnt_up, port, &payload, false, &d.keys)
@@ -750,7 +760,8 @@ impl World {
                 frame,
             },
         );
-        if !self.devices[i].outbox.is_empty() {
+        let d = &self.devices[i];
+        if !d.outbox.is_empty() || d.agent_may_send {
             self.try_uplink_soon(i, now + airtime + RX2_DELAY);
         }
     }
@@ -837,13 +848,17 @@ impl World {
             return;
         }
         let (f1, dr1) = band.rx1(up_freq, up_dr);
-        let (f2, dr2) = band.rx2();
+        let (f2, dr2) = band.rx2(self.cfg.rx2_dr);
         let g = &self.gateways[gw];
         let rx1_at = end + RX1_DELAY;
         let rx2_at = end + RX2_DELAY;
+        // RX2 on the class C channel would take airtime from the multicast and collide
+        // with it: not while a round is being sent.
+        let (mc_freq, ..) = self.engine.class_c_session();
+        let rx2_free = f2 != mc_freq || !self.engine.is_multicasting();
         let (at, freq, dr) = if g.duty.earliest(band.0, f1, rx1_at) == rx1_at {
             (rx1_at, f1, dr1)
-        } else if g.duty.earliest(band.0, f2, rx2_at) == rx2_at {
+        } else if rx2_free && g.duty.earliest(band.0, f2, rx2_at) == rx2_at {
             (rx2_at, f2, dr2)
         } else {
             self.gateways[gw].stats.refused += 1;
@@ -867,15 +882,19 @@ impl World {
             return;
         };
         ns.fcnt_down += 1;
+        // The network server books the gateway's airtime when it decides, so that later
+        // decisions see it.
+        let airtime = time_on_air_us(band.downlink_modulation(dr), Frame::downlink(frame.len()));
+        self.gateways[gw].duty.book(band.0, freq, at, airtime);
         self.schedule(
             at,
-            Event::GatewayTx {
+            Event::GatewayTx(GatewayTx {
                 gw,
                 freq,
                 dr,
                 frame,
                 to: Downlink::Unicast(i),
-            },
+            }),
         );
     }
 
@@ -907,13 +926,13 @@ impl World {
                         let gw = self.multicast_gateways[k];
                         self.schedule(
                             at,
-                            Event::GatewayTx {
+                            Event::GatewayTx(GatewayTx {
                                 gw,
                                 freq: f.freq_hz,
                                 dr: f.dr,
                                 frame: frame.clone(),
                                 to: Downlink::Multicast { addr: f.mc_addr },
-                            },
+                            }),
                         );
                         at += airtime + MULTICAST_GAP;
                     }
@@ -944,37 +963,23 @@ impl World {
         }
     }
 
-    fn gateway_tx(&mut self, gw: usize, freq: u32, dr: u8, frame: Vec<u8>, to: Downlink) {
+    fn gateway_tx(&mut self, tx: GatewayTx) {
+        let (gw, freq, dr, to) = (tx.gw, tx.freq, tx.dr, tx.to);
         let band = self.band;
         let modulation = band.downlink_modulation(dr);
-        let airtime = time_on_air_us(modulation, Frame::downlink(frame.len()));
+        let airtime = time_on_air_us(modulation, Frame::downlink(tx.frame.len()));
         let g = &mut self.gateways[gw];
-        let free = g.duty.earliest(band.0, freq, self.now);
-        if free > self.now {
-            match to {
-                // A class A window cannot wait.
-                Downlink::Unicast(_) => {
-                    g.stats.refused += 1;
-                    return;
-                }
-                // A multicast frame goes out as soon as the band allows.
-                Downlink::Multicast { .. } => {
-                    g.stats.refused += 1;
-                    self.schedule(
-                        free,
-                        Event::GatewayTx {
-                            gw,
-                            freq,
-                            dr,
-                            frame,
-                            to,
-                        },
-                    );
-                    return;
-                }
+        // Unicast airtime was booked when the downlink was scheduled; a multicast frame goes
+        // out as soon as the band allows.
+        if let Downlink::Multicast { .. } = to {
+            let free = g.duty.earliest(band.0, freq, self.now);
+            if free > self.now {
+                g.stats.refused += 1;
+                self.schedule(free, Event::GatewayTx(tx));
+                return;
             }
+            g.duty.book(band.0, freq, self.now, airtime);
         }
-        g.duty.book(band.0, freq, self.now, airtime);
         g.stats.tx_us += airtime;
         match to {
             Downlink::Unicast(_) => {
@@ -983,7 +988,7 @@ impl World {
             }
             Downlink::Multicast { .. } => g.stats.multicast_frames += 1,
         }
-        let tx = self.air.transmit(Transmission {
+        let on_air = self.air.transmit(Transmission {
             id: 0,
             from: Node::Gateway(gw as u32),
             pos: g.pos,
@@ -993,7 +998,15 @@ impl World {
             modulation,
             power_dbm: band.gateway_power_dbm(freq),
         });
-        self.schedule(self.now + airtime, Event::DownlinkEnd { tx, dr, frame, to });
+        self.schedule(
+            self.now + airtime,
+            Event::DownlinkEnd {
+                tx: on_air,
+                dr,
+                frame: tx.frame,
+                to,
+            },
+        );
     }
 
     fn downlink_end(&mut self, tx: u64, dr: u8, frame: &[u8], to: Downlink) {

@@ -11,11 +11,10 @@ use super::GpsMillis;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "cli", derive(serde::Serialize))]
 pub enum Request {
-    /// TS004 PackageVersionReq: does the device speak the package, in our version?
-    PackageVersion,
-    McGroupSetup,
-    FragSessionSetup,
-    ClassCSession,
+    /// TS004 PackageVersionReq and FragSessionSetupReq, in one frame.
+    FragSetup,
+    /// TS005 McGroupSetupReq and McClassCSessionReq, in one frame.
+    McSetup,
     /// FragSessionStatusReq (unicast, after the multicast).
     Status,
     /// TS006 DevVersionReq, after the device has had time to install and reboot.
@@ -25,10 +24,8 @@ pub enum Request {
 impl fmt::Display for Request {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Request::PackageVersion => "PackageVersionReq",
-            Request::McGroupSetup => "McGroupSetupReq",
-            Request::FragSessionSetup => "FragSessionSetupReq",
-            Request::ClassCSession => "McClassCSessionReq",
+            Request::FragSetup => "PackageVersionReq + FragSessionSetupReq",
+            Request::McSetup => "McGroupSetupReq + McClassCSessionReq",
             Request::Status => "FragSessionStatusReq",
             Request::DevVersion => "DevVersionReq",
         })
@@ -79,7 +76,9 @@ impl Failure {
     /// A short label for reports and failure counts.
     pub fn label(&self) -> &'static str {
         match self {
-            Failure::NoAnswer(_) => "no answer",
+            Failure::NoAnswer(Request::FragSetup | Request::McSetup) => "no answer to setup",
+            Failure::NoAnswer(Request::Status) => "no answer to status",
+            Failure::NoAnswer(Request::DevVersion) => "no answer to version",
             Failure::PackageVersion { .. } => "package version",
             Failure::McGroupId => "multicast group refused",
             Failure::FragSessionSetup { .. } => "fragmentation session refused",
@@ -191,7 +190,7 @@ pub struct DeviceProgress {
 impl DeviceProgress {
     pub(crate) fn new() -> Self {
         Self {
-            phase: Phase::Setup(Request::PackageVersion),
+            phase: Phase::Setup(Request::FragSetup),
             missing: None,
             received: None,
             clock_synced: false,

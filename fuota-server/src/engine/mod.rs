@@ -11,8 +11,9 @@
 //!   their GPS time on the class C channel, with the multicast FCnt to use;
 //! - reads [`Engine::device`] / [`Engine::devices`] for per-device progress at any time.
 //!
-//! Per device: TS004 PackageVersionReq, McGroupSetupReq, FragSessionSetupReq, then (once its
-//! clock has been answered) McClassCSessionReq; AppTimeReq are answered whenever they come.
+//! Per device, two unicast frames: TS004 PackageVersionReq with FragSessionSetupReq, then
+//! (once its clock has been answered) McGroupSetupReq with McClassCSessionReq; AppTimeReq
+//! are answered whenever they come.
 //! At SessionTime the M data fragments and R coded ones go out by multicast, spaced by the
 //! plan; a multicast FragSessionStatusReq asks who still misses fragments. Repair rounds send
 //! more coded fragments, by multicast while the class C session lasts and many devices need
@@ -30,7 +31,8 @@ use std::fmt;
 use fuota_codec::fec::encoder::Encoder;
 use fuota_codec::firmware_management as fmp;
 use fuota_codec::fragmentation::{
-    self as ts004, FragDataBlockReceivedAns, FragSessionSetupReq, FragSessionStatusReq,
+    self as ts004, FragDataBlockReceivedAns, FragSessionSetupAns, FragSessionSetupReq,
+    FragSessionStatusReq,
 };
 use fuota_codec::keys::{
     data_block_int_key, data_block_mic, encrypt_mc_key, mc_app_s_key, mc_ke_key, mc_nwk_s_key,
@@ -121,6 +123,9 @@ pub struct CampaignConfig {
     pub reboot_wait_ms: u64,
     /// Repair by unicast when at most this many devices need fragments.
     pub unicast_repair_max_devices: usize,
+    /// After a multicast status request's BlockAckDelay spread, how much longer answers are
+    /// waited for (a device on a slow data rate may have to wait out its duty cycle).
+    pub status_wait_ms: u64,
     /// Multicast frames are handed out this long before their air time.
     pub multicast_lead_ms: u64,
 }
@@ -231,6 +236,16 @@ enum GroupPhase {
 const GUARD_MS: u64 = 1_000;
 /// Extra coded fragments on top of the most a device misses.
 const REPAIR_MARGIN: usize = 3;
+/// A device clock this far ahead of GPS time is wrong.
+const CLOCK_TOLERANCE_MS: u64 = 5_000;
+/// An answer held back longer than this (duty cycle, queues) is not expected.
+const MAX_ANSWER_DELAY_MS: u64 = 15 * 60_000;
+/// Most fragments repaired by unicast for one device.
+pub const UNICAST_REPAIR_MAX: usize = 16;
+/// Copies of each multicast status request.
+const STATUS_COPIES: usize = 3;
+/// Multicast rounds after the first, at most.
+const MAX_REPAIR_ROUNDS: u32 = 3;
 
 /// The campaign engine. Inputs: [`Engine::handle_uplink`], [`Engine::handle_timeout`].
 /// Outputs: [`Engine::poll_output`], then [`Engine::poll_timeout`] for the next call.
@@ -330,7 +345,7 @@ impl Engine {
         }
         let all: Vec<DevEui> = engine.devices.keys().copied().collect();
         for dev in all {
-            engine.send(now, dev, Request::PackageVersion);
+            engine.send(now, dev, Request::FragSetup);
         }
         Ok(engine)
     }
@@ -360,6 +375,22 @@ impl Engine {
             mc_app_s_key(&self.cfg.mc_key, self.cfg.mc_addr),
             mc_nwk_s_key(&self.cfg.mc_key, self.cfg.mc_addr),
         )
+    }
+
+    /// The class C session: frequency, data rate, start and end (GPS ms). A network server
+    /// keeps other traffic off that channel meanwhile.
+    pub fn class_c_session(&self) -> (u32, u8, GpsMillis, GpsMillis) {
+        (
+            self.cfg.freq_hz,
+            self.cfg.dr,
+            self.cfg.session_start,
+            self.session_end(),
+        )
+    }
+
+    /// Whether a multicast round is being sent (other downlinks should keep off its channel).
+    pub fn is_multicasting(&self) -> bool {
+        matches!(self.group, GroupPhase::Sending { .. })
     }
 
     /// The next multicast FCnt (to persist: frames below it have been handed out).
@@ -459,23 +490,9 @@ impl Engine {
             d.progress.phase = Phase::Setup(req);
         }
         let (port, payload) = match req {
-            Request::PackageVersion => (
-                ts004::PORT,
-                build(|b| {
-                    ts004::Downlink::PackageVersionReq(ts004::PackageVersionReq).build_into(v, b)
-                }),
-            ),
-            Request::McGroupSetup => {
-                let cmd = ts005::Downlink::McGroupSetupReq(McGroupSetupReq {
-                    mc_group_id: self.cfg.mc_group_id,
-                    mc_addr: self.cfg.mc_addr,
-                    mc_key_encrypted: encrypt_mc_key(&d.mc_ke_key, &self.cfg.mc_key),
-                    min_mc_fcount: self.cfg.first_mc_fcnt,
-                    max_mc_fcount: self.cfg.first_mc_fcnt.saturating_add(0x3fff * 2),
-                });
-                (ts005::PORT, build(|b| cmd.build_into(v, b)))
-            }
-            Request::FragSessionSetup => {
+            // One frame on port 201: does the device speak TS004 in our version, and the
+            // session (the group it names need not exist yet).
+            Request::FragSetup => {
                 let mic = data_block_mic(
                     &d.data_block_int_key,
                     self.cfg.session_cnt,
@@ -484,7 +501,7 @@ impl Engine {
                     &self.cfg.data,
                 )
                 .unwrap_or_default();
-                let cmd = ts004::Downlink::FragSessionSetupReq(FragSessionSetupReq {
+                let setup = ts004::Downlink::FragSessionSetupReq(FragSessionSetupReq {
                     frag_index: self.cfg.frag_index,
                     mc_group_bit_mask: 1 << self.cfg.mc_group_id,
                     nb_frag: self.nb_frag as u16,
@@ -497,17 +514,32 @@ impl Engine {
                     session_cnt: self.cfg.session_cnt,
                     mic,
                 });
-                (ts004::PORT, build(|b| cmd.build_into(v, b)))
+                let mut frame = build(|b| {
+                    ts004::Downlink::PackageVersionReq(ts004::PackageVersionReq).build_into(v, b)
+                });
+                frame.extend(build(|b| setup.build_into(v, b)));
+                (ts004::PORT, frame)
             }
-            Request::ClassCSession => {
-                let cmd = ts005::Downlink::McClassCSessionReq(McClassCSessionReq {
+            // One frame on port 200: the group, then its class C session (SessionTime is GPS
+            // time: sent once the device's clock has been answered).
+            Request::McSetup => {
+                let group = ts005::Downlink::McGroupSetupReq(McGroupSetupReq {
+                    mc_group_id: self.cfg.mc_group_id,
+                    mc_addr: self.cfg.mc_addr,
+                    mc_key_encrypted: encrypt_mc_key(&d.mc_ke_key, &self.cfg.mc_key),
+                    min_mc_fcount: self.cfg.first_mc_fcnt,
+                    max_mc_fcount: self.cfg.first_mc_fcnt.saturating_add(0x3fff * 2),
+                });
+                let session = ts005::Downlink::McClassCSessionReq(McClassCSessionReq {
                     mc_group_id: self.cfg.mc_group_id,
                     session_time: (self.cfg.session_start / 1000) as u32,
                     time_out: self.cfg.timeout_exp,
                     dl_frequ: DlFrequ::from_hz(self.cfg.freq_hz).unwrap_or(DlFrequ(0)),
                     dr: self.cfg.dr,
                 });
-                (ts005::PORT, build(|b| cmd.build_into(v, b)))
+                let mut frame = build(|b| group.build_into(v, b));
+                frame.extend(build(|b| session.build_into(v, b)));
+                (ts005::PORT, frame)
             }
             Request::Status => {
                 let cmd = ts004::Downlink::FragSessionStatusReq(FragSessionStatusReq {
@@ -528,9 +560,7 @@ impl Engine {
     /// The request after `done` in the setup order, or Ready.
     fn advance_setup(&mut self, now: GpsMillis, dev: DevEui, done: Request) {
         let next = match done {
-            Request::PackageVersion => Some(Request::McGroupSetup),
-            Request::McGroupSetup => Some(Request::FragSessionSetup),
-            Request::FragSessionSetup => Some(Request::ClassCSession),
+            Request::FragSetup => Some(Request::McSetup),
             _ => None,
         };
         let Some(d) = self.devices.get_mut(&dev) else {
@@ -539,8 +569,8 @@ impl Engine {
         d.pending = None;
         match next {
             // The session request waits for the clock: SessionTime is in GPS time.
-            Some(Request::ClassCSession) if !d.clock_answered => {
-                d.progress.phase = Phase::Setup(Request::ClassCSession);
+            Some(Request::McSetup) if !d.clock_answered => {
+                d.progress.phase = Phase::Setup(Request::McSetup);
                 self.set_deadline(dev, None);
             }
             Some(req) => self.send(now, dev, req),
@@ -599,7 +629,13 @@ impl Engine {
             return;
         };
         d.progress.clock_synced = synced;
-        if req.ans_required || correction != 0 {
+        // Only the class C session needs the device's clock: once its block is in, downlink
+        // airtime goes to what is left to do (its report, its version).
+        let needs_clock = matches!(
+            d.progress.phase,
+            Phase::Setup(_) | Phase::Ready | Phase::Receiving
+        );
+        if needs_clock && (req.ans_required || correction != 0) {
             let ans = ts003::Downlink::AppTimeAns(ts003::AppTimeAns {
                 time_correction: correction,
                 token_ans: req.token_req,
@@ -613,10 +649,39 @@ impl Engine {
         let first = !d.clock_answered;
         d.clock_answered = true;
         // The session request was waiting for this.
-        if first && d.progress.phase == Phase::Setup(Request::ClassCSession) && d.pending.is_none()
-        {
-            self.send(now, dev, Request::ClassCSession);
+        if first && d.progress.phase == Phase::Setup(Request::McSetup) && d.pending.is_none() {
+            self.send(now, dev, Request::McSetup);
         }
+    }
+
+    /// Whether TimeToStart, as the device counted it when it took the request, fits its
+    /// answer arriving at `now`: its clock must not be ahead, nor behind by more than an
+    /// answer can be held back (an AppTimeAns that never arrived leaves the device on its
+    /// own clock, and its session would open at the wrong time).
+    fn clock_plausible(&self, now: GpsMillis, time_to_start: Option<u32>) -> bool {
+        let Some(tts) = time_to_start else {
+            return true;
+        };
+        let device_now = (self.cfg.session_start / 1000).saturating_sub(u64::from(tts)) * 1000;
+        device_now <= now + CLOCK_TOLERANCE_MS && now <= device_now + MAX_ANSWER_DELAY_MS
+    }
+
+    /// The device's clock is off: ask it to sync again, and send the TS005 frame once its
+    /// AppTimeReq has been answered.
+    fn resync(&mut self, now: GpsMillis, dev: DevEui) {
+        let cmd = ts003::Downlink::ForceDeviceResync(ts003::ForceDeviceResyncCmd {
+            nb_transmissions: 2,
+        });
+        let payload = build(|b| cmd.build_into(self.cfg.version, b));
+        self.unicast(dev, ts003::PORT, payload);
+        if let Some(d) = self.devices.get_mut(&dev) {
+            d.clock_answered = false;
+            d.progress.clock_synced = false;
+            d.progress.phase = Phase::Setup(Request::McSetup);
+            d.pending = None;
+        }
+        // If no AppTimeReq comes, ask again later.
+        self.set_deadline(dev, Some(now + self.cfg.retry_ms));
     }
 
     fn expecting(&self, dev: DevEui, req: Request) -> bool {
@@ -626,48 +691,58 @@ impl Engine {
     }
 
     fn on_ts005(&mut self, now: GpsMillis, dev: DevEui, cmd: ts005::Uplink) {
+        if !self.expecting(dev, Request::McSetup) {
+            return;
+        }
         match cmd {
-            ts005::Uplink::McGroupSetupAns(a) if self.expecting(dev, Request::McGroupSetup) => {
-                if a.id_error {
-                    self.fail(dev, Failure::McGroupId);
-                } else {
-                    self.advance_setup(now, dev, Request::McGroupSetup);
-                }
-            }
-            ts005::Uplink::McClassCSessionAns(a) if self.expecting(dev, Request::ClassCSession) => {
-                match Failure::from_session_ans(&a) {
-                    Some(f) => self.fail(dev, f),
-                    None => self.advance_setup(now, dev, Request::ClassCSession),
-                }
-            }
+            ts005::Uplink::McGroupSetupAns(a) if a.id_error => self.fail(dev, Failure::McGroupId),
+            // The session answer follows the group's in the same frame.
+            ts005::Uplink::McClassCSessionAns(a) => match Failure::from_session_ans(&a) {
+                Some(f) => self.fail(dev, f),
+                None if !self.clock_plausible(now, a.time_to_start) => self.resync(now, dev),
+                None => self.advance_setup(now, dev, Request::McSetup),
+            },
             _ => {}
         }
     }
 
     fn on_ts004(&mut self, now: GpsMillis, dev: DevEui, cmd: ts004::Uplink) {
         match cmd {
-            ts004::Uplink::PackageVersionAns(a) if self.expecting(dev, Request::PackageVersion) => {
-                if a.package_identifier == ts004::PACKAGE_ID
-                    && a.package_version == self.cfg.version.number()
-                {
-                    self.advance_setup(now, dev, Request::PackageVersion);
-                } else {
-                    self.fail(
-                        dev,
-                        Failure::PackageVersion {
-                            identifier: a.package_identifier,
-                            version: a.package_version,
-                        },
-                    );
-                }
+            // A match is followed by its FragSessionSetupAns in the same frame.
+            ts004::Uplink::PackageVersionAns(a)
+                if self.expecting(dev, Request::FragSetup)
+                    && (a.package_identifier != ts004::PACKAGE_ID
+                        || a.package_version != self.cfg.version.number()) =>
+            {
+                self.fail(
+                    dev,
+                    Failure::PackageVersion {
+                        identifier: a.package_identifier,
+                        version: a.package_version,
+                    },
+                );
             }
             ts004::Uplink::FragSessionSetupAns(a)
-                if self.expecting(dev, Request::FragSessionSetup)
+                if self.expecting(dev, Request::FragSetup)
                     && a.frag_index == self.cfg.frag_index =>
             {
+                // A retry of a setup the device took already comes back as a SessionCnt
+                // replay: the earlier copy (same SessionCnt, same MIC) got through.
+                let retried = self
+                    .devices
+                    .get(&dev)
+                    .is_some_and(|d| d.pending.is_some_and(|(_, n)| n > 1));
+                let replay_only = Failure::from_setup_ans(&FragSessionSetupAns {
+                    session_cnt_replay: false,
+                    ..a
+                })
+                .is_none();
                 match Failure::from_setup_ans(&a) {
+                    Some(_) if retried && replay_only && a.session_cnt_replay => {
+                        self.advance_setup(now, dev, Request::FragSetup)
+                    }
                     Some(f) => self.fail(dev, f),
-                    None => self.advance_setup(now, dev, Request::FragSessionSetup),
+                    None => self.advance_setup(now, dev, Request::FragSetup),
                 }
             }
             ts004::Uplink::FragDataBlockReceivedReq(r) if r.frag_index == self.cfg.frag_index => {
@@ -754,8 +829,14 @@ impl Engine {
     }
 
     /// Sends `missing` plus a margin of fresh coded fragments to `dev` alone, then asks its
-    /// status again.
+    /// status again. A device that misses more than [`UNICAST_REPAIR_MAX`] is not repaired
+    /// by unicast (class A airtime is the scarcest resource of the campaign): it is asked
+    /// again later, and fails when the window closes.
     fn unicast_repair(&mut self, now: GpsMillis, dev: DevEui, missing: usize) {
+        if missing > UNICAST_REPAIR_MAX {
+            self.send(now, dev, Request::Status);
+            return;
+        }
         let count = missing + REPAIR_MARGIN;
         for _ in 0..count {
             let Some(frame) = self.coded_fragment() else {
@@ -810,8 +891,10 @@ impl Engine {
         self.cfg.session_start + (1000u64 << self.cfg.timeout_exp)
     }
 
+    /// How long status answers of a round are waited for: the BlockAckDelay spread, then
+    /// `status_wait_ms` for devices whose duty cycle holds their answer back.
     fn status_spread_ms(&self) -> u64 {
-        (1000u64 << (u32::from(self.cfg.block_ack_delay) + 4)) + 5_000
+        (1000u64 << (u32::from(self.cfg.block_ack_delay) + 4)) + self.cfg.status_wait_ms
     }
 
     /// Runs what is due at `now`.
@@ -871,6 +954,8 @@ impl Engine {
                 self.fail(dev, why);
             }
             (_, Some((req, _))) => self.send(now, dev, req),
+            // Still waiting for an AppTimeReq after a resync.
+            (Phase::Setup(Request::McSetup), None) if !d.clock_answered => self.resync(now, dev),
             _ => {}
         }
     }
@@ -917,12 +1002,23 @@ impl Engine {
                             frag_index: self.cfg.frag_index,
                         });
                         let payload = build(|b| cmd.build_into(self.cfg.version, b));
-                        if next_at < self.session_end() {
-                            self.multicast(next_at, ts004::PORT, payload, FrameKind::StatusRequest);
+                        // A few copies: the devices that most need repair are the ones most
+                        // likely to miss one.
+                        let mut at = next_at;
+                        for _ in 0..STATUS_COPIES {
+                            if at < self.session_end() {
+                                self.multicast(
+                                    at,
+                                    ts004::PORT,
+                                    payload.clone(),
+                                    FrameKind::StatusRequest,
+                                );
+                            }
+                            at += self.cfg.spacing_ms;
                         }
                         self.group = GroupPhase::Collecting {
                             round,
-                            until: next_at + self.status_spread_ms(),
+                            until: at + self.status_spread_ms(),
                         };
                         continue;
                     }
@@ -977,11 +1073,25 @@ impl Engine {
             .map(|&(_, m)| usize::from(m))
             .max()
             .unwrap_or(0);
-        let extra = most + REPAIR_MARGIN.max(most / 10);
-        let round_ms = extra as u64 * self.cfg.spacing_ms + GUARD_MS;
-        let fits = now + round_ms + self.status_spread_ms() <= self.session_end()
-            && self.next_coded + extra <= fuota_codec::fec::encoder::MAX_FRAGMENT_NUMBER;
-        if needing.len() > self.cfg.unicast_repair_max_devices && fits {
+        // Devices that said nothing: complete (their report lost), or missing fragments and
+        // the status request too. Without a figure from them, half the first round's
+        // redundancy again.
+        let silent = receiving.iter().filter(|(_, m)| m.is_none()).count();
+        let wanted = if silent > 0 {
+            most.max(self.cfg.redundancy / 2)
+        } else {
+            most
+        };
+        let extra = wanted + REPAIR_MARGIN.max(wanted / 10);
+        // What still fits in the class C session, status round included.
+        let overhead =
+            GUARD_MS + STATUS_COPIES as u64 * self.cfg.spacing_ms + self.status_spread_ms();
+        let room = self.session_end().saturating_sub(now + overhead) / self.cfg.spacing_ms.max(1);
+        let extra = extra
+            .min(room as usize)
+            .min(fuota_codec::fec::encoder::MAX_FRAGMENT_NUMBER.saturating_sub(self.next_coded));
+        let worth = needing.len() + silent > self.cfg.unicast_repair_max_devices;
+        if worth && wanted > 0 && extra > REPAIR_MARGIN && round < MAX_REPAIR_ROUNDS {
             self.counters.repair_rounds += 1;
             let first = self.next_coded;
             self.next_coded += extra;

@@ -33,6 +33,7 @@ fn config() -> CampaignConfig {
         max_attempts: 3,
         reboot_wait_ms: 30_000,
         unicast_repair_max_devices: 0,
+        status_wait_ms: 30_000,
         multicast_lead_ms: 0,
     }
 }
@@ -55,7 +56,9 @@ fn up<T: fmt::Debug>(f: impl FnOnce(&mut [u8]) -> Result<&[u8], T>) -> Vec<u8> {
     f(&mut buf).unwrap().to_vec()
 }
 
-/// Answers of a healthy v2 device to the setup, as uplinks.
+/// Answers of a healthy v2 device to the setup, as uplinks: to the TS004 frame
+/// (PackageVersionAns, FragSessionSetupAns), its AppTimeReq, to the TS005 frame
+/// (McGroupSetupAns, McClassCSessionAns).
 fn setup_answers() -> Vec<(u8, Vec<u8>)> {
     let v = Version::V2;
     vec![
@@ -69,30 +72,7 @@ fn setup_answers() -> Vec<(u8, Vec<u8>)> {
                 .build_into(v, b)
             }),
         ),
-        (
-            ts005::PORT,
-            up(|b| {
-                ts005::Uplink::McGroupSetupAns(McGroupSetupAns {
-                    mc_group_id: 0,
-                    id_error: false,
-                })
-                .build_into(v, b)
-            }),
-        ),
-        (
-            ts004::PORT,
-            up(|b| {
-                ts004::Uplink::FragSessionSetupAns(FragSessionSetupAns {
-                    frag_index: 0,
-                    encoding_unsupported: false,
-                    not_enough_memory: false,
-                    frag_session_index_not_supported: false,
-                    wrong_descriptor: false,
-                    session_cnt_replay: false,
-                })
-                .build_into(v, b)
-            }),
-        ),
+        (ts004::PORT, setup_ans(false, false)),
         (
             ts003::PORT,
             up(|b| {
@@ -107,18 +87,45 @@ fn setup_answers() -> Vec<(u8, Vec<u8>)> {
         (
             ts005::PORT,
             up(|b| {
-                ts005::Uplink::McClassCSessionAns(McSessionAns {
+                ts005::Uplink::McGroupSetupAns(McGroupSetupAns {
                     mc_group_id: 0,
-                    dr_error: false,
-                    freq_error: false,
-                    mc_group_undefined: false,
-                    start_missed: false,
-                    time_to_start: Some(500),
+                    id_error: false,
                 })
                 .build_into(v, b)
             }),
         ),
+        (ts005::PORT, session_ans(599)),
     ]
+}
+
+/// FragSessionSetupAns with these two error bits.
+fn setup_ans(not_enough_memory: bool, session_cnt_replay: bool) -> Vec<u8> {
+    up(|b| {
+        ts004::Uplink::FragSessionSetupAns(FragSessionSetupAns {
+            frag_index: 0,
+            encoding_unsupported: false,
+            not_enough_memory,
+            frag_session_index_not_supported: false,
+            wrong_descriptor: false,
+            session_cnt_replay,
+        })
+        .build_into(Version::V2, b)
+    })
+}
+
+/// McClassCSessionAns, no error, with this TimeToStart.
+fn session_ans(time_to_start: u32) -> Vec<u8> {
+    up(|b| {
+        ts005::Uplink::McClassCSessionAns(McSessionAns {
+            mc_group_id: 0,
+            dr_error: false,
+            freq_error: false,
+            mc_group_undefined: false,
+            start_missed: false,
+            time_to_start: Some(time_to_start),
+        })
+        .build_into(Version::V2, b)
+    })
 }
 
 fn status(missing: u8) -> Vec<u8> {
@@ -164,27 +171,30 @@ fn run_until(e: &mut Engine, until: GpsMillis) -> Vec<Output> {
 #[test]
 fn setup_goes_in_order_and_the_class_c_request_waits_for_the_clock() {
     let mut e = Engine::new(config(), devices(1), T0).unwrap();
-    let outs = drain(&mut e);
-    assert_eq!(unicasts_to(&outs, 1), [(201, vec![0x00])]);
-    let answers = setup_answers();
-    // PackageVersionAns, McGroupSetupAns, FragSessionSetupAns: each brings the next request.
-    let mut ports = Vec::new();
-    for (port, bytes) in &answers[..3] {
-        e.handle_uplink(T0 + 1000, 1, *port, bytes);
-        ports.extend(
-            unicasts_to(&drain(&mut e), 1)
-                .into_iter()
-                .map(|(p, b)| (p, b[0])),
-        );
-    }
-    // McGroupSetupReq (CID 2), FragSessionSetupReq (CID 2), and no session request yet.
-    assert_eq!(ports, [(200, 0x02), (201, 0x02)]);
+    let outs = unicasts_to(&drain(&mut e), 1);
+    // One frame: PackageVersionReq (CID 0) then FragSessionSetupReq (CID 2, 1 + 16 bytes).
+    assert_eq!(outs.len(), 1);
     assert_eq!(
-        e.device(1).unwrap().phase,
-        Phase::Setup(Request::ClassCSession)
+        (outs[0].0, outs[0].1[0], outs[0].1[1], outs[0].1.len()),
+        (201, 0x00, 0x02, 18)
     );
-    // AppTimeReq at T0 + 2 s with device time 5 s: the answer, then the session request.
-    e.handle_uplink(T0 + 2_000, 1, answers[3].0, &answers[3].1);
+    let cmds: Vec<_> = ts004::downlinks(Version::V2, &outs[0].1)
+        .map(Result::unwrap)
+        .collect();
+    let ts004::Downlink::FragSessionSetupReq(setup) = cmds[1] else {
+        panic!("{cmds:?}")
+    };
+    assert_eq!((setup.nb_frag, setup.frag_size, setup.padding), (20, 50, 0));
+    assert!(setup.ack_reception);
+    let answers = setup_answers();
+    // Both answers: the TS005 frame waits for the clock.
+    for (port, bytes) in &answers[..2] {
+        e.handle_uplink(T0 + 1000, 1, *port, bytes);
+    }
+    assert_eq!(unicasts_to(&drain(&mut e), 1), []);
+    assert_eq!(e.device(1).unwrap().phase, Phase::Setup(Request::McSetup));
+    // AppTimeReq at T0 + 2 s with device time 5 s: the answer, then the TS005 frame.
+    e.handle_uplink(T0 + 2_000, 1, answers[2].0, &answers[2].1);
     let outs = unicasts_to(&drain(&mut e), 1);
     assert_eq!(outs[0].0, 202);
     let Ok((ts003::Downlink::AppTimeAns(a), _)) = ts003::Downlink::parse(Version::V2, &outs[0].1)
@@ -192,17 +202,22 @@ fn setup_goes_in_order_and_the_class_c_request_waits_for_the_clock() {
         panic!("{outs:?}")
     };
     assert_eq!(a.time_correction, ((T0 + 2_000) / 1000 - 5) as i32);
-    assert_eq!((outs[1].0, outs[1].1[0]), (200, 0x04));
-    let Ok((ts005::Downlink::McClassCSessionReq(s), _)) =
-        ts005::Downlink::parse(Version::V2, &outs[1].1)
+    assert_eq!(outs[1].0, 200);
+    let cmds: Vec<_> = ts005::downlinks(Version::V2, &outs[1].1)
+        .map(Result::unwrap)
+        .collect();
+    let [ts005::Downlink::McGroupSetupReq(g), ts005::Downlink::McClassCSessionReq(s)] = cmds[..]
     else {
-        panic!()
+        panic!("{cmds:?}")
     };
+    assert_eq!(g.mc_addr, 0x0102_0304);
     assert_eq!(
         (s.session_time, s.time_out, s.dr, s.dl_frequ.hz()),
         (((T0 + 600_000) / 1000) as u32, 10, 3, 869_525_000)
     );
-    e.handle_uplink(T0 + 3_000, 1, answers[4].0, &answers[4].1);
+    for (port, bytes) in &answers[3..] {
+        e.handle_uplink(T0 + 3_000, 1, *port, bytes);
+    }
     assert_eq!(e.device(1).unwrap().phase, Phase::Ready);
 }
 
@@ -230,8 +245,8 @@ fn the_multicast_goes_out_on_schedule_with_fresh_fcnts() {
             _ => None,
         })
         .collect();
-    // M = 20 data, 5 coded, then the status request.
-    assert_eq!(frames.len(), 26);
+    // M = 20 data, 5 coded, then three copies of the status request.
+    assert_eq!(frames.len(), 28);
     for (i, f) in frames.iter().enumerate() {
         assert_eq!(f.at, cfg.session_start + 1_000 + i as u64 * 2_000);
         assert_eq!(f.fcnt, i as u32);
@@ -240,25 +255,29 @@ fn the_multicast_goes_out_on_schedule_with_fresh_fcnts() {
     assert_eq!(frames[0].kind, FrameKind::DataFragment);
     assert_eq!(frames[20].kind, FrameKind::CodedFragment);
     // FragSessionStatusReq with Participants = 0.
-    assert_eq!(frames[25].kind, FrameKind::StatusRequest);
-    assert_eq!(frames[25].payload, [0x01, 0x00]);
+    for f in &frames[25..] {
+        assert_eq!(f.kind, FrameKind::StatusRequest);
+        assert_eq!(f.payload, [0x01, 0x00]);
+    }
     assert_eq!(e.device(1).unwrap().phase, Phase::Receiving);
     let c = e.counters();
     assert_eq!((c.data_fragments, c.coded_fragments), (20, 5));
 }
 
 #[test]
-fn a_repair_round_by_multicast_then_unicast_status_of_the_silent() {
+fn a_repair_round_by_multicast_then_unicast_repair_of_the_last_one() {
     let mut cfg = config();
     cfg.unicast_repair_max_devices = 1;
     let mut e = ready_engine(3, cfg.clone());
+    // Three copies of the status request after the 25 fragments, 2 s apart.
     let status_at = cfg.session_start + 1_000 + 25 * 2_000;
     run_until(&mut e, status_at);
     // Two devices miss fragments (4 and 7); the third says nothing.
-    e.handle_uplink(status_at + 3_000, 1, 201, &status(4));
-    e.handle_uplink(status_at + 4_000, 2, 201, &status(7));
-    // Answers until +21 s; the repair round runs from +22 s, a frame every 2 s.
-    let outs = run_until(&mut e, status_at + 45_000);
+    e.handle_uplink(status_at + 7_000, 1, 201, &status(4));
+    e.handle_uplink(status_at + 8_000, 2, 201, &status(7));
+    // Answers until +52 s (the copies, 16 s of BlockAckDelay, 30 s for late ones); the
+    // repair round runs from +53 s, a frame every 2 s.
+    let outs = run_until(&mut e, status_at + 75_000);
     let repair: Vec<&MulticastFrame> = outs
         .iter()
         .filter_map(|o| match o {
@@ -271,7 +290,8 @@ fn a_repair_round_by_multicast_then_unicast_status_of_the_silent() {
     let first = crate::fragmentation::parse_data_fragment(&repair[0].payload).unwrap();
     assert_eq!(first.n, 26);
     assert_eq!(e.counters().repair_rounds, 1);
-    // Device 1 reports its block; devices 2 and 3 stay silent after the round.
+    // After the round: device 1 reports its block, device 3 has it too, device 2 still
+    // misses 2.
     let v2_ack = up(|b| {
         ts004::Uplink::FragDataBlockReceivedReq(ts004::FragDataBlockReceivedReq {
             frag_index: 0,
@@ -279,21 +299,20 @@ fn a_repair_round_by_multicast_then_unicast_status_of_the_silent() {
         })
         .build_into(Version::V2, b)
     });
-    e.handle_uplink(status_at + 46_000, 1, 201, &v2_ack);
+    e.handle_uplink(status_at + 80_000, 1, 201, &v2_ack);
     assert_eq!(e.device(1).unwrap().phase, Phase::Complete);
-    let outs = run_until(&mut e, status_at + 90_000);
-    // FragDataBlockReceivedAns to 1; unicast status requests to the silent 2 and 3.
-    assert_eq!(unicasts_to(&outs, 1)[0], (201, vec![0x04, 0x00]));
-    for dev in [2, 3] {
-        assert_eq!(unicasts_to(&outs, dev), [(201, vec![0x01, 0x01])]);
-    }
-    // Device 2 still misses 2: unicast repair (2 + 3 coded fragments), then status again.
-    e.handle_uplink(status_at + 95_000, 2, 201, &status(2));
-    let outs = unicasts_to(&drain(&mut e), 2);
-    assert_eq!(outs.len(), 6);
-    assert!(outs[..5].iter().all(|(p, b)| *p == 201 && b[0] == 0x08));
-    assert_eq!(outs[5], (201, vec![0x01, 0x01]));
+    assert_eq!(unicasts_to(&drain(&mut e), 1), [(201, vec![0x04, 0x00])]);
+    e.handle_uplink(status_at + 85_000, 3, 201, &status(0));
+    assert_eq!(e.device(3).unwrap().phase, Phase::Complete);
+    e.handle_uplink(status_at + 86_000, 2, 201, &status(2));
+    // One device left: repaired by unicast (2 + 3 coded fragments, then its status).
+    let outs = run_until(&mut e, status_at + 140_000);
+    let to2 = unicasts_to(&outs, 2);
+    assert_eq!(to2.len(), 6, "{to2:?}");
+    assert!(to2[..5].iter().all(|(p, b)| *p == 201 && b[0] == 0x08));
+    assert_eq!(to2[5], (201, vec![0x01, 0x01]));
     assert_eq!(e.device(2).unwrap().unicast_fragments, 5);
+    assert_eq!(e.counters().repair_rounds, 1);
 }
 
 #[test]
@@ -314,18 +333,7 @@ fn errors_and_silence_end_in_failures_with_reasons() {
     e.handle_uplink(T0 + 1000, 1, 201, &v1);
     // 2: refuses the session for lack of memory.
     e.handle_uplink(T0 + 1000, 2, answers[0].0, &answers[0].1);
-    e.handle_uplink(T0 + 1000, 2, answers[1].0, &answers[1].1);
-    let no_memory = up(|b| {
-        ts004::Uplink::FragSessionSetupAns(FragSessionSetupAns {
-            frag_index: 0,
-            encoding_unsupported: false,
-            not_enough_memory: true,
-            frag_session_index_not_supported: false,
-            wrong_descriptor: false,
-            session_cnt_replay: false,
-        })
-        .build_into(Version::V2, b)
-    });
+    let no_memory = setup_ans(true, false);
     e.handle_uplink(T0 + 1000, 2, 201, &no_memory);
     // 3: never answers. 4: set up, then silent after the multicast.
     for (port, bytes) in &answers {
@@ -352,7 +360,7 @@ fn errors_and_silence_end_in_failures_with_reasons() {
     ));
     assert_eq!(
         phase(3),
-        Phase::Failed(Failure::NoAnswer(Request::PackageVersion))
+        Phase::Failed(Failure::NoAnswer(Request::FragSetup))
     );
     assert_eq!(phase(4), Phase::Failed(Failure::NoAnswer(Request::Status)));
     assert_eq!(e.poll_timeout(), None);
@@ -383,11 +391,17 @@ fn after_the_block_the_running_version_decides() {
     e.handle_uplink(status_at + 40_000, 1, 203, &version(cfg.target_fw_version));
     assert_eq!(e.device(1).unwrap().phase, Phase::Updated);
     // Device 2 keeps running the old one: asked until the tries run out.
-    for _ in 0..3 {
+    let mut asked = 0;
+    while !e.device(2).unwrap().phase.is_final() && asked < 10 {
         e.handle_uplink(status_at + 40_000, 2, 203, &version(0x0001_0000));
         let next = e.poll_timeout().unwrap();
-        run_until(&mut e, next);
+        asked += unicasts_to(&run_until(&mut e, next), 2).len();
     }
+    assert_eq!(
+        asked,
+        cfg.max_attempts as usize - 1,
+        "retries after the first"
+    );
     assert_eq!(
         e.device(2).unwrap().phase,
         Phase::Failed(Failure::NotUpdated {
@@ -414,4 +428,55 @@ fn bad_configurations_are_refused() {
     let mut c = config();
     c.mc_group_id = 4;
     assert!(Engine::new(c, devices(1), T0).is_err());
+}
+
+/// The answer to a FragSessionSetupReq got lost; the retry meets the session the device
+/// already took: SessionCnt replay, which means the setup is in place.
+#[test]
+fn a_replay_answer_to_a_retried_setup_is_a_success() {
+    let cfg = config();
+    let mut e = Engine::new(cfg.clone(), devices(1), T0).unwrap();
+    let answers = setup_answers();
+    e.handle_uplink(T0 + 1000, 1, answers[0].0, &answers[0].1);
+    // The FragSessionSetupAns never comes; the frame goes out again.
+    run_until(&mut e, T0 + 1000 + cfg.retry_ms);
+    let replay = setup_ans(false, true);
+    e.handle_uplink(T0 + 2000 + cfg.retry_ms, 1, 201, &replay);
+    assert_eq!(e.device(1).unwrap().phase, Phase::Setup(Request::McSetup));
+    // A first-time replay is a real refusal.
+    let mut e = Engine::new(cfg, devices(1), T0).unwrap();
+    e.handle_uplink(T0 + 1000, 1, answers[0].0, &answers[0].1);
+    e.handle_uplink(T0 + 2000, 1, 201, &replay);
+    assert!(matches!(
+        e.device(1).unwrap().phase,
+        Phase::Failed(Failure::FragSessionSetup {
+            session_cnt_replay: true,
+            ..
+        })
+    ));
+}
+
+/// A device whose AppTimeAns never arrived counts TimeToStart on its own clock: the engine
+/// sees it in the McClassCSessionAns, forces a resync, and sets the session up again.
+#[test]
+fn a_session_answer_from_a_wrong_clock_brings_a_resync() {
+    let mut e = Engine::new(config(), devices(1), T0).unwrap();
+    let answers = setup_answers();
+    for (port, bytes) in &answers[..3] {
+        e.handle_uplink(T0 + 1000, 1, *port, bytes);
+    }
+    drain(&mut e);
+    // The session is 597 s away at T0 + 3 s; this device thinks it is 3 hours away.
+    e.handle_uplink(T0 + 3_000, 1, 200, &session_ans(597 + 3 * 3600));
+    let outs = unicasts_to(&drain(&mut e), 1);
+    // ForceDeviceResync, 2 transmissions.
+    assert_eq!(outs, [(202, vec![0x03, 0x02])]);
+    assert_eq!(e.device(1).unwrap().phase, Phase::Setup(Request::McSetup));
+    // Its AppTimeReq is answered and the TS005 frame goes again; a right answer this time.
+    e.handle_uplink(T0 + 20_000, 1, answers[2].0, &answers[2].1);
+    let outs = unicasts_to(&drain(&mut e), 1);
+    assert_eq!((outs[0].0, outs[1].0), (202, 200));
+    // Answered 30 s after it was taken (held back by the duty cycle): still plausible.
+    e.handle_uplink(T0 + 60_000, 1, 200, &session_ans(600 - 30));
+    assert_eq!(e.device(1).unwrap().phase, Phase::Ready);
 }
