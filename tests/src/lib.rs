@@ -1,6 +1,10 @@
 //! Tests that cross crates live in `tests/tests/`; this library holds what they share.
 
+use fuota_codec::fragmentation::FragSessionSetupReq;
+use fuota_codec::keys::{data_block_mic, Key128};
 use fuota_codec::patch::container::ImageVersion;
+use fuota_codec::Version;
+use fuota_server::fragmentation::{encode_block, Code};
 use sha2::{Digest, Sha256};
 
 /// A minimal MCUboot image: 0x200-byte header area, `body`, a protected TLV area with the
@@ -84,4 +88,33 @@ pub fn simba_update(key_seed: u8) -> SimbaUpdate {
         patch: created.bytes,
         key,
     }
+}
+
+/// A data block as the server sends it with TS004 v2: the FragSessionSetupReq for
+/// fragmentation index 0 and multicast group 0 (with the block's MIC under `int_key`), and the
+/// DataFragment commands, `redundancy` coded ones after the data.
+pub fn ts004_session(
+    block: &[u8],
+    frag_size: usize,
+    redundancy: usize,
+    int_key: &Key128,
+    session_cnt: u16,
+    descriptor: [u8; 4],
+) -> (FragSessionSetupReq, Vec<Vec<u8>>) {
+    let (layout, frames) =
+        encode_block(block, frag_size, redundancy, Code::Ts004(Version::V2), 0).expect("fragments");
+    let setup = FragSessionSetupReq {
+        frag_index: 0,
+        mc_group_bit_mask: 0b0001,
+        nb_frag: layout.nb_frag as u16,
+        frag_size: frag_size as u8,
+        frag_algo: 0,
+        block_ack_delay: 0,
+        ack_reception: true,
+        padding: layout.padding as u8,
+        descriptor,
+        session_cnt,
+        mic: data_block_mic(int_key, session_cnt, 0, descriptor, block).expect("MIC"),
+    };
+    (setup, frames)
 }

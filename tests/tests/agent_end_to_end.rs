@@ -9,10 +9,8 @@ use std::cell::RefCell;
 
 use embedded_storage::nor_flash::NorFlash;
 use fuota_codec::clock_sync::{self, AppTimeAns};
-use fuota_codec::fragmentation::{self, FragSessionSetupReq};
-use fuota_codec::keys::{
-    data_block_mic, encrypt_mc_key, mc_ke_key, mc_root_key_lorawan_1_1, Key128,
-};
+use fuota_codec::fragmentation;
+use fuota_codec::keys::{encrypt_mc_key, mc_ke_key, mc_root_key_lorawan_1_1, Key128};
 use fuota_codec::multicast_setup::{self, DlFrequ, McClassCSessionReq, McGroupSetupReq};
 use fuota_codec::patch::container::ImageVersion;
 use fuota_codec::Version;
@@ -22,8 +20,7 @@ use fuota_device_agent::mcuboot::{self, Trailer};
 use fuota_device_agent::multicast::{McEvent, RadioLimits};
 use fuota_device_agent::sim_flash::SimFlash;
 use fuota_device_agent::slot::Region;
-use fuota_server::fragmentation::{encode_block, Code};
-use fuota_tests::{padded, simba_update, SimbaUpdate};
+use fuota_tests::{padded, simba_update, ts004_session, SimbaUpdate};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -107,23 +104,14 @@ fn fragments_in_new_image_out_then_booted_or_reverted() {
     let frag_size = 48;
     let gps0: i64 = 1_400_000_000;
 
-    let (layout, frames) =
-        encode_block(&s.patch, frag_size, 40, Code::Ts004(Version::V2), 0).unwrap();
-    let descriptor = [0xf0, 0, 0, 1];
-    let mic = data_block_mic(&config(&s).data_block_int_key, 3, 0, descriptor, &s.patch).unwrap();
-    let setup = FragSessionSetupReq {
-        frag_index: 0,
-        mc_group_bit_mask: 0b0001,
-        nb_frag: layout.nb_frag as u16,
-        frag_size: frag_size as u8,
-        frag_algo: 0,
-        block_ack_delay: 0,
-        ack_reception: true,
-        padding: layout.padding as u8,
-        descriptor,
-        session_cnt: 3,
-        mic,
-    };
+    let (setup, frames) = ts004_session(
+        &s.patch,
+        frag_size,
+        40,
+        &config(&s).data_block_int_key,
+        3,
+        [0xf0, 0, 0, 1],
+    );
     let mut rng = ChaCha8Rng::seed_from_u64(10);
     let kept: Vec<&Vec<u8>> = frames
         .iter()

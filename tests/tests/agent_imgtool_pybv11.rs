@@ -11,7 +11,7 @@ use std::process::Command;
 
 use embedded_storage::nor_flash::NorFlash;
 use fuota_codec::fragmentation::{self, FragSessionSetupReq};
-use fuota_codec::keys::{data_block_int_key, data_block_mic, Key128};
+use fuota_codec::keys::{data_block_int_key, Key128};
 use fuota_codec::patch::container::ImageVersion;
 use fuota_codec::Version;
 use fuota_device_agent::agent::{Agent, AgentConfig, Event, Layout};
@@ -20,8 +20,7 @@ use fuota_device_agent::mcuboot::Trailer;
 use fuota_device_agent::multicast::RadioLimits;
 use fuota_device_agent::sim_flash::SimFlash;
 use fuota_device_agent::slot::Region;
-use fuota_server::fragmentation::{encode_block, Code};
-use fuota_tests::padded;
+use fuota_tests::{padded, ts004_session};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -183,29 +182,17 @@ fn pybv11_signed_by_imgtool_through_the_agent() {
     let mut agent = Agent::<_, 96>::new(&flash, config, &mut ws, 0).unwrap();
 
     let frag_size = 232;
-    let (layout, frames) =
-        encode_block(&patch, frag_size, 60, Code::Ts004(Version::V2), 0).unwrap();
-    let descriptor = [0, 0, 0, 0];
-    let mic = data_block_mic(
+    let (setup, frames) = ts004_session(
+        &patch,
+        frag_size,
+        60,
         &data_block_int_key(&Key128::from_bytes(APP_KEY)),
         1,
-        0,
-        descriptor,
-        &patch,
-    )
-    .unwrap();
+        [0, 0, 0, 0],
+    );
     let setup = fragmentation::Downlink::FragSessionSetupReq(FragSessionSetupReq {
-        frag_index: 0,
-        mc_group_bit_mask: 1,
-        nb_frag: layout.nb_frag as u16,
-        frag_size: frag_size as u8,
-        frag_algo: 0,
-        block_ack_delay: 0,
         ack_reception: false,
-        padding: layout.padding as u8,
-        descriptor,
-        session_cnt: 1,
-        mic,
+        ..setup
     });
     let mut buf = [0u8; 64];
     let setup = setup.build_into(Version::V2, &mut buf).unwrap().to_vec();
