@@ -1,20 +1,27 @@
-//! For the bare-metal size-probe example only: the memory map of an STM32WL-class part
-//! (256 KiB flash, 64 KiB RAM) for cortex-m-rt, and its linker script. Host builds and the
-//! library are not affected.
+//! For the bare-metal examples only: the memory map for cortex-m-rt, and its linker script.
+//! By default an STM32WL-class part (256 KiB flash, 64 KiB RAM), what the size-probe figures
+//! are for; with the feature `qemu-mps2`, QEMU's mps2-an386 board (Cortex-M4F, 4 MiB of code
+//! RAM at 0, 4 MiB of RAM at 0x2000_0000), where the stack-probe example runs. A build script
+//! cannot tell which example is being linked, hence a feature. Host builds and the library
+//! are not affected.
 
 use std::{env, fs, path::PathBuf};
+
+const STM32WL: &str = "MEMORY\n{\n  FLASH : ORIGIN = 0x08000000, LENGTH = 256K\n  RAM : ORIGIN = 0x20000000, LENGTH = 64K\n}\n";
+const MPS2_AN386: &str = "MEMORY\n{\n  FLASH : ORIGIN = 0x00000000, LENGTH = 4M\n  RAM : ORIGIN = 0x20000000, LENGTH = 4M\n}\n";
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     if env::var("CARGO_CFG_TARGET_OS").as_deref() != Ok("none") {
         return;
     }
+    let memory = if env::var_os("CARGO_FEATURE_QEMU_MPS2").is_some() {
+        MPS2_AN386
+    } else {
+        STM32WL
+    };
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
-    fs::write(
-        out.join("memory.x"),
-        "MEMORY\n{\n  FLASH : ORIGIN = 0x08000000, LENGTH = 256K\n  RAM : ORIGIN = 0x20000000, LENGTH = 64K\n}\n",
-    )
-    .expect("write memory.x");
+    fs::write(out.join("memory.x"), memory).expect("write memory.x");
     println!("cargo:rustc-link-search={}", out.display());
     println!("cargo:rustc-link-arg-examples=-Tlink.x");
 }

@@ -463,6 +463,9 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize, K: SignatureCh
         }
     }
 
+    // Kept out of line: its frame (the applier, buffers) would otherwise weigh on every
+    // handle_timeout, not only the one that installs.
+    #[inline(never)]
     fn run_install(&mut self) {
         let Update::Installing {
             frag_index,
