@@ -280,9 +280,12 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize, K: SignatureCh
     }
 
     /// After a swap request: did the bootloader run the new image, or go back?
+    /// After a reset that followed a swap request, or while the new image is on test (not
+    /// confirmed): which image runs now?
     fn check_boot(&mut self) {
-        let wanted = match self.update {
-            Update::SwapRequested(v) => v,
+        let (wanted, on_test) = match self.update {
+            Update::SwapRequested(v) => (v, false),
+            Update::Testing(v) => (v, true),
             _ => return,
         };
         let running = {
@@ -293,6 +296,11 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize, K: SignatureCh
             Ok(info) if info.header.version == wanted => {
                 self.update = Update::Testing(wanted);
                 self.push_event(Event::Booted { version: wanted });
+            }
+            Ok(_) | Err(_) if on_test => {
+                // The test image was not confirmed before this reset: MCUboot went back.
+                self.update = Update::Idle;
+                self.push_event(Event::Reverted { version: wanted });
             }
             Ok(_) | Err(_) => {
                 // Still (or again) the old image: a revert, or a swap that never happened.

@@ -13,4 +13,5 @@ pub mod radio;
 pub mod report;
 pub mod run;
 pub mod scenario;
+pub mod sweep;
 pub mod world;

@@ -4,11 +4,12 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use fuota_sim::report::hms;
 use fuota_sim::run::run;
 use fuota_sim::scenario::Scenario;
+use fuota_sim::sweep::{sweep, Axis};
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// Discrete-event LoRaWAN FUOTA simulator.
@@ -23,6 +24,35 @@ struct Cli {
 enum Command {
     /// Run a scenario and print the report.
     Run(RunArgs),
+    /// Run a scenario over a grid of two parameters: a table and a heatmap.
+    Sweep(SweepArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct SweepArgs {
+    /// Scenario file (TOML).
+    scenario: PathBuf,
+    /// Extra downlink loss values, e.g. 0,0.1,0.2.
+    #[arg(long, value_delimiter = ',')]
+    loss: Vec<f64>,
+    /// Redundancy values (coded fragments of the first round), e.g. 10,20,40.
+    #[arg(long, value_delimiter = ',')]
+    redundancy: Vec<f64>,
+    /// Class C data rates, e.g. 0,3,5.
+    #[arg(long, value_delimiter = ',')]
+    dr: Vec<f64>,
+    /// Radii of the device disc in metres, e.g. 100,200,400.
+    #[arg(long, value_delimiter = ',')]
+    radius: Vec<f64>,
+    /// Override the scenario's number of devices (sweeps run many times).
+    #[arg(long)]
+    devices: Option<usize>,
+    /// Write the heatmap (SVG) here.
+    #[arg(long)]
+    heatmap: Option<PathBuf>,
+    /// Print the grid as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -76,10 +106,59 @@ fn run_cmd(a: RunArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn sweep_cmd(a: SweepArgs) -> Result<ExitCode> {
+    let mut scenario = Scenario::load(&a.scenario)?;
+    if let Some(n) = a.devices {
+        scenario.devices = n;
+    }
+    let axes: Vec<(Axis, &[f64])> = [
+        (Axis::Loss, a.loss.as_slice()),
+        (Axis::Redundancy, a.redundancy.as_slice()),
+        (Axis::Dr, a.dr.as_slice()),
+        (Axis::Radius, a.radius.as_slice()),
+    ]
+    .into_iter()
+    .filter(|(_, v)| !v.is_empty())
+    .collect();
+    let [rows, cols] = axes[..] else {
+        bail!(
+            "give exactly two of --loss, --redundancy, --dr, --radius (got {})",
+            axes.len()
+        );
+    };
+    let bar = ProgressBar::new((rows.1.len() * cols.1.len()) as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} runs")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let result = sweep(&scenario, rows, cols, |_| bar.inc(1))?;
+    bar.finish_and_clear();
+    if let Some(path) = &a.heatmap {
+        let labels = |axis: Axis, values: &[f64]| -> Vec<String> {
+            values.iter().map(|&v| axis.label(v)).collect()
+        };
+        fuota_sim::plots::heatmap(
+            path,
+            &format!("{}: % of devices updated", scenario.name),
+            (rows.0.name(), &labels(rows.0, rows.1)),
+            (cols.0.name(), &labels(cols.0, cols.1)),
+            &result.grid(),
+        )
+        .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&result)?);
+    } else {
+        print!("{}", result.table());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(a) => run_cmd(a),
+        Command::Sweep(a) => sweep_cmd(a),
     };
     match result {
         Ok(code) => code,

@@ -52,3 +52,122 @@ fn a_small_campaign_updates_every_device() {
         assert!(d.stats.confirmed_at.is_some());
     }
 }
+
+fn small(seed: u64, extra: &str) -> Scenario {
+    let text = format!("{SMALL}\n{extra}").replace("seed = 3", &format!("seed = {seed}"));
+    Scenario::from_toml(&text).unwrap()
+}
+
+#[test]
+fn the_same_seed_gives_the_same_report() {
+    let report = |seed| {
+        let (_, _, r) = fuota_sim::run::run(&small(seed, ""), |_, _, _| {}).unwrap();
+        serde_json::to_string(&r).unwrap()
+    };
+    let a = report(5);
+    assert_eq!(a, report(5));
+    assert_ne!(a, report(6));
+}
+
+#[test]
+fn devices_that_fail_their_self_test_revert_and_are_reported() {
+    let s = small(4, "[behaviour]\nfails_self_test = 1.0\n");
+    let (world, built, report) = fuota_sim::run::run(&s, |_, _, _| {}).unwrap();
+    assert_eq!(report.updated, 0, "{:?}", report.failures);
+    assert_eq!(report.failures.get("reverted or not installed"), Some(&12));
+    for d in &world.devices {
+        assert!(d.stats.reverted, "device {} saw its revert", d.index);
+        let primary = d
+            .flash
+            .borrow()
+            .read_vec(0, built.update.old.len())
+            .unwrap();
+        assert!(
+            primary == built.update.old,
+            "device {} runs the old image",
+            d.index
+        );
+    }
+}
+
+#[test]
+fn heavy_downlink_loss_is_repaired() {
+    let s = small(8, "[radio]\nextra_downlink_loss = 0.35\n");
+    let (_, _, report) = fuota_sim::run::run(&s, |_, _, _| {}).unwrap();
+    assert!(
+        report.repair_sent + report.unicast_fragments > 0,
+        "no repair at 35 % loss: {report:?}"
+    );
+    assert!(
+        report.updated >= 10,
+        "{} of 12 updated: {:?}",
+        report.updated,
+        report.failures
+    );
+}
+
+#[test]
+fn the_cli_reports_plots_and_dumps_a_device() {
+    let dir = std::env::temp_dir().join(format!("fuota-sim-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let scenario = dir.join("s.toml");
+    std::fs::write(&scenario, SMALL).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fuota-sim"))
+        .arg("run")
+        .arg(&scenario)
+        .arg("--json")
+        .arg("--plots")
+        .arg(dir.join("plots"))
+        .args(["--dump-flash", "0"])
+        .arg(dir.join("dump"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["devices"], 12);
+    assert_eq!(json["updated"], 12);
+    assert_eq!(json["failed"], 0);
+    for plot in ["completion_cdf.svg", "map.svg", "fragments.svg"] {
+        let svg = std::fs::read_to_string(dir.join("plots").join(plot)).unwrap();
+        assert!(svg.starts_with("<svg"), "{plot}");
+    }
+    let s = Scenario::from_toml(SMALL).unwrap();
+    let update = s.update().unwrap();
+    let primary = std::fs::read(dir.join("dump/primary.bin")).unwrap();
+    assert!(primary[..update.new.len()] == update.new[..]);
+    let secondary = std::fs::read(dir.join("dump/secondary.bin")).unwrap();
+    assert!(
+        secondary[..update.old.len()] == update.old[..],
+        "the old image, for a revert"
+    );
+    // A bad scenario is refused with its reason.
+    std::fs::write(&scenario, "name = 1").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fuota-sim"))
+        .arg("run")
+        .arg(&scenario)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("s.toml"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_sweep_fills_its_grid() {
+    let s = small(9, "");
+    let sw = fuota_sim::sweep::sweep(
+        &s,
+        (fuota_sim::sweep::Axis::Loss, &[0.0, 0.2]),
+        (fuota_sim::sweep::Axis::Redundancy, &[4.0, 30.0]),
+        |_| {},
+    )
+    .unwrap();
+    assert_eq!(sw.cells.len(), 4);
+    assert_eq!(sw.grid().len(), 2);
+    assert!(sw.table().contains("20 %"));
+    assert!(sw.cells.iter().all(|c| c.devices == 12));
+}

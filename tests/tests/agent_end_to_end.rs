@@ -194,6 +194,28 @@ fn fragments_in_new_image_out_then_booted_or_reverted() {
                 .image_ok
         );
     }
+    // C: the new image booted but was never confirmed; at the next reset MCUboot went back.
+    {
+        let mut f = snapshot.clone();
+        f.erase(0, LAYOUT.primary.len).unwrap();
+        f.write(0, &padded(&s.new)).unwrap();
+        let flash = RefCell::new(f);
+        let mut ws = vec![0u8; 8 * 1024];
+        {
+            let mut agent = Agent::<_, 64>::new(&flash, config(&s), &mut ws, 0).unwrap();
+            let (_, evs) = drain(&mut agent, 0);
+            assert!(evs.contains(&Event::Booted { version: v9 }), "{evs:?}");
+        }
+        {
+            let mut f = flash.borrow_mut();
+            f.erase(0, LAYOUT.primary.len).unwrap();
+            f.write(0, &padded(&s.old)).unwrap();
+        }
+        let mut ws = vec![0u8; 8 * 1024];
+        let mut agent = Agent::<_, 64>::new(&flash, config(&s), &mut ws, 0).unwrap();
+        let (_, evs) = drain(&mut agent, 0);
+        assert!(evs.contains(&Event::Reverted { version: v9 }), "{evs:?}");
+    }
     // B: the bootloader went back (old image in primary, secondary trailer consumed).
     {
         let mut f = snapshot.clone();
