@@ -175,12 +175,22 @@ fn fragments_in_new_image_out_then_booted_or_reverted() {
         );
     }
     let snapshot = flash.borrow().clone();
+    // What the bootloader does to the primary slot, simulated: `image` copied in.
+    let into_primary = |f: &mut Flash, image: &[u8]| {
+        f.erase(0, LAYOUT.primary.len).unwrap();
+        f.write(0, &padded(image)).unwrap();
+    };
+    // The agent after a reset, and its events.
+    let boot = |flash: &RefCell<Flash>| {
+        let mut ws = vec![0u8; 8 * 1024];
+        let mut agent = Agent::<_, 64>::new(flash, config(&s), &mut ws, 0).unwrap();
+        drain(&mut agent, 0).1
+    };
 
-    // A: the bootloader swapped (simulated: the new image copied into the primary slot).
+    // A: the bootloader swapped (the new image in the primary slot).
     {
         let mut f = snapshot.clone();
-        f.erase(0, LAYOUT.primary.len).unwrap();
-        f.write(0, &padded(&s.new)).unwrap();
+        into_primary(&mut f, &s.new);
         let flash = RefCell::new(f);
         let mut ws = vec![0u8; 8 * 1024];
         let mut agent = Agent::<_, 64>::new(&flash, config(&s), &mut ws, 0).unwrap();
@@ -197,23 +207,12 @@ fn fragments_in_new_image_out_then_booted_or_reverted() {
     // C: the new image booted but was never confirmed; at the next reset MCUboot went back.
     {
         let mut f = snapshot.clone();
-        f.erase(0, LAYOUT.primary.len).unwrap();
-        f.write(0, &padded(&s.new)).unwrap();
+        into_primary(&mut f, &s.new);
         let flash = RefCell::new(f);
-        let mut ws = vec![0u8; 8 * 1024];
-        {
-            let mut agent = Agent::<_, 64>::new(&flash, config(&s), &mut ws, 0).unwrap();
-            let (_, evs) = drain(&mut agent, 0);
-            assert!(evs.contains(&Event::Booted { version: v9 }), "{evs:?}");
-        }
-        {
-            let mut f = flash.borrow_mut();
-            f.erase(0, LAYOUT.primary.len).unwrap();
-            f.write(0, &padded(&s.old)).unwrap();
-        }
-        let mut ws = vec![0u8; 8 * 1024];
-        let mut agent = Agent::<_, 64>::new(&flash, config(&s), &mut ws, 0).unwrap();
-        let (_, evs) = drain(&mut agent, 0);
+        let evs = boot(&flash);
+        assert!(evs.contains(&Event::Booted { version: v9 }), "{evs:?}");
+        into_primary(&mut flash.borrow_mut(), &s.old);
+        let evs = boot(&flash);
         assert!(evs.contains(&Event::Reverted { version: v9 }), "{evs:?}");
     }
     // B: the bootloader went back (old image in primary, secondary trailer consumed).
@@ -221,10 +220,7 @@ fn fragments_in_new_image_out_then_booted_or_reverted() {
         let mut f = snapshot.clone();
         let trailer_sector = LAYOUT.secondary.end() - SECTOR as u32;
         f.erase(trailer_sector, LAYOUT.secondary.end()).unwrap();
-        let flash = RefCell::new(f);
-        let mut ws = vec![0u8; 8 * 1024];
-        let mut agent = Agent::<_, 64>::new(&flash, config(&s), &mut ws, 0).unwrap();
-        let (_, evs) = drain(&mut agent, 0);
+        let evs = boot(&RefCell::new(f));
         assert!(evs.contains(&Event::Reverted { version: v9 }), "{evs:?}");
     }
 }
