@@ -1,3 +1,4 @@
+#![doc = include_str!("../README.md")]
 //! The FUOTA simulator: a deterministic discrete-event world of LoRaWAN devices and gateways
 //! that runs the real device agent (`fuota-device-agent`) and the real campaign engine
 //! (`fuota-server`'s engine) in virtual time.
