@@ -3,8 +3,10 @@
 //! a private copy of a sector only once it writes it. Same rules as real NOR flash (and as
 //! the agent's `SimFlash`): erase to 0xFF by sector, write only erased, aligned words.
 
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::{Arc, Weak};
 
 use embedded_storage::nor_flash::{
     ErrorType, NorFlash, NorFlashError, NorFlashErrorKind, ReadNorFlash,
@@ -49,6 +51,12 @@ impl std::error::Error for FlashError {}
 /// words, 2 KiB pages).
 pub const WRITE: usize = 8;
 pub const SECTOR: usize = 2048;
+
+/// Sectors seen by [`CowFlash::intern`], by content hash.
+#[derive(Debug, Default)]
+pub struct SectorPool {
+    pages: HashMap<u64, Vec<Weak<[u8]>>>,
+}
 
 /// A device's flash: a table of shared sectors.
 #[derive(Clone)]
@@ -103,6 +111,37 @@ impl CowFlash {
             .iter()
             .filter(|s| Arc::strong_count(s) == 1 && !Arc::ptr_eq(s, &self.erased))
             .count()
+    }
+
+    /// Shares this flash's private sectors with identical ones met before (every device
+    /// rebuilds the same new image, sector for sector): the memory of ten thousand devices
+    /// is then little more than one. Returns the sectors it let go of.
+    pub fn intern(&mut self, pool: &mut SectorPool) -> usize {
+        let mut shared = 0;
+        for sector in &mut self.sectors {
+            if Arc::strong_count(sector) != 1 || Arc::ptr_eq(sector, &self.erased) {
+                continue;
+            }
+            // A sample of the page is enough to find candidates; they are compared whole.
+            let mut h = DefaultHasher::new();
+            for word in sector.chunks(8).step_by(17) {
+                word.hash(&mut h);
+            }
+            let bucket = pool.pages.entry(h.finish()).or_default();
+            bucket.retain(|w| w.strong_count() > 0);
+            match bucket
+                .iter()
+                .filter_map(Weak::upgrade)
+                .find(|p| p[..] == sector[..])
+            {
+                Some(same) => {
+                    *sector = same;
+                    shared += 1;
+                }
+                None => bucket.push(Arc::downgrade(sector)),
+            }
+        }
+        shared
     }
 
     /// A copy of `len` bytes at `offset`.
@@ -182,10 +221,16 @@ impl NorFlash for CowFlash {
                     offset: (at + i) as u32,
                 });
             }
-            // Copy on first write: the shared page stays as it is for everyone else.
-            let mut page = sector.to_vec();
-            page[o..o + n].copy_from_slice(&bytes[done..done + n]);
-            self.sectors[s] = Arc::from(page);
+            match Arc::get_mut(&mut self.sectors[s]) {
+                // A sector this flash owns alone: written in place.
+                Some(page) => page[o..o + n].copy_from_slice(&bytes[done..done + n]),
+                // Copy on first write: the shared page stays as it is for everyone else.
+                None => {
+                    let mut page = self.sectors[s].to_vec();
+                    page[o..o + n].copy_from_slice(&bytes[done..done + n]);
+                    self.sectors[s] = Arc::from(page);
+                }
+            }
             done += n;
             at += n;
         }
@@ -221,5 +266,22 @@ mod tests {
         assert_eq!(a.write(4100, &[0u8; 8]), Err(FlashError::NotAligned));
         assert_eq!(a.erase(0, 100), Err(FlashError::NotAligned));
         assert_eq!(a.write(8 * 2048, &[0u8; 8]), Err(FlashError::OutOfBounds));
+    }
+
+    #[test]
+    fn identical_private_sectors_are_shared_after_interning() {
+        let base = CowFlash::new(4);
+        let (mut a, mut b) = (base.clone(), base.clone());
+        a.write(0, &[5u8; 64]).unwrap();
+        b.write(0, &[5u8; 64]).unwrap();
+        b.write(2048, &[6u8; 8]).unwrap();
+        let mut pool = SectorPool::default();
+        assert_eq!(a.intern(&mut pool), 0);
+        assert_eq!(b.intern(&mut pool), 1);
+        assert_eq!((a.private_sectors(), b.private_sectors()), (0, 1));
+        // Still copy on write: a write to the shared sector stays in its own flash.
+        a.write(64, &[7u8; 8]).unwrap();
+        assert_eq!(b.read_vec(64, 8).unwrap(), vec![0xff; 8]);
+        assert_eq!(a.read_vec(0, 72).unwrap()[64..], [7u8; 8]);
     }
 }

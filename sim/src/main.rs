@@ -26,6 +26,104 @@ enum Command {
     Run(RunArgs),
     /// Run a scenario over a grid of two parameters: a table and a heatmap.
     Sweep(SweepArgs),
+    /// Speed and memory: run scenarios and print wall time and peak memory per run.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct BenchArgs {
+    /// Scenario files (default: sim/examples/city.toml).
+    scenarios: Vec<PathBuf>,
+    /// Also run each with this many devices (e.g. 10000), same density of gateways.
+    #[arg(long)]
+    devices: Option<usize>,
+    /// Print the table as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// One bench run.
+#[derive(Debug, serde::Serialize)]
+struct BenchRow {
+    scenario: String,
+    devices: usize,
+    patch_bytes: usize,
+    simulated_s: f64,
+    wall_s: f64,
+    updated: usize,
+    peak_rss_mib: Option<f64>,
+}
+
+/// Peak resident memory of this process since the last reset, MiB (Linux).
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+fn bench_cmd(a: BenchArgs) -> Result<ExitCode> {
+    let paths = if a.scenarios.is_empty() {
+        vec![PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/city.toml")]
+    } else {
+        a.scenarios.clone()
+    };
+    let mut runs = Vec::new();
+    for p in &paths {
+        let s = Scenario::load(p)?;
+        runs.push(s.clone());
+        if let Some(n) = a.devices {
+            let mut big = s;
+            // Same density: the disc and the gateway count grow with the device count.
+            let k = n as f64 / big.devices as f64;
+            big.radius_m *= k.sqrt();
+            if let fuota_sim::scenario::Gateways::Count(g) = big.gateways {
+                big.gateways = fuota_sim::scenario::Gateways::Count((g as f64 * k).ceil() as usize);
+            }
+            big.devices = n;
+            big.name = format!("{} x{k:.0}", big.name);
+            runs.push(big);
+        }
+    }
+    let mut rows = Vec::new();
+    for s in &runs {
+        // Linux: writing 5 to clear_refs resets the peak (VmHWM) for the next run.
+        let _ = std::fs::write("/proc/self/clear_refs", "5");
+        // The bench measures wall time: this driver is allowed the clock.
+        #[allow(clippy::disallowed_methods)]
+        let started = std::time::Instant::now();
+        let (_, _, r) = run(s, |_, _, _| {})?;
+        rows.push(BenchRow {
+            scenario: s.name.clone(),
+            devices: r.devices,
+            patch_bytes: r.patch_bytes,
+            simulated_s: r.run_s,
+            wall_s: started.elapsed().as_secs_f64(),
+            updated: r.updated,
+            peak_rss_mib: peak_rss_mib(),
+        });
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<16} {:>8} {:>8} {:>10} {:>9} {:>8} {:>10}",
+        "scenario", "devices", "patch", "simulated", "wall", "updated", "peak RSS"
+    );
+    for r in rows {
+        println!(
+            "{:<16} {:>8} {:>7}B {:>10} {:>8.1}s {:>8} {:>7.0}MiB",
+            r.scenario,
+            r.devices,
+            r.patch_bytes,
+            hms(r.simulated_s),
+            r.wall_s,
+            r.updated,
+            r.peak_rss_mib.unwrap_or(0.0)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 #[derive(Debug, clap::Args)]
@@ -159,6 +257,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(a) => run_cmd(a),
         Command::Sweep(a) => sweep_cmd(a),
+        Command::Bench(a) => bench_cmd(a),
     };
     match result {
         Ok(code) => code,

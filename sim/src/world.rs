@@ -303,6 +303,9 @@ pub struct World {
     engine_timer_at: Option<Micros>,
     /// Gateways that carry multicast (the best one of some device).
     multicast_gateways: Vec<usize>,
+    /// Per gateway, the devices that could hear it at all (the rest are skipped when a
+    /// multicast frame is delivered).
+    audience: Vec<Vec<usize>>,
     rng: ChaCha8Rng,
     pub stats: WorldStats,
     /// Set when the engine (or the world) has nothing more to do.
@@ -374,6 +377,28 @@ impl World {
             .collect();
         multicast_gateways.sort_unstable();
         multicast_gateways.dedup();
+        // Strongest transmit power, most sensitive receiver: anyone outside cannot hear.
+        let floor = sensitivity_dbm(Modulation::Lora {
+            sf: 12,
+            bw_khz: 125,
+        });
+        let audience = (0..gateways.len())
+            .map(|g| {
+                sim_devices
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, d)| {
+                        air.propagation.rssi_dbm(
+                            air.seed,
+                            27.0,
+                            (Node::Gateway(g as u32), gateways[g].pos),
+                            (Node::Device(d.index), d.pos),
+                        ) >= floor
+                    })
+                    .map(|(i, _)| i)
+                    .collect()
+            })
+            .collect();
         let n = sim_devices.len();
         let mut world = Self {
             now: start,
@@ -389,6 +414,7 @@ impl World {
             engine,
             engine_timer_at: None,
             multicast_gateways,
+            audience,
             rng,
             stats: WorldStats::default(),
             done: false,
@@ -1043,7 +1069,9 @@ impl World {
                 }
             }
             Downlink::Multicast { addr } => {
-                for i in 0..self.devices.len() {
+                let Node::Gateway(gw) = t.from else { return };
+                let audience = std::mem::take(&mut self.audience[gw as usize]);
+                for &i in &audience {
                     let d = &self.devices[i];
                     let Some(c) = d.class_c else { continue };
                     if c.freq_hz != t.freq_hz || c.dr != dr || d.power != Power::On {
@@ -1074,6 +1102,7 @@ impl World {
                         self.deliver(i, Via::Multicast(c.group), port, &data.payload);
                     }
                 }
+                self.audience[gw as usize] = audience;
             }
         }
     }
@@ -1107,6 +1136,14 @@ impl World {
                 false
             }
         }
+    }
+
+    /// Lets identical flash sectors of all devices be shared (see [`CowFlash::intern`]).
+    pub fn share_flash(&mut self, pool: &mut crate::flash::SectorPool) -> usize {
+        self.devices
+            .iter()
+            .map(|d| d.flash.borrow_mut().intern(pool))
+            .sum()
     }
 
     /// The index of device `eui`.
