@@ -15,6 +15,8 @@ fn main() {
         "MEMORY\n{\n  FLASH : ORIGIN = 0x08000000, LENGTH = 256K\n  RAM : ORIGIN = 0x20000000, LENGTH = 64K\n}\n",
     )
     .expect("write memory.x");
-    println!("cargo:rustc-link-search={}", out.display());
+    // Only this package's examples see this memory.x: a `rustc-link-search` would also reach
+    // every firmware that depends on the agent, where it could shadow the firmware's own.
+    println!("cargo:rustc-link-arg-examples=-L{}", out.display());
     println!("cargo:rustc-link-arg-examples=-Tlink.x");
 }
