@@ -22,6 +22,8 @@ fn main() {
     };
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     fs::write(out.join("memory.x"), memory).expect("write memory.x");
-    println!("cargo:rustc-link-search={}", out.display());
+    // Only this package's examples see this memory.x: a `rustc-link-search` would also reach
+    // every firmware that depends on the agent, where it could shadow the firmware's own.
+    println!("cargo:rustc-link-arg-examples=-L{}", out.display());
     println!("cargo:rustc-link-arg-examples=-Tlink.x");
 }
