@@ -86,6 +86,8 @@ pub struct Behaviour {
     /// The new image fails its self-test: it is not confirmed and the device reboots,
     /// so MCUboot reverts.
     pub fails_self_test: bool,
+    /// It does not reset when the agent wants a reboot.
+    pub no_reboot: bool,
 }
 
 /// Counters for the report.

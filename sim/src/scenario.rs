@@ -63,6 +63,9 @@ pub struct Scenario {
     pub radius_m: f64,
     /// Gateway positions; a number places that many on a ring at half the radius.
     pub gateways: Gateways,
+    /// More devices at given positions (after the `devices` spread over the disc).
+    #[serde(default)]
+    pub placed: Vec<Position>,
     #[serde(default)]
     pub traffic: Traffic,
     #[serde(default)]
@@ -180,6 +183,9 @@ fn default_unicast_repair() -> usize {
 pub struct BehaviourSection {
     /// Fraction of devices whose new image fails its self-test (they revert).
     pub fails_self_test: f64,
+    /// The firmware does not reset on RebootWanted (it waits for a maintenance reboot): the
+    /// new image stays in the secondary slot with its swap request.
+    pub no_reboot: bool,
 }
 
 impl Scenario {
@@ -248,6 +254,10 @@ impl Scenario {
         }
     }
 }
+
+/// How long status answers are waited for after their BlockAckDelay spread: an SF12 device
+/// at 1 % duty cycle waits up to 150 s between uplinks.
+const STATUS_WAIT_S: u64 = 240;
 
 /// GPS time the simulated campaigns start at (2026-01-01, roughly).
 pub const START_GPS_S: u64 = 1_451_260_818;
@@ -320,15 +330,18 @@ pub fn build(s: &Scenario) -> Result<(World, Built)> {
     let mut devices = Vec::with_capacity(s.devices);
     let mut specs = Vec::with_capacity(s.devices);
     let mut positions = Vec::with_capacity(s.devices);
-    for i in 0..s.devices {
+    for i in 0..s.devices + s.placed.len() {
         let eui = 0x70b3_d500_0000_0000 | i as u64;
         let app_key = Key128::from_bytes(rng.gen());
         let root = fuota_codec::keys::mc_root_key_lorawan_1_1(&app_key);
         let r = s.radius_m * rng.gen::<f64>().sqrt();
         let a = rng.gen::<f64>() * 2.0 * std::f64::consts::PI;
-        let pos = Position {
-            x: r * a.cos(),
-            y: r * a.sin(),
+        let pos = match i.checked_sub(s.devices) {
+            Some(k) => s.placed[k],
+            None => Position {
+                x: r * a.cos(),
+                y: r * a.sin(),
+            },
         };
         positions.push(pos);
         let agent = AgentConfig {
@@ -349,6 +362,7 @@ pub fn build(s: &Scenario) -> Result<(World, Built)> {
         };
         let behaviour = Behaviour {
             fails_self_test: rng.gen::<f64>() < s.behaviour.fails_self_test,
+            no_reboot: s.behaviour.no_reboot,
         };
         devices.push(DevicePlan {
             eui,
@@ -378,8 +392,14 @@ pub fn build(s: &Scenario) -> Result<(World, Built)> {
         freq_hz: plan.freq_hz,
         dr: s.campaign.dr,
         session_start,
-        // Room for repair rounds after the first multicast.
-        timeout_exp: (plan.timeout_exp + 1).min(15),
+        // Room for the first round, its status answers, and as much again for repair rounds.
+        timeout_exp: {
+            let status_s = plan.status_s + STATUS_WAIT_S as f64;
+            let need = 2.0 * (plan.multicast_s + status_s);
+            (0..=15u8)
+                .find(|&t| (1u64 << t) as f64 >= need)
+                .unwrap_or(15)
+        },
         spacing_ms: plan.spacing_ms.ceil() as u64,
         window_end: session_start + s.campaign.window.0 * 1000,
         target_fw_version: fw_version(
@@ -391,8 +411,7 @@ pub fn build(s: &Scenario) -> Result<(World, Built)> {
         max_attempts: 6,
         reboot_wait_ms: 120_000,
         unicast_repair_max_devices: s.campaign.unicast_repair_max_devices,
-        // An SF12 device at 1 % duty cycle waits up to 150 s between uplinks.
-        status_wait_ms: 240_000,
+        status_wait_ms: STATUS_WAIT_S * 1000,
         multicast_lead_ms: 0,
     };
     let engine = Engine::new(campaign.clone(), specs, start_ms)?;

@@ -630,7 +630,7 @@ impl World {
                     }
                 }
             }
-            AgentEvent::RebootWanted { .. } => {
+            AgentEvent::RebootWanted { .. } if !d.behaviour.no_reboot => {
                 self.schedule(now + REBOOT_DELAY, Event::Reset(i));
             }
             AgentEvent::Booted { .. } => {
@@ -644,7 +644,9 @@ impl World {
                 }
             }
             AgentEvent::Reverted { .. } => d.stats.reverted = true,
-            AgentEvent::BlockComplete { .. } | AgentEvent::UpdateFailed(_) => {}
+            AgentEvent::RebootWanted { .. }
+            | AgentEvent::BlockComplete { .. }
+            | AgentEvent::UpdateFailed(_) => {}
         }
     }
 

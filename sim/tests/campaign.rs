@@ -92,11 +92,16 @@ fn devices_that_fail_their_self_test_revert_and_are_reported() {
 
 #[test]
 fn heavy_downlink_loss_is_repaired() {
-    let s = small(8, "[radio]\nextra_downlink_loss = 0.35\n");
+    // Repairs by multicast only, so that the rounds show.
+    let text = SMALL.replace("seed = 3", "seed = 8").replace(
+        "window = \"2h\"",
+        "window = \"2h\"\nunicast_repair_max_devices = 0",
+    );
+    let s = Scenario::from_toml(&format!("{text}[radio]\nextra_downlink_loss = 0.35\n")).unwrap();
     let (_, _, report) = fuota_sim::run::run(&s, |_, _, _| {}).unwrap();
     assert!(
-        report.repair_sent + report.unicast_fragments > 0,
-        "no repair at 35 % loss: {report:?}"
+        report.repair_rounds > 0,
+        "no repair round at 35 % loss: {report:?}"
     );
     assert!(
         report.updated >= 10,
@@ -170,4 +175,64 @@ fn a_sweep_fills_its_grid() {
     assert_eq!(sw.grid().len(), 2);
     assert!(sw.table().contains("20 %"));
     assert!(sw.cells.iter().all(|c| c.devices == 12));
+}
+
+/// Fifty devices close to their gateway, no extra loss, and a firmware that waits for a
+/// maintenance reboot: every device ends with the v2 image in its secondary slot (by SHA-256)
+/// and MCUboot's test-swap request; the first round was enough, no repair was sent.
+#[test]
+fn fifty_devices_end_with_the_new_image_and_a_test_swap_and_no_repair() {
+    use fuota_device_agent::mcuboot::{read_trailer, Trailer, SWAP_TYPE_TEST};
+    use sha2::{Digest, Sha256};
+    let text = SMALL
+        .replace("devices = 12", "devices = 50")
+        .replace("radius_m = 90", "radius_m = 40");
+    let s = Scenario::from_toml(&format!("{text}\n[behaviour]\nno_reboot = true\n")).unwrap();
+    let (world, built, report) = fuota_sim::run::run(&s, |_, _, _| {}).unwrap();
+    assert_eq!(
+        (report.repair_rounds, report.repair_sent),
+        (0, 0),
+        "{report:?}"
+    );
+    assert_eq!(report.unicast_fragments, 0);
+    let want: [u8; 32] = Sha256::digest(&built.update.new).into();
+    for d in &world.devices {
+        let (_, secondary) = d.primary_and_secondary();
+        let mut flash = d.flash.borrow_mut();
+        let image = flash
+            .read_vec(secondary.offset, built.update.new.len())
+            .unwrap();
+        let got: [u8; 32] = Sha256::digest(&image).into();
+        assert_eq!(got, want, "device {}", d.index);
+        let t = read_trailer(
+            &mut *flash,
+            secondary,
+            Trailer::new(secondary.len, 8).unwrap(),
+        )
+        .unwrap();
+        assert!(
+            t.magic_good && t.swap_info == SWAP_TYPE_TEST && !t.image_ok,
+            "{t:?}"
+        );
+    }
+}
+
+/// A device placed 20 km away hears nothing and is heard by nothing: it ends failed, with
+/// that reason, and the others are not held up.
+#[test]
+fn a_device_out_of_range_fails_with_its_reason() {
+    let s = small(11, "[[placed]]\nx = 20000.0\ny = 0.0\n");
+    let (world, _, report) = fuota_sim::run::run(&s, |_, _, _| {}).unwrap();
+    assert_eq!(report.devices, 13);
+    assert_eq!(report.updated, 12, "{:?}", report.failures);
+    assert_eq!(report.failures.get("no answer to setup"), Some(&1));
+    let far = world.devices.last().unwrap();
+    assert_eq!(far.pos.x, 20_000.0);
+    let outcome = &report
+        .per_device
+        .iter()
+        .find(|d| d.x == 20_000.0)
+        .unwrap()
+        .outcome;
+    assert!(outcome.contains("no answer"), "{outcome}");
 }

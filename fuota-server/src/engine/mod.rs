@@ -967,19 +967,28 @@ impl Engine {
                     if now < self.cfg.session_start {
                         return;
                     }
-                    let devs: Vec<(DevEui, bool)> = self
+                    let devs: Vec<(DevEui, Phase, bool)> = self
                         .devices
                         .iter()
                         .filter(|(_, d)| !d.progress.phase.is_final())
-                        .map(|(k, d)| (*k, d.progress.phase == Phase::Ready))
+                        .map(|(k, d)| {
+                            (
+                                *k,
+                                d.progress.phase.clone(),
+                                d.progress.last_uplink.is_some(),
+                            )
+                        })
                         .collect();
-                    for (dev, ready) in devs {
-                        if ready {
-                            if let Some(d) = self.devices.get_mut(&dev) {
-                                d.progress.phase = Phase::Receiving;
+                    for (dev, phase, heard) in devs {
+                        match phase {
+                            Phase::Ready => {
+                                if let Some(d) = self.devices.get_mut(&dev) {
+                                    d.progress.phase = Phase::Receiving;
+                                }
                             }
-                        } else {
-                            self.fail(dev, Failure::NotReadyInTime);
+                            // Never heard from at all: out of reach, or off.
+                            Phase::Setup(req) if !heard => self.fail(dev, Failure::NoAnswer(req)),
+                            _ => self.fail(dev, Failure::NotReadyInTime),
                         }
                     }
                     self.group = GroupPhase::Sending {
