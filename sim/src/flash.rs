@@ -122,11 +122,8 @@ impl CowFlash {
             if Arc::strong_count(sector) != 1 || Arc::ptr_eq(sector, &self.erased) {
                 continue;
             }
-            // A sample of the page is enough to find candidates; they are compared whole.
             let mut h = DefaultHasher::new();
-            for word in sector.chunks(8).step_by(17) {
-                word.hash(&mut h);
-            }
+            sector.hash(&mut h);
             let bucket = pool.pages.entry(h.finish()).or_default();
             bucket.retain(|w| w.strong_count() > 0);
             match bucket

@@ -3,7 +3,6 @@
 use anyhow::Result;
 use fuota_server::engine::Phase;
 
-use crate::flash::SectorPool;
 use crate::radio::Micros;
 use crate::report::Report;
 use crate::scenario::{build, Built, Scenario};
@@ -22,13 +21,12 @@ pub fn run(
     // The engine fails whatever is left at the window's end; a little after, all is said.
     let end = built.campaign.window_end * 1000 + 10 * STEP;
     let n = world.devices.len();
-    let mut pool = SectorPool::default();
     let mut step = 0u64;
     while world.now < end {
         // Every ten simulated minutes, the sectors the devices wrote alike are shared.
         step += 1;
         if step % 10 == 0 {
-            world.share_flash(&mut pool);
+            world.share_flash();
         }
         let done = world.run_until((world.now + STEP).min(end));
         let updated = world

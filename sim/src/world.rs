@@ -306,6 +306,8 @@ pub struct World {
     /// Per gateway, the devices that could hear it at all (the rest are skipped when a
     /// multicast frame is delivered).
     audience: Vec<Vec<usize>>,
+    /// Flash sectors the devices share by content (see [`World::share_flash`]).
+    pool: crate::flash::SectorPool,
     rng: ChaCha8Rng,
     pub stats: WorldStats,
     /// Set when the engine (or the world) has nothing more to do.
@@ -415,6 +417,7 @@ impl World {
             engine_timer_at: None,
             multicast_gateways,
             audience,
+            pool: crate::flash::SectorPool::default(),
             rng,
             stats: WorldStats::default(),
             done: false,
@@ -631,6 +634,8 @@ impl World {
                 }
             }
             AgentEvent::RebootWanted { .. } if !d.behaviour.no_reboot => {
+                // The new image just written is the same on every device: share it now.
+                d.flash.borrow_mut().intern(&mut self.pool);
                 self.schedule(now + REBOOT_DELAY, Event::Reset(i));
             }
             AgentEvent::Booted { .. } => {
@@ -663,6 +668,8 @@ impl World {
             bootloader::boot(&mut f, cfg_slot.0, cfg_slot.1, 8)
         };
         let moved = boot.map_or(0, |b: Boot| b.moved_sectors(cfg_slot.0));
+        // Both slots were rewritten by the swap, alike on every device.
+        d.flash.borrow_mut().intern(&mut self.pool);
         let until = self.now + 1_000_000 + moved * SWAP_US_PER_SECTOR;
         d.power = Power::Booting { until };
         self.schedule(until, Event::Started(i));
@@ -1141,7 +1148,8 @@ impl World {
     }
 
     /// Lets identical flash sectors of all devices be shared (see [`CowFlash::intern`]).
-    pub fn share_flash(&mut self, pool: &mut crate::flash::SectorPool) -> usize {
+    pub fn share_flash(&mut self) -> usize {
+        let pool = &mut self.pool;
         self.devices
             .iter()
             .map(|d| d.flash.borrow_mut().intern(pool))
