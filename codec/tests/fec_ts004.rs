@@ -183,15 +183,15 @@ fn missing_count_before_any_coded_fragment() {
 #[test]
 fn ram_for_m_1024_and_128_lost() {
     let (m, lost, frag_size) = (1024usize, 128usize, 50usize);
-    // The documented formula: 2M + 2L + ceil(L(L+1)/16) + 2 ceil(L/8) + ceil(M/8) + 2F.
-    let formula = 2 * m
+    // The documented formula: ceil(M/8) + 2L + ceil(L(L+1)/16) + 2 ceil(L/8) + ceil(M/8) + 2F.
+    let formula = m.div_ceil(8)
         + 2 * lost
         + (lost * (lost + 1) / 2).div_ceil(8)
         + 2 * lost.div_ceil(8)
         + m.div_ceil(8)
         + 2 * frag_size;
     assert_eq!(Decoder::workspace_len(m, lost, frag_size), formula);
-    assert_eq!(formula, 3496 + 2 * frag_size);
+    assert_eq!(formula, 1576 + 2 * frag_size);
 
     let mut too_small = vec![0u8; formula - 1];
     assert!(matches!(
@@ -349,4 +349,44 @@ fn detached_state_decodes_and_the_workspace_is_reused() {
     let (state, ws) = decoder.into_parts();
     assert_eq!(state.nb_frag(), 8);
     assert_eq!(ws.len(), Decoder::workspace_len(m, 16, frag_size));
+}
+
+#[test]
+fn late_data_fragments_join_the_system_the_coded_ones_started() {
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    for version in [Version::V1, Version::V2] {
+        let (m, frag_size, max_lost) = (40usize, 9usize, 5usize);
+        let data = random_block(&mut rng, m * frag_size);
+        let fragments = encode(version, &data, frag_size, 30).unwrap();
+        let mut workspace = vec![0u8; Decoder::workspace_len(m, max_lost, frag_size)];
+        let mut slots = vec![0u8; m * frag_size];
+        let mut store = RamStore::new(&mut slots, frag_size);
+        let mut decoder = Decoder::new(version, m, frag_size, max_lost, &mut workspace).unwrap();
+        let lost = [2usize, 6, 11, 30, 39];
+        for i in (0..m).filter(|i| !lost.contains(i)) {
+            decoder.push(&mut store, i + 1, &fragments[i]).unwrap();
+        }
+        // One coded fragment fixes the five unknowns.
+        decoder.push(&mut store, m + 1, &fragments[m]).unwrap();
+        assert_eq!(decoder.lost(), Some(5));
+        let before = decoder.received();
+        // Three of the lost data fragments arrive late, one of them twice: each is a row
+        // with one bit, and the repeat tells nothing new.
+        for i in [30usize, 6, 30, 39] {
+            decoder.push(&mut store, i + 1, &fragments[i]).unwrap();
+        }
+        assert_eq!(decoder.received(), before + 3, "{version:?}");
+        let mut n = m + 2;
+        while !decoder.is_complete() {
+            decoder.push(&mut store, n, &fragments[n - 1]).unwrap();
+            n += 1;
+        }
+        assert!(
+            n - m - 1 <= 20,
+            "{version:?}: {} coded fragments",
+            n - m - 1
+        );
+        drop(decoder);
+        assert_eq!(store.as_bytes(), &data[..], "{version:?}");
+    }
 }

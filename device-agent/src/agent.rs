@@ -180,7 +180,7 @@ impl<const SESSIONS: usize> Layout<SESSIONS> {
 }
 
 fn gps_s(clock: &ClockSync, now: Millis) -> u32 {
-    clock.gps_ms(now).unwrap_or(now as i64).div_euclid(1000) as u32
+    crate::clock::seconds_of(clock.gps_ms(now).unwrap_or(now as i64))
 }
 
 impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize, K: SignatureCheck>

@@ -20,6 +20,29 @@ use crate::rng::Rng;
 /// Milliseconds on the caller's monotonic clock.
 pub type Millis = u64;
 
+/// `floor(ms / 1000)` mod 2^32: GPS seconds as the packages carry them. Done in 16-bit digits
+/// with 32-bit divisions, which Cortex-M has in hardware: a 64-bit division would link a
+/// library routine of about 2 KB.
+pub(crate) fn seconds_of(ms: i64) -> u32 {
+    fn div_1000(x: u64) -> u64 {
+        let mut q = 0u64;
+        let mut r = 0u32;
+        for shift in [48, 32, 16, 0] {
+            let cur = (r << 16) | ((x >> shift) as u32 & 0xffff);
+            q = (q << 16) | u64::from(cur / 1000);
+            r = cur % 1000;
+        }
+        q
+    }
+    if ms >= 0 {
+        div_1000(ms as u64) as u32
+    } else {
+        // floor(-a / 1000) = -ceil(a / 1000) for a = -ms > 0 (i64::MIN included: a = 2^63).
+        let a = ms.unsigned_abs();
+        (div_1000(a - 1) + 1).wrapping_neg() as u32
+    }
+}
+
 /// Default periodicity exponent: 128 * 2^7 s, about 4.5 hours.
 pub const DEFAULT_PERIOD: u8 = 7;
 const JITTER_MS: u64 = 30_000;
@@ -68,8 +91,7 @@ impl ClockSync {
     /// GPS time in seconds as the packages carry it (mod 2^32), or the uncorrected local
     /// clock before the first answer.
     fn device_time(&self, now: Millis) -> u32 {
-        let ms = self.gps_ms(now).unwrap_or(now as i64);
-        (ms.div_euclid(1000)) as u32
+        seconds_of(self.gps_ms(now).unwrap_or(now as i64))
     }
 
     pub fn is_synced(&self) -> bool {
@@ -156,8 +178,37 @@ impl ClockSync {
 #[cfg(test)]
 mod tests {
     use super::*;
+
     use fuota_codec::clock_sync::{AppTimeAns, DeviceAppTimePeriodicityReq, ForceDeviceResyncCmd};
     use std::vec::Vec;
+
+    #[test]
+    fn seconds_are_floored_like_div_euclid() {
+        let mut x = 0x1234_5678_9abc_def1u64;
+        let mut cases = std::vec![
+            0i64,
+            1,
+            999,
+            1000,
+            1001,
+            -1,
+            -999,
+            -1000,
+            -1001,
+            i64::MAX,
+            i64::MIN
+        ];
+        for _ in 0..10_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            cases.push(x as i64);
+            cases.push((x >> (x % 60)) as i64);
+        }
+        for ms in cases {
+            assert_eq!(seconds_of(ms), ms.div_euclid(1000) as u32, "{ms}");
+        }
+    }
 
     fn req(u: Option<Uplink>) -> AppTimeReq {
         match u {

@@ -304,7 +304,7 @@ impl Multicast {
 
     /// When, on the caller's clock, a GPS second falls, given the current offset.
     pub fn at(gps_s: u32, now: Millis, gps_now_ms: i64) -> Millis {
-        let delta_ms = wrapping_secs(gps_s, (gps_now_ms.div_euclid(1000)) as u32) * 1000;
+        let delta_ms = wrapping_secs(gps_s, crate::clock::seconds_of(gps_now_ms)) * 1000;
         (now as i64 + delta_ms).max(now as i64) as Millis
     }
 }

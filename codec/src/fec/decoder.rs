@@ -19,15 +19,17 @@
 //!
 //! | what | bytes |
 //! |---|---|
-//! | missing-fragment index, u16 per data fragment | 2M |
-//! | slot of each unknown, u16 per lost fragment | 2L |
+//! | received data fragments, a bit each | ceil(M/8) |
+//! | slot of each unknown, u16 per lost fragment, ascending | 2L |
 //! | triangular bit matrix | ceil(L(L+1)/2 / 8) |
 //! | pivot flags and the row being reduced | 2 ceil(L/8) |
 //! | parity row being expanded | ceil(M/8) |
 //! | two fragment buffers | 2F |
 //!
-//! about L²/16 + 2.125M + 2.25L + 2F bytes: 3,496 + 2F bytes for M = 1024, L = 128 (a test
-//! checks it). If more than `L` data fragments are lost when the first coded fragment arrives,
+//! about L²/16 + M/4 + 2.25L + 2F bytes: 1,576 + 2F bytes for M = 1024, L = 128 (a test
+//! checks it). Once the unknowns are fixed, the received bits no longer change, so the
+//! unknowns are exactly the clear bits, in ascending order: a column is found by counting
+//! clear bits while scanning a parity row, or by a binary search in the slot list. If more than `L` data fragments are lost when the first coded fragment arrives,
 //! [`DecodeError::NotEnoughMatrixMemory`] says so (the TS004 status bit of that name) and the
 //! coded fragment is dropped; data fragments are still taken, and a later coded fragment tries
 //! again.
@@ -40,9 +42,6 @@ use crate::Version;
 
 /// Largest M a DataFragment's 14-bit N can number.
 pub const MAX_NB_FRAG: usize = 0x3fff;
-
-const RECEIVED: u16 = 0xffff;
-const NOT_RECEIVED: u16 = 0xfffe;
 
 /// Why a decoder cannot be built.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,7 +150,7 @@ impl Triangle<'_> {
 fn get_u16(bytes: &[u8], i: usize) -> u16 {
     match bytes.get(2 * i..2 * i + 2) {
         Some(b) => u16::from_le_bytes([b[0], b[1]]),
-        None => RECEIVED,
+        None => u16::MAX,
     }
 }
 
@@ -199,10 +198,10 @@ struct Work<'w> {
     m: usize,
     frag_size: usize,
     max_lost: usize,
-    /// Per data fragment: RECEIVED, NOT_RECEIVED (before the first coded fragment), or its
-    /// column among the unknowns.
-    index: &'w mut [u8],
-    /// Per unknown: the data fragment (slot) it stands for.
+    /// A bit per data fragment taken as such: before the first coded fragment every data
+    /// fragment that arrived, after it only those (late arrivals are rows of the system).
+    received: &'w mut [u8],
+    /// Per unknown, in ascending order: the data fragment (slot) it stands for.
     column_slot: &'w mut [u8],
     matrix: Triangle<'w>,
     pivots: &'w mut [u8],
@@ -222,7 +221,7 @@ impl DecoderState {
     /// `frag_size`. See the module docs.
     pub const fn workspace_len(m: usize, max_lost: usize, frag_size: usize) -> usize {
         let l = if max_lost < m { max_lost } else { m };
-        2 * m
+        bitmap_len(m)
             + 2 * l
             + bitmap_len(l * (l + 1) / 2)
             + 2 * bitmap_len(l)
@@ -254,9 +253,7 @@ impl DecoderState {
                 got: workspace.len(),
             });
         }
-        for i in 0..m {
-            put_u16(workspace, i, NOT_RECEIVED);
-        }
+        workspace[..bitmap_len(m)].fill(0);
         Ok(Self {
             version,
             m,
@@ -272,7 +269,7 @@ impl DecoderState {
 
     fn work<'w>(&self, workspace: &'w mut [u8]) -> Work<'w> {
         let (m, max_lost, frag_size) = (self.m, self.max_lost, self.frag_size);
-        let (index, rest) = workspace.split_at_mut(2 * m);
+        let (received, rest) = workspace.split_at_mut(bitmap_len(m));
         let (column_slot, rest) = rest.split_at_mut(2 * max_lost);
         let (matrix, rest) = rest.split_at_mut(bitmap_len(max_lost * (max_lost + 1) / 2));
         let (pivots, rest) = rest.split_at_mut(bitmap_len(max_lost));
@@ -285,7 +282,7 @@ impl DecoderState {
             m,
             frag_size,
             max_lost,
-            index,
+            received,
             column_slot,
             matrix: Triangle {
                 bits: matrix,
@@ -480,26 +477,48 @@ impl Work<'_> {
         i: usize,
         payload: &[u8],
     ) -> Result<(), DecodeError<S::Error>> {
-        match get_u16(self.index, i) {
-            RECEIVED => Ok(()),
-            NOT_RECEIVED => {
+        if bit(self.received, i) {
+            return Ok(());
+        }
+        match self.lost {
+            None => {
                 store.write_slot(i, payload).map_err(DecodeError::Store)?;
-                put_u16(self.index, i, RECEIVED);
+                set_bit(self.received, i);
                 self.received_data += 1;
                 if self.received_data == self.m {
                     self.complete = true;
                 }
                 Ok(())
             }
-            column => {
+            Some(l) => {
                 // A late data fragment: a row with one bit, in the unknowns' system.
-                let l = self.matrix.l;
+                let Some(column) = self.column_of(i, l) else {
+                    return Ok(());
+                };
                 self.row[..bitmap_len(l)].fill(0);
-                set_bit(self.row, column as usize);
+                set_bit(self.row, column);
                 self.buf_a.copy_from_slice(payload);
                 self.reduce(store)
             }
         }
+    }
+
+    /// The column of unknown data fragment `i`, by binary search in the ascending slot list.
+    fn column_of(&self, i: usize, l: usize) -> Option<usize> {
+        let (mut lo, mut hi) = (0, l);
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            let slot = usize::from(get_u16(self.column_slot, mid));
+            if slot == i {
+                return Some(mid);
+            }
+            if slot < i {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        None
     }
 
     /// Fixes the unknowns: every data fragment not received so far.
@@ -513,8 +532,7 @@ impl Work<'_> {
         }
         let mut column = 0;
         for i in 0..self.m {
-            if get_u16(self.index, i) != RECEIVED {
-                put_u16(self.index, i, column as u16);
+            if !bit(self.received, i) {
                 put_u16(self.column_slot, column, i as u16);
                 column += 1;
             }
@@ -543,16 +561,20 @@ impl Work<'_> {
         )?;
         self.row[..bitmap_len(l)].fill(0);
         self.buf_a.copy_from_slice(payload);
+        // The unknowns are the clear received bits, in order: count them on the way.
+        let mut column = 0;
         for i in 0..self.m {
-            if !bit(self.parity, i) {
-                continue;
-            }
-            match get_u16(self.index, i) {
-                RECEIVED => {
+            let received = bit(self.received, i);
+            if bit(self.parity, i) {
+                if received {
                     store.read_slot(i, self.buf_b).map_err(DecodeError::Store)?;
                     xor_into(self.buf_a, self.buf_b);
+                } else {
+                    set_bit(self.row, column);
                 }
-                column => set_bit(self.row, column as usize),
+            }
+            if !received {
+                column += 1;
             }
         }
         self.reduce(store)
