@@ -386,7 +386,6 @@ fn late_data_fragments_join_the_system_the_coded_ones_started() {
             "{version:?}: {} coded fragments",
             n - m - 1
         );
-        drop(decoder);
         assert_eq!(store.as_bytes(), &data[..], "{version:?}");
     }
 }
