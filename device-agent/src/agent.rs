@@ -694,9 +694,9 @@ fn append_snapshot<F: NorFlash>(
     flash: &RefCell<F>,
     snap: &Snapshot,
 ) {
-    let mut buf = [0u8; JOURNAL_SLOT];
-    let n = snap.encode(&mut buf);
-    let _ = journal.append(&mut *flash.borrow_mut(), &buf[..n]);
+    let _ = journal.append_with(&mut *flash.borrow_mut(), Snapshot::LEN, |out| {
+        snap.encode(out)
+    });
 }
 
 fn failure<E>(e: &InstallError<E>) -> UpdateFailure {
@@ -730,17 +730,14 @@ struct Snapshot {
 
 const SNAPSHOT_FORMAT: u8 = 2;
 
+/// The snapshot's bytes go to the journal as they are produced.
 struct W<'b> {
-    buf: &'b mut [u8],
-    at: usize,
+    out: &'b mut dyn FnMut(&[u8]),
 }
 
 impl W<'_> {
     fn put(&mut self, bytes: &[u8]) {
-        if let Some(dst) = self.buf.get_mut(self.at..self.at + bytes.len()) {
-            dst.copy_from_slice(bytes);
-        }
-        self.at += bytes.len();
+        (self.out)(bytes);
     }
 }
 
@@ -784,8 +781,11 @@ fn take_version(r: &mut R<'_>) -> Option<ImageVersion> {
 }
 
 impl Snapshot {
-    fn encode(&self, buf: &mut [u8]) -> usize {
-        let mut w = W { buf, at: 0 };
+    /// Encoded length: every field has a fixed place, present or not.
+    const LEN: usize = 1 + MAX_FRAG_SESSIONS * 3 + MAX_FRAG_SESSIONS * 20 + 4 * (45 + 11) + 41;
+
+    fn encode(&self, out: &mut dyn FnMut(&[u8])) {
+        let mut w = W { out };
         w.put(&[SNAPSHOT_FORMAT]);
         for cnt in self.last_session_cnt {
             match cnt {
@@ -872,7 +872,6 @@ impl Snapshot {
                 w.put(&[0; 32]);
             }
         }
-        w.at.min(w.buf.len())
     }
 
     fn decode(b: &[u8]) -> Option<Self> {
@@ -947,5 +946,67 @@ impl Snapshot {
             groups,
             update,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::vec::Vec;
+
+    fn encoded(s: &Snapshot) -> Vec<u8> {
+        let mut v = Vec::new();
+        s.encode(&mut |b| v.extend_from_slice(b));
+        v
+    }
+
+    #[test]
+    fn a_snapshot_has_its_fixed_length_and_decodes_back() {
+        let empty = Snapshot::default();
+        assert_eq!(encoded(&empty).len(), Snapshot::LEN);
+        let group = McGroup {
+            addr: 0x0102_0304,
+            app_s_key: Key128::from_bytes([5; 16]),
+            nwk_s_key: Key128::from_bytes([6; 16]),
+            min_fcount: 7,
+            max_fcount: 8,
+        };
+        let session = ClassCSession {
+            start_s: 9,
+            timeout_exp: 10,
+            freq_hz: 869_525_000,
+            dr: 3,
+            running: false,
+        };
+        let full = Snapshot {
+            last_session_cnt: [Some(1), None, Some(3), Some(u16::MAX)],
+            groups: core::array::from_fn(|_| (Some(group.clone()), Some(session))),
+            update: Update::Installing {
+                frag_index: 2,
+                checkpoint: Some(Checkpoint {
+                    target_sha256: [9; 32],
+                    written: 4096,
+                }),
+            },
+            ..Snapshot::default()
+        };
+        let bytes = encoded(&full);
+        assert_eq!(bytes.len(), Snapshot::LEN);
+        let back = Snapshot::decode(&bytes).unwrap();
+        assert_eq!(back.last_session_cnt, full.last_session_cnt);
+        assert_eq!(back.update, full.update);
+        assert_eq!(back.groups[3].0.as_ref().map(|g| g.addr), Some(group.addr));
+        assert_eq!(encoded(&back), bytes);
+        for update in [
+            Update::SwapRequested(ImageVersion::default()),
+            Update::Testing(ImageVersion::default()),
+        ] {
+            let s = Snapshot {
+                update,
+                ..Snapshot::default()
+            };
+            assert_eq!(encoded(&s).len(), Snapshot::LEN);
+            assert_eq!(Snapshot::decode(&encoded(&s)).unwrap().update, update);
+        }
     }
 }

@@ -19,7 +19,11 @@ const TRAILER: usize = 4;
 
 /// CRC-32 (IEEE 802.3, reflected, as zlib).
 pub fn crc32(data: &[u8]) -> u32 {
-    let mut crc = !0u32;
+    !crc32_update(!0, data)
+}
+
+/// Feeds `data` to a CRC-32 register (start with `!0`, finish with `!`).
+fn crc32_update(mut crc: u32, data: &[u8]) -> u32 {
     for &b in data {
         crc ^= u32::from(b);
         for _ in 0..8 {
@@ -30,20 +34,73 @@ pub fn crc32(data: &[u8]) -> u32 {
             };
         }
     }
-    !crc
+    crc
+}
+
+/// Bytes staged before a flash write: a multiple of the write size, at most 32 (the largest
+/// write size the slots support), so that a record needs no buffer of a whole slot.
+const STAGE: usize = crate::slot::MAX_WRITE_SIZE;
+
+/// Writes a record to flash in staged pieces, from its first byte on, with its CRC.
+struct RecordWriter<'f, F: NorFlash> {
+    flash: &'f mut F,
+    at: u32,
+    stage: [u8; STAGE],
+    fill: usize,
+    crc: u32,
+    written: usize,
+    error: Option<F::Error>,
+}
+
+impl<'f, F: NorFlash> RecordWriter<'f, F> {
+    fn put(&mut self, mut bytes: &[u8]) {
+        self.crc = crc32_update(self.crc, bytes);
+        self.written += bytes.len();
+        let unit = STAGE / F::WRITE_SIZE * F::WRITE_SIZE;
+        while !bytes.is_empty() {
+            let n = (unit - self.fill).min(bytes.len());
+            self.stage[self.fill..self.fill + n].copy_from_slice(&bytes[..n]);
+            self.fill += n;
+            bytes = &bytes[n..];
+            if self.fill == unit {
+                self.flush();
+            }
+        }
+    }
+
+    /// Writes what is staged, padded with 0xFF to the write size.
+    fn flush(&mut self) {
+        if self.fill == 0 {
+            return;
+        }
+        let used = self.fill.div_ceil(F::WRITE_SIZE) * F::WRITE_SIZE;
+        self.stage[self.fill..used].fill(0xff);
+        if self.error.is_none() {
+            if let Err(e) = self.flash.write(self.at, &self.stage[..used]) {
+                self.error = Some(e);
+            }
+        }
+        self.at += used as u32;
+        self.fill = 0;
+    }
 }
 
 /// Why the journal failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JournalError<E> {
     Flash(E),
-    /// The region is not whole sectors, has fewer than two, or `SLOT` does not fit the
-    /// flash's geometry.
+    /// The region is not whole sectors, has fewer than two, `SLOT` does not fit the flash's
+    /// geometry, or the write size is above [`crate::slot::MAX_WRITE_SIZE`].
     BadLayout,
     /// The payload is longer than a slot holds.
     TooLong {
         len: usize,
         max: usize,
+    },
+    /// [`Journal::append_with`] was given another number of bytes than announced.
+    LengthMismatch {
+        expected: usize,
+        got: usize,
     },
 }
 
@@ -88,6 +145,7 @@ impl<const SLOT: usize> Journal<SLOT> {
             || region.len / sector < 2
             || SLOT < HEADER + TRAILER + 1
             || SLOT % F::WRITE_SIZE != 0
+            || F::WRITE_SIZE > STAGE
             || SLOT > F::ERASE_SIZE
         {
             return Err(JournalError::BadLayout);
@@ -148,11 +206,18 @@ impl<const SLOT: usize> Journal<SLOT> {
         flash: &mut F,
         slot: u32,
     ) -> Result<bool, JournalError<F::Error>> {
-        let mut buf = [0u8; SLOT];
-        flash
-            .read(self.slot_offset::<F>(slot), &mut buf)
-            .map_err(JournalError::Flash)?;
-        Ok(buf.iter().all(|&b| b == 0xff))
+        let start = self.slot_offset::<F>(slot);
+        let mut buf = [0u8; STAGE];
+        for at in (0..SLOT).step_by(STAGE) {
+            let n = (SLOT - at).min(STAGE);
+            flash
+                .read(start + at as u32, &mut buf[..n])
+                .map_err(JournalError::Flash)?;
+            if buf[..n].iter().any(|&b| b != 0xff) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// Makes `payload` the new state. Durable when this returns `Ok`.
@@ -161,9 +226,22 @@ impl<const SLOT: usize> Journal<SLOT> {
         flash: &mut F,
         payload: &[u8],
     ) -> Result<(), JournalError<F::Error>> {
-        if payload.len() > Self::MAX_PAYLOAD {
+        self.append_with(flash, payload.len(), |out| out(payload))
+    }
+
+    /// Makes a payload of `len` bytes the new state; `produce` hands its bytes, in order and
+    /// in pieces of any size, to the function it is given. They go to flash as they come (no
+    /// buffer of a whole record). Durable when this returns `Ok`; if `produce` gives other
+    /// than `len` bytes, the record is left without its CRC (invalid) and the state unchanged.
+    pub fn append_with<F: NorFlash>(
+        &mut self,
+        flash: &mut F,
+        len: usize,
+        produce: impl FnOnce(&mut dyn FnMut(&[u8])),
+    ) -> Result<(), JournalError<F::Error>> {
+        if len > Self::MAX_PAYLOAD {
             return Err(JournalError::TooLong {
-                len: payload.len(),
+                len,
                 max: Self::MAX_PAYLOAD,
             });
         }
@@ -193,18 +271,35 @@ impl<const SLOT: usize> Journal<SLOT> {
                 sector * per
             }
         };
-        let mut buf = [0xffu8; SLOT];
-        buf[..2].copy_from_slice(&MAGIC);
-        buf[2..6].copy_from_slice(&seq.to_le_bytes());
-        buf[6..8].copy_from_slice(&(payload.len() as u16).to_le_bytes());
-        buf[HEADER..HEADER + payload.len()].copy_from_slice(payload);
-        let end = HEADER + payload.len();
-        let crc = crc32(&buf[..end]);
-        buf[end..end + TRAILER].copy_from_slice(&crc.to_le_bytes());
-        let used = (end + TRAILER).div_ceil(F::WRITE_SIZE) * F::WRITE_SIZE;
-        flash
-            .write(self.slot_offset::<F>(slot), &buf[..used])
-            .map_err(JournalError::Flash)?;
+        let mut w = RecordWriter {
+            at: self.slot_offset::<F>(slot),
+            flash,
+            stage: [0; STAGE],
+            fill: 0,
+            crc: !0,
+            written: 0,
+            error: None,
+        };
+        w.put(&MAGIC);
+        w.put(&seq.to_le_bytes());
+        w.put(&(len as u16).to_le_bytes());
+        produce(&mut |bytes| w.put(bytes));
+        if w.written != HEADER + len {
+            w.flush();
+            return match w.error {
+                Some(e) => Err(JournalError::Flash(e)),
+                None => Err(JournalError::LengthMismatch {
+                    expected: len,
+                    got: w.written - HEADER,
+                }),
+            };
+        }
+        let crc = !w.crc;
+        w.put(&crc.to_le_bytes());
+        w.flush();
+        if let Some(e) = w.error {
+            return Err(JournalError::Flash(e));
+        }
         self.head = Some(Head { slot, seq });
         Ok(())
     }
@@ -294,5 +389,71 @@ mod tests {
                 "cut after {k}"
             );
         }
+    }
+
+    /// Records larger than the staging buffer, produced in pieces, at every power-cut point:
+    /// old or new state, never a mix.
+    #[test]
+    fn records_in_pieces_survive_every_power_cut() {
+        let record =
+            |i: u32| -> std::vec::Vec<u8> { (0..100u32).map(|b| (b * 7 + i) as u8).collect() };
+        let produce = |i: u32| {
+            move |out: &mut dyn FnMut(&[u8])| {
+                let r = record(i);
+                out(&r[..3]);
+                out(&r[3..70]);
+                out(&r[70..]);
+            }
+        };
+        let appends = 12u32;
+        let total_ops = {
+            let mut flash = Flash::new(4);
+            let mut j = Journal::<128>::open(&mut flash, REGION).unwrap();
+            for i in 0..appends {
+                j.append_with(&mut flash, 100, produce(i)).unwrap();
+            }
+            flash.operations()
+        };
+        for k in 0..total_ops {
+            let mut flash = Flash::new(4);
+            flash.cut_power_after(k);
+            let mut done: Option<u32> = None;
+            {
+                let mut j = Journal::<128>::open(&mut flash, REGION).unwrap();
+                for i in 0..appends {
+                    if j.append_with(&mut flash, 100, produce(i)).is_err() {
+                        break;
+                    }
+                    done = Some(i);
+                }
+            }
+            flash.reboot();
+            let j = Journal::<128>::open(&mut flash, REGION).unwrap();
+            let mut out = [0u8; 128];
+            let got = j.read(&mut flash, &mut out).unwrap().map(|p| p.to_vec());
+            let next = done.map_or(0, |d| d + 1);
+            assert!(
+                got == done.map(record) || got == Some(record(next)),
+                "cut after {k}: last done {done:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_record_of_the_wrong_length_is_refused_and_the_state_kept() {
+        let mut flash = Flash::new(4);
+        let mut j = Journal::<128>::open(&mut flash, REGION).unwrap();
+        j.append(&mut flash, b"good").unwrap();
+        let short = j.append_with(&mut flash, 10, |out| out(b"only six"));
+        assert_eq!(
+            short,
+            Err(JournalError::LengthMismatch {
+                expected: 10,
+                got: 8
+            })
+        );
+        let j = Journal::<128>::open(&mut flash, REGION).unwrap();
+        let mut out = [0u8; 128];
+        assert_eq!(j.read(&mut flash, &mut out).unwrap(), Some(&b"good"[..]));
     }
 }
