@@ -12,8 +12,8 @@ use core::cell::RefCell;
 use embedded_storage::nor_flash::NorFlash;
 use fuota_codec::fec::FragmentStore;
 
-use crate::journal::crc32;
-use crate::slot::Region;
+use crate::journal::{crc32, crc32_update};
+use crate::slot::{is_erased, Region, WordWriter};
 
 /// Largest fragment payload (DR with 242-byte downlinks, minus the 3-byte header... and a
 /// little room): the log's record buffer is sized from it.
@@ -128,19 +128,19 @@ impl FragLog {
         if self.next as usize + len > self.region.len as usize {
             return Err(StoreError::Full);
         }
-        let mut buf = [0xffu8; RECORD_BUF];
-        buf[..2].copy_from_slice(&n.to_le_bytes());
-        buf[2..2 + payload.len()].copy_from_slice(payload);
-        let body = 2 + payload.len();
-        let crc = crc32(&buf[..body]);
-        buf[body..body + 4].copy_from_slice(&crc.to_le_bytes());
+        let n = n.to_le_bytes();
+        let crc = !crc32_update(crc32_update(!0, &n), payload);
         // Advance first: a torn record is skipped on replay, never written over.
         let at = self.next;
         self.next += len as u32;
-        flash
-            .borrow_mut()
-            .write(self.region.offset + at, &buf[..len])
-            .map_err(StoreError::Flash)
+        let mut words = WordWriter::new::<F>(self.region.offset + at).ok_or(StoreError::BadSize)?;
+        let mut f = flash.borrow_mut();
+        words.write(&mut *f, &n).map_err(StoreError::Flash)?;
+        words.write(&mut *f, payload).map_err(StoreError::Flash)?;
+        words
+            .write(&mut *f, &crc.to_le_bytes())
+            .map_err(StoreError::Flash)?;
+        words.finish(&mut *f).map_err(StoreError::Flash)
     }
 
     /// Fragments the log can still take.
@@ -245,16 +245,9 @@ impl<F: NorFlash, const SPARES: usize> FragmentStore for FlashStore<'_, F, SPARE
         if data.len() != self.frag_size {
             return Err(StoreError::BadSize);
         }
-        let mut word = [0xffu8; RECORD_BUF];
-        word[..data.len()].copy_from_slice(data);
-        let padded = &word[..self.pitch];
         let here = self.location(slot)?;
-        let mut current = [0u8; RECORD_BUF];
-        self.flash
-            .borrow_mut()
-            .read(here, &mut current[..self.pitch])
-            .map_err(StoreError::Flash)?;
-        let target = if current[..self.pitch].iter().all(|&b| b == 0xff) {
+        let mut f = self.flash.borrow_mut();
+        let target = if is_erased(&mut *f, here, self.pitch).map_err(StoreError::Flash)? {
             here
         } else {
             if self.nb_moved == SPARES || (self.nb_moved + 1) * self.pitch > self.spare.len as usize
@@ -265,10 +258,9 @@ impl<F: NorFlash, const SPARES: usize> FragmentStore for FlashStore<'_, F, SPARE
             self.nb_moved += 1;
             self.spare.offset + ((self.nb_moved - 1) * self.pitch) as u32
         };
-        self.flash
-            .borrow_mut()
-            .write(target, padded)
-            .map_err(StoreError::Flash)
+        let mut words = WordWriter::new::<F>(target).ok_or(StoreError::BadSize)?;
+        words.write(&mut *f, data).map_err(StoreError::Flash)?;
+        words.finish(&mut *f).map_err(StoreError::Flash)
     }
 }
 

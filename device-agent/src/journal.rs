@@ -11,7 +11,7 @@
 
 use embedded_storage::nor_flash::NorFlash;
 
-use crate::slot::Region;
+use crate::slot::{is_erased, Region, WordWriter, MAX_WRITE_SIZE};
 
 const MAGIC: [u8; 2] = *b"FJ";
 const HEADER: usize = 8;
@@ -23,7 +23,7 @@ pub fn crc32(data: &[u8]) -> u32 {
 }
 
 /// Feeds `data` to a CRC-32 register (start with `!0`, finish with `!`).
-fn crc32_update(mut crc: u32, data: &[u8]) -> u32 {
+pub(crate) fn crc32_update(mut crc: u32, data: &[u8]) -> u32 {
     for &b in data {
         crc ^= u32::from(b);
         for _ in 0..8 {
@@ -37,51 +37,29 @@ fn crc32_update(mut crc: u32, data: &[u8]) -> u32 {
     crc
 }
 
-/// Bytes staged before a flash write: a multiple of the write size, at most 32 (the largest
-/// write size the slots support), so that a record needs no buffer of a whole slot.
-const STAGE: usize = crate::slot::MAX_WRITE_SIZE;
-
-/// Writes a record to flash in staged pieces, from its first byte on, with its CRC.
+/// A record on its way to flash, with its running CRC; the first flash error is kept.
 struct RecordWriter<'f, F: NorFlash> {
     flash: &'f mut F,
-    at: u32,
-    stage: [u8; STAGE],
-    fill: usize,
+    words: WordWriter,
     crc: u32,
     written: usize,
     error: Option<F::Error>,
 }
 
-impl<'f, F: NorFlash> RecordWriter<'f, F> {
-    fn put(&mut self, mut bytes: &[u8]) {
+impl<F: NorFlash> RecordWriter<'_, F> {
+    fn put(&mut self, bytes: &[u8]) {
         self.crc = crc32_update(self.crc, bytes);
         self.written += bytes.len();
-        let unit = STAGE / F::WRITE_SIZE * F::WRITE_SIZE;
-        while !bytes.is_empty() {
-            let n = (unit - self.fill).min(bytes.len());
-            self.stage[self.fill..self.fill + n].copy_from_slice(&bytes[..n]);
-            self.fill += n;
-            bytes = &bytes[n..];
-            if self.fill == unit {
-                self.flush();
-            }
+        if self.error.is_none() {
+            self.error = self.words.write(self.flash, bytes).err();
         }
     }
 
-    /// Writes what is staged, padded with 0xFF to the write size.
-    fn flush(&mut self) {
-        if self.fill == 0 {
-            return;
-        }
-        let used = self.fill.div_ceil(F::WRITE_SIZE) * F::WRITE_SIZE;
-        self.stage[self.fill..used].fill(0xff);
+    fn finish(mut self) -> Result<(), F::Error> {
         if self.error.is_none() {
-            if let Err(e) = self.flash.write(self.at, &self.stage[..used]) {
-                self.error = Some(e);
-            }
+            self.error = self.words.finish(self.flash).err();
         }
-        self.at += used as u32;
-        self.fill = 0;
+        self.error.map_or(Ok(()), Err)
     }
 }
 
@@ -145,7 +123,7 @@ impl<const SLOT: usize> Journal<SLOT> {
             || region.len / sector < 2
             || SLOT < HEADER + TRAILER + 1
             || SLOT % F::WRITE_SIZE != 0
-            || F::WRITE_SIZE > STAGE
+            || F::WRITE_SIZE > MAX_WRITE_SIZE
             || SLOT > F::ERASE_SIZE
         {
             return Err(JournalError::BadLayout);
@@ -206,18 +184,7 @@ impl<const SLOT: usize> Journal<SLOT> {
         flash: &mut F,
         slot: u32,
     ) -> Result<bool, JournalError<F::Error>> {
-        let start = self.slot_offset::<F>(slot);
-        let mut buf = [0u8; STAGE];
-        for at in (0..SLOT).step_by(STAGE) {
-            let n = (SLOT - at).min(STAGE);
-            flash
-                .read(start + at as u32, &mut buf[..n])
-                .map_err(JournalError::Flash)?;
-            if buf[..n].iter().any(|&b| b != 0xff) {
-                return Ok(false);
-            }
-        }
-        Ok(true)
+        is_erased(flash, self.slot_offset::<F>(slot), SLOT).map_err(JournalError::Flash)
     }
 
     /// Makes `payload` the new state. Durable when this returns `Ok`.
@@ -271,11 +238,12 @@ impl<const SLOT: usize> Journal<SLOT> {
                 sector * per
             }
         };
+        let Some(words) = WordWriter::new::<F>(self.slot_offset::<F>(slot)) else {
+            return Err(JournalError::BadLayout);
+        };
         let mut w = RecordWriter {
-            at: self.slot_offset::<F>(slot),
             flash,
-            stage: [0; STAGE],
-            fill: 0,
+            words,
             crc: !0,
             written: 0,
             error: None,
@@ -285,21 +253,14 @@ impl<const SLOT: usize> Journal<SLOT> {
         w.put(&(len as u16).to_le_bytes());
         produce(&mut |bytes| w.put(bytes));
         if w.written != HEADER + len {
-            w.flush();
-            return match w.error {
-                Some(e) => Err(JournalError::Flash(e)),
-                None => Err(JournalError::LengthMismatch {
-                    expected: len,
-                    got: w.written - HEADER,
-                }),
-            };
+            let got = w.written - HEADER;
+            // Leaves the record without its CRC: invalid, the state unchanged.
+            w.finish().map_err(JournalError::Flash)?;
+            return Err(JournalError::LengthMismatch { expected: len, got });
         }
         let crc = !w.crc;
         w.put(&crc.to_le_bytes());
-        w.flush();
-        if let Some(e) = w.error {
-            return Err(JournalError::Flash(e));
-        }
+        w.finish().map_err(JournalError::Flash)?;
         self.head = Some(Head { slot, seq });
         Ok(())
     }

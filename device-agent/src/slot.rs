@@ -94,6 +94,96 @@ impl<F: ReadNorFlash> SourceImage for SlotReader<'_, F> {
     }
 }
 
+/// Writes bytes one after the other from a word-aligned flash address, in whole words of the
+/// flash's write size: whole words go straight from the input, a tail waits in a one-word
+/// buffer, and [`WordWriter::finish`] pads it with 0xFF. It never erases: the caller writes
+/// only onto erased flash. The slot writer, the journal and the fragment store build on it,
+/// so that none of them needs a buffer larger than a word.
+#[derive(Debug)]
+pub struct WordWriter {
+    /// Flash address of the first byte in `pending`.
+    at: u32,
+    pending: [u8; MAX_WRITE_SIZE],
+    pending_len: usize,
+}
+
+impl WordWriter {
+    /// A writer from flash address `at`; `None` if the flash's write size is above
+    /// [`MAX_WRITE_SIZE`].
+    pub fn new<F: NorFlash>(at: u32) -> Option<Self> {
+        (F::WRITE_SIZE <= MAX_WRITE_SIZE && F::WRITE_SIZE > 0).then_some(Self {
+            at,
+            pending: [0xff; MAX_WRITE_SIZE],
+            pending_len: 0,
+        })
+    }
+
+    /// Flash address the next byte goes to.
+    pub fn position(&self) -> u32 {
+        self.at + self.pending_len as u32
+    }
+
+    /// Flash address up to which the bytes are written (all but the unfinished word).
+    pub fn durable(&self) -> u32 {
+        self.at
+    }
+
+    pub fn write<F: NorFlash>(&mut self, flash: &mut F, mut data: &[u8]) -> Result<(), F::Error> {
+        let w = F::WRITE_SIZE;
+        if self.pending_len > 0 {
+            let n = (w - self.pending_len).min(data.len());
+            self.pending[self.pending_len..self.pending_len + n].copy_from_slice(&data[..n]);
+            self.pending_len += n;
+            data = &data[n..];
+            if self.pending_len < w {
+                return Ok(());
+            }
+            self.write_pending(flash)?;
+        }
+        let whole = data.len() / w * w;
+        if whole > 0 {
+            flash.write(self.at, &data[..whole])?;
+            self.at += whole as u32;
+            data = &data[whole..];
+        }
+        self.pending[..data.len()].copy_from_slice(data);
+        self.pending_len = data.len();
+        Ok(())
+    }
+
+    fn write_pending<F: NorFlash>(&mut self, flash: &mut F) -> Result<(), F::Error> {
+        let word = self.pending;
+        flash.write(self.at, &word[..F::WRITE_SIZE])?;
+        self.at += F::WRITE_SIZE as u32;
+        self.pending_len = 0;
+        self.pending = [0xff; MAX_WRITE_SIZE];
+        Ok(())
+    }
+
+    /// Writes the unfinished word, padded with 0xFF.
+    pub fn finish<F: NorFlash>(&mut self, flash: &mut F) -> Result<(), F::Error> {
+        if self.pending_len == 0 {
+            return Ok(());
+        }
+        self.write_pending(flash)
+    }
+}
+
+/// Whether `len` bytes of flash at `at` read erased (0xFF), read a word-sized piece at a time.
+pub fn is_erased<F: NorFlash>(flash: &mut F, at: u32, len: usize) -> Result<bool, F::Error> {
+    let mut buf = [0u8; MAX_WRITE_SIZE];
+    let mut done = 0;
+    while done < len {
+        let n = (len - done).min(MAX_WRITE_SIZE);
+        flash.read(at + done as u32, &mut buf[..n])?;
+        if buf[..n].iter().any(|&b| b != 0xff) {
+            return Ok(false);
+        }
+        done += n;
+    }
+    Ok(true)
+}
+
 /// Writes a region front to back from `start` on (a sector boundary): the applier's target.
 #[derive(Debug)]
 pub struct SlotWriter<'a, F> {
@@ -101,10 +191,7 @@ pub struct SlotWriter<'a, F> {
     region: Region,
     /// Region-relative end of what this writer has erased.
     erased_to: u32,
-    /// Region-relative offset of the first byte in `pending`.
-    pending_at: u32,
-    pending: [u8; MAX_WRITE_SIZE],
-    pending_len: usize,
+    words: WordWriter,
 }
 
 impl<'a, F: NorFlash> SlotWriter<'a, F> {
@@ -115,9 +202,9 @@ impl<'a, F: NorFlash> SlotWriter<'a, F> {
         region: Region,
         start: u32,
     ) -> Result<Self, SlotError<F::Error>> {
-        if F::WRITE_SIZE > MAX_WRITE_SIZE || F::ERASE_SIZE % F::WRITE_SIZE != 0 {
-            return Err(SlotError::UnsupportedGeometry);
-        }
+        let words = WordWriter::new::<F>(region.offset + start)
+            .filter(|_| F::ERASE_SIZE % F::WRITE_SIZE == 0)
+            .ok_or(SlotError::UnsupportedGeometry)?;
         if start as usize % F::ERASE_SIZE != 0 || start > region.len {
             return Err(SlotError::OutOfRegion {
                 offset: start,
@@ -128,23 +215,23 @@ impl<'a, F: NorFlash> SlotWriter<'a, F> {
             flash,
             region,
             erased_to: start,
-            pending_at: start,
-            pending: [0xff; MAX_WRITE_SIZE],
-            pending_len: 0,
+            words,
         })
     }
 
     /// Region-relative offset the next byte goes to.
     pub fn position(&self) -> u32 {
-        self.pending_at + self.pending_len as u32
+        self.words.position() - self.region.offset
     }
 
     /// Bytes that are durable in flash (everything but the unfinished word).
     pub fn durable(&self) -> u32 {
-        self.pending_at
+        self.words.durable() - self.region.offset
     }
 
+    /// Erases every sector a write up to region offset `end` (rounded up to a word) touches.
     fn erase_through(&mut self, end: u32) -> Result<(), SlotError<F::Error>> {
+        let end = end.div_ceil(F::WRITE_SIZE as u32) * F::WRITE_SIZE as u32;
         while self.erased_to < end {
             let from = self.region.offset + self.erased_to;
             let to = from + F::ERASE_SIZE as u32;
@@ -157,37 +244,18 @@ impl<'a, F: NorFlash> SlotWriter<'a, F> {
         Ok(())
     }
 
-    fn write_words(&mut self, at: u32, words: &[u8]) -> Result<(), SlotError<F::Error>> {
-        self.erase_through(at + words.len() as u32)?;
-        self.flash
-            .borrow_mut()
-            .write(self.region.offset + at, words)
-            .map_err(SlotError::Flash)
-    }
-
-    /// Writes the word in `pending` (padded with 0xFF) and starts a fresh one.
-    fn write_pending(&mut self) -> Result<(), SlotError<F::Error>> {
-        let w = F::WRITE_SIZE;
-        let word = self.pending;
-        self.write_words(self.pending_at, &word[..w])?;
-        self.pending_at += w as u32;
-        self.pending_len = 0;
-        self.pending = [0xff; MAX_WRITE_SIZE];
-        Ok(())
-    }
-
     /// Writes the unfinished word padded with 0xFF (the end of the image).
     pub fn flush(&mut self) -> Result<(), SlotError<F::Error>> {
-        if self.pending_len == 0 {
-            return Ok(());
-        }
-        self.write_pending()
+        self.erase_through(self.position())?;
+        self.words
+            .finish(&mut *self.flash.borrow_mut())
+            .map_err(SlotError::Flash)
     }
 }
 
 impl<F: NorFlash> TargetImage for SlotWriter<'_, F> {
     type Error = SlotError<F::Error>;
-    fn write(&mut self, offset: u32, mut data: &[u8]) -> Result<(), Self::Error> {
+    fn write(&mut self, offset: u32, data: &[u8]) -> Result<(), Self::Error> {
         let expected = self.position();
         if offset != expected {
             return Err(SlotError::NotSequential {
@@ -201,28 +269,12 @@ impl<F: NorFlash> TargetImage for SlotWriter<'_, F> {
                 len: data.len(),
             });
         }
-        let w = F::WRITE_SIZE;
-        // Finish the word in progress.
-        if self.pending_len > 0 {
-            let n = (w - self.pending_len).min(data.len());
-            self.pending[self.pending_len..self.pending_len + n].copy_from_slice(&data[..n]);
-            self.pending_len += n;
-            data = &data[n..];
-            if self.pending_len < w {
-                return Ok(());
-            }
-            self.write_pending()?;
-        }
-        // Whole words straight from the input.
-        let whole = data.len() / w * w;
-        if whole > 0 {
-            self.write_words(self.pending_at, &data[..whole])?;
-            self.pending_at += whole as u32;
-            data = &data[whole..];
-        }
-        self.pending[..data.len()].copy_from_slice(data);
-        self.pending_len = data.len();
-        Ok(())
+        // Whole words of this write may reach flash now; the tail waits in the writer.
+        let words_end = (offset + data.len() as u32) / F::WRITE_SIZE as u32 * F::WRITE_SIZE as u32;
+        self.erase_through(words_end)?;
+        self.words
+            .write(&mut *self.flash.borrow_mut(), data)
+            .map_err(SlotError::Flash)
     }
 }
 
