@@ -14,12 +14,10 @@
 //! McKey travels encrypted by AES *decryption* under McKEKey, so a device only ever needs the
 //! AES encryption direction.
 
-use aes::cipher::generic_array::GenericArray;
-use aes::cipher::{BlockDecrypt, BlockEncrypt, KeyInit};
-use aes::Aes128;
-use cmac::{Cmac, Mac};
 use core::fmt;
 
+use crate::aes128::Aes128;
+use crate::aes_cmac::Cmac;
 use crate::error::{Error, ErrorKind};
 
 /// An AES-128 key. Its `Debug` output hides the key bytes, so keys can sit in structs that
@@ -40,15 +38,10 @@ impl Key128 {
         self.0
     }
 
-    fn cipher(&self) -> Aes128 {
-        Aes128::new(GenericArray::from_slice(&self.0))
-    }
-
     /// One block encrypted under this key: every derivation in this module.
-    fn encrypt_block(&self, block: [u8; 16]) -> [u8; 16] {
-        let mut block = GenericArray::from(block);
-        self.cipher().encrypt_block(&mut block);
-        block.into()
+    fn encrypt_block(&self, mut block: [u8; 16]) -> [u8; 16] {
+        Aes128::new(&self.0).encrypt_block(&mut block);
+        block
     }
 
     fn derive(&self, first_byte: u8, mc_addr: Option<u32>) -> Key128 {
@@ -90,9 +83,9 @@ pub fn mc_ke_key(mc_root_key: &Key128) -> Key128 {
 
 /// Server side: the McKey_encrypted field of McGroupSetupReq.
 pub fn encrypt_mc_key(mc_ke_key: &Key128, mc_key: &Key128) -> [u8; 16] {
-    let mut block = GenericArray::from(mc_key.0);
-    mc_ke_key.cipher().decrypt_block(&mut block);
-    block.into()
+    let mut block = mc_key.0;
+    Aes128::new(&mc_ke_key.0).decrypt_block(&mut block);
+    block
 }
 
 /// Device side: McKey from the McKey_encrypted field of McGroupSetupReq.
@@ -120,7 +113,7 @@ pub fn data_block_int_key(app_key: &Key128) -> Key128 {
 /// block, so it is fixed up front and [`DataBlockMic::finalize`] checks it was honoured.
 #[derive(Clone)]
 pub struct DataBlockMic {
-    mac: Cmac<Aes128>,
+    mac: Cmac,
     block_len: u32,
     fed: u64,
 }
@@ -141,8 +134,7 @@ impl DataBlockMic {
         b0[3] = frag_index;
         b0[4..8].copy_from_slice(&descriptor);
         b0[12..16].copy_from_slice(&block_len.to_le_bytes());
-        let mut mac =
-            <Cmac<Aes128> as KeyInit>::new(GenericArray::from_slice(data_block_int_key.as_bytes()));
+        let mut mac = Cmac::new(data_block_int_key.as_bytes());
         mac.update(&b0);
         Self {
             mac,
@@ -167,7 +159,7 @@ impl DataBlockMic {
                 ErrorKind::InvalidValue,
             ));
         }
-        let tag = self.mac.finalize().into_bytes();
+        let tag = self.mac.finalize();
         let mut mic = [0u8; 4];
         mic.copy_from_slice(&tag[..4]);
         Ok(mic)

@@ -5,6 +5,8 @@
 //! - [`fragmentation`]: TS004 Fragmented Data Block Transport (port 201, package id 3).
 //! - [`multicast_setup`]: TS005 Remote Multicast Setup (port 200, package id 2).
 //! - [`keys`]: multicast key derivation and the TS004 v2 data-block MIC.
+//! - [`aes128`], [`aes_cmac`], [`sha256`]: the AES-128 cipher, AES-CMAC and SHA-256 those
+//!   and the patch applier use, written small for the device.
 //! - [`fec`]: the TS004 parity code (encoder and a flash-friendly decoder), and an optional
 //!   Reed-Solomon mode.
 //! - [`patch`]: the signed patch container and its streaming applier (heatshrink + bspatch).
@@ -21,6 +23,8 @@
 #[cfg(feature = "alloc")]
 extern crate alloc;
 
+pub mod aes128;
+pub mod aes_cmac;
 pub mod clock_sync;
 pub mod error;
 pub mod fec;
@@ -30,6 +34,7 @@ pub mod keys;
 pub mod multicast_setup;
 pub mod package;
 pub mod patch;
+pub mod sha256;
 mod wire;
 
 pub use error::{Error, ErrorKind};

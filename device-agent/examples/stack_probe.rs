@@ -62,11 +62,11 @@ mod probe {
     use fuota_device_agent::codec::keys::Key128;
     use fuota_device_agent::codec::patch::container::ImageVersion;
     use fuota_device_agent::codec::patch::VerifyingKey;
+    use fuota_device_agent::codec::sha256::Sha256;
     use fuota_device_agent::codec::Version;
     use fuota_device_agent::frag_session::{FragAreas, Via};
     use fuota_device_agent::multicast::{McEvent, RadioLimits};
     use fuota_device_agent::slot::Region;
-    use sha2::{Digest, Sha256};
 
     /// The agent under test: its type parameters are spelled here only.
     type ProbeAgent = Agent<'static, RamFlash, 64>;

@@ -15,7 +15,7 @@
 
 use embedded_storage::nor_flash::NorFlash;
 use fuota_codec::patch::container::ImageVersion;
-use sha2::{Digest, Sha256};
+use fuota_codec::sha256::Sha256;
 
 use crate::slot::Region;
 

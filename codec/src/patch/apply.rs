@@ -14,10 +14,9 @@
 //! covers all of them, so an interrupted apply either completes with the right image or
 //! fails; it never completes with a wrong one.
 
-use p256::ecdsa::VerifyingKey;
-use sha2::{Digest, Sha256};
-
 use super::SignatureCheck;
+use crate::sha256::Sha256;
+use p256::ecdsa::VerifyingKey;
 
 use super::container::{Compression, ContainerError, Kind, Manifest, PREAMBLE_LEN, SIGNED_LEN};
 use super::detools::{
@@ -198,7 +197,7 @@ pub fn verify_preamble<E>(
     let manifest = Manifest::parse(preamble)?;
     let mut signature = [0u8; 64];
     signature.copy_from_slice(&preamble[SIGNED_LEN..PREAMBLE_LEN]);
-    let digest: [u8; 32] = Sha256::digest(&preamble[..SIGNED_LEN]).into();
+    let digest = Sha256::digest(&preamble[..SIGNED_LEN]);
     if !key.verify_digest(&digest, &signature) {
         return Err(ApplyError::BadSignature);
     }
@@ -708,7 +707,7 @@ impl<const N: usize, K: SignatureCheck> Applier<N, K> {
         if p.received != p.manifest.payload_len {
             return Err(ApplyError::Truncated);
         }
-        if p.payload_sha.clone().finalize().as_slice() != p.manifest.payload_sha256 {
+        if p.payload_sha.clone().finalize() != p.manifest.payload_sha256 {
             return Err(ApplyError::PayloadMismatch);
         }
         match &p.stream {
@@ -728,7 +727,7 @@ impl<const N: usize, K: SignatureCheck> Applier<N, K> {
                 got: written,
             });
         }
-        if p.sink.sha.finalize().as_slice() != p.manifest.target_sha256 {
+        if p.sink.sha.finalize() != p.manifest.target_sha256 {
             return Err(ApplyError::TargetMismatch);
         }
         Ok(Applied {
@@ -753,7 +752,7 @@ fn check_source<S: SourceImage + ?Sized>(
         sha.update(&buf[..n]);
         offset += n as u32;
     }
-    if sha.finalize().as_slice() != manifest.source_sha256 {
+    if sha.finalize() != manifest.source_sha256 {
         return Err(ApplyError::SourceMismatch);
     }
     Ok(())
