@@ -10,7 +10,7 @@ use crate::mqtt::{
 use crate::semtech::{
     Crc, FromGateway, PullAck, PullData, PullResp, PushAck, PushData, TxAck, Txpk,
 };
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -89,6 +89,13 @@ struct Pending {
     expires: Instant,
 }
 
+/// What a deadline in [`Bridge::timers`] is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    Offline(Eui64),
+    Ack(Eui64, u16),
+}
+
 /// The bridge: many gateways on one UDP side, one MQTT session per gateway on the other.
 ///
 /// - Inputs: [`handle_datagram`](Self::handle_datagram) for every datagram received,
@@ -106,6 +113,8 @@ pub struct Bridge {
     topics: Topics,
     gateways: BTreeMap<Eui64, Gateway>,
     pending: BTreeMap<(Eui64, u16), Pending>,
+    /// Every gateway's `offline_at` and every pending downlink's `expires`, soonest first.
+    timers: BTreeSet<(Instant, Timer)>,
     outputs: VecDeque<Output>,
     counters: Counters,
 }
@@ -128,6 +137,7 @@ impl Bridge {
             config,
             gateways: BTreeMap::new(),
             pending: BTreeMap::new(),
+            timers: BTreeSet::new(),
             outputs: VecDeque::new(),
             counters: Counters::default(),
         })
@@ -153,9 +163,7 @@ impl Bridge {
     /// When [`handle_timeout`](Self::handle_timeout) has something to do: a gateway to take
     /// OFFLINE or a TX_ACK to stop waiting for.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let offline = self.gateways.values().map(|g| g.offline_at);
-        let acks = self.pending.values().map(|p| p.expires);
-        offline.chain(acks).min()
+        self.timers.first().map(|&(t, _)| t)
     }
 
     /// A datagram from `from`. Malformed ones are counted and dropped.
@@ -199,7 +207,7 @@ impl Bridge {
         };
         // As ChirpStack Gateway Bridge: the token is the downlink ID's low 16 bits.
         let token = frame.downlink_id as u16;
-        if self.pending.remove(&(gateway, token)).is_some() {
+        if self.take_pending(gateway, token).is_some() {
             self.counters.downlinks_superseded += 1;
         }
         let pending = Pending {
@@ -210,26 +218,29 @@ impl Bridge {
             expires: now + self.config.ack_timeout,
         };
         self.send_item(to, token, &pending);
-        self.pending.insert((gateway, token), pending);
+        self.put_pending(gateway, token, pending);
     }
 
     /// Takes OFFLINE the gateways that stopped pulling and forgets downlinks whose TX_ACK
     /// did not come.
     pub fn handle_timeout(&mut self, now: Instant) {
-        let silent: Vec<Eui64> = self
-            .gateways
-            .iter()
-            .filter(|(_, g)| g.offline_at <= now)
-            .map(|(&e, _)| e)
-            .collect();
-        for gateway in silent {
-            self.counters.gateways_timed_out += 1;
-            tracing::info!(%gateway, "gateway stopped pulling: OFFLINE");
-            self.close(gateway);
+        while let Some(&(at, timer)) = self.timers.first() {
+            if at > now {
+                break;
+            }
+            match timer {
+                Timer::Offline(gateway) => {
+                    self.counters.gateways_timed_out += 1;
+                    tracing::info!(%gateway, "gateway stopped pulling: OFFLINE");
+                    self.close(gateway);
+                }
+                Timer::Ack(gateway, token) => {
+                    self.take_pending(gateway, token);
+                    self.counters.tx_ack_timeouts += 1;
+                    tracing::debug!(%gateway, token, "no TX_ACK");
+                }
+            }
         }
-        let before = self.pending.len();
-        self.pending.retain(|_, p| p.expires > now);
-        self.counters.tx_ack_timeouts += (before - self.pending.len()) as u64;
     }
 
     /// Closes every session (each publishes its OFFLINE) and forgets pending downlinks.
@@ -238,7 +249,6 @@ impl Bridge {
         for gateway in all {
             self.close(gateway);
         }
-        self.pending.clear();
     }
 
     fn on_push_data(&mut self, now: Instant, from: SocketAddr, p: PushData) {
@@ -275,7 +285,9 @@ impl Bridge {
             return;
         };
         gw.pull_addr = Some(from);
-        gw.offline_at = offline_at;
+        let old = core::mem::replace(&mut gw.offline_at, offline_at);
+        self.timers.remove(&(old, Timer::Offline(p.gateway)));
+        self.timers.insert((offline_at, Timer::Offline(p.gateway)));
         self.counters.pull_data += 1;
         self.outputs.push_back(Output::Datagram {
             to: from,
@@ -285,8 +297,7 @@ impl Bridge {
 
     fn on_tx_ack(&mut self, now: Instant, ack: TxAck) {
         self.counters.tx_acks += 1;
-        let key = (ack.gateway, ack.token);
-        let Some(mut pending) = self.pending.remove(&key) else {
+        let Some(mut pending) = self.take_pending(ack.gateway, ack.token) else {
             self.counters.tx_acks_unknown_token += 1;
             tracing::debug!(gateway = %ack.gateway, token = ack.token, "TX_ACK for no pending downlink");
             return;
@@ -315,7 +326,7 @@ impl Bridge {
                     pending.index += 1;
                     pending.expires = now + self.config.ack_timeout;
                     self.send_item(to, ack.token, &pending);
-                    self.pending.insert(key, pending);
+                    self.put_pending(ack.gateway, ack.token, pending);
                     return;
                 }
             }
@@ -360,12 +371,15 @@ impl Bridge {
             self.counters.sessions_opened += 1;
             tracing::info!(%gateway, "new gateway: ONLINE");
             self.outputs.push_back(Output::Open(session));
+            let offline_at = now + self.config.offline_timeout;
+            self.timers.insert((offline_at, Timer::Offline(gateway)));
+            let counts = StatsCounts::default();
             self.gateways.insert(
                 gateway,
                 Gateway {
                     pull_addr: None,
-                    offline_at: now + self.config.offline_timeout,
-                    counts: StatsCounts::default(),
+                    offline_at,
+                    counts,
                 },
             );
         }
@@ -373,8 +387,18 @@ impl Bridge {
     }
 
     fn close(&mut self, gateway: Eui64) {
-        self.gateways.remove(&gateway);
-        self.pending.retain(|(g, _), _| *g != gateway);
+        if let Some(gw) = self.gateways.remove(&gateway) {
+            self.timers
+                .remove(&(gw.offline_at, Timer::Offline(gateway)));
+        }
+        let tokens: Vec<u16> = self
+            .pending
+            .range((gateway, 0)..=(gateway, u16::MAX))
+            .map(|(&(_, t), _)| t)
+            .collect();
+        for token in tokens {
+            self.take_pending(gateway, token);
+        }
         let offline = Publish {
             topic: self.topics.conn_state(gateway),
             payload: ConnState::new(gateway, State::Offline).to_json(),
@@ -382,6 +406,33 @@ impl Bridge {
             qos: self.config.qos,
         };
         self.outputs.push_back(Output::Close { gateway, offline });
+    }
+
+    /// The timer table holds exactly the gateways' and pending downlinks' deadlines.
+    #[cfg(test)]
+    fn assert_timers_consistent(&self) {
+        let offline = self
+            .gateways
+            .iter()
+            .map(|(&g, gw)| (gw.offline_at, Timer::Offline(g)));
+        let acks = self
+            .pending
+            .iter()
+            .map(|(&(g, t), p)| (p.expires, Timer::Ack(g, t)));
+        assert_eq!(self.timers, offline.chain(acks).collect::<BTreeSet<_>>());
+    }
+
+    fn put_pending(&mut self, gateway: Eui64, token: u16, pending: Pending) {
+        self.timers
+            .insert((pending.expires, Timer::Ack(gateway, token)));
+        self.pending.insert((gateway, token), pending);
+    }
+
+    fn take_pending(&mut self, gateway: Eui64, token: u16) -> Option<Pending> {
+        let pending = self.pending.remove(&(gateway, token))?;
+        self.timers
+            .remove(&(pending.expires, Timer::Ack(gateway, token)));
+        Some(pending)
     }
 
     fn publish(&mut self, gateway: Eui64, event: Event, payload: Vec<u8>) {

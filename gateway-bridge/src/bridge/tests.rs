@@ -884,6 +884,7 @@ proptest! {
                     h.at(t);
                 }
             }
+            h.bridge.assert_timers_consistent();
         }
         let c = h.bridge.counters();
         prop_assert_eq!(c.malformed_total() + c.push_data + c.pull_data + c.tx_acks + c.gateways_refused, datagrams);
