@@ -224,10 +224,11 @@ impl Bridge {
     /// Takes OFFLINE the gateways that stopped pulling and forgets downlinks whose TX_ACK
     /// did not come.
     pub fn handle_timeout(&mut self, now: Instant) {
-        while let Some(&(at, timer)) = self.timers.first() {
-            if at > now {
+        while self.timers.first().is_some_and(|&(at, _)| at <= now) {
+            // Popped first, so the loop ends even if the tables disagreed.
+            let Some((_, timer)) = self.timers.pop_first() else {
                 break;
-            }
+            };
             match timer {
                 Timer::Offline(gateway) => {
                     self.counters.gateways_timed_out += 1;
