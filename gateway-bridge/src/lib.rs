@@ -1,6 +1,18 @@
 #![doc = include_str!("../README.md")]
-//! Bridges Semtech's UDP packet-forwarder protocol and ChirpStack Gateway Bridge MQTT topics.
-//! The protocol handling lands with the gateway-bridge issue.
 
-/// Version byte of the Semtech UDP packet-forwarder protocol this bridge speaks.
-pub const PROTOCOL_VERSION: u8 = 2;
+pub mod base64_field;
+pub mod bridge;
+pub mod counters;
+pub mod datarate;
+#[cfg(feature = "driver")]
+pub mod driver;
+pub mod eui;
+mod json_object;
+pub mod mqtt;
+pub mod semtech;
+pub mod timestamp;
+
+pub use bridge::{Bridge, Config, Output, Session};
+pub use counters::Counters;
+pub use eui::Eui64;
+pub use semtech::PROTOCOL_VERSION;
