@@ -8,7 +8,8 @@ use std::process::Command;
 
 use embedded_storage::nor_flash::NorFlash;
 use fuota_device_agent::mcuboot::{
-    read_trailer, request_swap, verify_image, McubootError, Trailer, SWAP_TYPE_PERM, SWAP_TYPE_TEST,
+    read_image, read_trailer, request_swap, verify_image, McubootError, Trailer, SWAP_TYPE_PERM,
+    SWAP_TYPE_TEST,
 };
 use fuota_device_agent::sim_flash::SimFlash;
 use fuota_device_agent::slot::Region;
@@ -110,8 +111,21 @@ fn imgtool_images_verify_and_damage_is_caught() {
         verify_image(&mut flash, slot),
         Err(McubootError::HashMismatch)
     );
+    // Without the hash (the running image): the same header and TLV facts, damage unseen.
+    assert_eq!(read_image(&mut flash, slot), Ok(info));
     let (mut flash, slot) = load(&[0u8; 64]);
     assert_eq!(verify_image(&mut flash, slot), Err(McubootError::NoImage));
+    assert_eq!(read_image(&mut flash, slot), Err(McubootError::NoImage));
+    // A broken TLV area is refused by both: the unprotected area's magic, damaged.
+    let h = info.header;
+    let tlvs = usize::from(h.hdr_size) + h.img_size as usize + usize::from(h.protect_tlv_size);
+    let mut broken = image.clone();
+    broken[tlvs] ^= 0x40;
+    let (mut flash, slot) = load(&broken);
+    assert_eq!(
+        read_image(&mut flash, slot),
+        Err(McubootError::Malformed("TLV info magic"))
+    );
 }
 
 #[test]
