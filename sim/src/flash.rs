@@ -5,7 +5,6 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Weak};
 
 use embedded_storage::nor_flash::{
@@ -51,6 +50,23 @@ impl std::error::Error for FlashError {}
 /// words, 2 KiB pages).
 pub const WRITE: usize = 8;
 pub const SECTOR: usize = 2048;
+
+/// A quick 64-bit hash of a sector's bytes (multiply-rotate over 8-byte words): sectors are
+/// compared in full when their hashes meet, so it need only spread, not resist attacks, and
+/// SipHash over every private sector of every device was a measurable part of a run.
+fn content_hash(bytes: &[u8]) -> u64 {
+    let mut h = bytes.len() as u64;
+    let mut words = bytes.chunks_exact(8);
+    for w in &mut words {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(w);
+        h = (h.rotate_left(5) ^ u64::from_le_bytes(b)).wrapping_mul(0x51_7cc1_b727_220a_95);
+    }
+    for &b in words.remainder() {
+        h = (h.rotate_left(5) ^ u64::from(b)).wrapping_mul(0x51_7cc1_b727_220a_95);
+    }
+    h
+}
 
 /// Sectors seen by [`CowFlash::intern`], by content hash.
 #[derive(Debug, Default)]
@@ -122,9 +138,7 @@ impl CowFlash {
             if Arc::strong_count(sector) != 1 || Arc::ptr_eq(sector, &self.erased) {
                 continue;
             }
-            let mut h = DefaultHasher::new();
-            sector.hash(&mut h);
-            let bucket = pool.pages.entry(h.finish()).or_default();
+            let bucket = pool.pages.entry(content_hash(sector)).or_default();
             bucket.retain(|w| w.strong_count() > 0);
             match bucket
                 .iter()
@@ -194,7 +208,12 @@ impl NorFlash for CowFlash {
             return Err(FlashError::OutOfBounds);
         }
         for s in from / SECTOR..to / SECTOR {
-            self.sectors[s] = self.erased.clone();
+            // A page this flash owns alone (never the shared erased one, which `self.erased`
+            // also holds) is erased in place: no new page at its next write.
+            match Arc::get_mut(&mut self.sectors[s]) {
+                Some(page) => page.fill(0xff),
+                None => self.sectors[s] = self.erased.clone(),
+            }
         }
         Ok(())
     }
