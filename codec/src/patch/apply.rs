@@ -14,10 +14,9 @@
 //! covers all of them, so an interrupted apply either completes with the right image or
 //! fails; it never completes with a wrong one.
 
-use p256::ecdsa::VerifyingKey;
 use sha2::{Digest, Sha256};
 
-use super::SignatureCheck;
+use super::{SignatureCheck, VerifyingKey};
 
 use super::container::{Compression, ContainerError, Kind, Manifest, PREAMBLE_LEN, SIGNED_LEN};
 use super::detools::{
