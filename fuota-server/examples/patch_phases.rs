@@ -32,7 +32,7 @@ fn main() {
     {
         let key = p256::ecdsa::SigningKey::from_slice(&[5; 32]).unwrap();
         let created = fuota_server::patch::create(&old, &new, &key, &Default::default()).unwrap();
-        let vk = *key.verifying_key();
+        let vk = fuota_server::patch::keys::device_key(key.verifying_key()).unwrap();
         let t = Instant::now();
         for _ in 0..100 {
             fuota_codec::patch::apply::verify_preamble::<()>(&created.bytes, &vk).unwrap();

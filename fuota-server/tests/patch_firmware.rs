@@ -25,6 +25,11 @@ fn key() -> SigningKey {
     SigningKey::from_slice(&[7u8; 32]).unwrap()
 }
 
+/// A signing key's public half, as the device holds it.
+fn device_key(key: &SigningKey) -> fuota_codec::patch::VerifyingKey {
+    patch::keys::device_key(key.verifying_key()).unwrap()
+}
+
 fn pairs() -> &'static [Pair] {
     static PAIRS_MADE: OnceLock<Vec<Pair>> = OnceLock::new();
     PAIRS_MADE.get_or_init(|| {
@@ -84,7 +89,7 @@ fn apply_device(
     key: &SigningKey,
 ) -> (Result<(), ApplyError<OutOfRange>>, Recorder) {
     // The device's applier: a 512-byte heatshrink window.
-    let mut applier = Applier::<512>::new(*key.verifying_key());
+    let mut applier = Applier::<512>::new(device_key(key));
     let mut source = old;
     let mut target = Recorder::default();
     for piece in patch.chunks(chunk) {
@@ -188,7 +193,7 @@ fn interrupted_apply_resumes_from_its_checkpoint() {
     let key = key();
     // First run: power is lost after ~40% of the patch; the last durable checkpoint was
     // taken a little before that.
-    let mut applier = Applier::<512>::new(*key.verifying_key());
+    let mut applier = Applier::<512>::new(device_key(&key));
     let mut source = p.old.as_slice();
     let mut target = Recorder::default();
     let mut saved: Option<[u8; Checkpoint::LEN]> = None;
@@ -207,7 +212,7 @@ fn interrupted_apply_resumes_from_its_checkpoint() {
     target.image.truncate(checkpoint.written as usize);
     target.image.extend_from_slice(&[0xff; 100]);
     let before = target.writes;
-    let mut resumed = Applier::<512>::resume(*key.verifying_key(), checkpoint);
+    let mut resumed = Applier::<512>::resume(device_key(&key), checkpoint);
     for piece in p.patch.chunks(242) {
         resumed.push(piece, &mut source, &mut target).unwrap();
     }
@@ -223,7 +228,7 @@ fn interrupted_apply_resumes_from_its_checkpoint() {
         target_sha256: [1; 32],
         written: 10,
     };
-    let mut wrong = Applier::<512>::resume(*key.verifying_key(), other);
+    let mut wrong = Applier::<512>::resume(device_key(&key), other);
     assert_eq!(
         wrong.push(&p.patch, &mut source, &mut target),
         Err(ApplyError::CheckpointMismatch)
@@ -268,7 +273,7 @@ fn window_budget_is_respected() {
         };
         assert!(params.window_len() <= max_window);
         // A device with exactly that window applies it.
-        let mut applier = Applier::<16>::new(*key().verifying_key());
+        let mut applier = Applier::<16>::new(device_key(&key()));
         let mut source = p.old.as_slice();
         let mut target = Vec::new();
         let r = applier.push(&created.bytes, &mut source, &mut target);

@@ -8,6 +8,7 @@ use std::cell::RefCell;
 use embedded_storage::nor_flash::NorFlash;
 use fuota_device_agent::agent::{Agent, AgentConfig, Layout};
 use fuota_device_agent::codec::keys::Key128;
+use fuota_device_agent::codec::patch::VerifyingKey;
 use fuota_device_agent::codec::Version;
 use fuota_device_agent::frag_session::{FragAreas, Via};
 use fuota_device_agent::multicast::RadioLimits;
@@ -43,12 +44,15 @@ fuzz_target!(|input: &[u8]| {
     }
     let flash = RefCell::new(flash);
     let key = p256::ecdsa::SigningKey::from_slice(&[3u8; 32]).expect("fixed scalar");
+    let patch_key =
+        VerifyingKey::from_sec1_bytes(key.verifying_key().to_encoded_point(false).as_bytes())
+            .expect("the p256 crate's key is a valid point");
     let config = AgentConfig {
         version: if input.first().is_some_and(|b| b & 1 == 1) { Version::V1 } else { Version::V2 },
         mc_ke_key: Key128::from_bytes([1; 16]),
         data_block_int_key: Key128::from_bytes([2; 16]),
         limits: RadioLimits::EU868,
-        patch_key: *key.verifying_key(),
+        patch_key,
         layout: LAYOUT,
         boot_max_align: 8,
         permanent: false,

@@ -281,6 +281,7 @@ pub struct Built {
 pub fn build(s: &Scenario) -> Result<(World, Built)> {
     let region = s.region()?;
     let update = s.update()?;
+    let patch_key = fuota_server::patch::keys::device_key(update.patch_key.verifying_key())?;
     let mut rng = ChaCha8Rng::seed_from_u64(s.seed);
     let start_ms = START_GPS_S * 1000;
     let mut plan_req = PlanRequest::new(
@@ -352,7 +353,7 @@ pub fn build(s: &Scenario) -> Result<(World, Built)> {
                 Region::Eu868 => RadioLimits::EU868,
                 Region::Us915 => RadioLimits::US915,
             },
-            patch_key: *update.patch_key.verifying_key(),
+            patch_key,
             layout,
             boot_max_align: 8,
             permanent: false,

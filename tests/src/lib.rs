@@ -59,6 +59,13 @@ pub struct SimbaUpdate {
     pub key: p256::ecdsa::SigningKey,
 }
 
+impl SimbaUpdate {
+    /// The public half of `key`, as the device holds it.
+    pub fn device_key(&self) -> fuota_codec::patch::VerifyingKey {
+        fuota_server::patch::keys::device_key(self.key.verifying_key()).expect("a P-256 key")
+    }
+}
+
 pub fn simba_update(key_seed: u8) -> SimbaUpdate {
     let v = |minor| ImageVersion {
         major: 0,

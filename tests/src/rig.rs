@@ -67,7 +67,7 @@ pub fn config_with<const S: usize>(s: &SimbaUpdate, layout: Layout<S>) -> AgentC
         mc_ke_key: mc_ke_key(&root),
         data_block_int_key: data_block_int_key(&Key128::from_bytes(APP_KEY)),
         limits: RadioLimits::EU868,
-        patch_key: *s.key.verifying_key(),
+        patch_key: s.device_key(),
         layout,
         boot_max_align: 8,
         permanent: false,

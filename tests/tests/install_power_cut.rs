@@ -51,7 +51,7 @@ fn config(w: &SimbaUpdate) -> InstallConfig {
         primary: PRIMARY,
         secondary: SECONDARY,
         trailer: Trailer::new(SECONDARY.len, 8).unwrap(),
-        key: *w.key.verifying_key(),
+        key: w.device_key(),
         permanent: false,
     }
 }
@@ -215,7 +215,10 @@ fn refusals_leave_the_primary_untouched() {
     // A patch signed by another key.
     let flash = RefCell::new(fresh_flash(&w));
     let mut cfg = config(&w);
-    cfg.key = *SigningKey::from_slice(&[12; 32]).unwrap().verifying_key();
+    cfg.key = fuota_server::patch::keys::device_key(
+        SigningKey::from_slice(&[12; 32]).unwrap().verifying_key(),
+    )
+    .unwrap();
     let r = install_once(&flash, &w, &cfg);
     assert!(
         matches!(

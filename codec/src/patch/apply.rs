@@ -14,9 +14,8 @@
 //! covers all of them, so an interrupted apply either completes with the right image or
 //! fails; it never completes with a wrong one.
 
-use super::SignatureCheck;
+use super::{SignatureCheck, VerifyingKey};
 use crate::sha256::Sha256;
-use p256::ecdsa::VerifyingKey;
 
 use super::container::{Compression, ContainerError, Kind, Manifest, PREAMBLE_LEN, SIGNED_LEN};
 use super::detools::{

@@ -515,7 +515,7 @@ fn bench(a: &BenchArgs) -> Result<ExitCode> {
         bail!("no old/new pairs found");
     }
     let key = p256::ecdsa::SigningKey::from_slice(&[0x42; 32]).context("bench key")?;
-    let verifying = *key.verifying_key();
+    let verifying = keys::device_key(key.verifying_key())?;
     let bar = indicatif::ProgressBar::new(pairs.len() as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}")

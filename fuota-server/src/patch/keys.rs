@@ -1,5 +1,7 @@
 //! ECDSA P-256 key files: PKCS#8 PEM for the private key, SubjectPublicKeyInfo PEM for the
-//! public one (what `openssl` and `imgtool` read and write).
+//! public one (what `openssl` and `imgtool` read and write). Signing and PEM are the `p256`
+//! crate's; checking is the codec's own verifier, the one the device runs, which takes the
+//! public key as SEC1 bytes.
 
 use p256::ecdsa::{SigningKey, VerifyingKey};
 use p256::pkcs8::{
@@ -31,12 +33,20 @@ pub fn signing_key_from_pem(pem: &str) -> Result<SigningKey, PatchError> {
         .map_err(|_| PatchError::Key("not a P-256 private key in PKCS#8 or SEC1 PEM".into()))
 }
 
-/// Reads a P-256 public key ("BEGIN PUBLIC KEY"); a private key file also works.
-pub fn verifying_key_from_pem(pem: &str) -> Result<VerifyingKey, PatchError> {
-    if let Ok(k) = VerifyingKey::from_public_key_pem(pem) {
-        return Ok(k);
-    }
-    signing_key_from_pem(pem)
-        .map(|k| *k.verifying_key())
-        .map_err(|_| PatchError::Key("not a P-256 public key in PEM".into()))
+/// Reads a P-256 public key ("BEGIN PUBLIC KEY"; a private key file also works) as the key
+/// the device checks patches with.
+pub fn verifying_key_from_pem(pem: &str) -> Result<fuota_codec::patch::VerifyingKey, PatchError> {
+    let key = match VerifyingKey::from_public_key_pem(pem) {
+        Ok(k) => k,
+        Err(_) => signing_key_from_pem(pem)
+            .map(|k| *k.verifying_key())
+            .map_err(|_| PatchError::Key("not a P-256 public key in PEM".into()))?,
+    };
+    device_key(&key)
+}
+
+/// The `p256` crate's public key as the codec's (the device's), through its SEC1 bytes.
+pub fn device_key(key: &VerifyingKey) -> Result<fuota_codec::patch::VerifyingKey, PatchError> {
+    fuota_codec::patch::VerifyingKey::from_sec1_bytes(key.to_encoded_point(false).as_bytes())
+        .map_err(|e| PatchError::Key(e.to_string()))
 }

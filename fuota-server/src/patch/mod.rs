@@ -13,7 +13,8 @@ use std::fmt;
 use fuota_codec::patch::apply::{Applier, ApplyError, OutOfRange};
 use fuota_codec::patch::container::{Compression, ImageVersion, Kind, Manifest, SIGNED_LEN};
 use fuota_codec::patch::heatshrink::Params;
-use p256::ecdsa::{Signature, SigningKey, VerifyingKey};
+use fuota_codec::patch::VerifyingKey;
+use p256::ecdsa::{Signature, SigningKey};
 use sha2::{Digest, Sha256};
 
 /// Heatshrink window the CLI's applier accepts (the largest heatshrink defines), so that it
@@ -202,7 +203,8 @@ pub fn seal(manifest: &Manifest, payload: &[u8], key: &SigningKey) -> Vec<u8> {
     out
 }
 
-/// Applies a patch in memory with the device's streaming code, in chunks of `chunk` bytes.
+/// Applies a patch in memory with the device's streaming code, in chunks of `chunk` bytes
+/// (the key: [`keys::verifying_key_from_pem`] or [`keys::device_key`]).
 pub fn apply(
     old: &[u8],
     patch: &[u8],
