@@ -391,7 +391,10 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize, K: SignatureCh
     /// The next event, oldest first.
     pub fn poll_event(&mut self) -> Option<Event> {
         let e = self.events[0].take();
-        self.events.rotate_left(1);
+        // Shifted one by one: `rotate_left` would link a general rotation (about 2 KB).
+        for i in 1..EVENT_QUEUE {
+            self.events[i - 1] = self.events[i].take();
+        }
         e
     }
 
@@ -428,7 +431,9 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize, K: SignatureCh
             return None;
         }
         let (port, len, data) = self.uplinks[0];
-        self.uplinks.rotate_left(1);
+        for i in 1..self.nb_uplinks {
+            self.uplinks[i - 1] = self.uplinks[i];
+        }
         self.nb_uplinks -= 1;
         let n = len.min(buf.len());
         buf[..n].copy_from_slice(&data[..n]);

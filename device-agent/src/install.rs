@@ -6,7 +6,7 @@
 use core::cell::RefCell;
 
 use embedded_storage::nor_flash::NorFlash;
-use fuota_codec::patch::apply::{Applier, ApplyError, Checkpoint};
+use fuota_codec::patch::apply::{check_preamble, Applier, ApplyError, Checkpoint, Verified};
 use fuota_codec::patch::container::{ImageVersion, Manifest, PREAMBLE_LEN};
 use fuota_codec::patch::{SignatureCheck, VerifyingKey};
 
@@ -88,87 +88,25 @@ pub struct Installed {
 }
 
 /// Patch bytes read from flash at once (stack).
-const CHUNK: usize = 256;
+const CHUNK: usize = 64;
 
 /// Checks the patch (its first `patch_len` bytes) and applies it into the
 /// secondary slot. `resume` continues an interrupted install; `save` is called with each
 /// checkpoint worth keeping (sector-aligned, durable), which the caller journals.
+///
+/// The steps run in functions of their own, kept out of line, so that the stack holds one
+/// step's buffers at a time: the signature check's, then the applier's.
 pub fn install<F: NorFlash, const W: usize, K: SignatureCheck>(
     flash: &RefCell<F>,
     patch: &mut impl PatchSource<F::Error>,
     patch_len: u32,
     config: &InstallConfig<K>,
     resume: Option<Checkpoint>,
-    mut save: impl FnMut(Checkpoint),
+    save: impl FnMut(Checkpoint),
 ) -> Result<Installed, InstallError<F::Error>> {
-    let mut read_patch =
-        |at: u32, buf: &mut [u8]| patch.read_patch(at, buf).map_err(InstallError::Patch);
-    // Signature and anti-rollback before anything else happens.
-    let mut preamble = [0u8; PREAMBLE_LEN];
-    if (patch_len as usize) < PREAMBLE_LEN {
-        return Err(InstallError::Apply(ApplyError::Truncated));
-    }
-    read_patch(0, &mut preamble)?;
-    // A checkpoint is only good on a sector boundary the writer can restart from.
-    let sector = F::ERASE_SIZE as u32;
-    let (mut applier, manifest) = Applier::<W, &K>::after_preamble(
-        &preamble,
-        &config.key,
-        resume.map(|c| Checkpoint {
-            written: c.written / sector * sector,
-            ..c
-        }),
-    )
-    .map_err(InstallError::Apply)?;
-    let running = {
-        let mut f = flash.borrow_mut();
-        mcuboot::read_image(&mut *f, config.primary).map_err(InstallError::Image)?
-    };
-    if manifest.version < running.header.version {
-        return Err(InstallError::Rollback {
-            running: running.header.version,
-            offered: manifest.version,
-        });
-    }
-    let running_counter = running.security_counter.unwrap_or(0);
-    if manifest.security_counter < running_counter {
-        return Err(InstallError::SecurityCounter {
-            running: running_counter,
-            offered: manifest.security_counter,
-        });
-    }
-    let resume = resume.filter(|c| c.target_sha256 == manifest.target_sha256);
-    let start = resume.map_or(0, |c| c.written / sector * sector);
-    if resume.is_none() {
-        mcuboot::cancel_swap(&mut *flash.borrow_mut(), config.secondary, config.trailer)
-            .map_err(InstallError::Image)?;
-    }
-    let mut source = SlotReader::new(flash, config.primary);
-    let mut target = SlotWriter::new(flash, config.secondary, start)
-        .map_err(|e| InstallError::Apply(ApplyError::Target(e)))?;
-    let mut saved = start;
-    let mut buf = [0u8; CHUNK];
-    let mut at = PREAMBLE_LEN as u32;
-    while at < patch_len {
-        let n = ((patch_len - at) as usize).min(CHUNK);
-        read_patch(at, &mut buf[..n])?;
-        applier
-            .push(&buf[..n], &mut source, &mut target)
-            .map_err(InstallError::Apply)?;
-        at += n as u32;
-        let durable = target.durable() / sector * sector;
-        if durable > saved {
-            saved = durable;
-            save(Checkpoint {
-                target_sha256: manifest.target_sha256,
-                written: durable,
-            });
-        }
-    }
-    target
-        .flush()
-        .map_err(|e| InstallError::Apply(ApplyError::Target(e)))?;
-    applier.finish().map_err(InstallError::Apply)?;
+    let verified = check(flash, patch, patch_len, config)?;
+    apply::<F, W, K>(flash, patch, patch_len, config, verified, resume, save)?;
+    let manifest = *verified.manifest();
     let mut f = flash.borrow_mut();
     let image = mcuboot::verify_image(&mut *f, config.secondary).map_err(InstallError::Image)?;
     if image.header.version != manifest.version {
@@ -189,4 +127,100 @@ pub fn install<F: NorFlash, const W: usize, K: SignatureCheck>(
         manifest,
         image_len: image.len,
     })
+}
+
+/// Signature, then anti-rollback against the running image, before anything is written.
+#[inline(never)]
+fn check<F: NorFlash, K: SignatureCheck>(
+    flash: &RefCell<F>,
+    patch: &mut impl PatchSource<F::Error>,
+    patch_len: u32,
+    config: &InstallConfig<K>,
+) -> Result<Verified, InstallError<F::Error>> {
+    let mut preamble = [0u8; PREAMBLE_LEN];
+    if (patch_len as usize) < PREAMBLE_LEN {
+        return Err(InstallError::Apply(ApplyError::Truncated));
+    }
+    patch
+        .read_patch(0, &mut preamble)
+        .map_err(InstallError::Patch)?;
+    let verified = check_preamble(&preamble, &config.key).map_err(InstallError::Apply)?;
+    let manifest = verified.manifest();
+    let running = {
+        let mut f = flash.borrow_mut();
+        mcuboot::read_image(&mut *f, config.primary).map_err(InstallError::Image)?
+    };
+    if manifest.version < running.header.version {
+        return Err(InstallError::Rollback {
+            running: running.header.version,
+            offered: manifest.version,
+        });
+    }
+    let running_counter = running.security_counter.unwrap_or(0);
+    if manifest.security_counter < running_counter {
+        return Err(InstallError::SecurityCounter {
+            running: running_counter,
+            offered: manifest.security_counter,
+        });
+    }
+    Ok(verified)
+}
+
+/// The source check and the streaming apply into the secondary slot, from the checkpoint's
+/// sector on; its target hash and length are checked at the end.
+#[inline(never)]
+fn apply<F: NorFlash, const W: usize, K: SignatureCheck>(
+    flash: &RefCell<F>,
+    patch: &mut impl PatchSource<F::Error>,
+    patch_len: u32,
+    config: &InstallConfig<K>,
+    verified: Verified,
+    resume: Option<Checkpoint>,
+    mut save: impl FnMut(Checkpoint),
+) -> Result<(), InstallError<F::Error>> {
+    let target_sha256 = verified.manifest().target_sha256;
+    // A checkpoint is only good on a sector boundary the writer can restart from, and only
+    // for this patch's target.
+    let sector = F::ERASE_SIZE as u32;
+    let resume = resume
+        .filter(|c| c.target_sha256 == target_sha256)
+        .map(|c| Checkpoint {
+            written: c.written / sector * sector,
+            ..c
+        });
+    let start = resume.map_or(0, |c| c.written);
+    if resume.is_none() {
+        mcuboot::cancel_swap(&mut *flash.borrow_mut(), config.secondary, config.trailer)
+            .map_err(InstallError::Image)?;
+    }
+    let mut applier = Applier::<W, &K>::verified(&config.key, verified, resume);
+    let mut source = SlotReader::new(flash, config.primary);
+    let mut target = SlotWriter::new(flash, config.secondary, start)
+        .map_err(|e| InstallError::Apply(ApplyError::Target(e)))?;
+    let mut saved = start;
+    let mut buf = [0u8; CHUNK];
+    let mut at = PREAMBLE_LEN as u32;
+    while at < patch_len {
+        let n = ((patch_len - at) as usize).min(CHUNK);
+        patch
+            .read_patch(at, &mut buf[..n])
+            .map_err(InstallError::Patch)?;
+        applier
+            .push(&buf[..n], &mut source, &mut target)
+            .map_err(InstallError::Apply)?;
+        at += n as u32;
+        let durable = target.durable() / sector * sector;
+        if durable > saved {
+            saved = durable;
+            save(Checkpoint {
+                target_sha256,
+                written: durable,
+            });
+        }
+    }
+    target
+        .flush()
+        .map_err(|e| InstallError::Apply(ApplyError::Target(e)))?;
+    applier.finish().map_err(InstallError::Apply)?;
+    Ok(())
 }

@@ -185,6 +185,26 @@ pub fn verify_preamble<E>(
     preamble: &[u8],
     key: &impl SignatureCheck,
 ) -> Result<Manifest, ApplyError<E>> {
+    check_preamble(preamble, key).map(|v| v.0)
+}
+
+/// A manifest whose signature has been checked: only [`check_preamble`] makes one, and
+/// [`Applier::verified`] takes one, so a caller can check the preamble in one place (and
+/// read the manifest, e.g. for anti-rollback) and apply in another, without a second check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verified(Manifest);
+
+impl Verified {
+    pub fn manifest(&self) -> &Manifest {
+        &self.0
+    }
+}
+
+/// [`verify_preamble`], returning the proof of the check.
+pub fn check_preamble<E>(
+    preamble: &[u8],
+    key: &impl SignatureCheck,
+) -> Result<Verified, ApplyError<E>> {
     if preamble.len() < PREAMBLE_LEN {
         return Err(ContainerError::Truncated {
             needed: PREAMBLE_LEN,
@@ -200,7 +220,7 @@ pub fn verify_preamble<E>(
     if !key.verify_digest(&digest, &signature) {
         return Err(ApplyError::BadSignature);
     }
-    Ok(manifest)
+    Ok(Verified(manifest))
 }
 
 /// Where an apply stands, saved by the device so that it can resume after power loss.
@@ -532,11 +552,18 @@ impl<const N: usize, K: SignatureCheck> Applier<N, K> {
         key: K,
         resume: Option<Checkpoint>,
     ) -> Result<(Self, Manifest), ApplyError<E>> {
-        let manifest = verify_preamble(preamble, &key)?;
+        let verified = check_preamble(preamble, &key)?;
+        Ok((Self::verified(key, verified, resume), verified.0))
+    }
+
+    /// An applier that takes the patch after its preamble, which [`check_preamble`] checked.
+    /// `resume` as in [`Applier::after_preamble`].
+    pub fn verified(key: K, verified: Verified, resume: Option<Checkpoint>) -> Self {
+        let manifest = verified.0;
         let mut applier = Self::new(key);
         applier.resume = resume.filter(|c| c.target_sha256 == manifest.target_sha256);
         applier.phase = Phase::Verified(manifest);
-        Ok((applier, manifest))
+        applier
     }
 
     /// The verified manifest, once the preamble has been checked.
