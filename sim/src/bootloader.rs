@@ -80,13 +80,7 @@ fn swap_slots(
     t: Trailer,
 ) -> Result<(), FlashError> {
     let body = t.swap_size_off() / SECTOR as u32 * SECTOR as u32;
-    let a = flash.read_vec(primary.offset, body as usize)?;
-    let b = flash.read_vec(secondary.offset, body as usize)?;
-    flash.erase(primary.offset, primary.offset + body)?;
-    flash.erase(secondary.offset, secondary.offset + body)?;
-    flash.write(primary.offset, &b)?;
-    flash.write(secondary.offset, &a)?;
-    Ok(())
+    flash.swap_sectors(primary.offset, secondary.offset, body)
 }
 
 /// One boot. Both slots have the same length; `align` is BOOT_MAX_ALIGN.

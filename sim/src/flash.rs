@@ -155,6 +155,24 @@ impl CowFlash {
         shared
     }
 
+    /// Exchanges the `len` bytes at `a` and `b` (whole sectors, not overlapping): what erasing
+    /// both ranges and writing each one's old contents into the other leaves, done by
+    /// exchanging the shared sectors themselves (the bootloader's swap, without copies).
+    pub fn swap_sectors(&mut self, a: u32, b: u32, len: u32) -> Result<(), FlashError> {
+        let (a, b, len) = (a as usize, b as usize, len as usize);
+        if a % SECTOR != 0 || b % SECTOR != 0 || len % SECTOR != 0 {
+            return Err(FlashError::NotAligned);
+        }
+        let total = self.sectors.len() * SECTOR;
+        if a.max(b) + len > total || (a < b + len && b < a + len && len > 0) {
+            return Err(FlashError::OutOfBounds);
+        }
+        for i in 0..len / SECTOR {
+            self.sectors.swap(a / SECTOR + i, b / SECTOR + i);
+        }
+        Ok(())
+    }
+
     /// A copy of `len` bytes at `offset`.
     pub fn read_vec(&self, offset: u32, len: usize) -> Result<Vec<u8>, FlashError> {
         let mut out = vec![0u8; len];
@@ -282,6 +300,35 @@ mod tests {
         assert_eq!(a.write(4100, &[0u8; 8]), Err(FlashError::NotAligned));
         assert_eq!(a.erase(0, 100), Err(FlashError::NotAligned));
         assert_eq!(a.write(8 * 2048, &[0u8; 8]), Err(FlashError::OutOfBounds));
+    }
+
+    #[test]
+    fn swapping_sectors_equals_erasing_and_rewriting_both() {
+        let mut base = CowFlash::new(8);
+        base.program(0, &(0..4096u32).map(|i| i as u8).collect::<Vec<_>>())
+            .unwrap();
+        base.write(4096, &[9u8; 4096]).unwrap();
+        let mut by_copy = base.clone();
+        let a = by_copy.read_vec(0, 4096).unwrap();
+        let b = by_copy.read_vec(4096, 4096).unwrap();
+        by_copy.erase(0, 8192).unwrap();
+        by_copy.write(0, &b).unwrap();
+        by_copy.write(4096, &a).unwrap();
+        let mut swapped = base.clone();
+        swapped.swap_sectors(0, 4096, 4096).unwrap();
+        assert_eq!(swapped.read_vec(0, 16384), by_copy.read_vec(0, 16384));
+        assert_eq!(
+            swapped.swap_sectors(0, 2048, 4096),
+            Err(FlashError::OutOfBounds)
+        );
+        assert_eq!(
+            swapped.swap_sectors(0, 100, 2048),
+            Err(FlashError::NotAligned)
+        );
+        assert_eq!(
+            swapped.swap_sectors(0, 14336, 4096),
+            Err(FlashError::OutOfBounds)
+        );
     }
 
     #[test]
