@@ -190,6 +190,11 @@ pub struct Air {
     pub seed: u64,
     txs: VecDeque<Transmission>,
     next_id: u64,
+    /// Mean path loss and shadowing of every gateway-device link, by `gateway * devices +
+    /// device` (see [`Air::cache_links`]): the logarithm, the Box-Muller draw and the
+    /// distance of a link are worked out once, not at every frame.
+    links: Vec<(f64, f64)>,
+    devices: usize,
 }
 
 /// Transmissions longer than this are not expected (SF12 at 255 bytes is 2.8 s).
@@ -202,6 +207,42 @@ impl Air {
             seed,
             txs: VecDeque::new(),
             next_id: 1,
+            links: Vec::new(),
+            devices: 0,
+        }
+    }
+
+    /// Works out every gateway-device link once (devices and gateways numbered as in
+    /// [`Node`], at these positions, which must not move afterwards).
+    pub fn cache_links(&mut self, devices: &[Position], gateways: &[Position]) {
+        let (p, seed) = (self.propagation, self.seed);
+        self.devices = devices.len();
+        self.links = gateways
+            .iter()
+            .enumerate()
+            .flat_map(|(g, gp)| {
+                devices.iter().enumerate().map(move |(d, dp)| {
+                    let (a, b) = (Node::Gateway(g as u32), Node::Device(d as u32));
+                    (p.mean_loss_db(gp.distance(dp)), p.shadowing_db(seed, a, b))
+                })
+            })
+            .collect();
+    }
+
+    /// Received power on the link from `a` to `b`, dBm: [`Propagation::rssi_dbm`], from the
+    /// cache for gateway-device links (the same arithmetic, so the same bits).
+    pub fn rssi(&self, tx_dbm: f64, a: (Node, Position), b: (Node, Position)) -> f64 {
+        let link = match (a.0, b.0) {
+            (Node::Gateway(g), Node::Device(d)) | (Node::Device(d), Node::Gateway(g)) => {
+                { (d as usize) < self.devices }
+                    .then(|| self.links.get(g as usize * self.devices + d as usize))
+                    .flatten()
+            }
+            _ => None,
+        };
+        match link {
+            Some(&(mean, shadow)) => tx_dbm + self.propagation.gains_db - mean - shadow,
+            None => self.propagation.rssi_dbm(self.seed, tx_dbm, a, b),
         }
     }
 
@@ -222,7 +263,9 @@ impl Air {
     }
 
     pub fn get(&self, id: u64) -> Option<&Transmission> {
-        self.txs.iter().find(|t| t.id == id)
+        // Ids grow in the order transmissions are pushed.
+        let i = self.txs.binary_search_by_key(&id, |t| t.id).ok()?;
+        self.txs.get(i)
     }
 
     /// Whether `node` transmitted at any time during `[start, end)`.
@@ -239,8 +282,7 @@ impl Air {
         let Some(tx) = self.get(id) else {
             return Err(Loss::Interference);
         };
-        let p = &self.propagation;
-        let rssi = p.rssi_dbm(self.seed, tx.power_dbm, (tx.from, tx.pos), (rx, pos));
+        let rssi = self.rssi(tx.power_dbm, (tx.from, tx.pos), (rx, pos));
         if rssi < sensitivity_dbm(tx.modulation) {
             return Err(Loss::BelowSensitivity);
         }
@@ -257,12 +299,7 @@ impl Air {
             {
                 continue;
             }
-            let irssi = p.rssi_dbm(
-                self.seed,
-                other.power_dbm,
-                (other.from, other.pos),
-                (rx, pos),
-            );
+            let irssi = self.rssi(other.power_dbm, (other.from, other.pos), (rx, pos));
             if rssi - irssi < sir_threshold_db(sf, sf_of(other.modulation)) {
                 return Err(Loss::Interference);
             }

@@ -342,7 +342,7 @@ impl World {
     ) -> anyhow::Result<Self> {
         let band = Band(cfg.region);
         let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
-        let air = Air::new(cfg.propagation, cfg.seed);
+        let mut air = Air::new(cfg.propagation, cfg.seed);
         let gateways: Vec<Gateway> = gateways.into_iter().map(Gateway::new).collect();
         let mut sim_devices = Vec::with_capacity(devices.len());
         let mut by_addr = HashMap::new();
@@ -372,6 +372,11 @@ impl World {
             by_addr.insert(addr, i);
             by_eui.insert(plan.eui, i);
             sim_devices.push(d);
+        }
+        {
+            let positions: Vec<Position> = sim_devices.iter().map(|d| d.pos).collect();
+            let gw_positions: Vec<Position> = gateways.iter().map(|g| g.pos).collect();
+            air.cache_links(&positions, &gw_positions);
         }
         let mut multicast_gateways: Vec<usize> = sim_devices
             .iter()
@@ -774,8 +779,7 @@ impl World {
         let sens = sensitivity_dbm(modulation);
         let mut locked = Vec::new();
         for (g, gw) in self.gateways.iter_mut().enumerate() {
-            let rssi = self.air.propagation.rssi_dbm(
-                self.air.seed,
+            let rssi = self.air.rssi(
                 band.device_power_dbm(),
                 (dev_node, pos),
                 (Node::Gateway(g as u32), gw.pos),
