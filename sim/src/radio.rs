@@ -73,6 +73,14 @@ impl Node {
     }
 }
 
+/// Where a node's entry sits in per-node tables: (devices 0 or gateways 1, index).
+fn node_slot(n: Node) -> (usize, usize) {
+    match n {
+        Node::Device(i) => (0, i as usize),
+        Node::Gateway(i) => (1, i as usize),
+    }
+}
+
 fn mix(mut z: u64) -> u64 {
     // splitmix64 finaliser.
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -195,6 +203,12 @@ pub struct Air {
     /// distance of a link are worked out once, not at every frame.
     links: Vec<(f64, f64)>,
     devices: usize,
+    /// The same transmissions by frequency, for the interference check (only the channel's
+    /// own matter), pruned with `txs`.
+    channels: Vec<(u32, VecDeque<Transmission>)>,
+    /// Latest end of each node's transmissions: a receiver that has not transmitted since a
+    /// frame began cannot be half-duplex blocked, without a scan.
+    last_end: [Vec<Micros>; 2],
 }
 
 /// Transmissions longer than this are not expected (SF12 at 255 bytes is 2.8 s).
@@ -209,6 +223,8 @@ impl Air {
             next_id: 1,
             links: Vec::new(),
             devices: 0,
+            channels: Vec::new(),
+            last_end: [Vec::new(), Vec::new()],
         }
     }
 
@@ -251,13 +267,25 @@ impl Air {
         tx.id = self.next_id;
         self.next_id += 1;
         // Nothing that ended before anything now starting could overlap can matter again.
-        while self
-            .txs
-            .front()
-            .is_some_and(|t| t.end + MAX_AIRTIME < tx.start)
-        {
+        let stale = |t: &Transmission| t.end + MAX_AIRTIME < tx.start;
+        while self.txs.front().is_some_and(stale) {
             self.txs.pop_front();
         }
+        for (_, list) in &mut self.channels {
+            while list.front().is_some_and(stale) {
+                list.pop_front();
+            }
+        }
+        match self.channels.iter_mut().find(|(f, _)| *f == tx.freq_hz) {
+            Some((_, list)) => list.push_back(tx),
+            None => self.channels.push((tx.freq_hz, VecDeque::from([tx]))),
+        }
+        let (kind, i) = node_slot(tx.from);
+        let ends = &mut self.last_end[kind];
+        if ends.len() <= i {
+            ends.resize(i + 1, 0);
+        }
+        ends[i] = ends[i].max(tx.end);
         self.txs.push_back(tx);
         tx.id
     }
@@ -270,6 +298,10 @@ impl Air {
 
     /// Whether `node` transmitted at any time during `[start, end)`.
     pub fn transmitting(&self, node: Node, start: Micros, end: Micros) -> bool {
+        let (kind, i) = node_slot(node);
+        if self.last_end[kind].get(i).is_none_or(|&e| e <= start) {
+            return false;
+        }
         self.txs
             .iter()
             .any(|t| t.from == node && t.start < end && start < t.end)
@@ -290,7 +322,12 @@ impl Air {
             return Err(Loss::HalfDuplex);
         }
         let sf = sf_of(tx.modulation);
-        for other in &self.txs {
+        let channel = self
+            .channels
+            .iter()
+            .find(|(f, _)| *f == tx.freq_hz)
+            .map(|(_, list)| list);
+        for other in channel.into_iter().flatten() {
             if other.id == tx.id
                 || other.freq_hz != tx.freq_hz
                 || other.from == rx

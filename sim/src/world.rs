@@ -306,6 +306,8 @@ pub struct World {
     /// Per gateway, the devices that could hear it at all (the rest are skipped when a
     /// multicast frame is delivered).
     audience: Vec<Vec<usize>>,
+    /// Class C frequency and data rate the audiences are for.
+    audience_channel: (u32, u8),
     /// Flash sectors the devices share by content (see [`World::share_flash`]).
     pool: crate::flash::SectorPool,
     rng: ChaCha8Rng,
@@ -384,23 +386,27 @@ impl World {
             .collect();
         multicast_gateways.sort_unstable();
         multicast_gateways.dedup();
-        // Strongest transmit power, most sensitive receiver: anyone outside cannot hear.
-        let floor = sensitivity_dbm(Modulation::Lora {
-            sf: 12,
-            bw_khz: 125,
-        });
+        // Who can hear each gateway's multicast at all: the class C channel's power and
+        // data rate, the same link arithmetic as every reception (a device below the
+        // sensitivity here would be below it for every frame).
+        let (mc_freq, mc_dr, _, _) = engine.class_c_session();
+        let mc = (
+            mc_freq,
+            mc_dr,
+            band.gateway_power_dbm(mc_freq),
+            sensitivity_dbm(band.downlink_modulation(mc_dr)),
+        );
         let audience = (0..gateways.len())
             .map(|g| {
                 sim_devices
                     .iter()
                     .enumerate()
                     .filter(|(_, d)| {
-                        air.propagation.rssi_dbm(
-                            air.seed,
-                            27.0,
+                        air.rssi(
+                            mc.2,
                             (Node::Gateway(g as u32), gateways[g].pos),
                             (Node::Device(d.index), d.pos),
-                        ) >= floor
+                        ) >= mc.3
                     })
                     .map(|(i, _)| i)
                     .collect()
@@ -422,6 +428,7 @@ impl World {
             engine_timer_at: None,
             multicast_gateways,
             audience,
+            audience_channel: (mc.0, mc.1),
             pool: crate::flash::SectorPool::default(),
             rng,
             stats: WorldStats::default(),
@@ -1083,7 +1090,11 @@ impl World {
             }
             Downlink::Multicast { addr } => {
                 let Node::Gateway(gw) = t.from else { return };
-                let audience = std::mem::take(&mut self.audience[gw as usize]);
+                let audience = if (t.freq_hz, dr) == self.audience_channel {
+                    std::mem::take(&mut self.audience[gw as usize])
+                } else {
+                    (0..self.devices.len()).collect()
+                };
                 for &i in &audience {
                     let d = &self.devices[i];
                     let Some(c) = d.class_c else { continue };
@@ -1115,7 +1126,9 @@ impl World {
                         self.deliver(i, Via::Multicast(c.group), port, &data.payload);
                     }
                 }
-                self.audience[gw as usize] = audience;
+                if (t.freq_hz, dr) == self.audience_channel {
+                    self.audience[gw as usize] = audience;
+                }
             }
         }
     }
