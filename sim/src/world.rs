@@ -308,6 +308,10 @@ pub struct World {
     audience: Vec<Vec<usize>>,
     /// Class C frequency and data rate the audiences are for.
     audience_channel: (u32, u8),
+    /// Per device, the class C reception it has on (`None` when off or powered down): a
+    /// small copy of the devices' state that each multicast frame checks for every device
+    /// in reach, kept apart so that it stays in cache.
+    listening: Vec<Option<ClassC>>,
     /// Flash sectors the devices share by content (see [`World::share_flash`]).
     pool: crate::flash::SectorPool,
     rng: ChaCha8Rng,
@@ -429,6 +433,7 @@ impl World {
             multicast_gateways,
             audience,
             audience_channel: (mc.0, mc.1),
+            listening: vec![None; n],
             pool: crate::flash::SectorPool::default(),
             rng,
             stats: WorldStats::default(),
@@ -602,8 +607,19 @@ impl World {
         }
     }
 
+    /// Copies device `i`'s class C reception into `listening`.
+    fn sync_listening(&mut self, i: usize) {
+        let d = &self.devices[i];
+        self.listening[i] = d.class_c.filter(|_| d.power == Power::On);
+    }
+
     /// The firmware's reactions to the agent's events.
     fn firmware_event(&mut self, i: usize, e: AgentEvent) {
+        self.firmware_reaction(i, e);
+        self.sync_listening(i);
+    }
+
+    fn firmware_reaction(&mut self, i: usize, e: AgentEvent) {
         let now = self.now;
         let d = &mut self.devices[i];
         match e {
@@ -684,6 +700,7 @@ impl World {
         d.flash.borrow_mut().intern(&mut self.pool);
         let until = self.now + 1_000_000 + moved * SWAP_US_PER_SECTOR;
         d.power = Power::Booting { until };
+        self.sync_listening(i);
         self.schedule(until, Event::Started(i));
     }
 
@@ -692,6 +709,8 @@ impl World {
         let d = &mut self.devices[i];
         d.power = Power::On;
         d.timer_at = None;
+        self.sync_listening(i);
+        let d = &mut self.devices[i];
         // The LoRaWAN session survives in the stack's NVM; multicast groups come back from
         // the agent's journal (GroupKeys events) only when set again, so keep them.
         if d.start_agent(now).is_err() {
@@ -1096,11 +1115,11 @@ impl World {
                     (0..self.devices.len()).collect()
                 };
                 for &i in &audience {
-                    let d = &self.devices[i];
-                    let Some(c) = d.class_c else { continue };
-                    if c.freq_hz != t.freq_hz || c.dr != dr || d.power != Power::On {
+                    let Some(c) = self.listening[i] else { continue };
+                    if c.freq_hz != t.freq_hz || c.dr != dr {
                         continue;
                     }
+                    let d = &self.devices[i];
                     let Some(group) = d.groups[usize::from(c.group & 3)].filter(|g| g.addr == addr)
                     else {
                         continue;
