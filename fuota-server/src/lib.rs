@@ -7,3 +7,4 @@ pub mod engine;
 pub mod fragmentation;
 pub mod patch;
 pub mod plan;
+pub mod rollout;
