@@ -253,6 +253,15 @@ fn is_revert(f: &Failure) -> bool {
     matches!(f, Failure::NotUpdated { .. })
 }
 
+/// [`Engine::new`] as a function pointer.
+fn new_engine(
+    cfg: CampaignConfig,
+    devices: Vec<DeviceSpec>,
+    now: GpsMillis,
+) -> Result<Engine, ConfigError> {
+    Engine::new(cfg, devices, now)
+}
+
 impl Rollout<Engine> {
     /// A rollout of engines.
     pub fn new(
@@ -260,7 +269,7 @@ impl Rollout<Engine> {
         devices: Vec<RolloutDevice>,
         now: GpsMillis,
     ) -> Result<Self, RolloutError> {
-        Self::with_campaigns(cfg, devices, now, Engine::new::<Vec<DeviceSpec>>)
+        Self::with_campaigns(cfg, devices, now, new_engine)
     }
 }
 
