@@ -7,3 +7,5 @@ pub mod engine;
 pub mod fragmentation;
 pub mod patch;
 pub mod plan;
+#[cfg(feature = "service")]
+pub mod service;
