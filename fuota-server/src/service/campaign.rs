@@ -564,6 +564,9 @@ pub fn phase_text(p: &Phase) -> String {
     }
 }
 
+/// How often one payload is sent again after refusals.
+pub const MAX_RESENDS: u32 = 3;
+
 /// A running campaign: its engine and where its log stands.
 #[derive(Debug)]
 pub struct Running {
@@ -573,8 +576,11 @@ pub struct Running {
     pub next_input: i64,
     pub next_output: i64,
     pub mc_keys: (Key128, Key128),
-    /// Multicast outputs by sequence number (a refusal names one).
-    pub frames: HashMap<i64, MulticastFrame>,
+    /// Multicast outputs by sequence number (a refusal names one), with how many refusals
+    /// led to it.
+    pub frames: HashMap<i64, (MulticastFrame, u32)>,
+    /// Refusals behind the outputs being drained.
+    generation: u32,
     /// Last uplink FCnt handled per device (duplicates are dropped).
     pub seen: HashMap<DevEui, std::collections::BTreeSet<u32>>,
     /// Device progress after the last step.
@@ -610,6 +616,7 @@ impl Running {
             next_output: 0,
             mc_keys,
             frames: HashMap::new(),
+            generation: 0,
             seen: HashMap::new(),
             progress: BTreeMap::new(),
         };
@@ -626,7 +633,8 @@ impl Running {
         let mut v = Vec::new();
         while let Some(o) = self.engine.poll_output() {
             if let Output::Multicast(f) = &o {
-                self.frames.insert(self.next_output, f.clone());
+                self.frames
+                    .insert(self.next_output, (f.clone(), self.generation));
             }
             v.push(Numbered {
                 seq: self.next_output,
@@ -666,13 +674,20 @@ impl Running {
             }
             Input::Timeout { at } => self.engine.handle_timeout(*at),
             Input::Refused { at, seq } => {
-                if let Some(f) = self.frames.get(seq).cloned() {
-                    self.engine.handle_tx_refused(*at, &f);
+                // A payload the gateways keep refusing (a frequency they cannot send, say)
+                // goes again a few times, not for the whole session.
+                match self.frames.get(seq).cloned() {
+                    Some((f, g)) if g < MAX_RESENDS => {
+                        self.generation = g + 1;
+                        self.engine.handle_tx_refused(*at, &f);
+                    }
+                    _ => {}
                 }
             }
         }
         self.next_input += 1;
         let outputs = self.drain();
+        self.generation = 0;
         let now = self.snapshot();
         let mut changed = Vec::new();
         for (k, p) in &now {

@@ -132,6 +132,9 @@ impl Runner {
 
     /// Rebuilds every running campaign from its log.
     pub async fn resume(&mut self) -> Result<(), String> {
+        for (g, online) in self.store.gateways().await.map_err(|e| e.to_string())? {
+            self.gateways.entry(g).or_insert(online);
+        }
         let rows = self.store.campaigns().await.map_err(|e| e.to_string())?;
         for c in rows.into_iter().filter(|c| c.state == "running") {
             match self.load(c.id).await {
@@ -307,7 +310,7 @@ impl Runner {
                             "gateway {gateway} {}",
                             if online { "online" } else { "offline" }
                         );
-                        self.gateways.insert(gateway.to_string(), online);
+                        self.learn_gateway(gateway, online).await;
                     }
                 }
                 Err(e) => tracing::warn!("{}: malformed conn state ignored: {e}", m.topic),
@@ -318,7 +321,10 @@ impl Runner {
 
     async fn on_uplink(&mut self, topic: &str, u: Uplink) {
         for g in &u.gateways {
-            self.gateways.entry(g.clone()).or_insert(true);
+            if valid_gateway_id(g) && !self.gateways.contains_key(g) {
+                tracing::info!("gateway {g} learned from an uplink");
+                self.learn_gateway(g, true).await;
+            }
         }
         let Some(port) = u.port.filter(|p| is_fuota_port(*p)) else {
             tracing::debug!("{topic}: port {:?} is not a FUOTA port, ignored", u.port);
@@ -358,6 +364,15 @@ impl Runner {
             },
         )
         .await;
+    }
+
+    async fn learn_gateway(&mut self, g: &str, online: bool) {
+        if self.gateways.get(g) != Some(&online) {
+            self.gateways.insert(g.to_string(), online);
+            if let Err(e) = self.store.save_gateway(g, online, now_unix_ms()).await {
+                tracing::error!("database: {e}");
+            }
+        }
     }
 
     async fn on_tx_ack(&mut self, gateway: &str, a: TxAck) {
@@ -700,7 +715,6 @@ impl Runner {
         let (app_s_key, nwk_s_key) = run.mc_keys.clone();
         let prefix = self.cfg.chirpstack.region_prefix.clone();
         let gateways = self.multicast_gateways();
-        let mut refused = Vec::new();
         for o in outs {
             match &o.output {
                 Output::Unicast { dev, port, payload } => {
@@ -727,11 +741,11 @@ impl Runner {
                         continue;
                     };
                     if gateways.is_empty() {
+                        // Not a refusal: sending it again would find no gateway either.
                         tracing::warn!(
-                            "campaign {id}: no gateway known for multicast frame {}",
+                            "campaign {id}: no gateway known for multicast frame {}: lost",
                             o.seq
                         );
-                        refused.push(o.seq);
                         continue;
                     }
                     let gps = self.clock.gps_of_campaign(f.at);
@@ -772,10 +786,6 @@ impl Runner {
         let seqs: Vec<i64> = outs.iter().map(|o| o.seq).collect();
         if let Err(e) = self.store.mark_outputs(id, &seqs, "published").await {
             tracing::error!("database: {e}");
-        }
-        for seq in refused {
-            let at = self.clock.now();
-            Box::pin(self.step(id, Input::Refused { at, seq })).await;
         }
     }
 }

@@ -546,6 +546,38 @@ impl Store {
         rows.iter().map(|r| r.try_get(0)).collect()
     }
 
+    /// Remembers a gateway and whether it is online.
+    pub async fn save_gateway(&self, id: &str, online: bool, seen_unix_ms: i64) -> DbResult<()> {
+        let updated =
+            sqlx::query("UPDATE gateways SET online = $2, seen_unix_ms = $3 WHERE gateway_id = $1")
+                .bind(id)
+                .bind(i64::from(online))
+                .bind(seen_unix_ms)
+                .execute(&self.pool)
+                .await?;
+        if updated.rows_affected() == 0 {
+            sqlx::query(
+                "INSERT INTO gateways (gateway_id, online, seen_unix_ms) VALUES ($1, $2, $3)",
+            )
+            .bind(id)
+            .bind(i64::from(online))
+            .bind(seen_unix_ms)
+            .execute(&self.pool)
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Every gateway remembered: (id, online).
+    pub async fn gateways(&self) -> DbResult<Vec<(String, bool)>> {
+        let rows = sqlx::query("SELECT gateway_id, online FROM gateways ORDER BY gateway_id")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get::<i64, _>(1)? != 0)))
+            .collect()
+    }
+
     /// Counts a frame that went out or that every gateway refused.
     pub async fn count_frame(&self, id: i64, sent: bool) -> DbResult<()> {
         let q = if sent {

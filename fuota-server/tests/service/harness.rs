@@ -136,6 +136,8 @@ pub struct ServerSetup {
     pub scale: f64,
     pub origin_unix_ms: i64,
     pub embedded_broker: Option<u16>,
+    /// Campaign seconds from creation to the multicast session.
+    pub setup_s: u64,
 }
 
 impl ServerSetup {
@@ -151,6 +153,7 @@ impl ServerSetup {
             scale: 10.0,
             origin_unix_ms: fuota_server::service::clock::now_unix_ms(),
             embedded_broker: None,
+            setup_s: 90,
         }
     }
 
@@ -174,7 +177,7 @@ server_key = "{key}"
 scale = {scale}
 origin_unix_ms = {origin}
 [campaign]
-setup_s = 60
+setup_s = {setup_s}
 retry_s = 20
 max_attempts = 8
 reboot_wait_s = 6
@@ -192,6 +195,7 @@ unicast_repair_max_devices = 3
             key = "11".repeat(32),
             scale = self.scale,
             origin = self.origin_unix_ms,
+            setup_s = self.setup_s,
         );
         let path = self.dir.join("fuota.toml");
         std::fs::write(&path, text).expect("config");
