@@ -1,3 +1,6 @@
+// A driver of real processes: it waits on the wall clock.
+#![allow(clippy::disallowed_methods)]
+
 //! The service killed (SIGKILL) in the middle of a campaign and started again: it resumes
 //! from its write-ahead log and completes, with no multicast FCnt used twice and no device
 //! broken by a setup sent twice. And the broker restarted mid-campaign.

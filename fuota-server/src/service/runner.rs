@@ -631,14 +631,19 @@ impl Runner {
             ..StepWrite::default()
         };
         if let Input::Uplink {
-            dev, port, data, ..
+            dev,
+            port,
+            data,
+            fcnt,
+            ..
         } = &input
         {
+            let fcnt = fcnt.map_or(String::from("?"), |f| f.to_string());
             w.log.push((
                 eui_string(*dev),
                 at as i64,
                 format!(
-                    "uplink on port {port} ({}): {}",
+                    "uplink FCnt {fcnt} on port {port} ({}): {}",
                     port_name(*port),
                     hex::encode(data)
                 ),

@@ -235,6 +235,8 @@ struct Device {
     class_c: Option<(u32, u8)>,
     reboot_at: Option<u64>,
     rng: ChaCha8Rng,
+    /// An uplink held back, published after this device's next one.
+    held: Option<(String, Vec<u8>)>,
 }
 
 struct Pending {
@@ -394,6 +396,7 @@ async fn run(
                 class_c: None,
                 reboot_at: None,
                 rng: ChaCha8Rng::seed_from_u64(opts.seed * 7919 + i as u64),
+                held: None,
             }
         })
         .collect();
@@ -408,7 +411,7 @@ async fn run(
         .map(|(i, d)| (d.eui, i))
         .collect();
     let mut pending: Vec<Pending> = Vec::new();
-    let mut held: Option<(String, Vec<u8>)> = None;
+
     let mut uplink_no = 0usize;
     let mut seen_fcnt: HashSet<(String, u32)> = HashSet::new();
     let mut refused_fcnts: HashSet<u32> = HashSet::new();
@@ -495,7 +498,7 @@ async fn run(
                     }
                 }
                 for d in devices.iter_mut() {
-                    step_device(d, now, &clock, &opts, &update, &stats, &client, &mut held, &mut uplink_no).await;
+                    step_device(d, now, &clock, &opts, &update, &stats, &client, &mut uplink_no).await;
                 }
             }
         }
@@ -539,7 +542,6 @@ async fn step_device(
     update: &Update,
     stats: &Arc<Mutex<Stats>>,
     client: &AsyncClient,
-    held: &mut Option<(String, Vec<u8>)>,
     uplink_no: &mut usize,
 ) {
     // The bootloader: the new image into the primary slot, then the firmware starts again.
@@ -646,9 +648,13 @@ async fn step_device(
     if opts.duplicate_uplinks {
         out.push((topic, ev.into_bytes()));
     }
-    if opts.reorder_uplinks && *uplink_no % 3 == 0 && held.is_none() {
-        *held = out.pop();
-    } else if let Some(h) = held.take() {
+    // Every third answer to the service comes after the device's next uplink.
+    if opts.reorder_uplinks && port != 2 && *uplink_no % 3 == 0 && d.held.is_none() {
+        d.held = out.pop();
+        if opts.duplicate_uplinks {
+            out.clear();
+        }
+    } else if let Some(h) = d.held.take() {
         out.push(h);
     }
     for (topic, body) in out {
