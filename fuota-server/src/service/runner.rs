@@ -56,8 +56,10 @@ pub enum Command {
 #[derive(Debug, Default)]
 struct AckWait {
     pending: usize,
+    /// Some gateway sent it.
     sent: bool,
-    reason: Option<&'static str>,
+    /// Gateways that refused it: the frame goes again through these.
+    refused: Vec<String>,
 }
 
 /// A FUOTA port (TS003, TS004, TS005, TS006): what the engine is fed.
@@ -91,7 +93,7 @@ pub struct Runner {
     /// Gateways and whether they are online.
     gateways: BTreeMap<String, bool>,
     /// Multicast transmissions waiting for their DownlinkTxAck.
-    transmissions: HashMap<u32, (i64, i64)>,
+    transmissions: HashMap<u32, (i64, i64, String)>,
     acks: HashMap<(i64, i64), AckWait>,
     /// The lowest multicast FCnt each running campaign may still publish: one above the
     /// highest recorded (a check against the engine, not the engine's own counter).
@@ -377,7 +379,7 @@ impl Runner {
 
     async fn on_tx_ack(&mut self, gateway: &str, a: TxAck) {
         let status = if a.sent() { "OK" } else { a.reason() };
-        let Some((id, seq)) = self.transmissions.remove(&a.downlink_id) else {
+        let Some((id, seq, gw)) = self.transmissions.remove(&a.downlink_id) else {
             // From before a restart (counted as sent then), or not ours.
             if let Ok(Some(_)) = self.store.ack_transmission(a.downlink_id, status).await {
                 tracing::debug!("gateway {gateway}: late ack {}", a.downlink_id);
@@ -393,20 +395,27 @@ impl Runner {
         w.pending = w.pending.saturating_sub(1);
         w.sent |= a.sent();
         if !a.sent() {
-            w.reason = Some(a.reason());
+            w.refused.push(gw);
             tracing::info!("gateway {gateway} refused frame {seq} of campaign {id}: {status}");
         }
         if w.pending > 0 {
             return;
         }
-        let sent = w.sent;
-        self.acks.remove(&(id, seq));
-        if let Err(e) = self.store.count_frame(id, sent).await {
-            tracing::error!("database: {e}");
+        let Some(w) = self.acks.remove(&(id, seq)) else {
+            return;
+        };
+        for (sent, counted) in [(true, w.sent), (false, !w.refused.is_empty())] {
+            if counted {
+                if let Err(e) = self.store.count_frame(id, sent).await {
+                    tracing::error!("database: {e}");
+                }
+            }
         }
-        if !sent && self.campaigns.contains_key(&id) {
+        // Devices in reach of a gateway that refused did not hear it: again, through those.
+        if !w.refused.is_empty() && self.campaigns.contains_key(&id) {
             let at = self.clock.now();
-            self.step(id, Input::Refused { at, seq }).await;
+            self.step_routed(id, Input::Refused { at, seq }, Some(w.refused))
+                .await;
         }
     }
 
@@ -600,7 +609,7 @@ impl Runner {
                 self.clock.gps_of_campaign(cfg.session_start)
             ))
         );
-        self.publish(id, &first).await;
+        self.publish(id, &first, None).await;
         Ok(id)
     }
 
@@ -616,8 +625,13 @@ impl Runner {
         w
     }
 
-    /// Logs the input, feeds it, logs the outputs, commits, then publishes.
     async fn step(&mut self, id: i64, input: Input) {
+        self.step_routed(id, input, None).await;
+    }
+
+    /// Logs the input, feeds it, logs the outputs, commits, then publishes (multicast to
+    /// `route`, or to every gateway).
+    async fn step_routed(&mut self, id: i64, input: Input, route: Option<Vec<String>>) {
         let Some(run) = self.campaigns.get_mut(&id) else {
             return;
         };
@@ -689,7 +703,7 @@ impl Runner {
             }
             return;
         }
-        self.publish(id, &stepped.outputs).await;
+        self.publish(id, &stepped.outputs, route).await;
         if finished {
             tracing::info!("campaign {id} finished: {updated} updated, {failed} failed");
             if let Some(run) = self.campaigns.remove(&id) {
@@ -711,7 +725,7 @@ impl Runner {
             .collect()
     }
 
-    async fn publish(&mut self, id: i64, outs: &[Numbered]) {
+    async fn publish(&mut self, id: i64, outs: &[Numbered], route: Option<Vec<String>>) {
         let Some(run) = self.campaigns.get(&id) else {
             return;
         };
@@ -719,7 +733,7 @@ impl Runner {
         let tx = run.cfg.tx_params();
         let (app_s_key, nwk_s_key) = run.mc_keys.clone();
         let prefix = self.cfg.chirpstack.region_prefix.clone();
-        let gateways = self.multicast_gateways();
+        let gateways = route.unwrap_or_else(|| self.multicast_gateways());
         for o in outs {
             match &o.output {
                 Output::Unicast { dev, port, payload } => {
@@ -773,7 +787,8 @@ impl Runner {
                         let topic = chirpstack::gateway_downlink_topic(&prefix, g);
                         match self.mqtt.try_publish(topic, QoS::AtLeastOnce, false, body) {
                             Ok(()) => {
-                                self.transmissions.insert(downlink_id, (id, o.seq));
+                                self.transmissions
+                                    .insert(downlink_id, (id, o.seq, g.clone()));
                                 wait.pending += 1;
                             }
                             Err(e) => tracing::error!(
