@@ -95,11 +95,13 @@ pub fn start(
     let url = cfg.url.clone();
     tokio::spawn(async move {
         let mut connected = false;
+        let mut failures = 0u32;
         loop {
             match eventloop.poll().await {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     tracing::info!("MQTT connected to {url}");
                     connected = true;
+                    failures = 0;
                     for t in &subscriptions {
                         if let Err(e) = sub.try_subscribe(t, QoS::AtLeastOnce) {
                             tracing::error!("MQTT subscribe {t}: {e}");
@@ -119,9 +121,11 @@ pub fn start(
                 Err(e) => {
                     if connected {
                         tracing::warn!("MQTT connection to {url} lost: {e}; reconnecting");
-                    } else {
-                        tracing::debug!("MQTT connection to {url}: {e}; retrying");
+                    } else if failures % 20 == 0 {
+                        // Said once, then every ten seconds while it lasts.
+                        tracing::warn!("MQTT cannot connect to {url}: {e}; retrying");
                     }
+                    failures = failures.wrapping_add(1);
                     connected = false;
                     if tx.is_closed() {
                         return;

@@ -138,6 +138,8 @@ pub struct ServerSetup {
     pub embedded_broker: Option<u16>,
     /// Campaign seconds from creation to the multicast session.
     pub setup_s: u64,
+    /// More lines for the `[mqtt]` section (TLS, credentials).
+    pub mqtt_extra: String,
 }
 
 impl ServerSetup {
@@ -154,6 +156,7 @@ impl ServerSetup {
             origin_unix_ms: fuota_server::service::clock::now_unix_ms(),
             embedded_broker: None,
             setup_s: 90,
+            mqtt_extra: String::new(),
         }
     }
 
@@ -163,6 +166,7 @@ impl ServerSetup {
             r#"[mqtt]
 url = "{mqtt}"
 client_id = "fuota-{prefix}"
+{mqtt_extra}
 [chirpstack]
 applications = ["{app}"]
 region_prefix = "{prefix}"
@@ -196,6 +200,7 @@ unicast_repair_max_devices = 3
             scale = self.scale,
             origin = self.origin_unix_ms,
             setup_s = self.setup_s,
+            mqtt_extra = self.mqtt_extra,
         );
         let path = self.dir.join("fuota.toml");
         std::fs::write(&path, text).expect("config");
