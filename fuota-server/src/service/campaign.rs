@@ -753,3 +753,193 @@ pub fn tally(run: &Running) -> (i64, i64) {
     }
     (up, failed)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::clock::Clock;
+
+    const T0: GpsMillis = 1_400_000_000_000;
+
+    fn request(n: usize) -> CampaignRequest {
+        CampaignRequest {
+            name: "t".into(),
+            firmware_id: 1,
+            application_id: None,
+            lorawan_version: "1.0.4".into(),
+            package_version: 2,
+            region: "eu868".into(),
+            dr: 5,
+            frequency: None,
+            window: WindowSpec {
+                start: None,
+                duration: DurationSpec::Text("1h".into()),
+            },
+            redundancy: RedundancySpec::default(),
+            target_version: Some("1.2.3".into()),
+            setup: None,
+            devices: (0..n)
+                .map(|i| DeviceRequest {
+                    dev_eui: format!("{:016x}", i + 1),
+                    gen_app_key: Some(hex::encode([i as u8; 16])),
+                    app_key: None,
+                })
+                .collect(),
+        }
+    }
+
+    fn derivation() -> Derivation {
+        Derivation {
+            now: T0,
+            setup_s: 60,
+            retry_s: 30,
+            max_attempts: 3,
+            reboot_wait_s: 10,
+            status_wait_s: 10,
+            block_ack_delay: 0,
+            multicast_lead_ms: 1000,
+            unicast_repair_max_devices: 1,
+            mc_addr: 0x01ff_0000,
+            first_mc_fcnt: 100,
+            tx_power_dbm: None,
+            application_id: "app".into(),
+            clock: Clock::real_time(),
+        }
+    }
+
+    #[test]
+    fn a_request_becomes_a_planned_configuration() {
+        let req = request(2);
+        let (cfg, plan) = derive(&req, 2000, None, &derivation()).unwrap();
+        assert_eq!(cfg.frag_size, plan.frag_size);
+        assert_eq!(cfg.session_start, T0 + 60_000);
+        assert_eq!(cfg.window_end, T0 + 3_600_000);
+        assert_eq!(cfg.first_mc_fcnt, 100);
+        assert_eq!(cfg.target_fw_version, 0x0102_0003);
+        assert_eq!(cfg.tx_power_dbm, 27);
+        assert_eq!(cfg.application_id, "app");
+        assert!(1u64 << cfg.timeout_exp >= (2.0 * plan.multicast_s) as u64);
+        let specs = device_specs(&req).unwrap();
+        assert_eq!(specs[1].dev_eui, 2);
+        assert_eq!(
+            specs[1].root_key,
+            RootKey::GenAppKey(Key128::from_bytes([1; 16]))
+        );
+        // Refusals name the field.
+        let mut bad = request(1);
+        bad.lorawan_version = "1.1".into();
+        assert!(device_specs(&bad).unwrap_err().0.contains("app_key"));
+        let mut bad = request(1);
+        bad.target_version = None;
+        assert!(derive(&bad, 2000, None, &derivation())
+            .unwrap_err()
+            .0
+            .contains("target_version"));
+        assert!(derive(&bad, 2000, Some(7), &derivation()).is_ok());
+        let mut bad = request(1);
+        bad.window.duration = DurationSpec::Seconds(30);
+        assert!(derive(&bad, 2000, None, &derivation())
+            .unwrap_err()
+            .0
+            .contains("window"));
+    }
+
+    #[test]
+    fn a_replayed_log_gives_the_same_engine_and_numbering() {
+        let req = request(3);
+        let (cfg, _) = derive(&req, 700, None, &derivation()).unwrap();
+        let specs = device_specs(&req).unwrap();
+        let data: Vec<u8> = (0..700u32).map(|i| (i * 13) as u8).collect();
+        let key = Key128::from_bytes([5; 16]);
+        let (mut run, first) =
+            Running::start(1, cfg.clone(), data.clone(), key.clone(), specs.clone(), T0).unwrap();
+        let mut inputs = Vec::new();
+        let mut outputs: Vec<OutputRow> = first.iter().map(Numbered::row).collect();
+        let mut step = |run: &mut Running, input: Input| {
+            inputs.push(input.row(run.next_input));
+            let s = run.feed(&input);
+            outputs.extend(s.outputs.iter().map(Numbered::row));
+        };
+        // Device 1 answers nothing useful; time runs into the multicast; a frame is refused.
+        step(
+            &mut run,
+            Input::Uplink {
+                at: T0 + 5_000,
+                dev: 1,
+                port: 202,
+                fcnt: Some(1),
+                data: vec![1, 2],
+            },
+        );
+        let mut t = T0;
+        while let Some(next) = run.engine.poll_timeout() {
+            if next > cfg.session_start + 20_000 {
+                break;
+            }
+            t = next.max(t);
+            step(&mut run, Input::Timeout { at: t });
+        }
+        let refused = *run.frames.keys().min().expect("multicast frames");
+        step(
+            &mut run,
+            Input::Refused {
+                at: t,
+                seq: refused,
+            },
+        );
+        step(&mut run, Input::Timeout { at: t + 5_000 });
+        let (again, mismatches) =
+            Running::replay(1, cfg, data, key, specs, T0, &inputs, &outputs).unwrap();
+        assert_eq!(mismatches, 0);
+        assert_eq!(again.next_output, run.next_output);
+        assert_eq!(again.next_input, run.next_input);
+        assert_eq!(again.engine.next_mc_fcnt(), run.engine.next_mc_fcnt());
+        assert_eq!(again.progress, run.progress);
+        assert!(again.is_duplicate(1, Some(1)) && !again.is_duplicate(1, Some(2)));
+        let fcnts: Vec<i64> = outputs.iter().filter_map(|o| o.fcnt).collect();
+        assert!(fcnts.windows(2).all(|w| w[0] < w[1]), "{fcnts:?}");
+        assert_eq!(fcnts[0], 100);
+        // A log the engine would not produce again is told apart.
+        let mut changed = outputs.clone();
+        changed[0].data[0] ^= 1;
+        let req = request(3);
+        let (cfg, _) = derive(&req, 700, None, &derivation()).unwrap();
+        let data: Vec<u8> = (0..700u32).map(|i| (i * 13) as u8).collect();
+        let (_, mismatches) = Running::replay(
+            1,
+            cfg,
+            data,
+            Key128::from_bytes([5; 16]),
+            device_specs(&req).unwrap(),
+            T0,
+            &inputs,
+            &changed,
+        )
+        .unwrap();
+        assert_eq!(mismatches, 1);
+    }
+
+    #[test]
+    fn input_rows_round_trip() {
+        for i in [
+            Input::Uplink {
+                at: 5,
+                dev: 0xab,
+                port: 201,
+                fcnt: Some(9),
+                data: vec![1],
+            },
+            Input::Uplink {
+                at: 5,
+                dev: 0xab,
+                port: 201,
+                fcnt: None,
+                data: vec![],
+            },
+            Input::Timeout { at: 7 },
+            Input::Refused { at: 8, seq: 3 },
+        ] {
+            assert_eq!(Input::from_row(&i.row(0)), Some(i));
+        }
+    }
+}

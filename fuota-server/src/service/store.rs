@@ -696,3 +696,97 @@ async fn write_step_in(tx: &mut sqlx::Transaction<'_, sqlx::Any>, w: &StepWrite)
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn out(seq: i64, fcnt: Option<i64>) -> OutputRow {
+        OutputRow {
+            seq,
+            kind: if fcnt.is_some() {
+                "multicast"
+            } else {
+                "unicast"
+            }
+            .into(),
+            at_gps: 0,
+            dev_eui: fcnt.is_none().then(|| "0000000000000001".into()),
+            port: 201,
+            fcnt,
+            frame_kind: None,
+            data: vec![seq as u8],
+        }
+    }
+
+    #[tokio::test]
+    async fn a_step_is_all_or_nothing_and_the_group_counter_only_rises() {
+        let dir = std::env::temp_dir().join(format!("fuota-store-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let s = Store::connect(&format!("sqlite://{}", dir.join("t.db").display()), 2)
+            .await
+            .unwrap();
+        let fw = s
+            .insert_firmware("p", &[1, 2, 3], "00", Some(7), 0)
+            .await
+            .unwrap();
+        let c = NewCampaign {
+            name: "c".into(),
+            firmware_id: fw,
+            request: "{}".into(),
+            config: "{}".into(),
+            mc_key: vec![9],
+            created_gps: 10,
+            created_unix_ms: 0,
+            counters: "{}".into(),
+            devices: vec![(
+                "0000000000000001".into(),
+                "gen_app_key".into(),
+                vec![1],
+                "{}".into(),
+                "setup".into(),
+            )],
+        };
+        let first = StepWrite {
+            outputs: vec![out(0, None)],
+            ..StepWrite::default()
+        };
+        let id = s.insert_campaign(&c, &first).await.unwrap();
+        let step = |seq: i64, outs: Vec<OutputRow>, next: i64| StepWrite {
+            campaign_id: id,
+            input: Some(InputRow {
+                seq,
+                kind: "timeout".into(),
+                at_gps: 20 + seq,
+                dev_eui: None,
+                port: None,
+                fcnt: None,
+                ref_seq: None,
+                data: None,
+            }),
+            outputs: outs,
+            mc_fcnt: Some((0x01ff_0000, next)),
+            ..StepWrite::default()
+        };
+        s.write_step(&step(0, vec![out(1, Some(5))], 6))
+            .await
+            .unwrap();
+        assert_eq!(s.mc_next_fcnt(0x01ff_0000).await.unwrap(), 6);
+        // The same input again: refused, and nothing of it stays.
+        assert!(s
+            .write_step(&step(0, vec![out(2, Some(6))], 7))
+            .await
+            .is_err());
+        assert_eq!(s.outputs(id).await.unwrap().len(), 2);
+        assert_eq!(s.mc_next_fcnt(0x01ff_0000).await.unwrap(), 6);
+        // A lower counter never lowers it.
+        s.write_step(&step(1, vec![], 3)).await.unwrap();
+        assert_eq!(s.mc_next_fcnt(0x01ff_0000).await.unwrap(), 6);
+        assert_eq!(s.inputs(id).await.unwrap().len(), 2);
+        let row = s.campaign(id).await.unwrap().unwrap();
+        assert_eq!((row.state.as_str(), row.devices_total), ("running", 1));
+        s.close().await;
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
