@@ -285,3 +285,64 @@ fn bad_requests_get_4xx_with_a_message() {
     let r = ureq::get(format!("{}/api/health", server.base())).call();
     assert!(r.is_ok(), "health needs no token");
 }
+
+#[test]
+fn keys_are_stored_encrypted_and_a_device_is_in_one_campaign_at_a_time() {
+    let _one = serial();
+    let dir = scratch("keys");
+    let db_path = dir.join("fuota.db");
+    let db_url = format!("sqlite://{}", db_path.display());
+    let mut setup = ServerSetup::new(dir, "mqtt://127.0.0.1:1", &db_url, "keys");
+    setup.embedded_broker = Some(free_port());
+    let mut server = Server::start(setup.clone());
+    let update = small_update();
+    let (_, fw) = server.post(
+        "/api/firmware?name=p",
+        "application/octet-stream",
+        &update.patch,
+    );
+    let fw = fw["id"].as_i64().unwrap();
+    let keys = device_keys(2, 10);
+    let req = harness::campaign_request("first", fw, &keys);
+    let (st, c) = server.post(
+        "/api/campaigns",
+        "application/json",
+        req.to_string().as_bytes(),
+    );
+    assert_eq!(st, 201, "{c}");
+    let id = c["id"].as_i64().unwrap();
+    let again = harness::campaign_request("second", fw, &keys[1..]);
+    let (st, v) = server.post(
+        "/api/campaigns",
+        "application/json",
+        again.to_string().as_bytes(),
+    );
+    assert_eq!(st, 409, "{v}");
+    assert!(v["error"]
+        .as_str()
+        .unwrap()
+        .contains(&format!("is in campaign {id}")));
+    // No root key in the clear anywhere in the database (WAL included).
+    server.kill();
+    for f in ["fuota.db", "fuota.db-wal"] {
+        let bytes = std::fs::read(db_path.with_file_name(f)).unwrap_or_default();
+        for (_, k) in &keys {
+            assert!(!bytes.windows(16).any(|w| w == k), "{f} holds a root key");
+            let hex = hex::encode(k).into_bytes();
+            assert!(
+                !bytes.windows(32).any(|w| w == hex.as_slice()),
+                "{f} holds a root key in hex"
+            );
+        }
+    }
+    // Started with another server key, the campaign cannot be resumed: it fails, saying why.
+    let mut other = setup.clone();
+    other.server_key = "22".repeat(32);
+    server.restart_with(other);
+    let (_, v) = server.get(&format!("/api/campaigns/{id}"));
+    assert_eq!(v["state"], "failed", "{v}");
+    assert!(
+        v["reason"].as_str().unwrap().contains("wrong server key"),
+        "{v}"
+    );
+}

@@ -140,6 +140,8 @@ pub struct ServerSetup {
     pub setup_s: u64,
     /// More lines for the `[mqtt]` section (TLS, credentials).
     pub mqtt_extra: String,
+    /// The server key (64 hex digits).
+    pub server_key: String,
 }
 
 impl ServerSetup {
@@ -157,6 +159,7 @@ impl ServerSetup {
             embedded_broker: None,
             setup_s: 90,
             mqtt_extra: String::new(),
+            server_key: "11".repeat(32),
         }
     }
 
@@ -196,7 +199,7 @@ unicast_repair_max_devices = 3
             db = self.db_url,
             port = self.port,
             token = self.token,
-            key = "11".repeat(32),
+            key = self.server_key,
             scale = self.scale,
             origin = self.origin_unix_ms,
             setup_s = self.setup_s,
@@ -284,6 +287,13 @@ impl Server {
             c.kill().expect("kill");
             let _ = c.wait();
         }
+    }
+
+    /// Starts again with other settings (the same log file).
+    pub fn restart_with(&mut self, setup: ServerSetup) {
+        self.kill();
+        self.setup = setup;
+        self.spawn();
     }
 
     pub fn restart(&mut self) {
