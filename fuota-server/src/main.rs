@@ -27,6 +27,12 @@ enum Command {
     Patch(cli::patch::PatchCommand),
     /// Plan a campaign: fragments, redundancy, airtime, session timeout, window (offline).
     Plan(cli::plan::PlanArgs),
+    /// Run the FUOTA service: ChirpStack over MQTT, campaigns in SQL, HTTP API, status page.
+    #[cfg(feature = "service")]
+    Server(cli::server::ServerArgs),
+    /// Campaigns through the service's HTTP API.
+    #[cfg(feature = "service")]
+    Campaign(Box<cli::campaign::CampaignArgs>),
 }
 
 fn main() -> ExitCode {
@@ -43,6 +49,10 @@ fn main() -> ExitCode {
         Command::Keys(cmd) => cli::keys::run(cmd),
         Command::Patch(cmd) => cli::patch::run(cmd),
         Command::Plan(args) => cli::plan::run(args),
+        #[cfg(feature = "service")]
+        Command::Server(args) => cli::server::run(args),
+        #[cfg(feature = "service")]
+        Command::Campaign(args) => cli::campaign::run(*args),
     };
     match result {
         Ok(code) => code,

@@ -1,6 +1,10 @@
 //! One module per `fuota` subcommand; each is a thin shell over the library.
 
+#[cfg(feature = "service")]
+pub mod campaign;
 pub mod frag;
 pub mod keys;
 pub mod patch;
 pub mod plan;
+#[cfg(feature = "service")]
+pub mod server;

@@ -118,6 +118,16 @@ impl Failure {
     }
 }
 
+fn write_bits(f: &mut fmt::Formatter<'_>, label: &str, bits: &[(bool, &str)]) -> fmt::Result {
+    f.write_str(label)?;
+    let mut sep = ": ";
+    for (_, name) in bits.iter().filter(|(on, _)| *on) {
+        write!(f, "{sep}{name}")?;
+        sep = ", ";
+    }
+    Ok(())
+}
+
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -131,6 +141,36 @@ impl fmt::Display for Failure {
             } => write!(f, "window closed, {missing} fragments missing"),
             Failure::NotUpdated { running } => {
                 write!(f, "still runs firmware {running:#010x}")
+            }
+            Failure::FragSessionSetup {
+                encoding_unsupported,
+                not_enough_memory,
+                index_not_supported,
+                wrong_descriptor,
+                session_cnt_replay,
+            } => {
+                let bits = [
+                    (*encoding_unsupported, "encoding unsupported"),
+                    (*not_enough_memory, "not enough memory"),
+                    (*index_not_supported, "FragIndex unsupported"),
+                    (*wrong_descriptor, "wrong descriptor"),
+                    (*session_cnt_replay, "SessionCnt replay"),
+                ];
+                write_bits(f, self.label(), &bits)
+            }
+            Failure::ClassCSession {
+                dr_error,
+                freq_error,
+                group_undefined,
+                start_missed,
+            } => {
+                let bits = [
+                    (*dr_error, "DR error"),
+                    (*freq_error, "frequency error"),
+                    (*group_undefined, "group undefined"),
+                    (*start_missed, "start missed"),
+                ];
+                write_bits(f, self.label(), &bits)
             }
             other => f.write_str(other.label()),
         }

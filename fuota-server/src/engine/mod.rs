@@ -5,7 +5,8 @@
 //! and does no I/O. The driver:
 //! - feeds uplinks on the application ports with their receive time
 //!   ([`Engine::handle_uplink`]) and calls [`Engine::handle_timeout`] at
-//!   [`Engine::poll_timeout`];
+//!   [`Engine::poll_timeout`], and tells of a multicast frame no gateway sent
+//!   ([`Engine::handle_tx_refused`]);
 //! - drains [`Engine::poll_output`]: unicast downlinks to queue for a device (class A: the
 //!   network server delivers them after its next uplink) and multicast frames to transmit at
 //!   their GPS time on the class C channel, with the multicast FCnt to use;
@@ -179,6 +180,8 @@ pub struct Counters {
     pub unicast_downlinks: u64,
     pub multicast_status_requests: u64,
     pub repair_rounds: u32,
+    /// Multicast frames sent again after every gateway refused them.
+    pub refused_frames: u64,
 }
 
 /// A configuration the engine cannot run.
@@ -897,6 +900,56 @@ impl Engine {
         (1000u64 << (u32::from(self.cfg.block_ack_delay) + 4)) + self.cfg.status_wait_ms
     }
 
+    /// A multicast frame handed out earlier did not go out (every gateway refused it): its
+    /// payload goes again in a new frame with a new FCnt, in the next free slot of the
+    /// schedule (or right away after the round), while the class C session lasts.
+    /// Returns whether it was rescheduled.
+    pub fn handle_tx_refused(&mut self, now: GpsMillis, frame: &MulticastFrame) -> bool {
+        if self.finished {
+            return false;
+        }
+        let at = match self.group {
+            GroupPhase::Sending {
+                round,
+                next_n,
+                last_n,
+                next_at,
+            } => {
+                let at = next_at.max(now + GUARD_MS);
+                self.group = GroupPhase::Sending {
+                    round,
+                    next_n,
+                    last_n,
+                    next_at: at + self.cfg.spacing_ms,
+                };
+                at
+            }
+            GroupPhase::Collecting { round, until } => {
+                let at = now + GUARD_MS;
+                // Answers to a status request sent late come late.
+                if frame.kind == FrameKind::StatusRequest {
+                    self.group = GroupPhase::Collecting {
+                        round,
+                        until: until.max(at + self.status_spread_ms()),
+                    };
+                }
+                at
+            }
+            GroupPhase::Setup | GroupPhase::Unicast => now + GUARD_MS,
+        };
+        if at.max(self.cfg.session_start) >= self.session_end() {
+            return false;
+        }
+        self.counters.refused_frames += 1;
+        self.multicast(
+            at.max(self.cfg.session_start),
+            frame.port,
+            frame.payload.clone(),
+            frame.kind,
+        );
+        true
+    }
+
     /// Runs what is due at `now`.
     pub fn handle_timeout(&mut self, now: GpsMillis) {
         if self.finished {
@@ -1033,6 +1086,20 @@ impl Engine {
                     }
                     if now + self.cfg.multicast_lead_ms < next_at {
                         return;
+                    }
+                    // A late call (the driver was down): the schedule moves on from now
+                    // rather than handing out frames whose time has passed.
+                    let next_at = next_at.max(now);
+                    if next_at >= self.session_end() {
+                        // The class C session is over: what is left of the round cannot
+                        // be heard.
+                        self.group = GroupPhase::Sending {
+                            round,
+                            next_n: last_n + 1,
+                            last_n,
+                            next_at,
+                        };
+                        continue;
                     }
                     let kind = if round > 0 {
                         FrameKind::RepairFragment

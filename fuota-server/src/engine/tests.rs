@@ -480,3 +480,82 @@ fn a_session_answer_from_a_wrong_clock_brings_a_resync() {
     e.handle_uplink(T0 + 60_000, 1, 200, &session_ans(600 - 30));
     assert_eq!(e.device(1).unwrap().phase, Phase::Ready);
 }
+
+fn multicast_frames(outs: &[Output]) -> Vec<MulticastFrame> {
+    outs.iter()
+        .filter_map(|o| match o {
+            Output::Multicast(f) => Some(f.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_refused_frame_goes_again_with_a_new_fcnt_in_the_next_slot() {
+    let cfg = config();
+    let mut e = ready_engine(2, cfg.clone());
+    let first = cfg.session_start + 1_000;
+    // The first three fragments are out; the gateway refused the second.
+    let outs = multicast_frames(&run_until(&mut e, first + 2 * 2_000));
+    assert_eq!(outs.len(), 3);
+    assert!(e.handle_tx_refused(first + 2 * 2_000, &outs[1]));
+    let again = multicast_frames(&drain(&mut e));
+    // Same payload, the next FCnt, in the slot the fourth fragment would have had.
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].payload, outs[1].payload);
+    assert_eq!(again[0].kind, FrameKind::DataFragment);
+    assert_eq!(again[0].fcnt, 3);
+    assert_eq!(again[0].at, first + 3 * 2_000);
+    // The schedule moved by one slot: the fourth fragment follows it.
+    let rest = multicast_frames(&run_until(&mut e, first + 4 * 2_000));
+    assert_eq!(rest[0].fcnt, 4);
+    assert_eq!(rest[0].at, first + 4 * 2_000);
+    let n = crate::fragmentation::parse_data_fragment(&rest[0].payload)
+        .unwrap()
+        .n;
+    assert_eq!(n, 4);
+    assert_eq!(e.counters().refused_frames, 1);
+    // Every FCnt handed out so far is distinct.
+    let mut fcnts: Vec<u32> = outs
+        .iter()
+        .chain(&again)
+        .chain(&rest)
+        .map(|f| f.fcnt)
+        .collect();
+    fcnts.sort_unstable();
+    fcnts.dedup();
+    assert_eq!(fcnts.len(), outs.len() + again.len() + rest.len());
+    // After the class C session, nothing goes again.
+    let end = cfg.session_start + (1000 << cfg.timeout_exp);
+    assert!(!e.handle_tx_refused(end, &outs[0]));
+}
+
+#[test]
+fn a_late_timeout_moves_the_schedule_instead_of_sending_in_the_past() {
+    let cfg = config();
+    let mut e = ready_engine(2, cfg.clone());
+    let first = cfg.session_start + 1_000;
+    multicast_frames(&run_until(&mut e, first));
+    // The driver was down for a minute.
+    let late = first + 60_000;
+    e.handle_timeout(late);
+    let outs = multicast_frames(&drain(&mut e));
+    assert_eq!(outs.len(), 1, "{outs:?}");
+    assert_eq!(outs[0].at, late);
+    assert_eq!(e.poll_timeout(), Some(late + 2_000));
+}
+
+#[test]
+fn the_same_inputs_give_the_same_outputs() {
+    // What the service's write-ahead log relies on: an engine rebuilt from the recorded
+    // inputs hands out the same frames with the same FCnts.
+    let run = || {
+        let mut e = ready_engine(3, config());
+        let mut outs = run_until(&mut e, config().session_start + 20_000);
+        let frames = multicast_frames(&outs);
+        e.handle_tx_refused(config().session_start + 20_000, &frames[2]);
+        outs.extend(run_until(&mut e, config().session_start + 200_000));
+        outs
+    };
+    assert_eq!(run(), run());
+}
