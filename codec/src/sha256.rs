@@ -56,7 +56,7 @@ impl Sha256 {
     pub fn digest(data: &[u8]) -> [u8; 32] {
         let mut sha = Self::new();
         sha.update(data);
-        sha.finalize()
+        sha.finalize_reset()
     }
 
     /// Bytes hashed so far.
@@ -94,6 +94,22 @@ impl Sha256 {
     /// Pads the message (a 1 bit, zeros, the bit length in 64 bits big-endian; 5.1.1) and
     /// returns the digest.
     pub fn finalize(mut self) -> [u8; 32] {
+        self.pad()
+    }
+
+    /// [`Sha256::finalize`] in place, then starts over: for callers short of stack, where
+    /// moving the state into `finalize` would copy it first.
+    pub fn finalize_reset(&mut self) -> [u8; 32] {
+        let out = self.pad();
+        // Field by field: a whole new value would be built on the stack first.
+        self.state = H0;
+        self.len = 0;
+        self.block.fill(0);
+        out
+    }
+
+    /// [`Sha256::finalize`] in place; the state is spent afterwards.
+    fn pad(&mut self) -> [u8; 32] {
         let bits = self.len.wrapping_mul(8);
         self.update(&[0x80]);
         // Byte by byte: at most 63 calls, and smaller code than a padding table.
@@ -102,7 +118,7 @@ impl Sha256 {
         }
         self.update(&bits.to_be_bytes());
         let mut out = [0u8; 32];
-        for (bytes, word) in out.chunks_exact_mut(4).zip(self.state) {
+        for (bytes, word) in out.chunks_exact_mut(4).zip(&self.state) {
             bytes.copy_from_slice(&word.to_be_bytes());
         }
         out

@@ -154,6 +154,12 @@ pub enum AgentError<E> {
     Layout,
     /// `boot_max_align` is not 8, 16 or 32, or not a multiple of the flash's write size.
     BootMaxAlign,
+    /// Each session's share of the decoder workspace (`share` bytes) is smaller than the
+    /// patch applier's heatshrink window (`needed` bytes), which an install borrows from it.
+    Workspace {
+        share: usize,
+        needed: usize,
+    },
 }
 
 impl<const SESSIONS: usize> Layout<SESSIONS> {
@@ -209,6 +215,13 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize, K: SignatureCh
         };
         if align as usize % F::WRITE_SIZE != 0 {
             return Err(AgentError::BootMaxAlign);
+        }
+        let share = workspace.len() / SESSIONS.max(1);
+        if share < APPLY_WINDOW {
+            return Err(AgentError::Workspace {
+                share,
+                needed: APPLY_WINDOW,
+            });
         }
         let journal = Journal::open(&mut *flash.borrow_mut(), config.layout.journal).map_err(
             |e| match e {
@@ -503,28 +516,29 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize, K: SignatureCh
             permanent: self.config.permanent,
         };
         let flash = self.flash;
-        let mut snap = self.snapshot();
-        let Some(store) = self.frag.store(frag_index) else {
+        // The journal record for checkpoints: the state as it is now (only the checkpoint
+        // changes during the install), borrowed rather than copied.
+        let sessions = self.frag.saved();
+        let last_session_cnt = self.frag.last_session_cnt();
+        let Some((store, window)) = self.frag.complete_block(frag_index) else {
             self.update = Update::Idle;
             self.save();
             return;
         };
-        // Checkpoints go to the journal as they come; the rest of the snapshot is unchanged.
         let journal = &mut self.journal;
-        let result = install::<F, APPLY_WINDOW, &K>(flash, store, len, &config, resume, |cp| {
-            snap.update = Update::Installing {
-                frag_index,
-                checkpoint: Some(cp),
-            };
-            append_snapshot(journal, flash, &snap);
-        });
+        let multicast = &self.multicast;
+        let save = |cp| {
+            let state = (last_session_cnt, &sessions[..], multicast);
+            save_checkpoint(journal, flash, state, frag_index, cp);
+        };
+        let result = install(flash, store, len, &config, window, resume, save);
         // Success or not, this block has been used: a reboot must not install it again.
         self.frag.consume(frag_index);
         match result {
             Ok(done) => {
-                self.update = Update::SwapRequested(done.manifest.version);
+                self.update = Update::SwapRequested(done.version);
                 self.push_event(Event::RebootWanted {
-                    version: done.manifest.version,
+                    version: done.version,
                 });
             }
             Err(e) => {
@@ -535,21 +549,17 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize, K: SignatureCh
         self.save();
     }
 
-    /// The state to journal.
-    fn snapshot(&self) -> Snapshot {
-        let saved = self.frag.saved();
-        Snapshot {
-            last_session_cnt: self.frag.last_session_cnt(),
-            sessions: core::array::from_fn(|i| saved.get(i).copied().flatten()),
-            groups: snapshot_groups(&self.multicast),
-            update: self.update,
-        }
-    }
-
-    /// Journals the state.
+    /// Journals the state, encoded from the agent's own fields as it goes to flash.
+    #[inline(never)]
     fn save(&mut self) {
-        let snap = self.snapshot();
-        append_snapshot(&mut self.journal, self.flash, &snap);
+        let sessions = self.frag.saved();
+        let record = Record {
+            last_session_cnt: self.frag.last_session_cnt(),
+            sessions: &sessions,
+            groups: &self.multicast,
+            update: self.update,
+        };
+        append_record(&mut self.journal, self.flash, &record);
     }
 
     /// Handles a downlink on `port` that came `via` unicast or a multicast group.
@@ -692,16 +702,42 @@ fn queue_event(events: &mut [Option<Event>; EVENT_QUEUE], e: Event) {
     }
 }
 
-/// Appends a snapshot to the journal. A failed append shows up as the next flash operation
+/// Appends a record to the journal. A failed append shows up as the next flash operation
 /// failing, and the previous state stays the journal's newest.
-fn append_snapshot<F: NorFlash>(
+fn append_record<F: NorFlash, G: GroupSource + ?Sized>(
     journal: &mut Journal<JOURNAL_SLOT>,
     flash: &RefCell<F>,
-    snap: &Snapshot,
+    record: &Record<'_, G>,
 ) {
-    let _ = journal.append_with(&mut *flash.borrow_mut(), Snapshot::LEN, |out| {
-        snap.encode(out)
+    let _ = journal.append_with(&mut *flash.borrow_mut(), Record::<G>::LEN, |out| {
+        record.encode(out)
     });
+}
+
+/// Journals the state of an install in progress. Out of line: the record would otherwise
+/// sit in the frame of the apply, under everything the apply calls.
+#[inline(never)]
+fn save_checkpoint<F: NorFlash>(
+    journal: &mut Journal<JOURNAL_SLOT>,
+    flash: &RefCell<F>,
+    (last_session_cnt, sessions, multicast): (
+        [Option<u16>; MAX_FRAG_SESSIONS],
+        &[Option<SavedSession>],
+        &Multicast,
+    ),
+    frag_index: u8,
+    checkpoint: Checkpoint,
+) {
+    let record = Record {
+        last_session_cnt,
+        sessions,
+        groups: multicast,
+        update: Update::Installing {
+            frag_index,
+            checkpoint: Some(checkpoint),
+        },
+    };
+    append_record(journal, flash, &record);
 }
 
 fn failure<E>(e: &InstallError<E>) -> UpdateFailure {
@@ -714,15 +750,12 @@ fn failure<E>(e: &InstallError<E>) -> UpdateFailure {
         InstallError::Apply(ApplyError::Source(_) | ApplyError::Target(_))
         | InstallError::Patch(_) => UpdateFailure::Flash,
         InstallError::Image(_) | InstallError::VersionMismatch { .. } => UpdateFailure::BadImage,
-        InstallError::Apply(_) => UpdateFailure::BadPatch,
+        // A window too small (the agent lends at least APPLY_WINDOW bytes) is the patch's.
+        InstallError::Apply(_) | InstallError::Window { .. } => UpdateFailure::BadPatch,
     }
 }
 
-fn snapshot_groups(m: &Multicast) -> [(Option<McGroup>, Option<ClassCSession>); 4] {
-    core::array::from_fn(|id| (m.group(id as u8).cloned(), m.session(id as u8).copied()))
-}
-
-/// The journaled state.
+/// The journaled state, as read back.
 #[derive(Debug, Clone, Default)]
 struct Snapshot {
     /// Per FragIndex.
@@ -730,6 +763,34 @@ struct Snapshot {
     /// Per storage slot (the agent's first `SESSIONS`).
     sessions: [Option<SavedSession>; MAX_FRAG_SESSIONS],
     groups: [(Option<McGroup>, Option<ClassCSession>); 4],
+    update: Update,
+}
+
+/// Where a journal record's multicast groups come from: the agent's [`Multicast`], or a
+/// record read back.
+trait GroupSource {
+    fn group(&self, id: u8) -> (Option<&McGroup>, Option<&ClassCSession>);
+}
+
+impl GroupSource for Multicast {
+    fn group(&self, id: u8) -> (Option<&McGroup>, Option<&ClassCSession>) {
+        (Multicast::group(self, id), self.session(id))
+    }
+}
+
+impl GroupSource for [(Option<McGroup>, Option<ClassCSession>); 4] {
+    fn group(&self, id: u8) -> (Option<&McGroup>, Option<&ClassCSession>) {
+        self.get(usize::from(id))
+            .map_or((None, None), |(g, s)| (g.as_ref(), s.as_ref()))
+    }
+}
+
+/// The state to journal, borrowed from where it lives: saving needs no copy of it.
+struct Record<'s, G: ?Sized> {
+    last_session_cnt: [Option<u16>; MAX_FRAG_SESSIONS],
+    /// Per storage slot; slots past the end (up to [`MAX_FRAG_SESSIONS`]) are empty.
+    sessions: &'s [Option<SavedSession>],
+    groups: &'s G,
     update: Update,
 }
 
@@ -785,7 +846,7 @@ fn take_version(r: &mut R<'_>) -> Option<ImageVersion> {
     })
 }
 
-impl Snapshot {
+impl<G: GroupSource + ?Sized> Record<'_, G> {
     /// Encoded length: every field has a fixed place, present or not.
     const LEN: usize = 1 + MAX_FRAG_SESSIONS * 3 + MAX_FRAG_SESSIONS * 20 + 4 * (45 + 11) + 41;
 
@@ -801,15 +862,15 @@ impl Snapshot {
                 None => w.put(&[0, 0, 0]),
             }
         }
-        for saved in &self.sessions {
-            match saved {
+        for slot in 0..MAX_FRAG_SESSIONS {
+            match self.sessions.get(slot).copied().flatten() {
                 Some(SavedSession {
                     params: p,
                     consumed,
                     ack_pending,
                 }) => {
                     w.put(&[
-                        1 | u8::from(*consumed) << 1 | u8::from(*ack_pending) << 2,
+                        1 | u8::from(consumed) << 1 | u8::from(ack_pending) << 2,
                         p.frag_index,
                         p.mc_group_bit_mask,
                     ]);
@@ -828,7 +889,8 @@ impl Snapshot {
                 None => w.put(&[0; 20]),
             }
         }
-        for (group, session) in &self.groups {
+        for id in 0..4 {
+            let (group, session) = self.groups.group(id);
             match group {
                 Some(g) => {
                     w.put(&[1]);
@@ -876,6 +938,19 @@ impl Snapshot {
                 put_version(&mut w, v);
                 w.put(&[0; 32]);
             }
+        }
+    }
+}
+
+impl Snapshot {
+    /// The record that encodes this state.
+    #[cfg(test)]
+    fn record(&self) -> Record<'_, [(Option<McGroup>, Option<ClassCSession>); 4]> {
+        Record {
+            last_session_cnt: self.last_session_cnt,
+            sessions: &self.sessions,
+            groups: &self.groups,
+            update: self.update,
         }
     }
 
@@ -961,14 +1036,16 @@ mod tests {
 
     fn encoded(s: &Snapshot) -> Vec<u8> {
         let mut v = Vec::new();
-        s.encode(&mut |b| v.extend_from_slice(b));
+        s.record().encode(&mut |b| v.extend_from_slice(b));
         v
     }
+
+    const LEN: usize = Record::<[(Option<McGroup>, Option<ClassCSession>); 4]>::LEN;
 
     #[test]
     fn a_snapshot_has_its_fixed_length_and_decodes_back() {
         let empty = Snapshot::default();
-        assert_eq!(encoded(&empty).len(), Snapshot::LEN);
+        assert_eq!(encoded(&empty).len(), LEN);
         let group = McGroup {
             addr: 0x0102_0304,
             app_s_key: Key128::from_bytes([5; 16]),
@@ -996,7 +1073,7 @@ mod tests {
             ..Snapshot::default()
         };
         let bytes = encoded(&full);
-        assert_eq!(bytes.len(), Snapshot::LEN);
+        assert_eq!(bytes.len(), LEN);
         let back = Snapshot::decode(&bytes).unwrap();
         assert_eq!(back.last_session_cnt, full.last_session_cnt);
         assert_eq!(back.update, full.update);
@@ -1010,7 +1087,7 @@ mod tests {
                 update,
                 ..Snapshot::default()
             };
-            assert_eq!(encoded(&s).len(), Snapshot::LEN);
+            assert_eq!(encoded(&s).len(), LEN);
             assert_eq!(Snapshot::decode(&encoded(&s)).unwrap().update, update);
         }
     }

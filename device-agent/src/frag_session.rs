@@ -566,6 +566,29 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
             .filter(|s| s.mic_ok == Some(true))
             .and_then(|s| s.store.as_mut())
     }
+
+    /// [`Fragmentation::store`], with the session's share of the decoder workspace as RAM
+    /// for the installer. A complete decode never reads or writes its workspace again: its
+    /// fragments are dropped (here and in the replay after a reboot, which stops decoding at
+    /// completion), and only a new setup (which starts a fresh decoder) uses it again.
+    pub fn complete_block(
+        &mut self,
+        frag_index: u8,
+    ) -> Option<(&mut FlashStore<'a, F, SPARES>, &mut [u8])> {
+        let i = self.find(frag_index)?;
+        let Slot {
+            workspace,
+            session: Some(s),
+            ..
+        } = &mut self.slots[i]
+        else {
+            return None;
+        };
+        if s.mic_ok != Some(true) || !s.decoder.is_complete() {
+            return None;
+        }
+        Some((s.store.as_mut()?, &mut **workspace))
+    }
 }
 
 fn complete<F: NorFlash, const SPARES: usize>(

@@ -186,7 +186,7 @@ fn inspect<F: NorFlash>(
         sha.update(&buf[..n]);
         off += n as u32;
     }
-    let digest = sha.finalize();
+    let digest = sha.finalize_reset();
     let mut security_counter = None;
     let mut at = u32::from(header.hdr_size) + header.img_size;
     if header.protect_tlv_size > 0 {
