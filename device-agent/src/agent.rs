@@ -528,8 +528,8 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize, K: SignatureCh
         let journal = &mut self.journal;
         let multicast = &self.multicast;
         let save = |cp| {
-            let state = (last_session_cnt, &sessions[..], multicast);
-            save_checkpoint(journal, flash, state, frag_index, cp);
+            let state = (&last_session_cnt, &sessions[..], multicast);
+            save_checkpoint(journal, flash, &state, frag_index, cp);
         };
         let result = install(flash, store, len, &config, window, resume, save);
         // Success or not, this block has been used: a reboot must not install it again.
@@ -720,8 +720,8 @@ fn append_record<F: NorFlash, G: GroupSource + ?Sized>(
 fn save_checkpoint<F: NorFlash>(
     journal: &mut Journal<JOURNAL_SLOT>,
     flash: &RefCell<F>,
-    (last_session_cnt, sessions, multicast): (
-        [Option<u16>; MAX_FRAG_SESSIONS],
+    &(last_session_cnt, sessions, multicast): &(
+        &[Option<u16>; MAX_FRAG_SESSIONS],
         &[Option<SavedSession>],
         &Multicast,
     ),
@@ -729,7 +729,7 @@ fn save_checkpoint<F: NorFlash>(
     checkpoint: Checkpoint,
 ) {
     let record = Record {
-        last_session_cnt,
+        last_session_cnt: *last_session_cnt,
         sessions,
         groups: multicast,
         update: Update::Installing {

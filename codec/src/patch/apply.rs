@@ -510,8 +510,9 @@ impl<T: TargetImage + ?Sized> TargetImage for Hashing<'_, T> {
 
 #[derive(Clone)]
 enum Stream {
-    /// The preamble is verified; the checkpoint and the source are checked at the first push.
-    Pending,
+    /// The preamble is verified; the checkpoint to resume from (if any) and the source are
+    /// checked at the first push.
+    Pending(Option<Checkpoint>),
     Delta(Detools),
     /// A full image; `None`: uncompressed. The count is bytes produced.
     Full(Option<DecoderState>, u32),
@@ -527,14 +528,14 @@ struct Payload {
 }
 
 impl Payload {
-    fn new(manifest: Manifest, resume_from: u32) -> Self {
+    fn new(manifest: Manifest, resume: Option<Checkpoint>) -> Self {
         Self {
             manifest,
             received: 0,
             payload_sha: Sha256::new(),
-            stream: Stream::Pending,
+            stream: Stream::Pending(resume),
             sink: Sink {
-                resume_from,
+                resume_from: resume.map_or(0, |c| c.written),
                 sha: Sha256::new(),
             },
         }
@@ -542,7 +543,7 @@ impl Payload {
 
     fn written(&self) -> u32 {
         match &self.stream {
-            Stream::Pending => 0,
+            Stream::Pending(_) => 0,
             Stream::Delta(d) => d.written(),
             Stream::Full(_, n) => *n,
         }
@@ -574,7 +575,7 @@ impl Payload {
             sink: &mut self.sink,
         };
         match &mut self.stream {
-            Stream::Pending => Err(ApplyError::Failed),
+            Stream::Pending(_) => Err(ApplyError::Failed),
             Stream::Delta(d) => d.push(window, input, source, &mut hashing),
             Stream::Full(decoder, written) => {
                 let target_len = self.manifest.target_len;
@@ -606,6 +607,8 @@ enum Phase {
     Preamble {
         buf: [u8; PREAMBLE_LEN],
         len: usize,
+        /// The checkpoint to resume from, checked once the manifest is known.
+        resume: Option<Checkpoint>,
     },
     /// The preamble is verified (here, or by the caller: [`Applier::verified`]). The state
     /// stays in place from here on: the stream is set up at the first push.
@@ -618,7 +621,6 @@ enum Phase {
 #[derive(Clone)]
 struct Core<K> {
     key: K,
-    resume: Option<Checkpoint>,
     phase: Phase,
 }
 
@@ -627,7 +629,7 @@ impl<K> core::fmt::Debug for Core<K> {
         match &self.phase {
             Phase::Preamble { len, .. } => write!(f, "Applier(preamble, {len} bytes)"),
             Phase::Payload(Payload {
-                stream: Stream::Pending,
+                stream: Stream::Pending(_),
                 ..
             }) => f.write_str("Applier(verified)"),
             Phase::Payload(p) => write!(f, "Applier(payload, {} bytes in)", p.received),
@@ -646,18 +648,23 @@ impl<K: SignatureCheck> Core<K> {
     fn new(key: K) -> Self {
         Self {
             key,
-            resume: None,
             phase: Phase::Preamble {
                 buf: [0; PREAMBLE_LEN],
                 len: 0,
+                resume: None,
             },
         }
     }
 
     fn resume(key: K, checkpoint: Checkpoint) -> Self {
-        let mut core = Self::new(key);
-        core.resume = Some(checkpoint);
-        core
+        Self {
+            key,
+            phase: Phase::Preamble {
+                buf: [0; PREAMBLE_LEN],
+                len: 0,
+                resume: Some(checkpoint),
+            },
+        }
     }
 
     // Out of line: the payload state is put together in this frame, not the caller's, which
@@ -668,8 +675,7 @@ impl<K: SignatureCheck> Core<K> {
         let resume = resume.filter(|c| c.target_sha256 == manifest.target_sha256);
         Self {
             key,
-            resume,
-            phase: Phase::Payload(Payload::new(manifest, resume.map_or(0, |c| c.written))),
+            phase: Phase::Payload(Payload::new(manifest, resume)),
         }
     }
 
@@ -690,7 +696,7 @@ impl<K: SignatureCheck> Core<K> {
     fn checkpoint(&self) -> Option<Checkpoint> {
         match &self.phase {
             Phase::Payload(Payload {
-                stream: Stream::Pending,
+                stream: Stream::Pending(_),
                 ..
             }) => None,
             Phase::Payload(p) => Some(Checkpoint {
@@ -738,7 +744,7 @@ impl<K: SignatureCheck> Core<K> {
             }
         }
         if let Phase::Payload(Payload {
-            stream: Stream::Pending,
+            stream: Stream::Pending(_),
             ..
         }) = self.phase
         {
@@ -758,7 +764,7 @@ impl<K: SignatureCheck> Core<K> {
     /// ([`Applier::verified`]) does not carry its frame.
     #[inline(never)]
     fn take_preamble<'i, E>(&mut self, input: &'i [u8]) -> Result<&'i [u8], ApplyError<E>> {
-        let Phase::Preamble { buf, len } = &mut self.phase else {
+        let Phase::Preamble { buf, len, resume } = &mut self.phase else {
             return Ok(input);
         };
         let n = (PREAMBLE_LEN - *len).min(input.len());
@@ -766,8 +772,8 @@ impl<K: SignatureCheck> Core<K> {
         *len += n;
         if *len == PREAMBLE_LEN {
             let manifest = verify_preamble(&buf[..], &self.key)?;
-            let resume_from = self.resume.map_or(0, |c| c.written);
-            self.phase = Phase::Payload(Payload::new(manifest, resume_from));
+            let resume = *resume;
+            self.phase = Phase::Payload(Payload::new(manifest, resume));
         }
         Ok(&input[n..])
     }
@@ -783,8 +789,10 @@ impl<K: SignatureCheck> Core<K> {
         let Phase::Payload(p) = &mut self.phase else {
             return Err(ApplyError::Failed);
         };
-        let manifest = &p.manifest;
-        if let Some(cp) = &self.resume {
+        let (manifest, Stream::Pending(resume)) = (&p.manifest, &p.stream) else {
+            return Err(ApplyError::Failed);
+        };
+        if let Some(cp) = resume {
             if cp.target_sha256 != manifest.target_sha256 || cp.written > manifest.target_len {
                 return Err(ApplyError::CheckpointMismatch);
             }
@@ -832,7 +840,7 @@ impl<K: SignatureCheck> Core<K> {
             Phase::Failed => return Err(ApplyError::Failed),
             Phase::Preamble { .. }
             | Phase::Payload(Payload {
-                stream: Stream::Pending,
+                stream: Stream::Pending(_),
                 ..
             }) => return Err(ApplyError::Truncated),
             Phase::Payload(p) => p,
@@ -844,7 +852,7 @@ impl<K: SignatureCheck> Core<K> {
             return Err(ApplyError::PayloadMismatch);
         }
         match &p.stream {
-            Stream::Pending => {}
+            Stream::Pending(_) => {}
             Stream::Delta(d) => {
                 d.finish()?;
             }
