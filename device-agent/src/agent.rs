@@ -229,20 +229,31 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize, K: SignatureCh
                 _ => AgentError::Layout,
             },
         )?;
-        let mut saved = [0u8; JOURNAL_SLOT];
-        let snapshot = journal
-            .read(&mut *flash.borrow_mut(), &mut saved)
+        // The newest record, read into the workspace: the decoders do not need it before
+        // the sessions are restored, and what is taken out of the record is small.
+        let Some(buf) = workspace.first_chunk_mut::<JOURNAL_SLOT>() else {
+            return Err(AgentError::Layout);
+        };
+        let saved = journal
+            .read(&mut *flash.borrow_mut(), buf)
             .map_err(|e| match e {
                 crate::journal::JournalError::Flash(e) => AgentError::Flash(e),
                 _ => AgentError::Layout,
             })?
-            .and_then(Snapshot::decode);
-        let snapshot = snapshot.unwrap_or_default();
+            .and_then(Saved::new);
         let mut multicast = Multicast::new(config.version, config.mc_ke_key.clone(), config.limits);
-        for (id, (group, session)) in snapshot.groups.iter().enumerate() {
-            if let Some(g) = group {
-                multicast.restore(id as u8, g.clone(), *session);
+        let mut sessions = [None; SESSIONS];
+        let (mut last_session_cnt, mut update) = ([None; MAX_FRAG_SESSIONS], Update::Idle);
+        if let Some(saved) = saved {
+            for id in 0..4 {
+                if let (Some(g), session) = saved.group(id) {
+                    multicast.restore(id as u8, g, session);
+                }
             }
+            for (slot, s) in sessions.iter_mut().enumerate() {
+                *s = saved.session(slot);
+            }
+            (last_session_cnt, update) = (saved.session_cnts(), saved.update());
         }
         let frag = Fragmentation::new(
             config.version,
@@ -251,7 +262,7 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize, K: SignatureCh
             workspace,
             config.max_lost,
             config.data_block_int_key.clone(),
-            snapshot.last_session_cnt,
+            last_session_cnt,
         );
         let mut agent = Self {
             primary_trailer,
@@ -263,13 +274,13 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize, K: SignatureCh
             journal,
             multicast,
             frag,
-            update: snapshot.update,
+            update,
             install_due: false,
             uplinks: [(0, 0, [0; UPLINK_LEN]); UPLINK_QUEUE],
             nb_uplinks: 0,
             events: [const { None }; EVENT_QUEUE],
         };
-        for (slot, saved) in snapshot.sessions.iter().take(SESSIONS).enumerate() {
+        for (slot, saved) in sessions.iter().enumerate() {
             let Some(saved) = saved else { continue };
             match agent.frag.restore(slot, *saved) {
                 // A block that completed just before the power went, not yet handed over.
@@ -755,7 +766,9 @@ fn failure<E>(e: &InstallError<E>) -> UpdateFailure {
     }
 }
 
-/// The journaled state, as read back.
+/// The journaled state, as read back (for the tests; the agent reads a record through
+/// [`Saved`]).
+#[cfg(test)]
 #[derive(Debug, Clone, Default)]
 struct Snapshot {
     /// Per FragIndex.
@@ -778,6 +791,7 @@ impl GroupSource for Multicast {
     }
 }
 
+#[cfg(test)]
 impl GroupSource for [(Option<McGroup>, Option<ClassCSession>); 4] {
     fn group(&self, id: u8) -> (Option<&McGroup>, Option<&ClassCSession>) {
         self.get(usize::from(id))
@@ -795,156 +809,232 @@ struct Record<'s, G: ?Sized> {
 }
 
 const SNAPSHOT_FORMAT: u8 = 2;
+// Agent::new reads the record into the workspace, which holds at least the applier's window.
+const _: () = assert!(JOURNAL_SLOT <= APPLY_WINDOW);
 
-/// The snapshot's bytes go to the journal as they are produced.
-struct W<'b> {
-    out: &'b mut dyn FnMut(&[u8]),
+// The record, section by section, each field at a fixed offset (little-endian), absent
+// values as zeros: the format byte and a SessionCnt (present flag, u16) per FragIndex; per
+// storage slot a session (flags, setup fields); per multicast group its keys (present flag,
+// McAddr, McAppSKey, McNwkSKey, FCnt window) and class C session (present flag, start,
+// timeout, frequency, DR); the update (kind, then a checkpoint and FragIndex, or a version).
+// Sections go to the journal one at a time through a buffer the size of the largest.
+const HEAD: usize = 1 + 3 * MAX_FRAG_SESSIONS;
+const SESSION: usize = 20;
+const GROUP: usize = 45 + 11;
+const UPDATE: usize = 41;
+
+fn le16(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
 }
 
-impl W<'_> {
-    fn put(&mut self, bytes: &[u8]) {
-        (self.out)(bytes);
-    }
+fn le32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
-struct R<'b> {
-    buf: &'b [u8],
-    at: usize,
+fn array<const N: usize>(b: &[u8], at: usize) -> [u8; N] {
+    let mut out = [0u8; N];
+    out.copy_from_slice(&b[at..at + N]);
+    out
 }
 
-impl R<'_> {
-    fn take<const N: usize>(&mut self) -> Option<[u8; N]> {
-        let b = self.buf.get(self.at..self.at + N)?;
-        self.at += N;
-        let mut out = [0u8; N];
-        out.copy_from_slice(b);
-        Some(out)
-    }
-    fn u8(&mut self) -> Option<u8> {
-        self.take::<1>().map(|b| b[0])
-    }
-    fn u16(&mut self) -> Option<u16> {
-        self.take().map(u16::from_le_bytes)
-    }
-    fn u32(&mut self) -> Option<u32> {
-        self.take().map(u32::from_le_bytes)
-    }
+fn session_bytes(saved: Option<SavedSession>, b: &mut [u8; SESSION]) {
+    let Some(SavedSession {
+        params: p,
+        consumed,
+        ack_pending,
+    }) = saved
+    else {
+        return;
+    };
+    b[0] = 1 | u8::from(consumed) << 1 | u8::from(ack_pending) << 2;
+    b[1] = p.frag_index;
+    b[2] = p.mc_group_bit_mask;
+    b[3..5].copy_from_slice(&p.nb_frag.to_le_bytes());
+    b[5] = p.frag_size;
+    b[6] = p.frag_algo;
+    b[7] = p.block_ack_delay;
+    b[8] = u8::from(p.ack_reception);
+    b[9] = p.padding;
+    b[10..14].copy_from_slice(&p.descriptor);
+    b[14..16].copy_from_slice(&p.session_cnt.to_le_bytes());
+    b[16..20].copy_from_slice(&p.mic);
 }
 
-fn put_version(w: &mut W<'_>, v: ImageVersion) {
-    w.put(&[v.major, v.minor]);
-    w.put(&v.revision.to_le_bytes());
-    w.put(&v.build.to_le_bytes());
-}
-
-fn take_version(r: &mut R<'_>) -> Option<ImageVersion> {
-    Some(ImageVersion {
-        major: r.u8()?,
-        minor: r.u8()?,
-        revision: r.u16()?,
-        build: r.u32()?,
+fn session_of(b: &[u8]) -> Option<SavedSession> {
+    let flags = b[0];
+    (flags & 1 == 1).then(|| SavedSession {
+        params: SessionParams {
+            frag_index: b[1],
+            mc_group_bit_mask: b[2],
+            nb_frag: le16(b, 3),
+            frag_size: b[5],
+            frag_algo: b[6],
+            block_ack_delay: b[7],
+            ack_reception: b[8] == 1,
+            padding: b[9],
+            descriptor: array(b, 10),
+            session_cnt: le16(b, 14),
+            mic: array(b, 16),
+        },
+        consumed: flags & 2 != 0,
+        ack_pending: flags & 4 != 0,
     })
+}
+
+fn group_bytes(group: Option<&McGroup>, session: Option<&ClassCSession>, b: &mut [u8; GROUP]) {
+    if let Some(g) = group {
+        b[0] = 1;
+        b[1..5].copy_from_slice(&g.addr.to_le_bytes());
+        b[5..21].copy_from_slice(g.app_s_key.as_bytes());
+        b[21..37].copy_from_slice(g.nwk_s_key.as_bytes());
+        b[37..41].copy_from_slice(&g.min_fcount.to_le_bytes());
+        b[41..45].copy_from_slice(&g.max_fcount.to_le_bytes());
+    }
+    if let Some(s) = session {
+        b[45] = 1;
+        b[46..50].copy_from_slice(&s.start_s.to_le_bytes());
+        b[50] = s.timeout_exp;
+        b[51..55].copy_from_slice(&s.freq_hz.to_le_bytes());
+        b[55] = s.dr;
+    }
+}
+
+fn group_of(b: &[u8]) -> (Option<McGroup>, Option<ClassCSession>) {
+    let group = (b[0] == 1).then(|| McGroup {
+        addr: le32(b, 1),
+        app_s_key: Key128::from_bytes(array(b, 5)),
+        nwk_s_key: Key128::from_bytes(array(b, 21)),
+        min_fcount: le32(b, 37),
+        max_fcount: le32(b, 41),
+    });
+    let session = (b[45] == 1).then(|| ClassCSession {
+        start_s: le32(b, 46),
+        timeout_exp: b[50],
+        freq_hz: le32(b, 51),
+        dr: b[55],
+        running: false,
+    });
+    (group, session)
+}
+
+fn update_bytes(update: Update, b: &mut [u8; UPDATE]) {
+    let v = match update {
+        Update::Idle => return,
+        Update::Installing {
+            frag_index,
+            checkpoint,
+        } => {
+            b[0] = 1;
+            if let Some(c) = checkpoint {
+                b[1] = 1;
+                b[2..38].copy_from_slice(&c.to_bytes());
+            }
+            b[38] = frag_index;
+            return;
+        }
+        Update::SwapRequested(v) => {
+            b[0] = 2;
+            v
+        }
+        Update::Testing(v) => {
+            b[0] = 3;
+            v
+        }
+    };
+    b[1] = v.major;
+    b[2] = v.minor;
+    b[3..5].copy_from_slice(&v.revision.to_le_bytes());
+    b[5..9].copy_from_slice(&v.build.to_le_bytes());
+}
+
+fn update_of(b: &[u8]) -> Update {
+    let version = || ImageVersion {
+        major: b[1],
+        minor: b[2],
+        revision: le16(b, 3),
+        build: le32(b, 5),
+    };
+    match b[0] {
+        1 => Update::Installing {
+            checkpoint: (b[1] == 1).then(|| Checkpoint::from_bytes(&array(b, 2))),
+            frag_index: b[38],
+        },
+        2 => Update::SwapRequested(version()),
+        3 => Update::Testing(version()),
+        _ => Update::Idle,
+    }
 }
 
 impl<G: GroupSource + ?Sized> Record<'_, G> {
     /// Encoded length: every field has a fixed place, present or not.
-    const LEN: usize = 1 + MAX_FRAG_SESSIONS * 3 + MAX_FRAG_SESSIONS * 20 + 4 * (45 + 11) + 41;
+    const LEN: usize = HEAD + MAX_FRAG_SESSIONS * SESSION + 4 * GROUP + UPDATE;
 
     fn encode(&self, out: &mut dyn FnMut(&[u8])) {
-        let mut w = W { out };
-        w.put(&[SNAPSHOT_FORMAT]);
-        for cnt in self.last_session_cnt {
-            match cnt {
-                Some(c) => {
-                    w.put(&[1]);
-                    w.put(&c.to_le_bytes());
-                }
-                None => w.put(&[0, 0, 0]),
+        let mut buf = [0u8; GROUP];
+        buf[0] = SNAPSHOT_FORMAT;
+        for (i, cnt) in self.last_session_cnt.iter().enumerate() {
+            if let Some(c) = cnt {
+                buf[1 + 3 * i] = 1;
+                buf[2 + 3 * i..4 + 3 * i].copy_from_slice(&c.to_le_bytes());
             }
         }
+        out(&buf[..HEAD]);
         for slot in 0..MAX_FRAG_SESSIONS {
-            match self.sessions.get(slot).copied().flatten() {
-                Some(SavedSession {
-                    params: p,
-                    consumed,
-                    ack_pending,
-                }) => {
-                    w.put(&[
-                        1 | u8::from(consumed) << 1 | u8::from(ack_pending) << 2,
-                        p.frag_index,
-                        p.mc_group_bit_mask,
-                    ]);
-                    w.put(&p.nb_frag.to_le_bytes());
-                    w.put(&[
-                        p.frag_size,
-                        p.frag_algo,
-                        p.block_ack_delay,
-                        u8::from(p.ack_reception),
-                        p.padding,
-                    ]);
-                    w.put(&p.descriptor);
-                    w.put(&p.session_cnt.to_le_bytes());
-                    w.put(&p.mic);
-                }
-                None => w.put(&[0; 20]),
-            }
+            let mut b = [0u8; SESSION];
+            session_bytes(self.sessions.get(slot).copied().flatten(), &mut b);
+            out(&b);
         }
         for id in 0..4 {
             let (group, session) = self.groups.group(id);
-            match group {
-                Some(g) => {
-                    w.put(&[1]);
-                    w.put(&g.addr.to_le_bytes());
-                    w.put(g.app_s_key.as_bytes());
-                    w.put(g.nwk_s_key.as_bytes());
-                    w.put(&g.min_fcount.to_le_bytes());
-                    w.put(&g.max_fcount.to_le_bytes());
-                }
-                None => w.put(&[0; 45]),
-            }
-            match session {
-                Some(s) => {
-                    w.put(&[1]);
-                    w.put(&s.start_s.to_le_bytes());
-                    w.put(&[s.timeout_exp]);
-                    w.put(&s.freq_hz.to_le_bytes());
-                    w.put(&[s.dr]);
-                }
-                None => w.put(&[0; 11]),
-            }
+            buf = [0; GROUP];
+            group_bytes(group, session, &mut buf);
+            out(&buf);
         }
-        match self.update {
-            Update::Idle => w.put(&[0; 41]),
-            Update::Installing {
-                frag_index,
-                checkpoint,
-            } => {
-                w.put(&[1]);
-                match checkpoint {
-                    Some(c) => {
-                        w.put(&[1]);
-                        w.put(&c.to_bytes());
-                    }
-                    None => w.put(&[0; 37]),
-                }
-                w.put(&[frag_index, 0, 0]);
-            }
-            Update::SwapRequested(v) | Update::Testing(v) => {
-                w.put(&[if matches!(self.update, Update::SwapRequested(_)) {
-                    2
-                } else {
-                    3
-                }]);
-                put_version(&mut w, v);
-                w.put(&[0; 32]);
-            }
-        }
+        let mut b = [0u8; UPDATE];
+        update_bytes(self.update, &mut b);
+        out(&b);
     }
 }
 
+/// A journal record read back: its sections, decoded on demand.
+#[derive(Clone, Copy)]
+struct Saved<'b>(&'b [u8]);
+
+impl<'b> Saved<'b> {
+    const SESSIONS: usize = HEAD;
+    const GROUPS: usize = Self::SESSIONS + MAX_FRAG_SESSIONS * SESSION;
+    const UPDATE: usize = Self::GROUPS + 4 * GROUP;
+
+    /// `None` unless `b` is a whole record of this format.
+    fn new(b: &'b [u8]) -> Option<Self> {
+        let b = b.get(..Record::<Multicast>::LEN)?;
+        (b[0] == SNAPSHOT_FORMAT).then_some(Self(b))
+    }
+
+    fn session_cnts(self) -> [Option<u16>; MAX_FRAG_SESSIONS] {
+        let b = self.0;
+        core::array::from_fn(|i| (b[1 + 3 * i] == 1).then(|| le16(b, 2 + 3 * i)))
+    }
+
+    /// Storage slot `slot`'s session; `None` past [`MAX_FRAG_SESSIONS`].
+    fn session(self, slot: usize) -> Option<SavedSession> {
+        (slot < MAX_FRAG_SESSIONS)
+            .then(|| session_of(&self.0[Self::SESSIONS + slot * SESSION..]))
+            .flatten()
+    }
+
+    fn group(self, id: usize) -> (Option<McGroup>, Option<ClassCSession>) {
+        group_of(&self.0[Self::GROUPS + id * GROUP..])
+    }
+
+    fn update(self) -> Update {
+        update_of(&self.0[Self::UPDATE..])
+    }
+}
+
+#[cfg(test)]
 impl Snapshot {
     /// The record that encodes this state.
-    #[cfg(test)]
     fn record(&self) -> Record<'_, [(Option<McGroup>, Option<ClassCSession>); 4]> {
         Record {
             last_session_cnt: self.last_session_cnt,
@@ -955,76 +1045,12 @@ impl Snapshot {
     }
 
     fn decode(b: &[u8]) -> Option<Self> {
-        let mut r = R { buf: b, at: 0 };
-        if r.u8()? != SNAPSHOT_FORMAT {
-            return None;
-        }
-        let mut last_session_cnt = [None; MAX_FRAG_SESSIONS];
-        for slot in &mut last_session_cnt {
-            let has = r.u8()?;
-            let cnt = r.u16()?;
-            *slot = (has == 1).then_some(cnt);
-        }
-        let mut sessions = [None; MAX_FRAG_SESSIONS];
-        for slot in &mut sessions {
-            let flags = r.u8()?;
-            let params = SessionParams {
-                frag_index: r.u8()?,
-                mc_group_bit_mask: r.u8()?,
-                nb_frag: r.u16()?,
-                frag_size: r.u8()?,
-                frag_algo: r.u8()?,
-                block_ack_delay: r.u8()?,
-                ack_reception: r.u8()? == 1,
-                padding: r.u8()?,
-                descriptor: r.take()?,
-                session_cnt: r.u16()?,
-                mic: r.take()?,
-            };
-            *slot = (flags & 1 == 1).then_some(SavedSession {
-                params,
-                consumed: flags & 2 != 0,
-                ack_pending: flags & 4 != 0,
-            });
-        }
-        let mut groups: [(Option<McGroup>, Option<ClassCSession>); 4] = Default::default();
-        for slot in &mut groups {
-            let has = r.u8()?;
-            let g = McGroup {
-                addr: r.u32()?,
-                app_s_key: Key128::from_bytes(r.take()?),
-                nwk_s_key: Key128::from_bytes(r.take()?),
-                min_fcount: r.u32()?,
-                max_fcount: r.u32()?,
-            };
-            let has_s = r.u8()?;
-            let s = ClassCSession {
-                start_s: r.u32()?,
-                timeout_exp: r.u8()?,
-                freq_hz: r.u32()?,
-                dr: r.u8()?,
-                running: false,
-            };
-            *slot = ((has == 1).then_some(g), (has_s == 1).then_some(s));
-        }
-        let update = match r.u8()? {
-            1 => {
-                let has_cp = r.u8()?;
-                let cp = Checkpoint::from_bytes(&r.take()?);
-                Update::Installing {
-                    checkpoint: (has_cp == 1).then_some(cp),
-                    frag_index: r.u8()?,
-                }
-            }
-            2 => Update::SwapRequested(take_version(&mut r)?),
-            3 => Update::Testing(take_version(&mut r)?),
-            _ => Update::Idle,
-        };
+        let saved = Saved::new(b)?;
         Some(Self {
-            last_session_cnt,
-            sessions,
-            groups,
-            update,
+            last_session_cnt: saved.session_cnts(),
+            sessions: core::array::from_fn(|i| saved.session(i)),
+            groups: core::array::from_fn(|i| saved.group(i)),
+            update: saved.update(),
         })
     }
 }

@@ -6,7 +6,7 @@
 use std::sync::OnceLock;
 
 use fuota_codec::patch::apply::{
-    Applier, ApplyError, BorrowedApplier, Checkpoint, OutOfRange, TargetImage,
+    check_preamble, Applier, ApplyError, BorrowedApplier, Checkpoint, OutOfRange, TargetImage,
 };
 use fuota_codec::patch::container::{ContainerError, Kind, HEADER_LEN, PREAMBLE_LEN, SIGNED_LEN};
 use fuota_codec::patch::detools::PayloadError;
@@ -121,10 +121,12 @@ fn every_pair_round_trips_in_any_chunk_size() {
 fn a_lent_window_with_leftovers_applies_every_pair() {
     for p in pairs() {
         let mut window: Vec<u8> = (0..1144u32).map(|i| (i * 37 + 11) as u8).collect();
-        let mut applier = BorrowedApplier::new(device_key(&key()), &mut window);
+        let verified = check_preamble::<OutOfRange>(&p.patch, &device_key(&key())).unwrap();
+        let mut applier =
+            BorrowedApplier::verified(device_key(&key()), verified, None, &mut window);
         let mut source = p.old.as_slice();
         let mut target = Vec::new();
-        for piece in p.patch.chunks(242) {
+        for piece in p.patch[PREAMBLE_LEN..].chunks(242) {
             applier.push(piece, &mut source, &mut target).unwrap();
         }
         applier.finish::<OutOfRange>().unwrap();
@@ -133,9 +135,10 @@ fn a_lent_window_with_leftovers_applies_every_pair() {
     // A window smaller than the patch's (512 bytes by default) is refused as such.
     let p = &pairs()[0];
     let mut window = [0u8; 256];
-    let mut applier = BorrowedApplier::new(device_key(&key()), &mut window);
+    let verified = check_preamble::<OutOfRange>(&p.patch, &device_key(&key())).unwrap();
+    let mut applier = BorrowedApplier::verified(device_key(&key()), verified, None, &mut window);
     let mut source = p.old.as_slice();
-    let r = applier.push(&p.patch, &mut source, &mut Vec::new());
+    let r = applier.push(&p.patch[PREAMBLE_LEN..], &mut source, &mut Vec::new());
     assert_eq!(
         r,
         Err(ApplyError::Payload(PayloadError::Heatshrink(

@@ -743,6 +743,40 @@ impl<K: SignatureCheck> Core<K> {
                 return Ok(());
             }
         }
+        self.push_payload(window, input, source, target)
+    }
+
+    /// [`Core::push`] once the preamble is verified (the only way a [`BorrowedApplier`] is
+    /// made): without the preamble's code.
+    fn push_verified<S, T>(
+        &mut self,
+        window: &mut [u8],
+        input: &[u8],
+        source: &mut S,
+        target: &mut T,
+    ) -> Result<(), ApplyError<S::Error>>
+    where
+        S: SourceImage + ?Sized,
+        T: TargetImage<Error = S::Error> + ?Sized,
+    {
+        let result = self.push_payload(window, input, source, target);
+        if result.is_err() {
+            self.phase = Phase::Failed;
+        }
+        result
+    }
+
+    fn push_payload<S, T>(
+        &mut self,
+        window: &mut [u8],
+        input: &[u8],
+        source: &mut S,
+        target: &mut T,
+    ) -> Result<(), ApplyError<S::Error>>
+    where
+        S: SourceImage + ?Sized,
+        T: TargetImage<Error = S::Error> + ?Sized,
+    {
         if let Phase::Payload(Payload {
             stream: Stream::Pending(_),
             ..
@@ -822,7 +856,7 @@ impl<K: SignatureCheck> Core<K> {
         Ok(())
     }
 
-    fn finish<E>(&self) -> Result<Applied, ApplyError<E>> {
+    fn finish<E>(&mut self) -> Result<Applied, ApplyError<E>> {
         self.check_end()?;
         match &self.phase {
             Phase::Payload(p) => Ok(Applied {
@@ -835,8 +869,8 @@ impl<K: SignatureCheck> Core<K> {
     /// The checks of [`Core::finish`]. Out of line, and without the manifest in its result:
     /// a caller that drops the [`Applied`] has no room for one in its frame.
     #[inline(never)]
-    fn check_end<E>(&self) -> Result<(), ApplyError<E>> {
-        let p = match &self.phase {
+    fn check_end<E>(&mut self) -> Result<(), ApplyError<E>> {
+        let p = match &mut self.phase {
             Phase::Failed => return Err(ApplyError::Failed),
             Phase::Preamble { .. }
             | Phase::Payload(Payload {
@@ -848,7 +882,8 @@ impl<K: SignatureCheck> Core<K> {
         if p.received != p.manifest.payload_len {
             return Err(ApplyError::Truncated);
         }
-        if p.payload_sha.clone().finalize() != p.manifest.payload_sha256 {
+        // The hashes are spent here: the apply is over either way.
+        if p.payload_sha.finalize_reset() != p.manifest.payload_sha256 {
             return Err(ApplyError::PayloadMismatch);
         }
         match &p.stream {
@@ -869,7 +904,7 @@ impl<K: SignatureCheck> Core<K> {
                 got: written,
             });
         }
-        if p.sink.sha.clone().finalize() != p.manifest.target_sha256 {
+        if p.sink.sha.finalize_reset() != p.manifest.target_sha256 {
             return Err(ApplyError::TargetMismatch);
         }
         Ok(())
@@ -965,7 +1000,7 @@ impl<const N: usize, K: SignatureCheck> Applier<N, K> {
 
     /// Ends the apply: the whole payload must have been pushed, and the target must have the
     /// manifest's length and SHA-256.
-    pub fn finish<E>(self) -> Result<Applied, ApplyError<E>> {
+    pub fn finish<E>(mut self) -> Result<Applied, ApplyError<E>> {
         self.core.finish()
     }
 }
@@ -973,7 +1008,9 @@ impl<const N: usize, K: SignatureCheck> Applier<N, K> {
 /// [`Applier`] over a heatshrink window the caller lends for the whole apply (RAM idle at
 /// the time, such as a decoder workspace whose block is complete): it accepts streams whose
 /// window (`2^W` bytes) fits in `window`, and is the size of [`Applier`] less its window.
-/// The window's contents before the apply do not matter.
+/// The window's contents before the apply do not matter. It is made only from a preamble
+/// checked by [`check_preamble`] ([`BorrowedApplier::verified`]), which a device needs apart
+/// anyway (anti-rollback), so it carries no preamble code.
 pub struct BorrowedApplier<'w, K = VerifyingKey> {
     core: Core<K>,
     window: &'w mut [u8],
@@ -986,33 +1023,6 @@ impl<K> core::fmt::Debug for BorrowedApplier<'_, K> {
 }
 
 impl<'w, K: SignatureCheck> BorrowedApplier<'w, K> {
-    /// [`Applier::new`], over `window`.
-    pub fn new(key: K, window: &'w mut [u8]) -> Self {
-        Self {
-            core: Core::new(key),
-            window,
-        }
-    }
-
-    /// [`Applier::resume`], over `window`.
-    pub fn resume(key: K, checkpoint: Checkpoint, window: &'w mut [u8]) -> Self {
-        Self {
-            core: Core::resume(key, checkpoint),
-            window,
-        }
-    }
-
-    /// [`Applier::after_preamble`], over `window`.
-    pub fn after_preamble<E>(
-        preamble: &[u8],
-        key: K,
-        resume: Option<Checkpoint>,
-        window: &'w mut [u8],
-    ) -> Result<(Self, Manifest), ApplyError<E>> {
-        let verified = check_preamble(preamble, &key)?;
-        Ok((Self::verified(key, verified, resume, window), verified.0))
-    }
-
     /// [`Applier::verified`], over `window`.
     pub fn verified(
         key: K,
@@ -1052,12 +1062,12 @@ impl<'w, K: SignatureCheck> BorrowedApplier<'w, K> {
         S: SourceImage + ?Sized,
         T: TargetImage<Error = S::Error> + ?Sized,
     {
-        self.core.push(self.window, input, source, target)
+        self.core.push_verified(self.window, input, source, target)
     }
 
     /// See [`Applier::finish`]. It borrows the applier (on a device, moving one into the
-    /// call would copy it on the stack); push nothing more afterwards.
-    pub fn finish<E>(&self) -> Result<Applied, ApplyError<E>> {
+    /// call would copy it on the stack) and spends its hashes: call it once, at the end.
+    pub fn finish<E>(&mut self) -> Result<Applied, ApplyError<E>> {
         self.core.finish()
     }
 }
