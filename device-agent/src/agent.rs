@@ -587,8 +587,7 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize, K: SignatureCh
         };
         match port {
             clock_sync::PORT if via == Via::Unicast => {
-                for cmd in clock_sync::downlinks(version, bytes) {
-                    let Ok(cmd) = cmd else { break };
+                for cmd in clock_sync::downlinks(version, bytes).valid() {
                     if let Some(u) = self.clock.handle(now, cmd, &mut self.rng) {
                         append(
                             &|b| u.build_into(version, b).ok().map(|x| x.len()),
@@ -601,8 +600,7 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize, K: SignatureCh
             multicast_setup::PORT if via == Via::Unicast => {
                 let gps = gps_s(&self.clock, now);
                 let events = &mut self.events;
-                for cmd in multicast_setup::downlinks(version, bytes) {
-                    let Ok(cmd) = cmd else { break };
+                for cmd in multicast_setup::downlinks(version, bytes).valid() {
                     // Setups, deletes and session requests change what must survive a
                     // reboot, whether or not they raise an event (a scheduled session does not).
                     dirty |= !matches!(
@@ -623,8 +621,7 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize, K: SignatureCh
                 }
             }
             firmware_management::PORT if via == Via::Unicast => {
-                for cmd in firmware_management::downlinks(Version::V1, bytes) {
-                    let Ok(cmd) = cmd else { break };
+                for cmd in firmware_management::downlinks(Version::V1, bytes).valid() {
                     let u = self.firmware_answer(cmd);
                     append(
                         &|b| u.build_into(b).ok().map(|x| x.len()),
@@ -634,8 +631,7 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize, K: SignatureCh
                 }
             }
             fragmentation::PORT => {
-                for cmd in fragmentation::downlinks(version, bytes) {
-                    let Ok(cmd) = cmd else { break };
+                for cmd in fragmentation::downlinks(version, bytes).valid() {
                     // Everything but these changes what a reboot must find (the answer to
                     // FragDataBlockReceivedReq ends its repetitions).
                     let setup_like = !matches!(

@@ -297,7 +297,8 @@ pub fn read_trailer<F: NorFlash>(
         Ok(b[0])
     };
     Ok(TrailerState {
-        magic_good: magic == trailer.magic(),
+        // Byte by byte: smaller than the memcmp call an array comparison makes.
+        magic_good: magic.iter().zip(trailer.magic()).all(|(a, b)| *a == b),
         image_ok: byte(trailer.image_ok_off())? == FLAG_SET,
         copy_done: byte(trailer.copy_done_off())? == FLAG_SET,
         swap_info: byte(trailer.swap_info_off())?,
