@@ -137,12 +137,16 @@ impl Downlink {
                 ErrorKind::Truncated { needed: 1, got: 0 },
             ));
         };
-        let mut r = Reader::new("payload", body);
+        let mut r = Reader::<true>::new("payload", body);
         let cmd = Self::parse_body(version, cid, &mut r).map_err(|_| r.into_error())?;
         Ok((cmd, cmd.len(version)))
     }
 
-    fn parse_body(version: Version, cid: u8, r: &mut Reader<'_>) -> Result<Self, Stop> {
+    fn parse_body<const REPORT: bool>(
+        version: Version,
+        cid: u8,
+        r: &mut Reader<'_, REPORT>,
+    ) -> Result<Self, Stop> {
         Ok(match cid {
             0x00 => Downlink::PackageVersionReq(PackageVersionReq),
             0x01 => {
@@ -175,13 +179,17 @@ impl Downlink {
 
     /// Writes CID and body into `buf`; returns the written bytes.
     pub fn build_into<'b>(&self, version: Version, buf: &'b mut [u8]) -> Result<&'b [u8], Error> {
-        let mut w = Writer::new(self.name(version), buf, self.len(version))?;
+        let mut w = Writer::<true>::new(self.name(version), buf, self.len(version))?;
         // The first error stays in the writer, which gives it back.
         let _ = self.build_body(version, &mut w);
         w.finish()
     }
 
-    fn build_body(&self, _version: Version, w: &mut Writer<'_>) -> Result<(), Stop> {
+    fn build_body<const REPORT: bool>(
+        &self,
+        _version: Version,
+        w: &mut Writer<'_, REPORT>,
+    ) -> Result<(), Stop> {
         w.u8(self.cid());
         match self {
             Downlink::PackageVersionReq(_) => {}
@@ -216,7 +224,8 @@ impl<'a> Command<'a> for Downlink {
 
     fn parse_valid(version: Version, bytes: &'a [u8]) -> Option<(Self, usize)> {
         let (&cid, body) = bytes.split_first()?;
-        let cmd = Self::parse_body(version, cid, &mut Reader::new("payload", body)).ok()?;
+        let cmd =
+            Self::parse_body(version, cid, &mut Reader::<false>::new("payload", body)).ok()?;
         Some((cmd, cmd.len(version)))
     }
 }
@@ -254,12 +263,16 @@ impl Uplink {
                 ErrorKind::Truncated { needed: 1, got: 0 },
             ));
         };
-        let mut r = Reader::new("payload", body);
+        let mut r = Reader::<true>::new("payload", body);
         let cmd = Self::parse_body(version, cid, &mut r).map_err(|_| r.into_error())?;
         Ok((cmd, cmd.len(version)))
     }
 
-    fn parse_body(_version: Version, cid: u8, r: &mut Reader<'_>) -> Result<Self, Stop> {
+    fn parse_body<const REPORT: bool>(
+        _version: Version,
+        cid: u8,
+        r: &mut Reader<'_, REPORT>,
+    ) -> Result<Self, Stop> {
         Ok(match cid {
             0x00 => {
                 r.command("PackageVersionAns");
@@ -295,14 +308,26 @@ impl Uplink {
         })
     }
 
+    /// [`Uplink::build_into`] for a device, which has no one to tell why a build failed:
+    /// `None` where that gives an error, and no code to describe it.
+    pub fn write_into<'b>(&self, version: Version, buf: &'b mut [u8]) -> Option<&'b [u8]> {
+        let mut w = Writer::<false>::new(self.name(version), buf, self.len(version)).ok()?;
+        self.build_body(version, &mut w).ok()?;
+        w.finish().ok()
+    }
+
     pub fn build_into<'b>(&self, version: Version, buf: &'b mut [u8]) -> Result<&'b [u8], Error> {
-        let mut w = Writer::new(self.name(version), buf, self.len(version))?;
+        let mut w = Writer::<true>::new(self.name(version), buf, self.len(version))?;
         // The first error stays in the writer, which gives it back.
         let _ = self.build_body(version, &mut w);
         w.finish()
     }
 
-    fn build_body(&self, _version: Version, w: &mut Writer<'_>) -> Result<(), Stop> {
+    fn build_body<const REPORT: bool>(
+        &self,
+        _version: Version,
+        w: &mut Writer<'_, REPORT>,
+    ) -> Result<(), Stop> {
         w.u8(self.cid());
         match self {
             Uplink::PackageVersionAns(c) => {

@@ -100,7 +100,7 @@ impl Downlink {
     }
 
     pub fn build_into<'b>(&self, buf: &'b mut [u8]) -> Result<&'b [u8], Error> {
-        let mut w = Writer::new(self.name(), buf, 1)?;
+        let mut w = Writer::<true>::new(self.name(), buf, 1)?;
         w.u8(self.cid());
         w.finish()
     }
@@ -151,12 +151,12 @@ impl Uplink {
 
     pub fn parse(bytes: &[u8]) -> Result<(Self, usize), Error> {
         let (cid, body) = split_cid(bytes)?;
-        let mut r = Reader::new("payload", body);
+        let mut r = Reader::<true>::new("payload", body);
         let cmd = Self::parse_body(cid, &mut r).map_err(|_| r.into_error())?;
         Ok((cmd, cmd.wire_len()))
     }
 
-    fn parse_body(cid: u8, r: &mut Reader<'_>) -> Result<Self, Stop> {
+    fn parse_body<const REPORT: bool>(cid: u8, r: &mut Reader<'_, REPORT>) -> Result<Self, Stop> {
         Ok(match cid {
             0x00 => {
                 r.command("PackageVersionAns");
@@ -190,8 +190,21 @@ impl Uplink {
         })
     }
 
+    /// [`Uplink::build_into`] for a device, which has no one to tell why a build failed:
+    /// `None` where that gives an error, and no code to describe it.
+    pub fn write_into<'b>(&self, buf: &'b mut [u8]) -> Option<&'b [u8]> {
+        let mut w = Writer::<false>::new(self.name(), buf, self.wire_len()).ok()?;
+        self.write_body(&mut w);
+        w.finish().ok()
+    }
+
     pub fn build_into<'b>(&self, buf: &'b mut [u8]) -> Result<&'b [u8], Error> {
-        let mut w = Writer::new(self.name(), buf, self.wire_len())?;
+        let mut w = Writer::<true>::new(self.name(), buf, self.wire_len())?;
+        self.write_body(&mut w);
+        w.finish()
+    }
+
+    fn write_body<const REPORT: bool>(&self, w: &mut Writer<'_, REPORT>) {
         w.u8(self.cid());
         match self {
             Uplink::PackageVersionAns {
@@ -215,7 +228,6 @@ impl Uplink {
                 }
             },
         }
-        w.finish()
     }
 }
 
@@ -252,6 +264,13 @@ mod tests {
             package_version: PACKAGE_VERSION,
         };
         assert_eq!(pv.build_into(&mut buf).unwrap(), [0x00, 4, 1]);
+        // The device's quiet build: the same bytes, or nothing where they do not fit.
+        for u in [ans, valid, absent, pv] {
+            let want = u.build_into(&mut buf).unwrap().to_vec();
+            let (mut quiet, mut short) = ([0u8; 16], [0u8; 1]);
+            assert_eq!(u.write_into(&mut quiet), Some(&want[..]));
+            assert_eq!(u.write_into(&mut short), None);
+        }
     }
 
     #[test]

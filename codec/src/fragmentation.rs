@@ -256,7 +256,10 @@ fn missing_cid() -> Error {
 }
 
 /// Fails with `InvalidValue` on FragIndex when it needs more than 2 bits.
-fn check_frag_index(w: &mut Writer<'_>, frag_index: u8) -> Result<(), Stop> {
+fn check_frag_index<const REPORT: bool>(
+    w: &mut Writer<'_, REPORT>,
+    frag_index: u8,
+) -> Result<(), Stop> {
     if frag_index > MAX_FRAG_INDEX {
         Err(w.invalid("FragIndex"))
     } else {
@@ -265,8 +268,8 @@ fn check_frag_index(w: &mut Writer<'_>, frag_index: u8) -> Result<(), Stop> {
 }
 
 /// Fails with `InvalidValue` on `field` when a v2-only field is set while building v1.
-fn check_v1_unset(
-    w: &mut Writer<'_>,
+fn check_v1_unset<const REPORT: bool>(
+    w: &mut Writer<'_, REPORT>,
     version: Version,
     field: &'static str,
     set: bool,
@@ -333,12 +336,16 @@ impl<'a> Downlink<'a> {
         let Some((&cid, body)) = bytes.split_first() else {
             return Err(missing_cid());
         };
-        let mut r = Reader::new("payload", body);
+        let mut r = Reader::<true>::new("payload", body);
         let cmd = Self::parse_body(version, cid, &mut r).map_err(|_| r.into_error())?;
         Ok((cmd, cmd.len(version)))
     }
 
-    fn parse_body(version: Version, cid: u8, r: &mut Reader<'a>) -> Result<Self, Stop> {
+    fn parse_body<const REPORT: bool>(
+        version: Version,
+        cid: u8,
+        r: &mut Reader<'a, REPORT>,
+    ) -> Result<Self, Stop> {
         Ok(match cid {
             0x00 => Downlink::PackageVersionReq(PackageVersionReq),
             0x01 => {
@@ -422,13 +429,17 @@ impl<'a> Downlink<'a> {
                 ));
             }
         }
-        let mut w = Writer::new(self.name(version), buf, self.len(version))?;
+        let mut w = Writer::<true>::new(self.name(version), buf, self.len(version))?;
         // The first error stays in the writer, which gives it back.
         let _ = self.build_body(version, &mut w);
         w.finish()
     }
 
-    fn build_body(&self, version: Version, w: &mut Writer<'_>) -> Result<(), Stop> {
+    fn build_body<const REPORT: bool>(
+        &self,
+        version: Version,
+        w: &mut Writer<'_, REPORT>,
+    ) -> Result<(), Stop> {
         match self {
             Downlink::PackageVersionReq(_) => w.u8(self.cid()),
             Downlink::FragSessionStatusReq(c) => {
@@ -490,7 +501,8 @@ impl<'a> Command<'a> for Downlink<'a> {
 
     fn parse_valid(version: Version, bytes: &'a [u8]) -> Option<(Self, usize)> {
         let (&cid, body) = bytes.split_first()?;
-        let cmd = Self::parse_body(version, cid, &mut Reader::new("payload", body)).ok()?;
+        let cmd =
+            Self::parse_body(version, cid, &mut Reader::<false>::new("payload", body)).ok()?;
         Some((cmd, cmd.len(version)))
     }
 }
@@ -534,12 +546,16 @@ impl Uplink {
         let Some((&cid, body)) = bytes.split_first() else {
             return Err(missing_cid());
         };
-        let mut r = Reader::new("payload", body);
+        let mut r = Reader::<true>::new("payload", body);
         let cmd = Self::parse_body(version, cid, &mut r).map_err(|_| r.into_error())?;
         Ok((cmd, cmd.len(version)))
     }
 
-    fn parse_body(version: Version, cid: u8, r: &mut Reader<'_>) -> Result<Self, Stop> {
+    fn parse_body<const REPORT: bool>(
+        version: Version,
+        cid: u8,
+        r: &mut Reader<'_, REPORT>,
+    ) -> Result<Self, Stop> {
         Ok(match cid {
             0x00 => {
                 r.command("PackageVersionAns");
@@ -616,6 +632,17 @@ impl Uplink {
         })
     }
 
+    /// [`Uplink::build_into`] for a device, which has no one to tell why a build failed:
+    /// `None` where that gives an error, and no code to describe it.
+    pub fn write_into<'b>(&self, version: Version, buf: &'b mut [u8]) -> Option<&'b [u8]> {
+        if let (Uplink::FragDataBlockReceivedReq(_), Version::V1) = (self, version) {
+            return None;
+        }
+        let mut w = Writer::<false>::new(self.name(version), buf, self.len(version)).ok()?;
+        self.build_body(version, &mut w).ok()?;
+        w.finish().ok()
+    }
+
     /// Writes CID and body into `buf`; returns the written bytes.
     pub fn build_into<'b>(&self, version: Version, buf: &'b mut [u8]) -> Result<&'b [u8], Error> {
         if let Uplink::FragDataBlockReceivedReq(_) = self {
@@ -627,13 +654,17 @@ impl Uplink {
                 ));
             }
         }
-        let mut w = Writer::new(self.name(version), buf, self.len(version))?;
+        let mut w = Writer::<true>::new(self.name(version), buf, self.len(version))?;
         // The first error stays in the writer, which gives it back.
         let _ = self.build_body(version, &mut w);
         w.finish()
     }
 
-    fn build_body(&self, version: Version, w: &mut Writer<'_>) -> Result<(), Stop> {
+    fn build_body<const REPORT: bool>(
+        &self,
+        version: Version,
+        w: &mut Writer<'_, REPORT>,
+    ) -> Result<(), Stop> {
         match self {
             Uplink::PackageVersionAns(c) => {
                 w.u8(self.cid());

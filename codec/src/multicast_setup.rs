@@ -202,12 +202,17 @@ pub fn uplinks(version: Version, payload: &[u8]) -> Commands<'_, Uplink> {
     Commands::new(version, payload)
 }
 
-fn group_id(r: &mut Reader<'_>, field: &'static str, b: u8, rfu: u8) -> Result<u8, Stop> {
+fn group_id<const REPORT: bool>(
+    r: &mut Reader<'_, REPORT>,
+    field: &'static str,
+    b: u8,
+    rfu: u8,
+) -> Result<u8, Stop> {
     r.check_rfu(field, b, rfu)?;
     Ok(b & 0x03)
 }
 
-fn check_id(w: &mut Writer<'_>, id: u8) -> Result<(), Stop> {
+fn check_id<const REPORT: bool>(w: &mut Writer<'_, REPORT>, id: u8) -> Result<(), Stop> {
     if id > 3 {
         Err(w.invalid("McGroupID"))
     } else {
@@ -250,12 +255,16 @@ impl Downlink {
 
     pub fn parse(version: Version, bytes: &[u8]) -> Result<(Self, usize), Error> {
         let (cid, body) = split_cid(bytes)?;
-        let mut r = Reader::new("payload", body);
+        let mut r = Reader::<true>::new("payload", body);
         let cmd = Self::parse_body(version, cid, &mut r).map_err(|_| r.into_error())?;
         Ok((cmd, cmd.len(version)))
     }
 
-    fn parse_body(_version: Version, cid: u8, r: &mut Reader<'_>) -> Result<Self, Stop> {
+    fn parse_body<const REPORT: bool>(
+        _version: Version,
+        cid: u8,
+        r: &mut Reader<'_, REPORT>,
+    ) -> Result<Self, Stop> {
         Ok(match cid {
             0x00 => Downlink::PackageVersionReq(PackageVersionReq),
             0x01 => {
@@ -321,13 +330,17 @@ impl Downlink {
     }
 
     pub fn build_into<'b>(&self, version: Version, buf: &'b mut [u8]) -> Result<&'b [u8], Error> {
-        let mut w = Writer::new(self.name(version), buf, self.len(version))?;
+        let mut w = Writer::<true>::new(self.name(version), buf, self.len(version))?;
         // The first error stays in the writer, which gives it back.
         let _ = self.build_body(version, &mut w);
         w.finish()
     }
 
-    fn build_body(&self, _version: Version, w: &mut Writer<'_>) -> Result<(), Stop> {
+    fn build_body<const REPORT: bool>(
+        &self,
+        _version: Version,
+        w: &mut Writer<'_, REPORT>,
+    ) -> Result<(), Stop> {
         w.u8(self.cid());
         match self {
             Downlink::PackageVersionReq(_) => {}
@@ -386,12 +399,16 @@ impl<'a> Command<'a> for Downlink {
 
     fn parse_valid(version: Version, bytes: &'a [u8]) -> Option<(Self, usize)> {
         let (&cid, body) = bytes.split_first()?;
-        let cmd = Self::parse_body(version, cid, &mut Reader::new("payload", body)).ok()?;
+        let cmd =
+            Self::parse_body(version, cid, &mut Reader::<false>::new("payload", body)).ok()?;
         Some((cmd, cmd.len(version)))
     }
 }
 
-fn parse_session_ans(version: Version, r: &mut Reader<'_>) -> Result<McSessionAns, Stop> {
+fn parse_session_ans<const REPORT: bool>(
+    version: Version,
+    r: &mut Reader<'_, REPORT>,
+) -> Result<McSessionAns, Stop> {
     let status = r.u8("StatusAndMcGroupID")?;
     let rfu = match version {
         Version::V1 => 0xe0,
@@ -412,7 +429,11 @@ fn parse_session_ans(version: Version, r: &mut Reader<'_>) -> Result<McSessionAn
     Ok(ans)
 }
 
-fn build_session_ans(version: Version, w: &mut Writer<'_>, a: &McSessionAns) -> Result<(), Stop> {
+fn build_session_ans<const REPORT: bool>(
+    version: Version,
+    w: &mut Writer<'_, REPORT>,
+    a: &McSessionAns,
+) -> Result<(), Stop> {
     check_id(w, a.mc_group_id)?;
     if a.start_missed && version == Version::V1 {
         return Err(w.invalid("StartMissed"));
@@ -475,12 +496,16 @@ impl Uplink {
 
     pub fn parse(version: Version, bytes: &[u8]) -> Result<(Self, usize), Error> {
         let (cid, body) = split_cid(bytes)?;
-        let mut r = Reader::new("payload", body);
+        let mut r = Reader::<true>::new("payload", body);
         let cmd = Self::parse_body(version, cid, &mut r).map_err(|_| r.into_error())?;
         Ok((cmd, cmd.len(version)))
     }
 
-    fn parse_body(version: Version, cid: u8, r: &mut Reader<'_>) -> Result<Self, Stop> {
+    fn parse_body<const REPORT: bool>(
+        version: Version,
+        cid: u8,
+        r: &mut Reader<'_, REPORT>,
+    ) -> Result<Self, Stop> {
         Ok(match cid {
             0x00 => {
                 r.command("PackageVersionAns");
@@ -534,14 +559,26 @@ impl Uplink {
         })
     }
 
+    /// [`Uplink::build_into`] for a device, which has no one to tell why a build failed:
+    /// `None` where that gives an error, and no code to describe it.
+    pub fn write_into<'b>(&self, version: Version, buf: &'b mut [u8]) -> Option<&'b [u8]> {
+        let mut w = Writer::<false>::new(self.name(version), buf, self.len(version)).ok()?;
+        self.build_body(version, &mut w).ok()?;
+        w.finish().ok()
+    }
+
     pub fn build_into<'b>(&self, version: Version, buf: &'b mut [u8]) -> Result<&'b [u8], Error> {
-        let mut w = Writer::new(self.name(version), buf, self.len(version))?;
+        let mut w = Writer::<true>::new(self.name(version), buf, self.len(version))?;
         // The first error stays in the writer, which gives it back.
         let _ = self.build_body(version, &mut w);
         w.finish()
     }
 
-    fn build_body(&self, version: Version, w: &mut Writer<'_>) -> Result<(), Stop> {
+    fn build_body<const REPORT: bool>(
+        &self,
+        version: Version,
+        w: &mut Writer<'_, REPORT>,
+    ) -> Result<(), Stop> {
         w.u8(self.cid());
         match self {
             Uplink::PackageVersionAns(c) => {

@@ -14,8 +14,10 @@ use crate::error::{Error, ErrorKind};
 pub(crate) struct Stop(());
 
 /// Reads fields of one command. Positions count from the command's first byte (its CID
-/// included), so `Truncated` says how long the command had to be.
-pub(crate) struct Reader<'a> {
+/// included), so `Truncated` says how long the command had to be. With `REPORT` false (a
+/// device that drops malformed commands: [`crate::package::Commands::valid`]) it keeps no
+/// error, and the code that would describe one is left out.
+pub(crate) struct Reader<'a, const REPORT: bool = true> {
     command: &'static str,
     bytes: &'a [u8],
     pos: usize,
@@ -23,7 +25,7 @@ pub(crate) struct Reader<'a> {
     failed: Option<(&'static str, ErrorKind)>,
 }
 
-impl<'a> Reader<'a> {
+impl<'a, const REPORT: bool> Reader<'a, REPORT> {
     /// `bytes` starts right after the CID. `command` names the errors until
     /// [`Reader::command`] names the command.
     pub(crate) fn new(command: &'static str, bytes: &'a [u8]) -> Self {
@@ -37,16 +39,18 @@ impl<'a> Reader<'a> {
 
     /// Names the command the fields belong to, once its CID is known.
     pub(crate) fn command(&mut self, command: &'static str) {
-        self.command = command;
+        if REPORT {
+            self.command = command;
+        }
     }
 
     pub(crate) fn remaining(&self) -> &'a [u8] {
         self.bytes.get(self.pos..).unwrap_or(&[])
     }
 
-    /// Records the error (the first one stays) and stops.
+    /// Records the error and stops (the parse returns at its first).
     pub(crate) fn error(&mut self, field: &'static str, kind: ErrorKind) -> Stop {
-        if self.failed.is_none() {
+        if REPORT {
             self.failed = Some((field, kind));
         }
         Stop(())
@@ -117,8 +121,9 @@ impl<'a> Reader<'a> {
 
 /// Writes one command into a caller's buffer. [`Writer::new`] checks that the whole command
 /// fits, so the writes after it cannot fail and return nothing; one that did not fit all the
-/// same (a length that disagrees with the fields) is kept as the command's error.
-pub(crate) struct Writer<'a> {
+/// same (a length that disagrees with the fields) is kept as the command's error. With
+/// `REPORT` false (a device) only that there was an error is kept.
+pub(crate) struct Writer<'a, const REPORT: bool = true> {
     command: &'static str,
     buf: &'a mut [u8],
     pos: usize,
@@ -126,7 +131,7 @@ pub(crate) struct Writer<'a> {
     failed: Option<(&'static str, ErrorKind)>,
 }
 
-impl<'a> Writer<'a> {
+impl<'a, const REPORT: bool> Writer<'a, REPORT> {
     /// Checks up front that `len` bytes fit, so a build either writes the whole command or
     /// nothing useful and says how much room it needs.
     pub(crate) fn new(command: &'static str, buf: &'a mut [u8], len: usize) -> Result<Self, Error> {
@@ -147,7 +152,11 @@ impl<'a> Writer<'a> {
 
     fn error(&mut self, field: &'static str, kind: ErrorKind) -> Stop {
         if self.failed.is_none() {
-            self.failed = Some((field, kind));
+            self.failed = Some(if REPORT {
+                (field, kind)
+            } else {
+                ("", ErrorKind::InvalidValue)
+            });
         }
         Stop(())
     }

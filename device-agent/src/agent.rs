@@ -438,17 +438,17 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize, K: SignatureCh
         // Answers that were waiting for their time.
         let version = self.config.version;
         let mut b = [0u8; UPLINK_LEN];
-        let before = self.frag.saved();
+        let before = self.frag.acks_pending();
         if let Some(u) = self.frag.poll_uplink(now, &mut self.rng) {
-            let n = u.build_into(version, &mut b).map_or(0, |x| x.len());
+            let n = u.write_into(version, &mut b).map_or(0, |x| x.len());
             self.queue_uplink(fragmentation::PORT, &b[..n]);
         }
         // The last try of a FragDataBlockReceivedReq: nothing to send again after a reboot.
-        if self.frag.saved() != before {
+        if self.frag.acks_pending() != before {
             self.save();
         }
         if let Some(u) = self.clock.poll_request(now, &mut self.rng) {
-            let n = u.build_into(version, &mut b).map_or(0, |x| x.len());
+            let n = u.write_into(version, &mut b).map_or(0, |x| x.len());
             self.queue_uplink(clock_sync::PORT, &b[..n]);
         }
         if self.nb_uplinks == 0 {
@@ -590,7 +590,7 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize, K: SignatureCh
                 for cmd in clock_sync::downlinks(version, bytes).valid() {
                     if let Some(u) = self.clock.handle(now, cmd, &mut self.rng) {
                         append(
-                            &|b| u.build_into(version, b).ok().map(|x| x.len()),
+                            &|b| u.write_into(version, b).map(|x| x.len()),
                             &mut out,
                             &mut len,
                         );
@@ -613,7 +613,7 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize, K: SignatureCh
                     });
                     if let Some(u) = ans {
                         append(
-                            &|b| u.build_into(version, b).ok().map(|x| x.len()),
+                            &|b| u.write_into(version, b).map(|x| x.len()),
                             &mut out,
                             &mut len,
                         );
@@ -623,11 +623,7 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize, K: SignatureCh
             firmware_management::PORT if via == Via::Unicast => {
                 for cmd in firmware_management::downlinks(Version::V1, bytes).valid() {
                     let u = self.firmware_answer(cmd);
-                    append(
-                        &|b| u.build_into(b).ok().map(|x| x.len()),
-                        &mut out,
-                        &mut len,
-                    );
+                    append(&|b| u.write_into(b).map(|x| x.len()), &mut out, &mut len);
                 }
             }
             fragmentation::PORT => {
@@ -647,7 +643,7 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize, K: SignatureCh
                     {
                         Ok(Some(u)) => {
                             append(
-                                &|b| u.build_into(version, b).ok().map(|x| x.len()),
+                                &|b| u.write_into(version, b).map(|x| x.len()),
                                 &mut out,
                                 &mut len,
                             );
