@@ -829,6 +829,13 @@ fn array<const N: usize>(b: &[u8], at: usize) -> [u8; N] {
     out
 }
 
+/// Writes `v` at `at`. Out of line: one copy of the bounds check and the copy serves every
+/// field of a record.
+#[inline(never)]
+fn put(b: &mut [u8], at: usize, v: &[u8]) {
+    b[at..at + v.len()].copy_from_slice(v);
+}
+
 fn session_bytes(saved: Option<SavedSession>, b: &mut [u8; SESSION]) {
     let Some(SavedSession {
         params: p,
@@ -841,15 +848,15 @@ fn session_bytes(saved: Option<SavedSession>, b: &mut [u8; SESSION]) {
     b[0] = 1 | u8::from(consumed) << 1 | u8::from(ack_pending) << 2;
     b[1] = p.frag_index;
     b[2] = p.mc_group_bit_mask;
-    b[3..5].copy_from_slice(&p.nb_frag.to_le_bytes());
+    put(b, 3, &p.nb_frag.to_le_bytes());
     b[5] = p.frag_size;
     b[6] = p.frag_algo;
     b[7] = p.block_ack_delay;
     b[8] = u8::from(p.ack_reception);
     b[9] = p.padding;
-    b[10..14].copy_from_slice(&p.descriptor);
-    b[14..16].copy_from_slice(&p.session_cnt.to_le_bytes());
-    b[16..20].copy_from_slice(&p.mic);
+    put(b, 10, &p.descriptor);
+    put(b, 14, &p.session_cnt.to_le_bytes());
+    put(b, 16, &p.mic);
 }
 
 fn session_of(b: &[u8]) -> Option<SavedSession> {
@@ -876,17 +883,17 @@ fn session_of(b: &[u8]) -> Option<SavedSession> {
 fn group_bytes(group: Option<&McGroup>, session: Option<&ClassCSession>, b: &mut [u8; GROUP]) {
     if let Some(g) = group {
         b[0] = 1;
-        b[1..5].copy_from_slice(&g.addr.to_le_bytes());
-        b[5..21].copy_from_slice(g.app_s_key.as_bytes());
-        b[21..37].copy_from_slice(g.nwk_s_key.as_bytes());
-        b[37..41].copy_from_slice(&g.min_fcount.to_le_bytes());
-        b[41..45].copy_from_slice(&g.max_fcount.to_le_bytes());
+        put(b, 1, &g.addr.to_le_bytes());
+        put(b, 5, g.app_s_key.as_bytes());
+        put(b, 21, g.nwk_s_key.as_bytes());
+        put(b, 37, &g.min_fcount.to_le_bytes());
+        put(b, 41, &g.max_fcount.to_le_bytes());
     }
     if let Some(s) = session {
         b[45] = 1;
-        b[46..50].copy_from_slice(&s.start_s.to_le_bytes());
+        put(b, 46, &s.start_s.to_le_bytes());
         b[50] = s.timeout_exp;
-        b[51..55].copy_from_slice(&s.freq_hz.to_le_bytes());
+        put(b, 51, &s.freq_hz.to_le_bytes());
         b[55] = s.dr;
     }
 }
@@ -919,7 +926,7 @@ fn update_bytes(update: Update, b: &mut [u8; UPDATE]) {
             b[0] = 1;
             if let Some(c) = checkpoint {
                 b[1] = 1;
-                b[2..38].copy_from_slice(&c.to_bytes());
+                put(b, 2, &c.to_bytes());
             }
             b[38] = frag_index;
             return;
@@ -935,8 +942,8 @@ fn update_bytes(update: Update, b: &mut [u8; UPDATE]) {
     };
     b[1] = v.major;
     b[2] = v.minor;
-    b[3..5].copy_from_slice(&v.revision.to_le_bytes());
-    b[5..9].copy_from_slice(&v.build.to_le_bytes());
+    put(b, 3, &v.revision.to_le_bytes());
+    put(b, 5, &v.build.to_le_bytes());
 }
 
 fn update_of(b: &[u8]) -> Update {
@@ -967,7 +974,7 @@ impl<G: GroupSource + ?Sized> Record<'_, G> {
         for (i, cnt) in self.last_session_cnt.iter().enumerate() {
             if let Some(c) = cnt {
                 buf[1 + 3 * i] = 1;
-                buf[2 + 3 * i..4 + 3 * i].copy_from_slice(&c.to_le_bytes());
+                put(&mut buf, 2 + 3 * i, &c.to_le_bytes());
             }
         }
         out(&buf[..HEAD]);

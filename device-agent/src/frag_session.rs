@@ -555,18 +555,18 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
 
     /// When [`Fragmentation::poll_uplink`] has something.
     pub fn poll_timeout(&self) -> Option<Millis> {
-        let acks = self
-            .slots
-            .iter()
-            .filter_map(|slot| slot.session.as_ref())
-            .filter(|s| s.ack_pending)
-            .map(|s| s.ack_due.unwrap_or(0));
-        self.pending_status
-            .iter()
-            .flatten()
-            .map(|(due, _)| *due)
-            .chain(acks)
-            .min()
+        // Plain loops: smaller code than an iterator chain over both tables.
+        let mut earliest = None;
+        let mut due = |t: Millis| earliest = Some(earliest.map_or(t, |e: Millis| e.min(t)));
+        for (t, _) in self.pending_status.iter().flatten() {
+            due(*t);
+        }
+        for s in self.slots.iter().filter_map(|slot| slot.session.as_ref()) {
+            if s.ack_pending {
+                due(s.ack_due.unwrap_or(0));
+            }
+        }
+        earliest
     }
 
     /// The complete block of `frag_index` (MIC checked), for the installer.
