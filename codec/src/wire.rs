@@ -30,7 +30,7 @@ impl<'a, const REPORT: bool> Reader<'a, REPORT> {
     /// [`Reader::command`] names the command.
     pub(crate) fn new(command: &'static str, bytes: &'a [u8]) -> Self {
         Self {
-            command,
+            command: if REPORT { command } else { "" },
             bytes,
             pos: 0,
             failed: None,
@@ -135,6 +135,8 @@ impl<'a, const REPORT: bool> Writer<'a, REPORT> {
     /// Checks up front that `len` bytes fit, so a build either writes the whole command or
     /// nothing useful and says how much room it needs.
     pub(crate) fn new(command: &'static str, buf: &'a mut [u8], len: usize) -> Result<Self, Error> {
+        // Unreported, the name is not kept (nor, once inlined, even looked up).
+        let command = if REPORT { command } else { "" };
         if buf.len() < len {
             return Err(Error::new(
                 command,
