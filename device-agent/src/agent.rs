@@ -585,6 +585,8 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize, K: SignatureCh
                 *len += n;
             }
         };
+        // On every port: the commands before the first malformed one, which ends the
+        // payload (there is no one to report it to, so no error is made).
         match port {
             clock_sync::PORT if via == Via::Unicast => {
                 for cmd in clock_sync::downlinks(version, bytes).valid() {

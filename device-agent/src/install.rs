@@ -97,12 +97,12 @@ pub struct Installed {
 /// Patch bytes read from flash at once (stack).
 const CHUNK: usize = 64;
 
-/// Checks the patch (its first `patch_len` bytes) and applies it into the
-/// secondary slot. `window` is RAM the install may use throughout, at least [`PREAMBLE_LEN`]
-/// bytes: first for the patch's preamble, then as the heatshrink decoder's window (patches
-/// whose window fits are accepted); its contents do not matter. `resume`
-/// continues an interrupted install; `save` is called with each checkpoint worth keeping
-/// (sector-aligned, durable), which the caller journals.
+/// Checks the patch (its first `patch_len` bytes) and applies it into the secondary slot.
+/// `window` is RAM the install may use throughout, at least [`PREAMBLE_LEN`] bytes: first for
+/// the patch's preamble, then as the heatshrink decoder's window (patches whose window fits
+/// are accepted); its contents do not matter. `resume` continues an interrupted install;
+/// `save` is called with each checkpoint worth keeping (sector-aligned, durable), which the
+/// caller journals.
 ///
 /// The steps run in functions of their own, kept out of line, so that the stack holds one
 /// step's buffers at a time: the signature check's, then the applier's.
