@@ -154,6 +154,12 @@ pub enum AgentError<E> {
     Layout,
     /// `boot_max_align` is not 8, 16 or 32, or not a multiple of the flash's write size.
     BootMaxAlign,
+    /// Each session's share of the decoder workspace (`share` bytes) is smaller than the
+    /// patch applier's heatshrink window (`needed` bytes), which an install borrows from it.
+    Workspace {
+        share: usize,
+        needed: usize,
+    },
 }
 
 impl<const SESSIONS: usize> Layout<SESSIONS> {
@@ -210,26 +216,44 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize, K: SignatureCh
         if align as usize % F::WRITE_SIZE != 0 {
             return Err(AgentError::BootMaxAlign);
         }
+        let share = workspace.len() / SESSIONS.max(1);
+        if share < APPLY_WINDOW {
+            return Err(AgentError::Workspace {
+                share,
+                needed: APPLY_WINDOW,
+            });
+        }
         let journal = Journal::open(&mut *flash.borrow_mut(), config.layout.journal).map_err(
             |e| match e {
                 crate::journal::JournalError::Flash(e) => AgentError::Flash(e),
                 _ => AgentError::Layout,
             },
         )?;
-        let mut saved = [0u8; JOURNAL_SLOT];
-        let snapshot = journal
-            .read(&mut *flash.borrow_mut(), &mut saved)
+        // The newest record, read into the workspace: the decoders do not need it before
+        // the sessions are restored, and what is taken out of the record is small.
+        let Some(buf) = workspace.first_chunk_mut::<JOURNAL_SLOT>() else {
+            return Err(AgentError::Layout);
+        };
+        let saved = journal
+            .read(&mut *flash.borrow_mut(), buf)
             .map_err(|e| match e {
                 crate::journal::JournalError::Flash(e) => AgentError::Flash(e),
                 _ => AgentError::Layout,
             })?
-            .and_then(Snapshot::decode);
-        let snapshot = snapshot.unwrap_or_default();
+            .and_then(Saved::new);
         let mut multicast = Multicast::new(config.version, config.mc_ke_key.clone(), config.limits);
-        for (id, (group, session)) in snapshot.groups.iter().enumerate() {
-            if let Some(g) = group {
-                multicast.restore(id as u8, g.clone(), *session);
+        let mut sessions = [None; SESSIONS];
+        let (mut last_session_cnt, mut update) = ([None; MAX_FRAG_SESSIONS], Update::Idle);
+        if let Some(saved) = saved {
+            for id in 0..4 {
+                if let (Some(g), session) = saved.group(id) {
+                    multicast.restore(id as u8, g, session);
+                }
             }
+            for (slot, s) in sessions.iter_mut().enumerate() {
+                *s = saved.session(slot);
+            }
+            (last_session_cnt, update) = (saved.session_cnts(), saved.update());
         }
         let frag = Fragmentation::new(
             config.version,
@@ -238,7 +262,7 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize, K: SignatureCh
             workspace,
             config.max_lost,
             config.data_block_int_key.clone(),
-            snapshot.last_session_cnt,
+            last_session_cnt,
         );
         let mut agent = Self {
             primary_trailer,
@@ -250,13 +274,13 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize, K: SignatureCh
             journal,
             multicast,
             frag,
-            update: snapshot.update,
+            update,
             install_due: false,
             uplinks: [(0, 0, [0; UPLINK_LEN]); UPLINK_QUEUE],
             nb_uplinks: 0,
             events: [const { None }; EVENT_QUEUE],
         };
-        for (slot, saved) in snapshot.sessions.iter().take(SESSIONS).enumerate() {
+        for (slot, saved) in sessions.iter().enumerate() {
             let Some(saved) = saved else { continue };
             match agent.frag.restore(slot, *saved) {
                 // A block that completed just before the power went, not yet handed over.
@@ -414,17 +438,17 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize, K: SignatureCh
         // Answers that were waiting for their time.
         let version = self.config.version;
         let mut b = [0u8; UPLINK_LEN];
-        let before = self.frag.saved();
+        let before = self.frag.acks_pending();
         if let Some(u) = self.frag.poll_uplink(now, &mut self.rng) {
-            let n = u.build_into(version, &mut b).map_or(0, |x| x.len());
+            let n = u.write_into(version, &mut b).map_or(0, |x| x.len());
             self.queue_uplink(fragmentation::PORT, &b[..n]);
         }
         // The last try of a FragDataBlockReceivedReq: nothing to send again after a reboot.
-        if self.frag.saved() != before {
+        if self.frag.acks_pending() != before {
             self.save();
         }
         if let Some(u) = self.clock.poll_request(now, &mut self.rng) {
-            let n = u.build_into(version, &mut b).map_or(0, |x| x.len());
+            let n = u.write_into(version, &mut b).map_or(0, |x| x.len());
             self.queue_uplink(clock_sync::PORT, &b[..n]);
         }
         if self.nb_uplinks == 0 {
@@ -503,28 +527,29 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize, K: SignatureCh
             permanent: self.config.permanent,
         };
         let flash = self.flash;
-        let mut snap = self.snapshot();
-        let Some(store) = self.frag.store(frag_index) else {
+        // The journal record for checkpoints: the state as it is now (only the checkpoint
+        // changes during the install), borrowed rather than copied.
+        let sessions = self.frag.saved();
+        let last_session_cnt = self.frag.last_session_cnt();
+        let Some((store, window)) = self.frag.complete_block(frag_index) else {
             self.update = Update::Idle;
             self.save();
             return;
         };
-        // Checkpoints go to the journal as they come; the rest of the snapshot is unchanged.
         let journal = &mut self.journal;
-        let result = install::<F, APPLY_WINDOW, &K>(flash, store, len, &config, resume, |cp| {
-            snap.update = Update::Installing {
-                frag_index,
-                checkpoint: Some(cp),
-            };
-            append_snapshot(journal, flash, &snap);
-        });
+        let multicast = &self.multicast;
+        let save = |cp| {
+            let state = (&last_session_cnt, &sessions[..], multicast);
+            save_checkpoint(journal, flash, &state, frag_index, cp);
+        };
+        let result = install(flash, store, len, &config, window, resume, save);
         // Success or not, this block has been used: a reboot must not install it again.
         self.frag.consume(frag_index);
         match result {
             Ok(done) => {
-                self.update = Update::SwapRequested(done.manifest.version);
+                self.update = Update::SwapRequested(done.version);
                 self.push_event(Event::RebootWanted {
-                    version: done.manifest.version,
+                    version: done.version,
                 });
             }
             Err(e) => {
@@ -535,21 +560,17 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize, K: SignatureCh
         self.save();
     }
 
-    /// The state to journal.
-    fn snapshot(&self) -> Snapshot {
-        let saved = self.frag.saved();
-        Snapshot {
-            last_session_cnt: self.frag.last_session_cnt(),
-            sessions: core::array::from_fn(|i| saved.get(i).copied().flatten()),
-            groups: snapshot_groups(&self.multicast),
-            update: self.update,
-        }
-    }
-
-    /// Journals the state.
+    /// Journals the state, encoded from the agent's own fields as it goes to flash.
+    #[inline(never)]
     fn save(&mut self) {
-        let snap = self.snapshot();
-        append_snapshot(&mut self.journal, self.flash, &snap);
+        let sessions = self.frag.saved();
+        let record = Record {
+            last_session_cnt: self.frag.last_session_cnt(),
+            sessions: &sessions,
+            groups: &self.multicast,
+            update: self.update,
+        };
+        append_record(&mut self.journal, self.flash, &record);
     }
 
     /// Handles a downlink on `port` that came `via` unicast or a multicast group.
@@ -564,13 +585,14 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize, K: SignatureCh
                 *len += n;
             }
         };
+        // On every port: the commands before the first malformed one, which ends the
+        // payload (there is no one to report it to, so no error is made).
         match port {
             clock_sync::PORT if via == Via::Unicast => {
-                for cmd in clock_sync::downlinks(version, bytes) {
-                    let Ok(cmd) = cmd else { break };
+                for cmd in clock_sync::downlinks(version, bytes).valid() {
                     if let Some(u) = self.clock.handle(now, cmd, &mut self.rng) {
                         append(
-                            &|b| u.build_into(version, b).ok().map(|x| x.len()),
+                            &|b| u.write_into(version, b).map(|x| x.len()),
                             &mut out,
                             &mut len,
                         );
@@ -580,8 +602,7 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize, K: SignatureCh
             multicast_setup::PORT if via == Via::Unicast => {
                 let gps = gps_s(&self.clock, now);
                 let events = &mut self.events;
-                for cmd in multicast_setup::downlinks(version, bytes) {
-                    let Ok(cmd) = cmd else { break };
+                for cmd in multicast_setup::downlinks(version, bytes).valid() {
                     // Setups, deletes and session requests change what must survive a
                     // reboot, whether or not they raise an event (a scheduled session does not).
                     dirty |= !matches!(
@@ -594,7 +615,7 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize, K: SignatureCh
                     });
                     if let Some(u) = ans {
                         append(
-                            &|b| u.build_into(version, b).ok().map(|x| x.len()),
+                            &|b| u.write_into(version, b).map(|x| x.len()),
                             &mut out,
                             &mut len,
                         );
@@ -602,19 +623,13 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize, K: SignatureCh
                 }
             }
             firmware_management::PORT if via == Via::Unicast => {
-                for cmd in firmware_management::downlinks(Version::V1, bytes) {
-                    let Ok(cmd) = cmd else { break };
+                for cmd in firmware_management::downlinks(Version::V1, bytes).valid() {
                     let u = self.firmware_answer(cmd);
-                    append(
-                        &|b| u.build_into(b).ok().map(|x| x.len()),
-                        &mut out,
-                        &mut len,
-                    );
+                    append(&|b| u.write_into(b).map(|x| x.len()), &mut out, &mut len);
                 }
             }
             fragmentation::PORT => {
-                for cmd in fragmentation::downlinks(version, bytes) {
-                    let Ok(cmd) = cmd else { break };
+                for cmd in fragmentation::downlinks(version, bytes).valid() {
                     // Everything but these changes what a reboot must find (the answer to
                     // FragDataBlockReceivedReq ends its repetitions).
                     let setup_like = !matches!(
@@ -630,7 +645,7 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize, K: SignatureCh
                     {
                         Ok(Some(u)) => {
                             append(
-                                &|b| u.build_into(version, b).ok().map(|x| x.len()),
+                                &|b| u.write_into(version, b).map(|x| x.len()),
                                 &mut out,
                                 &mut len,
                             );
@@ -692,16 +707,42 @@ fn queue_event(events: &mut [Option<Event>; EVENT_QUEUE], e: Event) {
     }
 }
 
-/// Appends a snapshot to the journal. A failed append shows up as the next flash operation
+/// Appends a record to the journal. A failed append shows up as the next flash operation
 /// failing, and the previous state stays the journal's newest.
-fn append_snapshot<F: NorFlash>(
+fn append_record<F: NorFlash, G: GroupSource + ?Sized>(
     journal: &mut Journal<JOURNAL_SLOT>,
     flash: &RefCell<F>,
-    snap: &Snapshot,
+    record: &Record<'_, G>,
 ) {
-    let _ = journal.append_with(&mut *flash.borrow_mut(), Snapshot::LEN, |out| {
-        snap.encode(out)
+    let _ = journal.append_with(&mut *flash.borrow_mut(), Record::<G>::LEN, |out| {
+        record.encode(out)
     });
+}
+
+/// Journals the state of an install in progress. Out of line: the record would otherwise
+/// sit in the frame of the apply, under everything the apply calls.
+#[inline(never)]
+fn save_checkpoint<F: NorFlash>(
+    journal: &mut Journal<JOURNAL_SLOT>,
+    flash: &RefCell<F>,
+    &(last_session_cnt, sessions, multicast): &(
+        &[Option<u16>; MAX_FRAG_SESSIONS],
+        &[Option<SavedSession>],
+        &Multicast,
+    ),
+    frag_index: u8,
+    checkpoint: Checkpoint,
+) {
+    let record = Record {
+        last_session_cnt: *last_session_cnt,
+        sessions,
+        groups: multicast,
+        update: Update::Installing {
+            frag_index,
+            checkpoint: Some(checkpoint),
+        },
+    };
+    append_record(journal, flash, &record);
 }
 
 fn failure<E>(e: &InstallError<E>) -> UpdateFailure {
@@ -714,15 +755,14 @@ fn failure<E>(e: &InstallError<E>) -> UpdateFailure {
         InstallError::Apply(ApplyError::Source(_) | ApplyError::Target(_))
         | InstallError::Patch(_) => UpdateFailure::Flash,
         InstallError::Image(_) | InstallError::VersionMismatch { .. } => UpdateFailure::BadImage,
-        InstallError::Apply(_) => UpdateFailure::BadPatch,
+        // A window too small (the agent lends at least APPLY_WINDOW bytes) is the patch's.
+        InstallError::Apply(_) | InstallError::Window { .. } => UpdateFailure::BadPatch,
     }
 }
 
-fn snapshot_groups(m: &Multicast) -> [(Option<McGroup>, Option<ClassCSession>); 4] {
-    core::array::from_fn(|id| (m.group(id as u8).cloned(), m.session(id as u8).copied()))
-}
-
-/// The journaled state.
+/// The journaled state, as read back (for the tests; the agent reads a record through
+/// [`Saved`]).
+#[cfg(test)]
 #[derive(Debug, Clone, Default)]
 struct Snapshot {
     /// Per FragIndex.
@@ -733,223 +773,285 @@ struct Snapshot {
     update: Update,
 }
 
+/// Where a journal record's multicast groups come from: the agent's [`Multicast`], or a
+/// record read back.
+trait GroupSource {
+    fn group(&self, id: u8) -> (Option<&McGroup>, Option<&ClassCSession>);
+}
+
+impl GroupSource for Multicast {
+    fn group(&self, id: u8) -> (Option<&McGroup>, Option<&ClassCSession>) {
+        (Multicast::group(self, id), self.session(id))
+    }
+}
+
+#[cfg(test)]
+impl GroupSource for [(Option<McGroup>, Option<ClassCSession>); 4] {
+    fn group(&self, id: u8) -> (Option<&McGroup>, Option<&ClassCSession>) {
+        self.get(usize::from(id))
+            .map_or((None, None), |(g, s)| (g.as_ref(), s.as_ref()))
+    }
+}
+
+/// The state to journal, borrowed from where it lives: saving needs no copy of it.
+struct Record<'s, G: ?Sized> {
+    last_session_cnt: [Option<u16>; MAX_FRAG_SESSIONS],
+    /// Per storage slot; slots past the end (up to [`MAX_FRAG_SESSIONS`]) are empty.
+    sessions: &'s [Option<SavedSession>],
+    groups: &'s G,
+    update: Update,
+}
+
 const SNAPSHOT_FORMAT: u8 = 2;
+// Agent::new reads the record into the workspace, which holds at least the applier's window.
+const _: () = assert!(JOURNAL_SLOT <= APPLY_WINDOW);
 
-/// The snapshot's bytes go to the journal as they are produced.
-struct W<'b> {
-    out: &'b mut dyn FnMut(&[u8]),
+// The record, section by section, each field at a fixed offset (little-endian), absent
+// values as zeros: the format byte and a SessionCnt (present flag, u16) per FragIndex; per
+// storage slot a session (flags, setup fields); per multicast group its keys (present flag,
+// McAddr, McAppSKey, McNwkSKey, FCnt window) and class C session (present flag, start,
+// timeout, frequency, DR); the update (kind, then a checkpoint and FragIndex, or a version).
+// Sections go to the journal one at a time through a buffer the size of the largest.
+const HEAD: usize = 1 + 3 * MAX_FRAG_SESSIONS;
+const SESSION: usize = 20;
+const GROUP: usize = 45 + 11;
+const UPDATE: usize = 41;
+
+fn le16(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
 }
 
-impl W<'_> {
-    fn put(&mut self, bytes: &[u8]) {
-        (self.out)(bytes);
-    }
+fn le32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
-struct R<'b> {
-    buf: &'b [u8],
-    at: usize,
+fn array<const N: usize>(b: &[u8], at: usize) -> [u8; N] {
+    let mut out = [0u8; N];
+    out.copy_from_slice(&b[at..at + N]);
+    out
 }
 
-impl R<'_> {
-    fn take<const N: usize>(&mut self) -> Option<[u8; N]> {
-        let b = self.buf.get(self.at..self.at + N)?;
-        self.at += N;
-        let mut out = [0u8; N];
-        out.copy_from_slice(b);
-        Some(out)
-    }
-    fn u8(&mut self) -> Option<u8> {
-        self.take::<1>().map(|b| b[0])
-    }
-    fn u16(&mut self) -> Option<u16> {
-        self.take().map(u16::from_le_bytes)
-    }
-    fn u32(&mut self) -> Option<u32> {
-        self.take().map(u32::from_le_bytes)
-    }
+/// Writes `v` at `at`. Out of line: one copy of the bounds check and the copy serves every
+/// field of a record.
+#[inline(never)]
+fn put(b: &mut [u8], at: usize, v: &[u8]) {
+    b[at..at + v.len()].copy_from_slice(v);
 }
 
-fn put_version(w: &mut W<'_>, v: ImageVersion) {
-    w.put(&[v.major, v.minor]);
-    w.put(&v.revision.to_le_bytes());
-    w.put(&v.build.to_le_bytes());
+fn session_bytes(saved: Option<SavedSession>, b: &mut [u8; SESSION]) {
+    let Some(SavedSession {
+        params: p,
+        consumed,
+        ack_pending,
+    }) = saved
+    else {
+        return;
+    };
+    b[0] = 1 | u8::from(consumed) << 1 | u8::from(ack_pending) << 2;
+    b[1] = p.frag_index;
+    b[2] = p.mc_group_bit_mask;
+    put(b, 3, &p.nb_frag.to_le_bytes());
+    b[5] = p.frag_size;
+    b[6] = p.frag_algo;
+    b[7] = p.block_ack_delay;
+    b[8] = u8::from(p.ack_reception);
+    b[9] = p.padding;
+    put(b, 10, &p.descriptor);
+    put(b, 14, &p.session_cnt.to_le_bytes());
+    put(b, 16, &p.mic);
 }
 
-fn take_version(r: &mut R<'_>) -> Option<ImageVersion> {
-    Some(ImageVersion {
-        major: r.u8()?,
-        minor: r.u8()?,
-        revision: r.u16()?,
-        build: r.u32()?,
+fn session_of(b: &[u8]) -> Option<SavedSession> {
+    let flags = b[0];
+    (flags & 1 == 1).then(|| SavedSession {
+        params: SessionParams {
+            frag_index: b[1],
+            mc_group_bit_mask: b[2],
+            nb_frag: le16(b, 3),
+            frag_size: b[5],
+            frag_algo: b[6],
+            block_ack_delay: b[7],
+            ack_reception: b[8] == 1,
+            padding: b[9],
+            descriptor: array(b, 10),
+            session_cnt: le16(b, 14),
+            mic: array(b, 16),
+        },
+        consumed: flags & 2 != 0,
+        ack_pending: flags & 4 != 0,
     })
 }
 
-impl Snapshot {
+fn group_bytes(group: Option<&McGroup>, session: Option<&ClassCSession>, b: &mut [u8; GROUP]) {
+    if let Some(g) = group {
+        b[0] = 1;
+        put(b, 1, &g.addr.to_le_bytes());
+        put(b, 5, g.app_s_key.as_bytes());
+        put(b, 21, g.nwk_s_key.as_bytes());
+        put(b, 37, &g.min_fcount.to_le_bytes());
+        put(b, 41, &g.max_fcount.to_le_bytes());
+    }
+    if let Some(s) = session {
+        b[45] = 1;
+        put(b, 46, &s.start_s.to_le_bytes());
+        b[50] = s.timeout_exp;
+        put(b, 51, &s.freq_hz.to_le_bytes());
+        b[55] = s.dr;
+    }
+}
+
+fn group_of(b: &[u8]) -> (Option<McGroup>, Option<ClassCSession>) {
+    let group = (b[0] == 1).then(|| McGroup {
+        addr: le32(b, 1),
+        app_s_key: Key128::from_bytes(array(b, 5)),
+        nwk_s_key: Key128::from_bytes(array(b, 21)),
+        min_fcount: le32(b, 37),
+        max_fcount: le32(b, 41),
+    });
+    let session = (b[45] == 1).then(|| ClassCSession {
+        start_s: le32(b, 46),
+        timeout_exp: b[50],
+        freq_hz: le32(b, 51),
+        dr: b[55],
+        running: false,
+    });
+    (group, session)
+}
+
+fn update_bytes(update: Update, b: &mut [u8; UPDATE]) {
+    let v = match update {
+        Update::Idle => return,
+        Update::Installing {
+            frag_index,
+            checkpoint,
+        } => {
+            b[0] = 1;
+            if let Some(c) = checkpoint {
+                b[1] = 1;
+                put(b, 2, &c.to_bytes());
+            }
+            b[38] = frag_index;
+            return;
+        }
+        Update::SwapRequested(v) => {
+            b[0] = 2;
+            v
+        }
+        Update::Testing(v) => {
+            b[0] = 3;
+            v
+        }
+    };
+    b[1] = v.major;
+    b[2] = v.minor;
+    put(b, 3, &v.revision.to_le_bytes());
+    put(b, 5, &v.build.to_le_bytes());
+}
+
+fn update_of(b: &[u8]) -> Update {
+    let version = || ImageVersion {
+        major: b[1],
+        minor: b[2],
+        revision: le16(b, 3),
+        build: le32(b, 5),
+    };
+    match b[0] {
+        1 => Update::Installing {
+            checkpoint: (b[1] == 1).then(|| Checkpoint::from_bytes(&array(b, 2))),
+            frag_index: b[38],
+        },
+        2 => Update::SwapRequested(version()),
+        3 => Update::Testing(version()),
+        _ => Update::Idle,
+    }
+}
+
+impl<G: GroupSource + ?Sized> Record<'_, G> {
     /// Encoded length: every field has a fixed place, present or not.
-    const LEN: usize = 1 + MAX_FRAG_SESSIONS * 3 + MAX_FRAG_SESSIONS * 20 + 4 * (45 + 11) + 41;
+    const LEN: usize = HEAD + MAX_FRAG_SESSIONS * SESSION + 4 * GROUP + UPDATE;
 
     fn encode(&self, out: &mut dyn FnMut(&[u8])) {
-        let mut w = W { out };
-        w.put(&[SNAPSHOT_FORMAT]);
-        for cnt in self.last_session_cnt {
-            match cnt {
-                Some(c) => {
-                    w.put(&[1]);
-                    w.put(&c.to_le_bytes());
-                }
-                None => w.put(&[0, 0, 0]),
+        let mut buf = [0u8; GROUP];
+        buf[0] = SNAPSHOT_FORMAT;
+        for (i, cnt) in self.last_session_cnt.iter().enumerate() {
+            if let Some(c) = cnt {
+                buf[1 + 3 * i] = 1;
+                put(&mut buf, 2 + 3 * i, &c.to_le_bytes());
             }
         }
-        for saved in &self.sessions {
-            match saved {
-                Some(SavedSession {
-                    params: p,
-                    consumed,
-                    ack_pending,
-                }) => {
-                    w.put(&[
-                        1 | u8::from(*consumed) << 1 | u8::from(*ack_pending) << 2,
-                        p.frag_index,
-                        p.mc_group_bit_mask,
-                    ]);
-                    w.put(&p.nb_frag.to_le_bytes());
-                    w.put(&[
-                        p.frag_size,
-                        p.frag_algo,
-                        p.block_ack_delay,
-                        u8::from(p.ack_reception),
-                        p.padding,
-                    ]);
-                    w.put(&p.descriptor);
-                    w.put(&p.session_cnt.to_le_bytes());
-                    w.put(&p.mic);
-                }
-                None => w.put(&[0; 20]),
-            }
+        out(&buf[..HEAD]);
+        for slot in 0..MAX_FRAG_SESSIONS {
+            let mut b = [0u8; SESSION];
+            session_bytes(self.sessions.get(slot).copied().flatten(), &mut b);
+            out(&b);
         }
-        for (group, session) in &self.groups {
-            match group {
-                Some(g) => {
-                    w.put(&[1]);
-                    w.put(&g.addr.to_le_bytes());
-                    w.put(g.app_s_key.as_bytes());
-                    w.put(g.nwk_s_key.as_bytes());
-                    w.put(&g.min_fcount.to_le_bytes());
-                    w.put(&g.max_fcount.to_le_bytes());
-                }
-                None => w.put(&[0; 45]),
-            }
-            match session {
-                Some(s) => {
-                    w.put(&[1]);
-                    w.put(&s.start_s.to_le_bytes());
-                    w.put(&[s.timeout_exp]);
-                    w.put(&s.freq_hz.to_le_bytes());
-                    w.put(&[s.dr]);
-                }
-                None => w.put(&[0; 11]),
-            }
+        for id in 0..4 {
+            let (group, session) = self.groups.group(id);
+            buf = [0; GROUP];
+            group_bytes(group, session, &mut buf);
+            out(&buf);
         }
-        match self.update {
-            Update::Idle => w.put(&[0; 41]),
-            Update::Installing {
-                frag_index,
-                checkpoint,
-            } => {
-                w.put(&[1]);
-                match checkpoint {
-                    Some(c) => {
-                        w.put(&[1]);
-                        w.put(&c.to_bytes());
-                    }
-                    None => w.put(&[0; 37]),
-                }
-                w.put(&[frag_index, 0, 0]);
-            }
-            Update::SwapRequested(v) | Update::Testing(v) => {
-                w.put(&[if matches!(self.update, Update::SwapRequested(_)) {
-                    2
-                } else {
-                    3
-                }]);
-                put_version(&mut w, v);
-                w.put(&[0; 32]);
-            }
+        let mut b = [0u8; UPDATE];
+        update_bytes(self.update, &mut b);
+        out(&b);
+    }
+}
+
+/// A journal record read back: its sections, decoded on demand.
+#[derive(Clone, Copy)]
+struct Saved<'b>(&'b [u8]);
+
+impl<'b> Saved<'b> {
+    const SESSIONS: usize = HEAD;
+    const GROUPS: usize = Self::SESSIONS + MAX_FRAG_SESSIONS * SESSION;
+    const UPDATE: usize = Self::GROUPS + 4 * GROUP;
+
+    /// `None` unless `b` is a whole record of this format.
+    fn new(b: &'b [u8]) -> Option<Self> {
+        let b = b.get(..Record::<Multicast>::LEN)?;
+        (b[0] == SNAPSHOT_FORMAT).then_some(Self(b))
+    }
+
+    fn session_cnts(self) -> [Option<u16>; MAX_FRAG_SESSIONS] {
+        let b = self.0;
+        core::array::from_fn(|i| (b[1 + 3 * i] == 1).then(|| le16(b, 2 + 3 * i)))
+    }
+
+    /// Storage slot `slot`'s session; `None` past [`MAX_FRAG_SESSIONS`].
+    fn session(self, slot: usize) -> Option<SavedSession> {
+        (slot < MAX_FRAG_SESSIONS)
+            .then(|| session_of(&self.0[Self::SESSIONS + slot * SESSION..]))
+            .flatten()
+    }
+
+    fn group(self, id: usize) -> (Option<McGroup>, Option<ClassCSession>) {
+        group_of(&self.0[Self::GROUPS + id * GROUP..])
+    }
+
+    fn update(self) -> Update {
+        update_of(&self.0[Self::UPDATE..])
+    }
+}
+
+#[cfg(test)]
+impl Snapshot {
+    /// The record that encodes this state.
+    fn record(&self) -> Record<'_, [(Option<McGroup>, Option<ClassCSession>); 4]> {
+        Record {
+            last_session_cnt: self.last_session_cnt,
+            sessions: &self.sessions,
+            groups: &self.groups,
+            update: self.update,
         }
     }
 
     fn decode(b: &[u8]) -> Option<Self> {
-        let mut r = R { buf: b, at: 0 };
-        if r.u8()? != SNAPSHOT_FORMAT {
-            return None;
-        }
-        let mut last_session_cnt = [None; MAX_FRAG_SESSIONS];
-        for slot in &mut last_session_cnt {
-            let has = r.u8()?;
-            let cnt = r.u16()?;
-            *slot = (has == 1).then_some(cnt);
-        }
-        let mut sessions = [None; MAX_FRAG_SESSIONS];
-        for slot in &mut sessions {
-            let flags = r.u8()?;
-            let params = SessionParams {
-                frag_index: r.u8()?,
-                mc_group_bit_mask: r.u8()?,
-                nb_frag: r.u16()?,
-                frag_size: r.u8()?,
-                frag_algo: r.u8()?,
-                block_ack_delay: r.u8()?,
-                ack_reception: r.u8()? == 1,
-                padding: r.u8()?,
-                descriptor: r.take()?,
-                session_cnt: r.u16()?,
-                mic: r.take()?,
-            };
-            *slot = (flags & 1 == 1).then_some(SavedSession {
-                params,
-                consumed: flags & 2 != 0,
-                ack_pending: flags & 4 != 0,
-            });
-        }
-        let mut groups: [(Option<McGroup>, Option<ClassCSession>); 4] = Default::default();
-        for slot in &mut groups {
-            let has = r.u8()?;
-            let g = McGroup {
-                addr: r.u32()?,
-                app_s_key: Key128::from_bytes(r.take()?),
-                nwk_s_key: Key128::from_bytes(r.take()?),
-                min_fcount: r.u32()?,
-                max_fcount: r.u32()?,
-            };
-            let has_s = r.u8()?;
-            let s = ClassCSession {
-                start_s: r.u32()?,
-                timeout_exp: r.u8()?,
-                freq_hz: r.u32()?,
-                dr: r.u8()?,
-                running: false,
-            };
-            *slot = ((has == 1).then_some(g), (has_s == 1).then_some(s));
-        }
-        let update = match r.u8()? {
-            1 => {
-                let has_cp = r.u8()?;
-                let cp = Checkpoint::from_bytes(&r.take()?);
-                Update::Installing {
-                    checkpoint: (has_cp == 1).then_some(cp),
-                    frag_index: r.u8()?,
-                }
-            }
-            2 => Update::SwapRequested(take_version(&mut r)?),
-            3 => Update::Testing(take_version(&mut r)?),
-            _ => Update::Idle,
-        };
+        let saved = Saved::new(b)?;
         Some(Self {
-            last_session_cnt,
-            sessions,
-            groups,
-            update,
+            last_session_cnt: saved.session_cnts(),
+            sessions: core::array::from_fn(|i| saved.session(i)),
+            groups: core::array::from_fn(|i| saved.group(i)),
+            update: saved.update(),
         })
     }
 }
@@ -961,14 +1063,16 @@ mod tests {
 
     fn encoded(s: &Snapshot) -> Vec<u8> {
         let mut v = Vec::new();
-        s.encode(&mut |b| v.extend_from_slice(b));
+        s.record().encode(&mut |b| v.extend_from_slice(b));
         v
     }
+
+    const LEN: usize = Record::<[(Option<McGroup>, Option<ClassCSession>); 4]>::LEN;
 
     #[test]
     fn a_snapshot_has_its_fixed_length_and_decodes_back() {
         let empty = Snapshot::default();
-        assert_eq!(encoded(&empty).len(), Snapshot::LEN);
+        assert_eq!(encoded(&empty).len(), LEN);
         let group = McGroup {
             addr: 0x0102_0304,
             app_s_key: Key128::from_bytes([5; 16]),
@@ -996,7 +1100,7 @@ mod tests {
             ..Snapshot::default()
         };
         let bytes = encoded(&full);
-        assert_eq!(bytes.len(), Snapshot::LEN);
+        assert_eq!(bytes.len(), LEN);
         let back = Snapshot::decode(&bytes).unwrap();
         assert_eq!(back.last_session_cnt, full.last_session_cnt);
         assert_eq!(back.update, full.update);
@@ -1010,7 +1114,7 @@ mod tests {
                 update,
                 ..Snapshot::default()
             };
-            assert_eq!(encoded(&s).len(), Snapshot::LEN);
+            assert_eq!(encoded(&s).len(), LEN);
             assert_eq!(Snapshot::decode(&encoded(&s)).unwrap().update, update);
         }
     }

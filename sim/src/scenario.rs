@@ -8,7 +8,7 @@ use fuota_codec::fec::decoder::DecoderState;
 use fuota_codec::firmware_management::fw_version;
 use fuota_codec::keys::Key128;
 use fuota_codec::Version;
-use fuota_device_agent::agent::{AgentConfig, Layout};
+use fuota_device_agent::agent::{AgentConfig, Layout, APPLY_WINDOW};
 use fuota_device_agent::frag_session::FragAreas;
 use fuota_device_agent::multicast::RadioLimits;
 use fuota_device_agent::slot::Region as Slot;
@@ -325,7 +325,8 @@ pub fn build(s: &Scenario) -> Result<(World, Built)> {
     };
     let mut factory = CowFlash::new(at as usize / SECTOR);
     factory.program(0, &update.old)?;
-    let workspace_len = DecoderState::workspace_len(m, max_lost, fs);
+    // The install borrows the applier's heatshrink window from the decoder's workspace.
+    let workspace_len = DecoderState::workspace_len(m, max_lost, fs).max(APPLY_WINDOW);
 
     let gateways = s.gateway_positions();
     let mut devices = Vec::with_capacity(s.devices);
