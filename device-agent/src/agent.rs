@@ -9,6 +9,7 @@
 use core::cell::RefCell;
 
 use embedded_storage::nor_flash::NorFlash;
+use fuota_codec::agent_report::{self, Outcome, Refusal, UpdateReport};
 use fuota_codec::firmware_management::{self, fw_version, DevVersionAns, UpImageStatus};
 use fuota_codec::keys::Key128;
 use fuota_codec::patch::apply::Checkpoint;
@@ -20,6 +21,7 @@ use crate::clock::{ClockSync, Millis};
 use crate::frag_session::{
     FragAreas, FragEvent, Fragmentation, SavedSession, SessionParams, Via, MAX_FRAG_SESSIONS,
 };
+use crate::hooks::{NoHooks, SelfTest, UpdateHooks};
 use crate::install::{install, InstallConfig, InstallError};
 use crate::journal::Journal;
 use crate::mcuboot::{self, Trailer};
@@ -99,8 +101,17 @@ pub enum Event {
     UpdateFailed(UpdateFailure),
     /// After the reboot, the bootloader went back to the old image.
     Reverted { version: ImageVersion },
-    /// After the reboot, the new image runs; call [`Agent::confirm`] once it is healthy.
+    /// After the reboot, the new image runs. At the next [`Agent::handle_timeout`] the agent
+    /// runs [`UpdateHooks::self_test`] and confirms it, or asks for a reboot back to the old
+    /// image ([`Agent::confirm`] confirms it earlier).
     Booted { version: ImageVersion },
+    /// The new image passed its self-test and is confirmed: the bootloader keeps it.
+    Confirmed { version: ImageVersion },
+    /// The firmware put the install off ([`UpdateHooks::may_update`]); asked again later.
+    InstallDeferred(Refusal),
+    /// The new image failed its self-test, or kept rebooting unconfirmed: reboot now, the
+    /// bootloader goes back to the old image.
+    RevertWanted { version: ImageVersion },
 }
 
 /// Where an update stands (journaled).
@@ -119,8 +130,16 @@ enum Update {
     Testing(ImageVersion),
 }
 
+/// What the agent still owes the server (an UpdateReport, until it is handed out as an
+/// uplink) and the unconfirmed boots of the new image (journaled).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Follow {
+    report: Option<UpdateReport>,
+    boots: u8,
+}
+
 /// The FUOTA device agent over flash `F`; `SPARES` spare fragment slots per session,
-/// `SESSIONS` fragmentation sessions at once.
+/// `SESSIONS` fragmentation sessions at once; `H` the firmware's [`UpdateHooks`].
 #[derive(Debug)]
 pub struct Agent<
     'a,
@@ -128,8 +147,17 @@ pub struct Agent<
     const SPARES: usize,
     const SESSIONS: usize = 1,
     K: SignatureCheck = VerifyingKey,
+    H: UpdateHooks = NoHooks,
 > {
     config: AgentConfig<SESSIONS, K>,
+    hooks: H,
+    follow: Follow,
+    /// While an install is put off: when to ask the firmware again (its clock).
+    install_retry_at: Millis,
+    /// The refusal last reported, so that a repeated one is not reported again.
+    last_refusal: Option<Refusal>,
+    /// The new image booted: run its self-test at this time (the agent's clock).
+    self_test_at: Option<Millis>,
     primary_trailer: Trailer,
     secondary_trailer: Trailer,
     flash: &'a RefCell<F>,
@@ -190,16 +218,39 @@ fn gps_s(clock: &ClockSync, now: Millis) -> u32 {
 }
 
 impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize, K: SignatureCheck>
-    Agent<'a, F, SPARES, SESSIONS, K>
+    Agent<'a, F, SPARES, SESSIONS, K, NoHooks>
 {
-    /// Starts the agent: reads its journal back (groups, sessions, SessionCnt, an update in
-    /// progress), replays the fragment sessions' logs, and looks at what the bootloader did.
-    /// `workspace` is the TS004 decoders' RAM, shared equally between the sessions.
+    /// [`Agent::with_hooks`] with [`NoHooks`]: installs as soon as a block is complete,
+    /// confirms a new image that boots.
     pub fn new(
         flash: &'a RefCell<F>,
         config: AgentConfig<SESSIONS, K>,
         workspace: &'a mut [u8],
         now: Millis,
+    ) -> Result<Self, AgentError<F::Error>> {
+        Self::with_hooks(flash, config, workspace, now, NoHooks)
+    }
+}
+
+impl<
+        'a,
+        F: NorFlash,
+        const SPARES: usize,
+        const SESSIONS: usize,
+        K: SignatureCheck,
+        H: UpdateHooks,
+    > Agent<'a, F, SPARES, SESSIONS, K, H>
+{
+    /// Starts the agent: reads its journal back (groups, sessions, SessionCnt, an update in
+    /// progress), replays the fragment sessions' logs, and looks at what the bootloader did.
+    /// `workspace` is the TS004 decoders' RAM, shared equally between the sessions; `hooks`
+    /// the firmware's decisions around an update.
+    pub fn with_hooks(
+        flash: &'a RefCell<F>,
+        config: AgentConfig<SESSIONS, K>,
+        workspace: &'a mut [u8],
+        now: Millis,
+        hooks: H,
     ) -> Result<Self, AgentError<F::Error>> {
         let capacity = u32::try_from(flash.borrow().capacity()).unwrap_or(u32::MAX);
         if !config.layout.is_valid(F::ERASE_SIZE as u32, capacity) {
@@ -244,7 +295,9 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize, K: SignatureCh
         let mut multicast = Multicast::new(config.version, config.mc_ke_key.clone(), config.limits);
         let mut sessions = [None; SESSIONS];
         let (mut last_session_cnt, mut update) = ([None; MAX_FRAG_SESSIONS], Update::Idle);
+        let mut follow = Follow::default();
         if let Some(saved) = saved {
+            follow = saved.follow();
             for id in 0..4 {
                 if let (Some(g), session) = saved.group(id) {
                     multicast.restore(id as u8, g, session);
@@ -270,6 +323,11 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize, K: SignatureCh
             clock: ClockSync::new(config.version, now),
             rng: Rng::new(config.seed),
             config,
+            hooks,
+            follow,
+            install_retry_at: 0,
+            last_refusal: None,
+            self_test_at: None,
             flash,
             journal,
             multicast,
@@ -319,12 +377,18 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize, K: SignatureCh
         match running {
             Ok(info) if info.header.version == wanted => {
                 self.update = Update::Testing(wanted);
-                self.push_event(Event::Booted { version: wanted });
+                self.follow.boots = self.follow.boots.saturating_add(1);
+                if self.follow.boots > self.hooks.boot_limit() {
+                    self.revert(wanted, Outcome::BootLoop);
+                } else {
+                    self.self_test_at = Some(0);
+                    self.push_event(Event::Booted { version: wanted });
+                }
             }
             Ok(_) | Err(_) if on_test => {
                 // The test image was not confirmed before this reset: MCUboot went back.
                 self.update = Update::Idle;
-                self.push_event(Event::Reverted { version: wanted });
+                self.reverted(wanted);
             }
             Ok(_) | Err(_) => {
                 // Still (or again) the old image: a revert, or a swap that never happened.
@@ -339,7 +403,7 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize, K: SignatureCh
                 };
                 if !secondary_pending {
                     self.update = Update::Idle;
-                    self.push_event(Event::Reverted { version: wanted });
+                    self.reverted(wanted);
                 }
             }
         }
@@ -403,9 +467,62 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize, K: SignatureCh
         )?;
         if let Update::Testing(_) = self.update {
             self.update = Update::Idle;
+            self.follow.boots = 0;
+            self.self_test_at = None;
             self.save();
         }
         Ok(())
+    }
+
+    /// The bootloader is back on the old image after `version`: reported (unless a more
+    /// precise reason, a failed self-test or a boot loop, is still to be sent).
+    fn reverted(&mut self, version: ImageVersion) {
+        self.follow.boots = 0;
+        let precise = self
+            .follow
+            .report
+            .is_some_and(|r| matches!(r.outcome, Outcome::SelfTestFailed | Outcome::BootLoop));
+        if !precise {
+            self.report(Outcome::Reverted, version);
+        }
+        self.push_event(Event::Reverted { version });
+    }
+
+    /// Owes the server an UpdateReport (journaled with the next save).
+    fn report(&mut self, outcome: Outcome, version: ImageVersion) {
+        self.follow.report = Some(UpdateReport {
+            outcome,
+            fw_version: fw_version(version.major, version.minor, version.revision),
+        });
+    }
+
+    /// The new image `version` must not stay: on test, a reset is enough (MCUboot goes back
+    /// to the unconfirmed image's predecessor); confirmed already (a permanent swap), the old
+    /// image, now in the secondary slot, is swapped back in for good.
+    fn revert(&mut self, version: ImageVersion, why: Outcome) {
+        self.report(why, version);
+        let confirmed = {
+            let mut f = self.flash.borrow_mut();
+            mcuboot::read_trailer(&mut *f, self.config.layout.primary, self.primary_trailer)
+                .is_ok_and(|t| t.image_ok)
+        };
+        if confirmed {
+            let mut f = self.flash.borrow_mut();
+            let secondary = self.config.layout.secondary;
+            let back = mcuboot::verify_image(&mut *f, secondary).and_then(|old| {
+                mcuboot::request_swap(&mut *f, secondary, self.secondary_trailer, old.len, true)
+            });
+            if back.is_err() {
+                // Nothing to go back to: the new image stays, and says so.
+                drop(f);
+                self.report(Outcome::Failed(UpdateFailure::BadImage as u8), version);
+                self.update = Update::Idle;
+                self.save();
+                return;
+            }
+        }
+        self.save();
+        self.push_event(Event::RevertWanted { version });
     }
 
     fn push_event(&mut self, e: Event) {
@@ -452,7 +569,13 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize, K: SignatureCh
             self.queue_uplink(clock_sync::PORT, &b[..n]);
         }
         if self.nb_uplinks == 0 {
-            return None;
+            // A report leaves the journal only once it is handed out.
+            let report = self.follow.report.take()?;
+            let bytes = report.to_bytes();
+            let n = bytes.len().min(buf.len());
+            buf[..n].copy_from_slice(&bytes[..n]);
+            self.save();
+            return Some((agent_report::PORT, n));
         }
         let (port, len, data) = self.uplinks[0];
         for i in 1..self.nb_uplinks {
@@ -471,6 +594,12 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize, K: SignatureCh
             t = t.min(f);
         }
         if self.install_due {
+            t = t.min(now.max(self.install_retry_at));
+        }
+        if let Some(at) = self.self_test_at {
+            t = t.min(now.max(at));
+        }
+        if self.follow.report.is_some() {
             t = now;
         }
         if let (Some(gps_ms), Some(next)) = (
@@ -494,8 +623,36 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize, K: SignatureCh
         if changed {
             self.save();
         }
-        if self.install_due {
+        if self.self_test_at.is_some_and(|at| now >= at) {
+            self.self_test_at = None;
+            if let Update::Testing(version) = self.update {
+                match self.hooks.self_test(now) {
+                    SelfTest::Pass => {
+                        if self.confirm().is_ok() {
+                            self.push_event(Event::Confirmed { version });
+                        }
+                    }
+                    SelfTest::Fail => self.revert(version, Outcome::SelfTestFailed),
+                    SelfTest::Later => self.self_test_at = Some(now + self.hooks.retry_ms()),
+                }
+            }
+        }
+        if self.install_due && now >= self.install_retry_at {
+            if let Err(refusal) = self.hooks.may_update(now) {
+                self.install_retry_at = now + self.hooks.retry_ms();
+                if self.last_refusal != Some(refusal) {
+                    self.last_refusal = Some(refusal);
+                    self.follow.report = Some(UpdateReport {
+                        outcome: Outcome::Deferred(refusal),
+                        fw_version: 0,
+                    });
+                    self.push_event(Event::InstallDeferred(refusal));
+                    self.save();
+                }
+                return;
+            }
             self.install_due = false;
+            self.last_refusal = None;
             self.run_install();
         }
     }
@@ -538,8 +695,9 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize, K: SignatureCh
         };
         let journal = &mut self.journal;
         let multicast = &self.multicast;
+        let follow = self.follow;
         let save = |cp| {
-            let state = (&last_session_cnt, &sessions[..], multicast);
+            let state = (&last_session_cnt, &sessions[..], multicast, follow);
             save_checkpoint(journal, flash, &state, frag_index, cp);
         };
         let result = install(flash, store, len, &config, window, resume, save);
@@ -554,7 +712,12 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize, K: SignatureCh
             }
             Err(e) => {
                 self.update = Update::Idle;
-                self.push_event(Event::UpdateFailed(failure(&e)));
+                let why = failure(&e);
+                self.follow.report = Some(UpdateReport {
+                    outcome: Outcome::Failed(why as u8),
+                    fw_version: 0,
+                });
+                self.push_event(Event::UpdateFailed(why));
             }
         }
         self.save();
@@ -569,6 +732,7 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize, K: SignatureCh
             sessions: &sessions,
             groups: &self.multicast,
             update: self.update,
+            follow: self.follow,
         };
         append_record(&mut self.journal, self.flash, &record);
     }
@@ -725,10 +889,11 @@ fn append_record<F: NorFlash, G: GroupSource + ?Sized>(
 fn save_checkpoint<F: NorFlash>(
     journal: &mut Journal<JOURNAL_SLOT>,
     flash: &RefCell<F>,
-    &(last_session_cnt, sessions, multicast): &(
+    &(last_session_cnt, sessions, multicast, follow): &(
         &[Option<u16>; MAX_FRAG_SESSIONS],
         &[Option<SavedSession>],
         &Multicast,
+        Follow,
     ),
     frag_index: u8,
     checkpoint: Checkpoint,
@@ -741,6 +906,7 @@ fn save_checkpoint<F: NorFlash>(
             frag_index,
             checkpoint: Some(checkpoint),
         },
+        follow,
     };
     append_record(journal, flash, &record);
 }
@@ -771,6 +937,7 @@ struct Snapshot {
     sessions: [Option<SavedSession>; MAX_FRAG_SESSIONS],
     groups: [(Option<McGroup>, Option<ClassCSession>); 4],
     update: Update,
+    follow: Follow,
 }
 
 /// Where a journal record's multicast groups come from: the agent's [`Multicast`], or a
@@ -800,9 +967,13 @@ struct Record<'s, G: ?Sized> {
     sessions: &'s [Option<SavedSession>],
     groups: &'s G,
     update: Update,
+    follow: Follow,
 }
 
-const SNAPSHOT_FORMAT: u8 = 2;
+/// Format 3 adds the follow-up section (a report owed to the server, unconfirmed boots) to
+/// format 2, which is still read (with nothing owed).
+const SNAPSHOT_FORMAT: u8 = 3;
+const FORMAT_2: u8 = 2;
 // Agent::new reads the record into the workspace, which holds at least the applier's window.
 const _: () = assert!(JOURNAL_SLOT <= APPLY_WINDOW);
 
@@ -816,6 +987,29 @@ const HEAD: usize = 1 + 3 * MAX_FRAG_SESSIONS;
 const SESSION: usize = 20;
 const GROUP: usize = 45 + 11;
 const UPDATE: usize = 41;
+const FOLLOW: usize = 8;
+
+/// The follow-up section: present flag, the report's bytes after its CID, the boots.
+fn follow_bytes(follow: Follow, b: &mut [u8; FOLLOW]) {
+    if let Some(r) = follow.report {
+        b[0] = 1;
+        put(b, 1, &r.to_bytes()[1..]);
+    }
+    b[7] = follow.boots;
+}
+
+fn follow_of(b: &[u8]) -> Follow {
+    let mut bytes = [agent_report::CID_UPDATE_REPORT; agent_report::LEN];
+    bytes[1..].copy_from_slice(&b[1..7]);
+    Follow {
+        report: if b[0] == 1 {
+            UpdateReport::parse(&bytes).ok()
+        } else {
+            None
+        },
+        boots: b[7],
+    }
+}
 
 fn le16(b: &[u8], at: usize) -> u16 {
     u16::from_le_bytes([b[at], b[at + 1]])
@@ -968,7 +1162,7 @@ fn update_of(b: &[u8]) -> Update {
 
 impl<G: GroupSource + ?Sized> Record<'_, G> {
     /// Encoded length: every field has a fixed place, present or not.
-    const LEN: usize = HEAD + MAX_FRAG_SESSIONS * SESSION + 4 * GROUP + UPDATE;
+    const LEN: usize = HEAD + MAX_FRAG_SESSIONS * SESSION + 4 * GROUP + UPDATE + FOLLOW;
 
     fn encode(&self, out: &mut dyn FnMut(&[u8])) {
         let mut buf = [0u8; GROUP];
@@ -994,6 +1188,9 @@ impl<G: GroupSource + ?Sized> Record<'_, G> {
         let mut b = [0u8; UPDATE];
         update_bytes(self.update, &mut b);
         out(&b);
+        let mut b = [0u8; FOLLOW];
+        follow_bytes(self.follow, &mut b);
+        out(&b);
     }
 }
 
@@ -1007,9 +1204,22 @@ impl<'b> Saved<'b> {
     const UPDATE: usize = Self::GROUPS + 4 * GROUP;
 
     /// `None` unless `b` is a whole record of this format.
+    const FOLLOW: usize = Self::UPDATE + UPDATE;
+
+    /// `None` unless `b` is a whole record of this format or of format 2.
     fn new(b: &'b [u8]) -> Option<Self> {
-        let b = b.get(..Record::<Multicast>::LEN)?;
-        (b[0] == SNAPSHOT_FORMAT).then_some(Self(b))
+        match *b.first()? {
+            SNAPSHOT_FORMAT => b.get(..Record::<Multicast>::LEN).map(Self),
+            FORMAT_2 => b.get(..Self::FOLLOW).map(Self),
+            _ => None,
+        }
+    }
+
+    fn follow(self) -> Follow {
+        match self.0.get(Self::FOLLOW..) {
+            Some(b) if b.len() >= FOLLOW => follow_of(b),
+            _ => Follow::default(),
+        }
     }
 
     fn session_cnts(self) -> [Option<u16>; MAX_FRAG_SESSIONS] {
@@ -1042,6 +1252,7 @@ impl Snapshot {
             sessions: &self.sessions,
             groups: &self.groups,
             update: self.update,
+            follow: self.follow,
         }
     }
 
@@ -1052,6 +1263,7 @@ impl Snapshot {
             sessions: core::array::from_fn(|i| saved.session(i)),
             groups: core::array::from_fn(|i| saved.group(i)),
             update: saved.update(),
+            follow: saved.follow(),
         })
     }
 }
@@ -1117,5 +1329,27 @@ mod tests {
             assert_eq!(encoded(&s).len(), LEN);
             assert_eq!(Snapshot::decode(&encoded(&s)).unwrap().update, update);
         }
+        // The follow-up section: a report owed and the boots.
+        let owed = Snapshot {
+            update: Update::Testing(ImageVersion::default()),
+            follow: Follow {
+                report: Some(UpdateReport {
+                    outcome: Outcome::Deferred(Refusal::Busy),
+                    fw_version: 0x0102_0003,
+                }),
+                boots: 2,
+            },
+            ..Snapshot::default()
+        };
+        let bytes = encoded(&owed);
+        assert_eq!(Snapshot::decode(&bytes).unwrap().follow, owed.follow);
+        // A format-2 record (before the section existed) still reads, with nothing owed.
+        let mut old = bytes[..LEN - FOLLOW].to_vec();
+        old[0] = FORMAT_2;
+        let back = Snapshot::decode(&old).unwrap();
+        assert_eq!(back.update, owed.update);
+        assert_eq!(back.follow, Follow::default());
+        old[0] = 4;
+        assert!(Snapshot::decode(&old).is_none());
     }
 }

@@ -15,6 +15,7 @@ pub mod agent;
 pub mod clock;
 pub mod frag_session;
 pub mod frag_store;
+pub mod hooks;
 pub mod install;
 pub mod journal;
 pub mod mcuboot;

@@ -186,6 +186,10 @@ pub struct BehaviourSection {
     /// The firmware does not reset on RebootWanted (it waits for a maintenance reboot): the
     /// new image stays in the secondary slot with its swap request.
     pub no_reboot: bool,
+    /// Fraction of devices whose battery is low at the start: their firmware puts the
+    /// install off (UpdateHooks::may_update) for `low_battery_for`.
+    pub low_battery: f64,
+    pub low_battery_for: Option<Duration>,
 }
 
 impl Scenario {
@@ -362,9 +366,14 @@ pub fn build(s: &Scenario) -> Result<(World, Built)> {
             seed: rng.gen(),
             hw_version: 1,
         };
+        // Drawn only when asked for, so that scenarios without it keep their random stream.
+        let low_battery =
+            s.behaviour.low_battery > 0.0 && rng.gen::<f64>() < s.behaviour.low_battery;
         let behaviour = Behaviour {
             fails_self_test: rng.gen::<f64>() < s.behaviour.fails_self_test,
             no_reboot: s.behaviour.no_reboot,
+            low_battery_until: low_battery
+                .then(|| (start_ms + s.behaviour.low_battery_for.map_or(0, |d| d.0 * 1000)) * 1000),
         };
         devices.push(DevicePlan {
             eui,

@@ -586,11 +586,14 @@ async fn step_device(
             }
             Event::Multicast(McEvent::ClassCEnd { .. }) => d.class_c = None,
             Event::Multicast(McEvent::GroupDeleted { .. }) => d.group = None,
-            Event::RebootWanted { .. } => d.reboot_at = Some(now + 1_000),
-            Event::Booted { .. } => {
-                let _ = d.agent.confirm();
+            Event::RebootWanted { .. } | Event::RevertWanted { .. } => {
+                d.reboot_at = Some(now + 1_000)
+            }
+            // The agent's self-test (its default hooks) confirms the new image.
+            Event::Confirmed { .. } => {
                 stats.lock().unwrap().updated.insert(d.eui);
             }
+            Event::Booted { .. } | Event::InstallDeferred(_) => {}
             Event::UpdateFailed(f) => stats
                 .lock()
                 .unwrap()
