@@ -299,7 +299,8 @@ fn agent_config(update: &Update, gen_app_key: [u8; 16], seed: u64) -> AgentConfi
         mc_ke_key: mc_ke_key(&mc_root_key_lorawan_1_0(&k)),
         data_block_int_key: data_block_int_key(&k),
         limits: RadioLimits::EU868,
-        patch_key: *update.key.verifying_key(),
+        patch_key: fuota_server::patch::keys::device_key(update.key.verifying_key())
+            .expect("a P-256 key converts"),
         layout: LAYOUT,
         boot_max_align: 8,
         permanent: false,
