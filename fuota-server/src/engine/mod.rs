@@ -571,10 +571,13 @@ impl Engine {
         };
         d.pending = None;
         match next {
-            // The session request waits for the clock: SessionTime is in GPS time.
+            // The session request waits for the clock: SessionTime is in GPS time. A device
+            // that synced its clock long ago (before this campaign, as in a rollout's later
+            // waves) sends no AppTimeReq for hours: if none comes within the retry time, it
+            // is asked for one.
             Some(Request::McSetup) if !d.clock_answered => {
                 d.progress.phase = Phase::Setup(Request::McSetup);
-                self.set_deadline(dev, None);
+                self.set_deadline(dev, Some(now + self.cfg.retry_ms));
             }
             Some(req) => self.send(now, dev, req),
             None => {
@@ -956,14 +959,23 @@ impl Engine {
             return;
         }
         if now >= self.cfg.window_end {
-            let open: Vec<(DevEui, Option<u16>)> = self
+            let open: Vec<(DevEui, Failure)> = self
                 .devices
                 .iter()
                 .filter(|(_, d)| !d.progress.phase.is_final())
-                .map(|(k, d)| (*k, d.progress.missing))
+                .map(|(k, d)| {
+                    let p = &d.progress;
+                    let why = match (&p.phase, p.fw_version) {
+                        // It had the block and said, after its reboot, that it runs another
+                        // version: reverted (or never installed), whatever the tries left.
+                        (Phase::Verifying, Some(running)) => Failure::NotUpdated { running },
+                        _ => Failure::WindowClosed { missing: p.missing },
+                    };
+                    (*k, why)
+                })
                 .collect();
-            for (dev, missing) in open {
-                self.fail(dev, Failure::WindowClosed { missing });
+            for (dev, why) in open {
+                self.fail(dev, why);
             }
             self.group = GroupPhase::Unicast;
             self.finished = true;
