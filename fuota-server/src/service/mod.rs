@@ -9,11 +9,15 @@
 //! - [`keystore`]: root keys and McKeys encrypted at rest.
 //! - [`store`]: the database (SQLite or PostgreSQL), migrations included.
 //! - [`campaign`]: requests into engine configurations; the write-ahead log and replay.
-//! - [`runner`]: the select loop that owns the campaigns.
+//! - [`rollout`]: rollout requests into rollout plans; a rollout's log and replay.
+//! - [`runner`]: the select loop that owns the campaigns and rollouts.
+//! - [`auth`], [`audit`]: API tokens and roles; the audit log's entries.
 //! - [`mqtt`], [`api`], [`page`], [`broker`]: the connections, the HTTP side, the
 //!   embedded broker.
 
 pub mod api;
+pub mod audit;
+pub mod auth;
 pub mod broker;
 pub mod campaign;
 pub mod chirpstack;
@@ -23,6 +27,7 @@ pub mod frames;
 pub mod keystore;
 pub mod mqtt;
 pub mod page;
+pub mod rollout;
 pub mod runner;
 pub mod store;
 
@@ -80,9 +85,20 @@ pub async fn run(
     let state = api::AppState {
         store: store.clone(),
         commands: commands_tx,
-        token: cfg.http.token.clone(),
+        auth: auth::Authenticator::new(cfg.http.token.as_deref()),
         clock,
     };
+    if state
+        .auth
+        .is_open(&store)
+        .await
+        .map_err(|e| err("database")(e.to_string()))?
+    {
+        tracing::warn!(
+            "no API token is configured and none was made: the API is open to anyone who \
+             reaches {addr} (set http.token or make a token)"
+        );
+    }
     let mut runner = runner::Runner::new(cfg, store.clone(), keys, clock, client.clone());
     runner.resume().await.map_err(err("resume"))?;
     let runner = tokio::spawn(runner.run(messages, commands, shutdown.clone()));

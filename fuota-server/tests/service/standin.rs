@@ -194,13 +194,18 @@ impl Options {
 pub struct Stats {
     /// Every DownlinkFrame: (gateway, multicast FCnt).
     pub multicast: Vec<(String, u32)>,
-    /// (gateway, FCnt) pairs that came twice.
+    /// (gateway, FCnt) pairs that came twice for the same McAddr.
     pub fcnt_reused: Vec<(String, u32)>,
+    /// McAddrs seen in DownlinkFrames.
+    pub groups: HashSet<u32>,
     pub refused: usize,
     pub unicast: usize,
     pub uplinks: usize,
-    /// Devices that booted the new image.
+    /// Devices that booted the new image and confirmed it.
     pub updated: HashSet<u64>,
+    /// Devices told to revert that did: the new image booted, failed its self-test, and the
+    /// bootloader went back to the old one.
+    pub reverted: HashSet<u64>,
     pub problems: Vec<String>,
 }
 
@@ -234,6 +239,8 @@ struct Device {
     group: Option<Group>,
     class_c: Option<(u32, u8)>,
     reboot_at: Option<u64>,
+    /// The new image runs on test without a confirm: the next reset goes back to the old.
+    unconfirmed: bool,
     rng: ChaCha8Rng,
     /// An uplink held back, published after this device's next one.
     held: Option<(String, Vec<u8>)>,
@@ -250,6 +257,8 @@ struct Pending {
 /// Runs until dropped.
 pub struct StandIn {
     pub stats: Arc<Mutex<Stats>>,
+    /// Devices whose new image fails its self-test (they revert).
+    reverting: Arc<Mutex<HashSet<u64>>>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -267,24 +276,33 @@ impl StandIn {
     pub fn start(mqtt_url: &str, opts: Options, update: &Update) -> Self {
         let stats = Arc::new(Mutex::new(Stats::default()));
         let stop = Arc::new(AtomicBool::new(false));
-        let (s2, st2, url, u) = (
+        let reverting = Arc::new(Mutex::new(HashSet::new()));
+        let (s2, st2, url, u, r2) = (
             stats.clone(),
             stop.clone(),
             mqtt_url.to_string(),
             update.clone(),
+            reverting.clone(),
         );
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .expect("runtime");
-            rt.block_on(run(url, opts, u, s2, st2));
+            rt.block_on(run(url, opts, u, s2, st2, r2));
         });
         Self {
             stats,
+            reverting,
             stop,
             thread: Some(thread),
         }
+    }
+
+    /// From now on, these devices' new image fails its self-test: not confirmed, it is
+    /// swapped back at the next reset.
+    pub fn revert(&self, devices: &[u64]) {
+        self.reverting.lock().unwrap().extend(devices);
     }
 
     pub fn stats(&self) -> Stats {
@@ -341,6 +359,7 @@ async fn run(
     update: Update,
     stats: Arc<Mutex<Stats>>,
     stop: Arc<AtomicBool>,
+    reverting: Arc<Mutex<HashSet<u64>>>,
 ) {
     let clock = Clock::new(opts.scale, opts.origin_unix_ms);
     let id = format!("standin-{}-{}", opts.app, std::process::id());
@@ -396,6 +415,7 @@ async fn run(
                 group: None,
                 class_c: None,
                 reboot_at: None,
+                unconfirmed: false,
                 rng: ChaCha8Rng::seed_from_u64(opts.seed * 7919 + i as u64),
                 held: None,
             }
@@ -414,7 +434,7 @@ async fn run(
     let mut pending: Vec<Pending> = Vec::new();
 
     let mut uplink_no = 0usize;
-    let mut seen_fcnt: HashSet<(String, u32)> = HashSet::new();
+    let mut seen_fcnt: HashSet<(String, u32, u32)> = HashSet::new();
     let mut refused_fcnts: HashSet<u32> = HashSet::new();
     let mut tick = tokio::time::interval(Duration::from_millis(5));
     while !stop.load(Ordering::SeqCst) {
@@ -456,6 +476,7 @@ async fn run(
                         continue;
                     };
                     let fcnt_low = u32::from(u16::from_le_bytes([phy[6], phy[7]]));
+                    let addr = u32::from_le_bytes([phy[1], phy[2], phy[3], phy[4]]);
                     // Every gateway refuses the same first frames: they did not go out.
                     let refuse = refused_fcnts.contains(&fcnt_low)
                         || (refused_fcnts.len() < opts.refuse_first && refused_fcnts.insert(fcnt_low));
@@ -465,7 +486,8 @@ async fn run(
                     {
                         let mut s = stats.lock().unwrap();
                         s.multicast.push((gw.clone(), fcnt_low));
-                        if !seen_fcnt.insert((gw.clone(), fcnt_low)) {
+                        s.groups.insert(addr);
+                        if !seen_fcnt.insert((gw.clone(), addr, fcnt_low)) {
                             s.fcnt_reused.push((gw.clone(), fcnt_low));
                         }
                         if refuse { s.refused += 1; }
@@ -498,8 +520,10 @@ async fn run(
                         d.agent.handle_downlink(now - d.boot_at, Via::Multicast(0), port, &payload);
                     }
                 }
+                let reverting = reverting.lock().unwrap().clone();
                 for d in devices.iter_mut() {
-                    step_device(d, now, &clock, &opts, &update, &stats, &client, &mut uplink_no).await;
+                    let reverts = reverting.contains(&d.eui);
+                    step_device(d, now, &clock, &opts, &update, &stats, &client, &mut uplink_no, reverts).await;
                 }
             }
         }
@@ -544,10 +568,17 @@ async fn step_device(
     stats: &Arc<Mutex<Stats>>,
     client: &AsyncClient,
     uplink_no: &mut usize,
+    reverts: bool,
 ) {
-    // The bootloader: the new image into the primary slot, then the firmware starts again.
+    // The bootloader: the new image into the primary slot (or, after a reset of a test
+    // image that was not confirmed, the old one back), then the firmware starts again.
     if d.reboot_at.is_some_and(|r| now >= r) {
         d.reboot_at = None;
+        let image = if std::mem::take(&mut d.unconfirmed) {
+            &update.old
+        } else {
+            &update.new
+        };
         {
             let mut f = d.flash.borrow_mut();
             f.erase(
@@ -555,7 +586,7 @@ async fn step_device(
                 LAYOUT.primary.offset + LAYOUT.primary.len,
             )
             .expect("erase");
-            f.write(LAYOUT.primary.offset, &padded(&update.new))
+            f.write(LAYOUT.primary.offset, &padded(image))
                 .expect("swap");
         }
         d.agent = boot(d.flash, &d.cfg);
@@ -587,9 +618,17 @@ async fn step_device(
             Event::Multicast(McEvent::ClassCEnd { .. }) => d.class_c = None,
             Event::Multicast(McEvent::GroupDeleted { .. }) => d.group = None,
             Event::RebootWanted { .. } => d.reboot_at = Some(now + 1_000),
+            Event::Booted { .. } if reverts => {
+                // The self-test fails: no confirm, and a reset.
+                d.unconfirmed = true;
+                d.reboot_at = Some(now + 1_000);
+            }
             Event::Booted { .. } => {
                 let _ = d.agent.confirm();
                 stats.lock().unwrap().updated.insert(d.eui);
+            }
+            Event::Reverted { .. } if reverts => {
+                stats.lock().unwrap().reverted.insert(d.eui);
             }
             Event::UpdateFailed(f) => stats
                 .lock()
