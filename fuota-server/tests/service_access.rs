@@ -119,6 +119,9 @@ fn roles_and_audit(tag: &str, db_url: Option<String>) {
             }
         }
     }
+    // The server key comes from the configuration here: only the configuration changes it.
+    let (st, e) = s.call_as(Some(&admin), "POST", "/api/keys/rotate", None);
+    assert_eq!(st, 409, "{e}");
     // A viewer cannot start a rollout; an operator can, and runs it.
     let (st, fw) = s.call_as(Some(&viewer), "GET", "/api/firmware", None);
     assert_eq!(st, 200);
@@ -313,4 +316,117 @@ fn without_a_configured_token_the_api_is_open_until_the_first_token() {
     let (st, _) = s.call_as(t2["token"].as_str(), "GET", "/api/rollouts", None);
     assert_eq!(st, 200);
     assert!(s.log_text().contains("the API is open"));
+}
+
+/// Sealed values under the server key: a campaign's and a rollout's device keys and McKeys.
+async fn sealed(url: &str) -> Vec<(String, Vec<u8>)> {
+    use sqlx::{Connection, Row};
+    sqlx::any::install_default_drivers();
+    let mut c = sqlx::AnyConnection::connect(url).await.expect("connects");
+    let mut out = Vec::new();
+    for q in [
+        "SELECT dev_eui, root_key FROM devices",
+        "SELECT dev_eui, root_key FROM rollout_devices",
+    ] {
+        for r in sqlx::query(q).fetch_all(&mut c).await.expect(q) {
+            out.push((r.get::<String, _>(0), r.get::<Vec<u8>, _>(1)));
+        }
+    }
+    let _ = c.close().await;
+    out
+}
+
+#[test]
+fn the_server_key_rotates_and_campaigns_and_rollouts_resume_under_the_new_one() {
+    use fuota_server::service::keystore::KeyStore;
+    let _one = serial();
+    let dir = scratch("rotate");
+    let db_url = format!("sqlite://{}", dir.join("fuota.db").display());
+    let mut setup = ServerSetup::new(dir.clone(), "mqtt://127.0.0.1:1", &db_url, "rotate");
+    setup.embedded_broker = Some(free_port());
+    setup.server_key = String::new();
+    let mut s = Server::start(setup);
+    let key_file = dir.join("server.key");
+    let old = std::fs::read_to_string(&key_file).unwrap();
+    let (_, operator) = token(&s, "ops", "operator");
+    let (st, fw) = s.upload_as(&operator, b"a firmware, not a patch");
+    assert_eq!(st, 201);
+    let fw = fw["id"].as_i64().unwrap();
+    let keys = |base: u64| -> Vec<(u64, [u8; 16])> {
+        (1..=4).map(|i| (base + i, [i as u8 + 0x40; 16])).collect()
+    };
+    let mut req = harness::campaign_request("c", fw, &keys(0x70b3_d57e_d000_2000)[..2]);
+    req["target_version"] = json!("1.2.3");
+    let (st, c) = s.call_as(Some(&operator), "POST", "/api/campaigns", Some(&req));
+    assert_eq!(st, 201, "{c}");
+    let mut req = rollout_request(
+        "r",
+        fw,
+        &keys(0x70b3_d57e_d000_3000),
+        &[25.0, 100.0],
+        (600, 3600, 60),
+    );
+    req["target_version"] = json!("1.2.3");
+    let (st, r) = s.call_as(Some(&operator), "POST", "/api/rollouts", Some(&req));
+    assert_eq!(st, 201, "{r}");
+    let rid = r["id"].as_i64().unwrap();
+    s.wait_rollout(rid, Duration::from_secs(10), "wave 1 running", |v| {
+        wave_statuses(v)[0] == "running"
+    });
+    let (st, e) = s.call_as(Some(&operator), "POST", "/api/keys/rotate", None);
+    assert_eq!(st, 403, "{e}");
+    let (st, done) = s.call_as(
+        Some(&s.setup.token.clone()),
+        "POST",
+        "/api/keys/rotate",
+        Some(&json!({})),
+    );
+    assert_eq!(st, 200, "{done}");
+    // Two campaign devices, four rollout devices, one in wave 1's campaign; three McKeys.
+    assert_eq!(done, json!({ "resealed": 10, "skipped": 0 }));
+    let new = std::fs::read_to_string(&key_file).unwrap();
+    assert_ne!(old.trim(), new.trim());
+    assert!(!dir.join("server.key.next").exists());
+    let (old_ks, new_ks) = (
+        KeyStore::from_hex(&old).unwrap(),
+        KeyStore::from_hex(&new).unwrap(),
+    );
+    let values = block(sealed(&db_url));
+    assert_eq!(values.len(), 7);
+    for (eui, v) in &values {
+        assert!(old_ks.open(v, eui.as_bytes()).is_err());
+        assert!(new_ks.open(v, eui.as_bytes()).is_ok());
+    }
+    // Restarted: both resume under the new key.
+    s.restart();
+    let log = s.log_text();
+    assert!(
+        log.contains(&format!("campaign {}: resumed", c["id"])),
+        "{log}"
+    );
+    assert!(log.contains(&format!("rollout {rid}: resumed")), "{log}");
+    assert!(!log.contains("cannot resume"), "{log}");
+    let rows = s.audit("action=key.rotate");
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        (rows[0]["actor"].as_str(), rows[0]["role"].as_str()),
+        (Some("bootstrap"), Some("admin"))
+    );
+    // A given key is taken as it is.
+    let given = "5a".repeat(32);
+    let (st, _) = s.call_as(
+        Some(&s.setup.token.clone()),
+        "POST",
+        "/api/keys/rotate",
+        Some(&json!({ "key": given })),
+    );
+    assert_eq!(st, 200);
+    assert_eq!(std::fs::read_to_string(&key_file).unwrap().trim(), given);
+    let (st, _) = s.call_as(
+        Some(&s.setup.token.clone()),
+        "POST",
+        "/api/keys/rotate",
+        Some(&json!({ "key": "00" })),
+    );
+    assert_eq!(st, 422);
 }

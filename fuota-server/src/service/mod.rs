@@ -37,7 +37,6 @@ use tokio::sync::{mpsc, watch};
 
 use self::clock::Clock;
 use self::config::Config;
-use self::keystore::KeyStore;
 use self::store::Store;
 
 /// Why the service could not start.
@@ -63,14 +62,12 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
     on_listen: impl FnOnce(SocketAddr),
 ) -> Result<(), StartError> {
-    let keys = match &cfg.keys.server_key {
-        Some(k) => KeyStore::from_hex(k).map_err(|e| err("keys.server_key")(e.0))?,
-        None => KeyStore::from_file(&cfg.keys.server_key_file)
-            .map_err(|e| err("keys.server_key_file")(e.0))?,
-    };
     let store = Store::connect(&cfg.database.url, cfg.database.max_connections)
         .await
         .map_err(|e| err("database")(e.to_string()))?;
+    let (keys, key_source) = keystore::load(&cfg.keys, &store)
+        .await
+        .map_err(|e| err("server key")(e.0))?;
     let clock = Clock::new(cfg.clock.scale, cfg.clock.origin_unix_ms);
     let subs =
         chirpstack::subscriptions(&cfg.chirpstack.applications, &cfg.chirpstack.region_prefix);
@@ -100,6 +97,7 @@ pub async fn run(
         );
     }
     let mut runner = runner::Runner::new(cfg, store.clone(), keys, clock, client.clone());
+    runner.set_key_source(key_source);
     runner.resume().await.map_err(err("resume"))?;
     let runner = tokio::spawn(runner.run(messages, commands, shutdown.clone()));
     on_listen(addr);

@@ -141,7 +141,7 @@ pub struct ServerSetup {
     pub setup_s: u64,
     /// More lines for the `[mqtt]` section (TLS, credentials).
     pub mqtt_extra: String,
-    /// The server key (64 hex digits).
+    /// The server key (64 hex digits); empty: a key file in `dir` (`server.key`).
     pub server_key: String,
 }
 
@@ -180,7 +180,7 @@ url = "{db}"
 listen = "127.0.0.1:{port}"
 {token}
 [keys]
-server_key = "{key}"
+{key}
 [clock]
 scale = {scale}
 origin_unix_ms = {origin}
@@ -204,7 +204,14 @@ unicast_repair_max_devices = 3
             } else {
                 format!("token = \"{}\"", self.token)
             },
-            key = self.server_key,
+            key = if self.server_key.is_empty() {
+                format!(
+                    "server_key_file = \"{}\"",
+                    self.dir.join("server.key").display()
+                )
+            } else {
+                format!("server_key = \"{}\"", self.server_key)
+            },
             scale = self.scale,
             origin = self.origin_unix_ms,
             setup_s = self.setup_s,

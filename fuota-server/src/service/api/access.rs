@@ -9,10 +9,11 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{parse_body, ApiError, ApiResult, AppState};
+use super::{ask, parse_body, ApiError, ApiResult, AppState};
 use crate::service::audit::{row_json, Actor};
 use crate::service::auth::{self, AsAdmin, AsViewer, Role};
 use crate::service::clock::{now_unix_ms, parse_rfc3339_ms, rfc3339_of_unix_ms};
+use crate::service::runner::Command;
 use crate::service::store::{AuditFilter, TokenRow};
 
 /// `POST /api/tokens`.
@@ -162,4 +163,36 @@ pub async fn audit(
     };
     let rows = s.store.audit_log(&f).await?;
     Ok(Json(Value::Array(rows.iter().map(row_json).collect())))
+}
+
+/// `POST /api/keys/rotate`: `{}` for a random new server key, or `{"key": "<64 hex>"}`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RotateRequest {
+    #[serde(default)]
+    pub key: Option<String>,
+}
+
+pub async fn rotate_key(
+    AsAdmin(by): AsAdmin,
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    let req: RotateRequest = if body.is_empty() {
+        RotateRequest::default()
+    } else {
+        parse_body(&headers, &body)?
+    };
+    let key = match &req.key {
+        None => None,
+        Some(k) => Some(
+            hex::decode(k.trim())
+                .ok()
+                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                .ok_or_else(|| ApiError::new(422, "key: 64 hex digits"))?,
+        ),
+    };
+    let done = ask(&s, |reply| Command::RotateKey { key, by, reply }).await?;
+    Ok(Json(done))
 }

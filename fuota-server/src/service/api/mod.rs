@@ -67,6 +67,7 @@ pub const ENDPOINTS: &[(&str, &str, Option<Role>)] = &[
     ("GET", "/api/tokens", Some(Role::Admin)),
     ("POST", "/api/tokens", Some(Role::Admin)),
     ("POST", "/api/tokens/{id}/revoke", Some(Role::Admin)),
+    ("POST", "/api/keys/rotate", Some(Role::Admin)),
     ("GET", "/", Some(Role::Viewer)),
     ("GET", "/campaigns/{id}", Some(Role::Viewer)),
     ("GET", "/rollouts/{id}", Some(Role::Viewer)),
@@ -134,6 +135,7 @@ pub fn router(state: AppState) -> Router {
             post(access::create_token).get(access::tokens),
         )
         .route("/api/tokens/{id}/revoke", post(access::revoke_token))
+        .route("/api/keys/rotate", post(access::rotate_key))
         .route("/", get(status_page))
         .route("/campaigns/{id}", get(campaign_page))
         .route("/rollouts/{id}", get(rollouts::page))

@@ -22,7 +22,7 @@ use super::chirpstack::{self, eui_string, parse_eui, Topic, TxAck, TxParams, Upl
 use super::clock::{now_unix_ms, unix_ms_of_gps, Clock};
 use super::config::Config;
 use super::frames::multicast_phy_payload;
-use super::keystore::KeyStore;
+use super::keystore::{self, KeySource, KeyStore};
 use super::mqtt::Message;
 use super::rollout::{RolloutInput, RolloutRequest, RolloutRun, ROLLOUT_GROUPS};
 use super::store::{DeviceRow, NewCampaign, StepWrite, Store};
@@ -79,6 +79,12 @@ pub enum Command {
         by: Principal,
         reply: oneshot::Sender<Result<(), Refusal>>,
     },
+    /// A new server key (random if `None`): every sealed value sealed again under it.
+    RotateKey {
+        key: Option<[u8; 32]>,
+        by: Principal,
+        reply: oneshot::Sender<Result<serde_json::Value, Refusal>>,
+    },
     CreateRollout {
         req: Box<RolloutRequest>,
         by: Principal,
@@ -132,6 +138,7 @@ pub struct Runner {
     cfg: Config,
     store: Store,
     keys: KeyStore,
+    key_source: KeySource,
     clock: Clock,
     mqtt: AsyncClient,
     campaigns: BTreeMap<i64, Running>,
@@ -172,6 +179,7 @@ impl Runner {
             cfg,
             store,
             keys,
+            key_source: KeySource::Config,
             clock,
             mqtt,
             campaigns: BTreeMap::new(),
@@ -183,6 +191,77 @@ impl Runner {
             acks: HashMap::new(),
             fcnt_floor: HashMap::new(),
         }
+    }
+
+    /// Where the server key comes from (a key file's can be rotated).
+    pub fn set_key_source(&mut self, source: KeySource) {
+        self.key_source = source;
+    }
+
+    /// Seals every stored secret again under a new server key (see [`keystore`]): the new
+    /// key beside the key file, the values and the check in one transaction, then the file.
+    async fn rotate_key(
+        &mut self,
+        key: Option<[u8; 32]>,
+        by: &Principal,
+    ) -> Result<serde_json::Value, Refusal> {
+        let KeySource::File(path) = self.key_source.clone() else {
+            return Err(Refusal::new(
+                409,
+                "the server key is set in the configuration (keys.server_key or \
+                 FUOTA_SERVER_KEY): change it there, or use a key file to rotate it here",
+            ));
+        };
+        let db = |e: sqlx::Error| Refusal::new(500, format!("database: {e}"));
+        let bytes = key.unwrap_or_else(|| {
+            let mut k = [0u8; 32];
+            OsRng.fill_bytes(&mut k);
+            k
+        });
+        let new = KeyStore::new(&bytes);
+        let mut values = Vec::new();
+        let mut skipped = 0;
+        for r in self.store.sealed_rows().await.map_err(db)? {
+            use super::store::SealedAt;
+            let aad = match &r.at {
+                SealedAt::Device { dev_eui, .. } | SealedAt::RolloutDevice { dev_eui, .. } => {
+                    dev_eui.as_bytes().to_vec()
+                }
+                SealedAt::Campaign { .. } => {
+                    let cfg: Option<StoredConfig> = serde_json::from_str(&r.config).ok();
+                    mc_key_aad(cfg.map_or(0, |c| c.mc_addr), r.created_gps)
+                }
+                SealedAt::Rollout { .. } => {
+                    let cfg: Option<super::rollout::StoredRollout> =
+                        serde_json::from_str(&r.config).ok();
+                    mc_key_aad(cfg.map_or(0, |c| c.template.mc_addr), r.created_gps)
+                }
+            };
+            match self.keys.open(&r.sealed, &aad) {
+                Ok(plain) => values.push((r.at, new.seal(&plain, &aad))),
+                // Sealed under some other key already: of no use to anyone, left as it is.
+                Err(_) => skipped += 1,
+            }
+        }
+        let details = serde_json::json!({ "resealed": values.len(), "skipped": skipped });
+        let audit = Actor::Caller(by.clone()).entry(
+            now_unix_ms(),
+            "key.rotate",
+            "keys/server",
+            details.clone(),
+        );
+        keystore::write_next(&path, &bytes).map_err(|e| Refusal::new(500, e.0))?;
+        if let Err(e) = self.store.reseal(&values, &new.check_value(), &audit).await {
+            let _ = std::fs::remove_file(keystore::next_path(&path));
+            return Err(db(e));
+        }
+        self.keys = new;
+        if let Err(e) = keystore::commit_next(&path) {
+            // The database is sealed under the new key: the next start finishes the rename.
+            tracing::error!("server key rotated, but {e}: the next start completes it");
+        }
+        tracing::info!("server key rotated: {details}");
+        Ok(details)
     }
 
     /// Rebuilds every running campaign and every rollout not over from its log.
@@ -550,6 +629,10 @@ impl Runner {
             }
             Command::Cancel { id, by, reply } => {
                 let r = self.cancel(id, &by).await;
+                let _ = reply.send(r);
+            }
+            Command::RotateKey { key, by, reply } => {
+                let r = self.rotate_key(key, &by).await;
                 let _ = reply.send(r);
             }
             Command::CreateRollout { req, by, reply } => {

@@ -299,3 +299,126 @@ pub(super) async fn set_setting_in(tx: &mut Tx<'_>, name: &str, value: &[u8]) ->
     }
     Ok(())
 }
+
+/// Where a sealed value lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SealedAt {
+    /// A campaign device's root key (its DevEUI is the associated data).
+    Device { campaign_id: i64, dev_eui: String },
+    /// A campaign's McKey.
+    Campaign { id: i64 },
+    /// A rollout device's root key.
+    RolloutDevice { rollout_id: i64, dev_eui: String },
+    /// A rollout's McKey.
+    Rollout { id: i64 },
+}
+
+/// A sealed value, with what its associated data derives from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedRow {
+    pub at: SealedAt,
+    pub sealed: Vec<u8>,
+    /// For McKeys: the row's configuration (JSON) and creation time.
+    pub config: String,
+    pub created_gps: i64,
+}
+
+impl Store {
+    /// Every value sealed under the server key.
+    pub async fn sealed_rows(&self) -> DbResult<Vec<SealedRow>> {
+        let mut out = Vec::new();
+        for r in sqlx::query("SELECT campaign_id, dev_eui, root_key FROM devices")
+            .fetch_all(&self.pool)
+            .await?
+        {
+            out.push(SealedRow {
+                at: SealedAt::Device {
+                    campaign_id: r.try_get(0)?,
+                    dev_eui: r.try_get(1)?,
+                },
+                sealed: r.try_get(2)?,
+                config: String::new(),
+                created_gps: 0,
+            });
+        }
+        for r in sqlx::query("SELECT rollout_id, dev_eui, root_key FROM rollout_devices")
+            .fetch_all(&self.pool)
+            .await?
+        {
+            out.push(SealedRow {
+                at: SealedAt::RolloutDevice {
+                    rollout_id: r.try_get(0)?,
+                    dev_eui: r.try_get(1)?,
+                },
+                sealed: r.try_get(2)?,
+                config: String::new(),
+                created_gps: 0,
+            });
+        }
+        for (table, campaign) in [("campaigns", true), ("rollouts", false)] {
+            let q = format!("SELECT id, mc_key, config, created_gps FROM {table}");
+            for r in sqlx::query(&q).fetch_all(&self.pool).await? {
+                let id = r.try_get(0)?;
+                out.push(SealedRow {
+                    at: if campaign {
+                        SealedAt::Campaign { id }
+                    } else {
+                        SealedAt::Rollout { id }
+                    },
+                    sealed: r.try_get(1)?,
+                    config: r.try_get(2)?,
+                    created_gps: r.try_get(3)?,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes values sealed again under a new server key, its check value and the audit row,
+    /// all or nothing.
+    pub async fn reseal(
+        &self,
+        values: &[(SealedAt, Vec<u8>)],
+        check: &[u8],
+        audit: &NewAudit,
+    ) -> DbResult<()> {
+        let mut tx = self.pool.begin().await?;
+        for (at, v) in values {
+            let q = match at {
+                SealedAt::Device {
+                    campaign_id,
+                    dev_eui,
+                } => sqlx::query(
+                    "UPDATE devices SET root_key = $1 WHERE campaign_id = $2 AND dev_eui = $3",
+                )
+                .bind(v.clone())
+                .bind(*campaign_id)
+                .bind(dev_eui),
+                SealedAt::RolloutDevice {
+                    rollout_id,
+                    dev_eui,
+                } => sqlx::query(
+                    "UPDATE rollout_devices SET root_key = $1 WHERE rollout_id = $2 \
+                     AND dev_eui = $3",
+                )
+                .bind(v.clone())
+                .bind(*rollout_id)
+                .bind(dev_eui),
+                SealedAt::Campaign { id } => {
+                    sqlx::query("UPDATE campaigns SET mc_key = $1 WHERE id = $2")
+                        .bind(v.clone())
+                        .bind(*id)
+                }
+                SealedAt::Rollout { id } => {
+                    sqlx::query("UPDATE rollouts SET mc_key = $1 WHERE id = $2")
+                        .bind(v.clone())
+                        .bind(*id)
+                }
+            };
+            q.execute(&mut *tx).await?;
+        }
+        set_setting_in(&mut tx, crate::service::keystore::CHECK_NAME, check).await?;
+        insert_audit_in(&mut tx, audit).await?;
+        tx.commit().await
+    }
+}

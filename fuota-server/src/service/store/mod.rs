@@ -6,7 +6,7 @@
 pub mod access;
 pub mod rollouts;
 
-pub use access::{AuditFilter, AuditRow, NewAudit, TokenRow};
+pub use access::{AuditFilter, AuditRow, NewAudit, SealedAt, SealedRow, TokenRow};
 pub use rollouts::{NewRollout, RolloutDeviceRow, RolloutInputRow, RolloutRow, RolloutWrite};
 
 use sqlx::any::{install_default_drivers, AnyPoolOptions};
