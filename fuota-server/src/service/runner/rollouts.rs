@@ -244,8 +244,7 @@ impl Runner {
                 "state": state_label(run.state()).0,
             }),
         );
-        let input = RolloutInput::Timeout { at: now };
-        let mut first_write = self.rollout_write(&run, &first, &input, now, &actor);
+        let mut first_write = self.rollout_write(&run, &first, None, now, &actor);
         first_write.audit.insert(0, created);
         let new = NewRollout {
             name: req.name.clone(),
@@ -399,7 +398,7 @@ impl Runner {
         let seq = run.next_input;
         let at = input.at();
         let stepped = run.feed(&input);
-        let mut w = self.rollout_write(&run, &stepped, &input, at, actor);
+        let mut w = self.rollout_write(&run, &stepped, Some(&input), at, actor);
         w.input = Some(input.row(seq, actor.name()));
         if let Some((name, mut details)) = action {
             let (state, reason) = state_label(run.state());
@@ -448,12 +447,13 @@ impl Runner {
         Ok(())
     }
 
-    /// Everything a rollout step changes, as rows.
+    /// Everything a rollout step changes, as rows (`input`: what the step was fed; none for
+    /// the first, at creation).
     fn rollout_write(
         &self,
         run: &RolloutRun,
         st: &RolloutStepped,
-        input: &RolloutInput,
+        input: Option<&RolloutInput>,
         at: GpsMillis,
         actor: &Actor,
     ) -> RolloutWrite {
@@ -510,7 +510,7 @@ impl Runner {
         touched.extend(st.changed.iter().map(|(k, ..)| *k));
         touched.extend(st.wave_changes.iter().map(|(k, ..)| *k));
         let uplink_wave = match input {
-            RolloutInput::Uplink { dev, .. } => r.device(*dev).map(|(k, _)| k),
+            Some(RolloutInput::Uplink { dev, .. }) => r.device(*dev).map(|(k, _)| k),
             _ => None,
         };
         touched.extend(uplink_wave);
@@ -529,13 +529,13 @@ impl Runner {
             step.outputs = outs.iter().map(|o| o.row()).collect();
             if let (
                 Some(k2),
-                RolloutInput::Uplink {
+                Some(RolloutInput::Uplink {
                     dev,
                     port,
                     fcnt,
                     data,
                     ..
-                },
+                }),
             ) = (uplink_wave, input)
             {
                 if k2 == k {
