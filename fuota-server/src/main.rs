@@ -33,6 +33,15 @@ enum Command {
     /// Campaigns through the service's HTTP API.
     #[cfg(feature = "service")]
     Campaign(Box<cli::campaign::CampaignArgs>),
+    /// Staged rollouts (waves of campaigns) through the service's HTTP API.
+    #[cfg(feature = "service")]
+    Rollout(Box<cli::rollout::RolloutArgs>),
+    /// The service's API tokens (admin).
+    #[cfg(feature = "service")]
+    Token(Box<cli::access::TokenArgs>),
+    /// The service's audit log: who did what, and when.
+    #[cfg(feature = "service")]
+    Audit(Box<cli::access::AuditArgs>),
 }
 
 fn main() -> ExitCode {
@@ -53,6 +62,12 @@ fn main() -> ExitCode {
         Command::Server(args) => cli::server::run(args),
         #[cfg(feature = "service")]
         Command::Campaign(args) => cli::campaign::run(*args),
+        #[cfg(feature = "service")]
+        Command::Rollout(args) => cli::rollout::run(*args),
+        #[cfg(feature = "service")]
+        Command::Token(args) => cli::access::run_token(*args),
+        #[cfg(feature = "service")]
+        Command::Audit(args) => cli::access::run_audit(*args),
     };
     match result {
         Ok(code) => code,

@@ -7,17 +7,12 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
+use super::client::{cell as s, upload, Api, ApiArgs};
+
 #[derive(Debug, Args)]
 pub struct CampaignArgs {
-    /// The service's address.
-    #[arg(long, env = "FUOTA_API_URL", default_value = "http://127.0.0.1:8080")]
-    api: String,
-    /// Bearer token of the API.
-    #[arg(long, env = "FUOTA_API_TOKEN", hide_env_values = true)]
-    token: Option<String>,
-    /// Print the API's JSON answer.
-    #[arg(long, global = true)]
-    json: bool,
+    #[command(flatten)]
+    api: ApiArgs,
     #[command(subcommand)]
     command: CampaignCommand,
 }
@@ -99,62 +94,8 @@ pub struct CreateArgs {
     setup: Option<String>,
 }
 
-struct Api {
-    base: String,
-    token: Option<String>,
-    agent: ureq::Agent,
-}
-
-impl Api {
-    fn new(base: &str, token: Option<String>) -> Self {
-        let agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .build()
-            .into();
-        Self {
-            base: base.trim_end_matches('/').to_string(),
-            token,
-            agent,
-        }
-    }
-
-    fn answer(&self, r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Result<Value> {
-        let mut r = r.with_context(|| format!("cannot reach the service at {}", self.base))?;
-        let status = r.status();
-        let text = r.body_mut().read_to_string().unwrap_or_default();
-        let v: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        if !status.is_success() {
-            let msg = v
-                .get("error")
-                .and_then(Value::as_str)
-                .map_or_else(|| v.to_string(), String::from);
-            bail!("{} ({})", msg, status.as_u16());
-        }
-        Ok(v)
-    }
-
-    fn get(&self, path: &str) -> Result<Value> {
-        let mut req = self.agent.get(format!("{}{path}", self.base));
-        if let Some(t) = &self.token {
-            req = req.header("Authorization", format!("Bearer {t}"));
-        }
-        self.answer(req.call())
-    }
-
-    fn post(&self, path: &str, content_type: &str, body: Vec<u8>) -> Result<Value> {
-        let mut req = self
-            .agent
-            .post(format!("{}{path}", self.base))
-            .header("Content-Type", content_type);
-        if let Some(t) = &self.token {
-            req = req.header("Authorization", format!("Bearer {t}"));
-        }
-        self.answer(req.send(&body[..]))
-    }
-}
-
-/// Devices from CSV (`dev_eui,key`) or JSON.
-fn read_devices(path: &PathBuf, v11: bool) -> Result<Value> {
+/// Devices from CSV (`dev_eui,key`, or `dev_eui,key,group` with groups) or JSON.
+pub fn read_devices(path: &PathBuf, v11: bool) -> Result<Value> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     if text.trim_start().starts_with('[') {
@@ -170,20 +111,19 @@ fn read_devices(path: &PathBuf, v11: bool) -> Result<Value> {
         {
             continue;
         }
-        let Some((eui, key)) = line.split_once(',') else {
+        let mut fields = line.split(',').map(str::trim);
+        let (Some(eui), Some(key)) = (fields.next(), fields.next()) else {
             bail!("{}:{}: expected dev_eui,key", path.display(), i + 1);
         };
-        v.push(json!({ "dev_eui": eui.trim(), key_field: key.trim() }));
+        let mut d = json!({ "dev_eui": eui, key_field: key });
+        match (fields.next(), fields.next()) {
+            (None, _) => {}
+            (Some(g), None) if !g.is_empty() => d["group"] = json!(g),
+            _ => bail!("{}:{}: expected dev_eui,key[,group]", path.display(), i + 1),
+        }
+        v.push(d);
     }
     Ok(Value::Array(v))
-}
-
-fn s(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Null => "-".into(),
-        other => other.to_string(),
-    }
 }
 
 fn print_summary(c: &Value) {
@@ -215,33 +155,12 @@ fn print_devices(devices: &Value) {
 }
 
 pub fn run(a: CampaignArgs) -> Result<ExitCode> {
-    let api = Api::new(&a.api, a.token.clone());
+    let api = Api::new(&a.api);
+    let json_out = a.api.json;
     let out = match a.command {
         CampaignCommand::Create(c) => {
             let firmware_id = match (&c.firmware, c.firmware_id) {
-                (Some(path), _) => {
-                    let data = std::fs::read(path)
-                        .with_context(|| format!("reading {}", path.display()))?;
-                    let name = path
-                        .file_name()
-                        .map_or("firmware".into(), |n| n.to_string_lossy().to_string());
-                    let name: String = name
-                        .chars()
-                        .map(|ch| {
-                            if ch.is_ascii_alphanumeric() || ".-_".contains(ch) {
-                                ch
-                            } else {
-                                '_'
-                            }
-                        })
-                        .collect();
-                    let fw = api.post(
-                        &format!("/api/firmware?name={name}"),
-                        "application/octet-stream",
-                        data,
-                    )?;
-                    fw["id"].as_i64().context("the upload answer has no id")?
-                }
+                (Some(path), _) => upload(&api, path)?,
                 (None, Some(id)) => id,
                 (None, None) => bail!("--firmware or --firmware-id"),
             };
@@ -280,7 +199,7 @@ pub fn run(a: CampaignArgs) -> Result<ExitCode> {
                 "application/json",
                 req.to_string().into_bytes(),
             )?;
-            if !a.json {
+            if !json_out {
                 println!("campaign {} created", s(&v["id"]));
                 print_summary(&v);
             }
@@ -288,7 +207,7 @@ pub fn run(a: CampaignArgs) -> Result<ExitCode> {
         }
         CampaignCommand::List => {
             let v = api.get("/api/campaigns")?;
-            if !a.json {
+            if !json_out {
                 for c in v.as_array().into_iter().flatten() {
                     print_summary(c);
                 }
@@ -297,7 +216,7 @@ pub fn run(a: CampaignArgs) -> Result<ExitCode> {
         }
         CampaignCommand::Status { id } => {
             let v = api.get(&format!("/api/campaigns/{id}"))?;
-            if !a.json {
+            if !json_out {
                 print_summary(&v);
                 println!(
                     "session {}, window until {}, frames sent {}, refused {}",
@@ -316,14 +235,14 @@ pub fn run(a: CampaignArgs) -> Result<ExitCode> {
                 "application/json",
                 b"{}".to_vec(),
             )?;
-            if !a.json {
+            if !json_out {
                 print_summary(&v);
             }
             v
         }
         CampaignCommand::Devices { id, log: Some(eui) } => {
             let v = api.get(&format!("/api/campaigns/{id}/devices/{eui}/log"))?;
-            if !a.json {
+            if !json_out {
                 for e in v.as_array().into_iter().flatten() {
                     println!("{}  {}", s(&e["at"]), s(&e["text"]));
                 }
@@ -332,13 +251,13 @@ pub fn run(a: CampaignArgs) -> Result<ExitCode> {
         }
         CampaignCommand::Devices { id, log: None } => {
             let v = api.get(&format!("/api/campaigns/{id}/devices"))?;
-            if !a.json {
+            if !json_out {
                 print_devices(&v);
             }
             v
         }
     };
-    if a.json {
+    if json_out {
         println!("{}", serde_json::to_string_pretty(&out)?);
     }
     Ok(ExitCode::SUCCESS)

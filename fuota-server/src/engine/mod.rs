@@ -587,10 +587,13 @@ impl Engine {
         };
         d.pending = None;
         match next {
-            // The session request waits for the clock: SessionTime is in GPS time.
+            // The session request waits for the clock: SessionTime is in GPS time. A device
+            // that synced its clock long ago (before this campaign, as in a rollout's later
+            // waves) sends no AppTimeReq for hours: if none comes within the retry time, it
+            // is asked for one.
             Some(Request::McSetup) if !d.clock_answered => {
                 d.progress.phase = Phase::Setup(Request::McSetup);
-                self.set_deadline(dev, None);
+                self.set_deadline(dev, Some(now + self.cfg.retry_ms));
             }
             Some(req) => self.send(now, dev, req),
             None => {
@@ -1024,14 +1027,16 @@ impl Engine {
                 .iter()
                 .filter(|(_, d)| !d.progress.phase.is_final())
                 .map(|(k, d)| {
-                    let why = match (&d.progress.phase, &d.last_deferral) {
+                    let p = &d.progress;
+                    let why = match (&p.phase, &d.last_deferral, p.fw_version) {
                         // Complete, but the device put the install off to the end.
-                        (Phase::Complete | Phase::Verifying, Some(r)) => Failure::Deferred {
+                        (Phase::Complete | Phase::Verifying, Some(r), _) => Failure::Deferred {
                             reason: r.label().into(),
                         },
-                        _ => Failure::WindowClosed {
-                            missing: d.progress.missing,
-                        },
+                        // It had the block and said, after its reboot, that it runs another
+                        // version: reverted (or never installed), whatever the tries left.
+                        (Phase::Verifying, None, Some(running)) => Failure::NotUpdated { running },
+                        _ => Failure::WindowClosed { missing: p.missing },
                     };
                     (*k, why)
                 })

@@ -411,6 +411,42 @@ fn after_the_block_the_running_version_decides() {
     assert!(e.is_finished());
 }
 
+/// The window closes while a device that had its block still answers the old version: it
+/// reverted (or never installed), not "window closed".
+#[test]
+fn the_old_version_at_the_window_end_is_a_revert() {
+    let mut cfg = config();
+    // More tries than the window holds.
+    cfg.max_attempts = 500;
+    let mut e = ready_engine(2, cfg.clone());
+    let status_at = cfg.session_start + 1_000 + 25 * 2_000;
+    run_until(&mut e, status_at);
+    for dev in [1, 2] {
+        e.handle_uplink(status_at + 1_000, dev, 201, &status(0));
+    }
+    run_until(&mut e, status_at + 1_000 + cfg.reboot_wait_ms);
+    let old = up(|b| {
+        fmp::Uplink::DevVersionAns(fmp::DevVersionAns {
+            fw_version: 0x0001_0000,
+            hw_version: 0,
+        })
+        .build_into(b)
+    });
+    e.handle_uplink(status_at + 40_000, 1, 203, &old);
+    run_until(&mut e, cfg.window_end);
+    assert_eq!(
+        e.device(1).unwrap().phase,
+        Phase::Failed(Failure::NotUpdated {
+            running: 0x0001_0000
+        })
+    );
+    // Device 2 never answered its DevVersionReq: the window closed on it.
+    assert!(matches!(
+        e.device(2).unwrap().phase,
+        Phase::Failed(Failure::WindowClosed { .. })
+    ));
+}
+
 #[test]
 fn bad_configurations_are_refused() {
     let mut c = config();
@@ -478,6 +514,29 @@ fn a_session_answer_from_a_wrong_clock_brings_a_resync() {
     assert_eq!((outs[0].0, outs[1].0), (202, 200));
     // Answered 30 s after it was taken (held back by the duty cycle): still plausible.
     e.handle_uplink(T0 + 60_000, 1, 200, &session_ans(600 - 30));
+    assert_eq!(e.device(1).unwrap().phase, Phase::Ready);
+}
+
+/// A device that synced its clock before the campaign sends no AppTimeReq of its own: after
+/// the retry time the engine forces a resync, and the setup goes on once it is answered.
+#[test]
+fn a_clock_that_stays_silent_is_asked_to_resync() {
+    let mut e = Engine::new(config(), devices(1), T0).unwrap();
+    drain(&mut e);
+    let answers = setup_answers();
+    for (port, bytes) in &answers[..2] {
+        e.handle_uplink(T0 + 1000, 1, *port, bytes);
+    }
+    assert_eq!(unicasts_to(&drain(&mut e), 1), []);
+    assert_eq!(e.poll_timeout(), Some(T0 + 61_000));
+    e.handle_timeout(T0 + 61_000);
+    assert_eq!(unicasts_to(&drain(&mut e), 1), [(202, vec![0x03, 0x02])]);
+    e.handle_uplink(T0 + 65_000, 1, answers[2].0, &answers[2].1);
+    let outs = unicasts_to(&drain(&mut e), 1);
+    assert_eq!((outs[0].0, outs[1].0), (202, 200));
+    for (port, bytes) in &answers[3..] {
+        e.handle_uplink(T0 + 70_000, 1, *port, bytes);
+    }
     assert_eq!(e.device(1).unwrap().phase, Phase::Ready);
 }
 

@@ -11,7 +11,8 @@
 //!
 //! Like the engine, a rollout never reads a clock and does no I/O: the driver gives it GPS
 //! milliseconds and uplinks, drains [`Rollout::poll_output`] (each output tagged with its
-//! wave) and calls [`Rollout::handle_timeout`] at [`Rollout::poll_timeout`]. Operator actions
+//! wave) and calls [`Rollout::handle_timeout`] at [`Rollout::poll_timeout`], and tells of a
+//! multicast frame no gateway sent ([`Rollout::handle_tx_refused`]). Operator actions
 //! are inputs too, so a driver that logs every input can rebuild the rollout by replaying them.
 //! Each wave's campaign is a [`Campaign`]: the engine, or a stand-in in tests.
 
@@ -23,7 +24,7 @@ use fuota_codec::sha256::Sha256;
 
 use crate::engine::{
     CampaignConfig, ConfigError, DevEui, DeviceProgress, DeviceSpec, Engine, Failure, GpsMillis,
-    Output, Phase,
+    MulticastFrame, Output, Phase,
 };
 
 /// What a rollout needs of one wave's campaign (the [`Engine`] in production).
@@ -34,6 +35,8 @@ pub trait Campaign {
     fn poll_timeout(&mut self) -> Option<GpsMillis>;
     fn is_finished(&self) -> bool;
     fn progress(&self, dev: DevEui) -> Option<&DeviceProgress>;
+    /// No gateway sent `frame` (a stand-in may ignore it).
+    fn handle_tx_refused(&mut self, _now: GpsMillis, _frame: &MulticastFrame) {}
 }
 
 impl Campaign for Engine {
@@ -54,6 +57,9 @@ impl Campaign for Engine {
     }
     fn progress(&self, dev: DevEui) -> Option<&DeviceProgress> {
         Engine::device(self, dev)
+    }
+    fn handle_tx_refused(&mut self, now: GpsMillis, frame: &MulticastFrame) {
+        Engine::handle_tx_refused(self, now, frame);
     }
 }
 
@@ -202,6 +208,8 @@ struct Wave<C> {
     window: Option<(GpsMillis, GpsMillis)>,
     status: WaveStatus,
     campaign: Option<C>,
+    /// The campaign once it ended (for its counters and keys; it gets no more input).
+    ended: Option<C>,
     /// Progress of a wave's devices once its campaign is gone (kept for the counts).
     last: BTreeMap<DevEui, DeviceProgress>,
 }
@@ -249,8 +257,13 @@ fn wave_mc_key(template: &Key128, k: usize) -> Key128 {
     Key128::from_bytes(key)
 }
 
+/// The new image did not stay: the device said why (a failed self-test, a boot loop), or its
+/// version after the reboot shows it.
 fn is_revert(f: &Failure) -> bool {
-    matches!(f, Failure::NotUpdated { .. })
+    matches!(
+        f,
+        Failure::NotUpdated { .. } | Failure::SelfTestFailed | Failure::BootLoop
+    )
 }
 
 /// [`Engine::new`] as a function pointer.
@@ -366,6 +379,7 @@ impl<C: Campaign> Rollout<C> {
             window: None,
             status: WaveStatus::Pending,
             campaign: None,
+            ended: None,
             last: BTreeMap::new(),
         });
     }
@@ -396,6 +410,17 @@ impl<C: Campaign> Rollout<C> {
             .iter()
             .enumerate()
             .find_map(|(i, w)| w.campaign.as_ref().map(|c| (i, c)))
+    }
+
+    /// Wave `k`'s campaign, running or ended (`None` before it started).
+    pub fn campaign(&self, k: usize) -> Option<&C> {
+        let w = self.waves.get(k)?;
+        w.campaign.as_ref().or(w.ended.as_ref())
+    }
+
+    /// The devices of wave `k`, in the order they were taken.
+    pub fn wave_devices(&self, k: usize) -> Option<&[DevEui]> {
+        self.waves.get(k).map(|w| w.devices.as_slice())
     }
 
     /// The campaign config of wave `k` (its window as scheduled), e.g. for its multicast keys.
@@ -544,6 +569,7 @@ impl<C: Campaign> Rollout<C> {
                     w.last.insert(*d, p.clone());
                 }
             }
+            w.ended = Some(c);
         }
         w.status = status;
     }
@@ -577,6 +603,14 @@ impl<C: Campaign> Rollout<C> {
         self.schedule_next(now);
     }
 
+    /// Whether an uplink from `dev` would reach a campaign (its wave runs): a driver need not
+    /// log the others, which change nothing.
+    pub fn takes_uplink(&self, dev: DevEui) -> bool {
+        self.wave_of
+            .get(&dev)
+            .is_some_and(|&i| self.waves[i].campaign.is_some())
+    }
+
     /// Handles an uplink from `dev`: to the campaign of the wave it is in.
     pub fn handle_uplink(&mut self, now: GpsMillis, dev: DevEui, port: u8, bytes: &[u8]) {
         let Some(&i) = self.wave_of.get(&dev) else {
@@ -588,6 +622,17 @@ impl<C: Campaign> Rollout<C> {
             self.review(now);
             self.start_due(now);
         }
+    }
+
+    /// No gateway sent `frame`, an output of wave `wave`: to its campaign if it still runs.
+    pub fn handle_tx_refused(&mut self, now: GpsMillis, wave: usize, frame: &MulticastFrame) {
+        let Some(c) = self.waves.get_mut(wave).and_then(|w| w.campaign.as_mut()) else {
+            return;
+        };
+        c.handle_tx_refused(now, frame);
+        self.drain(wave);
+        self.review(now);
+        self.start_due(now);
     }
 
     /// Runs what is due: the running campaign's timers, the end of a wave, the next wave's
@@ -660,24 +705,7 @@ impl<C: Campaign> Rollout<C> {
     /// A new wave of the devices that failed or reverted in ended waves, next in line; a
     /// halted rollout runs again from it. Returns how many devices it holds.
     pub fn retry_failed(&mut self, now: GpsMillis) -> usize {
-        if self.state == RolloutState::Cancelled || self.running().is_some() {
-            return 0;
-        }
-        let wave_of = &self.wave_of;
-        let failed: Vec<DevEui> = self
-            .waves
-            .iter()
-            .enumerate()
-            .flat_map(|(i, w)| {
-                w.devices.iter().filter(move |d| {
-                    wave_of.get(d) == Some(&i)
-                        && w.last
-                            .get(d)
-                            .is_some_and(|p| matches!(p.phase, Phase::Failed(_)))
-                })
-            })
-            .copied()
-            .collect();
+        let failed = self.retry_candidates();
         if failed.is_empty() {
             return 0;
         }
@@ -691,6 +719,7 @@ impl<C: Campaign> Rollout<C> {
                 window: None,
                 status: WaveStatus::Pending,
                 campaign: None,
+                ended: None,
                 last: BTreeMap::new(),
             },
         );
@@ -707,6 +736,28 @@ impl<C: Campaign> Rollout<C> {
         self.schedule_next(now);
         self.start_due(now);
         n
+    }
+
+    /// The devices [`Rollout::retry_failed`] would take now: those that failed or reverted
+    /// in the wave they are in (none while a wave runs, or once cancelled).
+    pub fn retry_candidates(&self) -> Vec<DevEui> {
+        if self.state == RolloutState::Cancelled || self.running().is_some() {
+            return Vec::new();
+        }
+        let wave_of = &self.wave_of;
+        self.waves
+            .iter()
+            .enumerate()
+            .flat_map(|(i, w)| {
+                w.devices.iter().filter(move |d| {
+                    wave_of.get(d) == Some(&i)
+                        && w.last
+                            .get(d)
+                            .is_some_and(|p| matches!(p.phase, Phase::Failed(_)))
+                })
+            })
+            .copied()
+            .collect()
     }
 }
 

@@ -18,6 +18,8 @@ struct Fake {
     fate: BTreeMap<DevEui, u8>,
     outputs: Vec<Output>,
     done: bool,
+    /// Frames the driver said no gateway sent.
+    refused: Vec<u32>,
 }
 
 fn fake(
@@ -48,6 +50,7 @@ fn fake(
         cfg,
         outputs,
         done: false,
+        refused: Vec::new(),
     })
 }
 
@@ -77,6 +80,11 @@ impl Campaign for Fake {
     }
     fn progress(&self, dev: DevEui) -> Option<&DeviceProgress> {
         self.devices.get(&dev)
+    }
+    fn handle_tx_refused(&mut self, _now: GpsMillis, frame: &MulticastFrame) {
+        self.refused.push(frame.fcnt);
+        // Sent again: the engine's answer to a refusal.
+        self.outputs.push(Output::Multicast(frame.clone()));
     }
 }
 
@@ -357,4 +365,84 @@ fn plans_that_cannot_run_are_refused_with_a_reason() {
         RolloutError::NoDevices
     );
     assert!(RolloutError::Windows.to_string().contains("overlap"));
+}
+
+fn frame(fcnt: u32) -> MulticastFrame {
+    MulticastFrame {
+        at: T0,
+        mc_addr: 0x0100_0000,
+        fcnt,
+        freq_hz: 869_525_000,
+        dr: 3,
+        port: 201,
+        payload: vec![8, 1, 0],
+        kind: crate::engine::FrameKind::DataFragment,
+    }
+}
+
+#[test]
+fn a_refused_frame_goes_to_its_wave_while_it_runs_and_ended_waves_keep_their_campaign() {
+    let mut r =
+        Rollout::with_campaigns(config(Slicing::default()), fleet(100, &[], 0), T0, fake).unwrap();
+    std::iter::from_fn(|| r.poll_output()).for_each(drop);
+    r.handle_tx_refused(T0 + HOUR, 0, &frame(4));
+    // Another wave's, or a wave that does not run: ignored.
+    r.handle_tx_refused(T0 + HOUR, 1, &frame(5));
+    r.handle_tx_refused(T0 + HOUR, 9, &frame(6));
+    let again: Vec<RolloutOutput> = std::iter::from_fn(|| r.poll_output()).collect();
+    assert_eq!(
+        again,
+        [RolloutOutput {
+            wave: 0,
+            output: Output::Multicast(frame(4))
+        }]
+    );
+    assert_eq!(r.campaign(0).unwrap().refused, [4]);
+    assert!(r.campaign(1).is_none());
+    let canary = r.wave_devices(0).unwrap()[0];
+    let later = r.wave_devices(1).unwrap()[0];
+    assert!(r.takes_uplink(canary) && !r.takes_uplink(later));
+    run(&mut r, T0 + 2 * DAY);
+    // Wave 1 ended: its campaign is still there to read, and takes no more refusals.
+    assert_eq!(r.waves()[0].status, WaveStatus::Passed);
+    assert!(r.campaign(0).unwrap().done);
+    r.handle_tx_refused(T0 + 2 * DAY, 0, &frame(7));
+    assert_eq!(r.campaign(0).unwrap().refused, [4]);
+    // The planned slices are there before their waves start.
+    let planned: usize = (0..r.waves().len())
+        .map(|k| r.wave_devices(k).unwrap().len())
+        .sum();
+    assert_eq!(planned, 100);
+    assert_eq!(r.wave_devices(9), None);
+}
+
+#[test]
+fn the_same_inputs_operator_actions_included_give_the_same_rollout() {
+    let probe =
+        Rollout::with_campaigns(config(Slicing::default()), fleet(100, &[], 0), T0, fake).unwrap();
+    let second: Vec<u64> = probe.waves[1].devices[..2].to_vec();
+    let drive = || {
+        let mut r =
+            Rollout::with_campaigns(config(Slicing::default()), fleet(100, &second, 1), T0, fake)
+                .unwrap();
+        let mut out: Vec<RolloutOutput> = std::iter::from_fn(|| r.poll_output()).collect();
+        r.pause(T0 + HOUR);
+        out.extend(run(&mut r, T0 + 2 * DAY));
+        r.resume(T0 + 2 * DAY);
+        out.extend(run(&mut r, T0 + 5 * DAY));
+        assert!(matches!(r.state(), RolloutState::Halted(_)));
+        assert_eq!(r.retry_candidates().len(), 2);
+        assert_eq!(r.retry_failed(T0 + 5 * DAY), 2);
+        assert!(
+            r.retry_candidates().is_empty(),
+            "a wave of them runs or waits"
+        );
+        out.extend(run(&mut r, T0 + 6 * DAY + 2 * HOUR));
+        r.cancel(T0 + 6 * DAY + 2 * HOUR);
+        assert!(r.retry_candidates().is_empty());
+        (out, r.waves(), r.state().clone())
+    };
+    let (a, b) = (drive(), drive());
+    assert_eq!(a, b);
+    assert!(!a.0.is_empty());
 }

@@ -9,11 +9,15 @@
 //! - [`keystore`]: root keys and McKeys encrypted at rest.
 //! - [`store`]: the database (SQLite or PostgreSQL), migrations included.
 //! - [`campaign`]: requests into engine configurations; the write-ahead log and replay.
-//! - [`runner`]: the select loop that owns the campaigns.
+//! - [`rollout`]: rollout requests into rollout plans; a rollout's log and replay.
+//! - [`runner`]: the select loop that owns the campaigns and rollouts.
+//! - [`auth`], [`audit`]: API tokens and roles; the audit log's entries.
 //! - [`mqtt`], [`api`], [`page`], [`broker`]: the connections, the HTTP side, the
 //!   embedded broker.
 
 pub mod api;
+pub mod audit;
+pub mod auth;
 pub mod broker;
 pub mod campaign;
 pub mod chirpstack;
@@ -23,6 +27,7 @@ pub mod frames;
 pub mod keystore;
 pub mod mqtt;
 pub mod page;
+pub mod rollout;
 pub mod runner;
 pub mod store;
 
@@ -32,7 +37,6 @@ use tokio::sync::{mpsc, watch};
 
 use self::clock::Clock;
 use self::config::Config;
-use self::keystore::KeyStore;
 use self::store::Store;
 
 /// Why the service could not start.
@@ -58,14 +62,12 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
     on_listen: impl FnOnce(SocketAddr),
 ) -> Result<(), StartError> {
-    let keys = match &cfg.keys.server_key {
-        Some(k) => KeyStore::from_hex(k).map_err(|e| err("keys.server_key")(e.0))?,
-        None => KeyStore::from_file(&cfg.keys.server_key_file)
-            .map_err(|e| err("keys.server_key_file")(e.0))?,
-    };
     let store = Store::connect(&cfg.database.url, cfg.database.max_connections)
         .await
         .map_err(|e| err("database")(e.to_string()))?;
+    let (keys, key_source) = keystore::load(&cfg.keys, &store)
+        .await
+        .map_err(|e| err("server key")(e.0))?;
     let clock = Clock::new(cfg.clock.scale, cfg.clock.origin_unix_ms);
     let subs =
         chirpstack::subscriptions(&cfg.chirpstack.applications, &cfg.chirpstack.region_prefix);
@@ -80,10 +82,22 @@ pub async fn run(
     let state = api::AppState {
         store: store.clone(),
         commands: commands_tx,
-        token: cfg.http.token.clone(),
+        auth: auth::Authenticator::new(cfg.http.token.as_deref()),
         clock,
     };
+    if state
+        .auth
+        .is_open(&store)
+        .await
+        .map_err(|e| err("database")(e.to_string()))?
+    {
+        tracing::warn!(
+            "no API token is configured and none was made: the API is open to anyone who \
+             reaches {addr} (set http.token or make a token)"
+        );
+    }
     let mut runner = runner::Runner::new(cfg, store.clone(), keys, clock, client.clone());
+    runner.set_key_source(key_source);
     runner.resume().await.map_err(err("resume"))?;
     let runner = tokio::spawn(runner.run(messages, commands, shutdown.clone()));
     on_listen(addr);

@@ -1,14 +1,24 @@
 //! The status page: server-rendered HTML (no script needed, so it shows in any browser and
-//! in a headless screenshot), refreshed every few seconds. Per campaign: a progress bar
-//! (updated, failed, in progress), the per-device table, and a chart of devices updated over
-//! time (inline SVG).
+//! in a headless screenshot), refreshed every few seconds. Per rollout: its state (and why it
+//! halted) and a row per wave with its status, counts and a progress bar. Per campaign: a
+//! progress bar (updated, failed, in progress), the per-device table, and a chart of devices
+//! updated over time (inline SVG).
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use super::api::timeline_points;
 use super::campaign::StoredConfig;
 use super::clock::{rfc3339_of_unix_ms, unix_ms_of_gps, Clock};
-use super::store::{CampaignRow, DeviceRow};
+use super::rollout::StoredRollout;
+use super::store::{CampaignRow, DeviceRow, RolloutRow};
+
+/// A rollout as the page shows it: its row and its waves' campaign ids.
+#[derive(Debug, Clone)]
+pub struct RolloutView {
+    pub row: RolloutRow,
+    pub waves: BTreeMap<usize, i64>,
+}
 
 /// Text for HTML.
 pub fn escape(s: &str) -> String {
@@ -36,7 +46,12 @@ table{border-collapse:collapse;font-size:13px;margin-top:10px}\
 td,th{border-bottom:1px solid #eee;padding:3px 10px;text-align:left}\
 .p-updated{color:#2e8b57;font-weight:bold}.p-failed{color:#c0392b;font-weight:bold}\
 .state{display:inline-block;padding:1px 8px;border-radius:10px;background:#eee;font-size:12px}\
-.flex{display:flex;gap:24px;flex-wrap:wrap;align-items:flex-start}";
+.flex{display:flex;gap:24px;flex-wrap:wrap;align-items:flex-start}\
+.rev{background:#8e44ad}.wbar{width:220px;height:14px;margin:2px 0}\
+.s-passed,.s-completed{color:#2e8b57;font-weight:bold}\
+.s-missed,.s-halted,.s-failed{color:#c0392b;font-weight:bold}\
+.s-running{color:#d68910;font-weight:bold}.s-paused,.s-cancelled{color:#555;font-weight:bold}\
+.why{color:#c0392b;margin:6px 0}";
 
 fn wall(clock: &Clock, t: i64) -> String {
     rfc3339_of_unix_ms(unix_ms_of_gps(clock.gps_of_campaign(t.max(0) as u64)))
@@ -87,6 +102,100 @@ fn chart(c: &CampaignRow, devices: &[DeviceRow]) -> String {
     )
 }
 
+/// A duration in the largest unit that keeps it whole.
+fn span(ms: u64) -> String {
+    match ms {
+        ms if ms % 3_600_000 == 0 => format!("{} h", ms / 3_600_000),
+        ms if ms % 60_000 == 0 => format!("{} min", ms / 60_000),
+        ms => format!("{} s", ms / 1000),
+    }
+}
+
+fn link(path: &str, token: Option<&str>) -> String {
+    match token {
+        Some(t) => format!("{path}?token={}", escape(t)),
+        None => path.to_string(),
+    }
+}
+
+fn rollout_card(out: &mut String, clock: &Clock, v: &RolloutView, token: Option<&str>) {
+    let r = &v.row;
+    let cfg: Option<StoredRollout> = serde_json::from_str(&r.config).ok();
+    let waves: Vec<serde_json::Value> = serde_json::from_str(&r.waves).unwrap_or_default();
+    let _ = write!(
+        out,
+        "<div class=\"card\" id=\"rollout-{id}\"><h2><a href=\"{href}\">Rollout #{id} {name}</a> \
+         <span class=\"state s-{state}\">{state}</span></h2>",
+        id = r.id,
+        href = link(&format!("/rollouts/{}", r.id), token),
+        name = escape(&r.name),
+        state = escape(&r.state),
+    );
+    if let Some(why) = &r.reason {
+        let _ = write!(out, "<div class=\"why\">{}</div>", escape(why));
+    }
+    if let Some(c) = &cfg {
+        let _ = write!(
+            out,
+            "<div class=\"meta\">{n} devices in {w} waves; next wave at {s:.0} % updated and at \
+             most {f:.1} % failed or reverted; windows of {len} every {every}, setup {lead} \
+             before; created by {by}</div>",
+            n = r.devices_total,
+            w = waves.len(),
+            s = c.success_threshold * 100.0,
+            f = c.failure_threshold * 100.0,
+            len = span(c.window_len_ms),
+            every = span(c.window_every_ms),
+            lead = span(c.setup_lead_ms),
+            by = escape(&r.created_by),
+        );
+    }
+    out.push_str(
+        "<table class=\"waves\"><tr><th>wave</th><th>slice</th><th>status</th><th>devices</th>\
+         <th>updated</th><th>failed</th><th>reverted</th><th>progress</th><th>window</th>\
+         <th>campaign</th></tr>",
+    );
+    for w in &waves {
+        let k = w["index"].as_u64().unwrap_or(0) as usize;
+        let n = w["devices"].as_u64().unwrap_or(0).max(1) as f64;
+        let count = |f: &str| w[f].as_u64().unwrap_or(0);
+        let pct = |f: &str| count(f) as f64 / n * 100.0;
+        let status = w["status"].as_str().unwrap_or("pending");
+        let window = match (w["window"][0].as_i64(), w["window"][1].as_i64()) {
+            (Some(a), Some(b)) => format!("{} to {}", wall(clock, a), wall(clock, b)),
+            _ => String::from("-"),
+        };
+        let campaign = v.waves.get(&k).map_or(String::from("-"), |cid| {
+            format!(
+                "<a href=\"{}\">#{cid}</a>",
+                link(&format!("/campaigns/{cid}"), token)
+            )
+        });
+        let _ = write!(
+            out,
+            "<tr class=\"wave\" id=\"rollout-{rid}-wave-{no}\"><td>{no}</td><td>{name}</td>\
+             <td class=\"s-{status}\">{status}</td><td>{devices}</td><td>{up}</td><td>{failed}</td>\
+             <td>{rev}</td><td><div class=\"bar wbar\" title=\"updated / failed / reverted\">\
+             <div class=\"up\" style=\"width:{pu:.1}%\"></div>\
+             <div class=\"fail\" style=\"width:{pf:.1}%\"></div>\
+             <div class=\"rev\" style=\"width:{pr:.1}%\"></div></div></td><td>{window}</td>\
+             <td>{campaign}</td></tr>",
+            rid = r.id,
+            no = k + 1,
+            name = escape(w["name"].as_str().unwrap_or("")),
+            status = escape(status),
+            devices = count("devices"),
+            up = count("updated"),
+            failed = count("failed"),
+            rev = count("reverted"),
+            pu = pct("updated"),
+            pf = pct("failed"),
+            pr = pct("reverted"),
+        );
+    }
+    out.push_str("</table></div>");
+}
+
 fn campaign_card(
     out: &mut String,
     clock: &Clock,
@@ -99,10 +208,7 @@ fn campaign_card(
     let up = c.devices_updated as f64 / total * 100.0;
     let failed = c.devices_failed as f64 / total * 100.0;
     let rest = (100.0 - up - failed).max(0.0);
-    let link = match token {
-        Some(t) => format!("/campaigns/{}?token={}", c.id, escape(t)),
-        None => format!("/campaigns/{}", c.id),
-    };
+    let link = link(&format!("/campaigns/{}", c.id), token);
     let _ = write!(
         out,
         "<div class=\"card\" id=\"campaign-{id}\"><h2><a href=\"{link}\">#{id} {name}</a> \
@@ -162,9 +268,10 @@ fn campaign_card(
     out.push_str("</div></div>");
 }
 
-/// The whole page for these campaigns (newest first).
+/// The whole page for these rollouts and campaigns (newest first).
 pub fn render(
     clock: &Clock,
+    rollouts: &[RolloutView],
     campaigns: &[(CampaignRow, Vec<DeviceRow>)],
     token: Option<&str>,
 ) -> String {
@@ -175,8 +282,14 @@ pub fn render(
          <meta http-equiv=\"refresh\" content=\"5\"><style>{STYLE}</style></head><body>\
          <h1>FUOTA campaigns</h1>"
     );
-    if campaigns.is_empty() {
-        out.push_str("<p>No campaign yet: create one with <code>fuota campaign create</code>.</p>");
+    if campaigns.is_empty() && rollouts.is_empty() {
+        out.push_str(
+            "<p>No campaign yet: create one with <code>fuota campaign create</code>, or a \
+             rollout with <code>fuota rollout create</code>.</p>",
+        );
+    }
+    for v in rollouts {
+        rollout_card(&mut out, clock, v, token);
     }
     for (c, devices) in campaigns {
         campaign_card(&mut out, clock, c, devices, token);
@@ -188,6 +301,13 @@ pub fn render(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spans_in_whole_units() {
+        assert_eq!(span(7_200_000), "2 h");
+        assert_eq!(span(5_400_000), "90 min");
+        assert_eq!(span(75_000), "75 s");
+    }
 
     #[test]
     fn names_are_escaped() {

@@ -132,6 +132,7 @@ pub struct ServerSetup {
     pub app: String,
     pub prefix: String,
     pub port: u16,
+    /// The bootstrap admin token (`http.token`); empty: none configured.
     pub token: String,
     pub scale: f64,
     pub origin_unix_ms: i64,
@@ -140,7 +141,7 @@ pub struct ServerSetup {
     pub setup_s: u64,
     /// More lines for the `[mqtt]` section (TLS, credentials).
     pub mqtt_extra: String,
-    /// The server key (64 hex digits).
+    /// The server key (64 hex digits); empty: a key file in `dir` (`server.key`).
     pub server_key: String,
 }
 
@@ -177,9 +178,9 @@ region_prefix = "{prefix}"
 url = "{db}"
 [http]
 listen = "127.0.0.1:{port}"
-token = "{token}"
+{token}
 [keys]
-server_key = "{key}"
+{key}
 [clock]
 scale = {scale}
 origin_unix_ms = {origin}
@@ -198,8 +199,19 @@ unicast_repair_max_devices = 3
             app = self.app,
             db = self.db_url,
             port = self.port,
-            token = self.token,
-            key = self.server_key,
+            token = if self.token.is_empty() {
+                String::new()
+            } else {
+                format!("token = \"{}\"", self.token)
+            },
+            key = if self.server_key.is_empty() {
+                format!(
+                    "server_key_file = \"{}\"",
+                    self.dir.join("server.key").display()
+                )
+            } else {
+                format!("server_key = \"{}\"", self.server_key)
+            },
             scale = self.scale,
             origin = self.origin_unix_ms,
             setup_s = self.setup_s,
@@ -342,6 +354,123 @@ impl Server {
         )
     }
 
+    /// A request with another token (`None`: no token): (status, JSON).
+    pub fn call_as(
+        &self,
+        token: Option<&str>,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
+        let url = format!("{}{path}", self.base());
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let agent = Self::agent();
+        let r = if method == "GET" {
+            let mut q = agent.get(&url);
+            if let Some(a) = &auth {
+                q = q.header("Authorization", a);
+            }
+            q.call()
+        } else {
+            let mut q = agent.post(&url).header("Content-Type", "application/json");
+            if let Some(a) = &auth {
+                q = q.header("Authorization", a);
+            }
+            // No body: an empty one.
+            q.send(body.map_or_else(String::new, Value::to_string).as_bytes())
+        };
+        let mut r = r.expect("HTTP request");
+        let status = r.status().as_u16();
+        (
+            status,
+            r.body_mut().read_json::<Value>().unwrap_or(Value::Null),
+        )
+    }
+
+    /// Runs `fuota` with these arguments against this server (with its token); stdout.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let o = Command::new(env!("CARGO_BIN_EXE_fuota"))
+            .args(args)
+            .env("FUOTA_API_URL", self.base())
+            .env("FUOTA_API_TOKEN", &self.setup.token)
+            .output()
+            .expect("fuota runs");
+        assert!(
+            o.status.success(),
+            "fuota {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// Uploads a firmware file with this token: the answer.
+    pub fn upload_as(&self, token: &str, data: &[u8]) -> (u16, Value) {
+        let mut r = Self::agent()
+            .post(format!("{}/api/firmware?name=fw", self.base()))
+            .header("Authorization", format!("Bearer {token}"))
+            .header("Content-Type", "application/octet-stream")
+            .send(data)
+            .expect("POST");
+        let status = r.status().as_u16();
+        (
+            status,
+            r.body_mut().read_json::<Value>().unwrap_or(Value::Null),
+        )
+    }
+
+    /// The audit log rows of this query, read with this token.
+    pub fn audit_as(&self, token: &str, query: &str) -> Vec<Value> {
+        let (st, v) = self.call_as(Some(token), "GET", &format!("/api/audit?{query}"), None);
+        assert_eq!(st, 200, "{v}");
+        v.as_array().cloned().unwrap_or_default()
+    }
+
+    /// Uploads a firmware file; its id.
+    pub fn upload(&self, patch: &[u8]) -> i64 {
+        let (st, fw) = self.post(
+            "/api/firmware?name=patch",
+            "application/octet-stream",
+            patch,
+        );
+        assert_eq!(st, 201, "{fw}");
+        fw["id"].as_i64().unwrap()
+    }
+
+    /// Polls a rollout until `done` says so or `limit` has passed (wall time); returns its
+    /// status and how long it took.
+    pub fn wait_rollout(
+        &mut self,
+        id: i64,
+        limit: Duration,
+        what: &str,
+        mut done: impl FnMut(&Value) -> bool,
+    ) -> (Value, Duration) {
+        let t0 = Instant::now();
+        loop {
+            let (st, v) = self.get(&format!("/api/rollouts/{id}"));
+            assert_eq!(st, 200, "{v}");
+            if done(&v) {
+                return (v, t0.elapsed());
+            }
+            assert!(self.is_running(), "the server died\n{}", self.log_text());
+            if t0.elapsed() > limit {
+                panic!(
+                    "rollout {id}: {what} not after {limit:?}: {}\n{}",
+                    serde_json::to_string_pretty(&v).unwrap(),
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// The audit log rows of this query (`subject=rollout/1`, ...).
+    pub fn audit(&self, query: &str) -> Vec<Value> {
+        let (st, v) = self.get(&format!("/api/audit?{query}"));
+        assert_eq!(st, 200, "{v}");
+        v.as_array().cloned().unwrap_or_default()
+    }
+
     /// POST with the token: (status, JSON).
     pub fn post(&self, path: &str, content_type: &str, body: &[u8]) -> (u16, Value) {
         let mut r = Self::agent()
@@ -420,6 +549,47 @@ pub fn campaign_request(name: &str, firmware_id: i64, devices: &[(u64, [u8; 16])
             "gen_app_key": hex::encode(key),
         })).collect::<Vec<_>>(),
     })
+}
+
+/// The API request for a rollout of these LoRaWAN 1.0.x devices in percentage waves: EU868,
+/// DR5; windows of `window_s` every `every_s` campaign seconds, each wave's setup `setup_s`
+/// before its window.
+pub fn rollout_request(
+    name: &str,
+    firmware_id: i64,
+    devices: &[(u64, [u8; 16])],
+    percent: &[f64],
+    (window_s, every_s, setup_s): (u64, u64, u64),
+) -> Value {
+    json!({
+        "name": name,
+        "firmware_id": firmware_id,
+        "region": "eu868",
+        "dr": 5,
+        "waves": { "percent": percent },
+        "window": { "duration": window_s, "every": every_s },
+        "setup": setup_s,
+        "seed": 11,
+        "devices": devices.iter().map(|(eui, key)| json!({
+            "dev_eui": format!("{eui:016x}"),
+            "gen_app_key": hex::encode(key),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// How many audit rows have this action.
+pub fn count_action(rows: &[Value], action: &str) -> usize {
+    rows.iter().filter(|r| r["action"] == action).count()
+}
+
+/// The wave statuses of a rollout's status.
+pub fn wave_statuses(v: &Value) -> Vec<String> {
+    v["waves"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|w| w["status"].as_str().unwrap_or("").to_string())
+        .collect()
 }
 
 /// Every device of a finished campaign is updated, and the stand-in saw them boot the new

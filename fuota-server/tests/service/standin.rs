@@ -20,6 +20,7 @@ use fuota_codec::patch::container::ImageVersion;
 use fuota_codec::Version;
 use fuota_device_agent::agent::{Agent, AgentConfig, Event, Layout};
 use fuota_device_agent::frag_session::{FragAreas, Via};
+use fuota_device_agent::hooks::{SelfTest, UpdateHooks};
 use fuota_device_agent::multicast::{McEvent, RadioLimits};
 use fuota_device_agent::sim_flash::SimFlash;
 use fuota_device_agent::slot::Region;
@@ -194,13 +195,18 @@ impl Options {
 pub struct Stats {
     /// Every DownlinkFrame: (gateway, multicast FCnt).
     pub multicast: Vec<(String, u32)>,
-    /// (gateway, FCnt) pairs that came twice.
+    /// (gateway, FCnt) pairs that came twice for the same McAddr.
     pub fcnt_reused: Vec<(String, u32)>,
+    /// McAddrs seen in DownlinkFrames.
+    pub groups: HashSet<u32>,
     pub refused: usize,
     pub unicast: usize,
     pub uplinks: usize,
-    /// Devices that booted the new image.
+    /// Devices that booted the new image and confirmed it.
     pub updated: HashSet<u64>,
+    /// Devices told to revert that did: the new image booted, failed its self-test, and the
+    /// bootloader went back to the old one.
+    pub reverted: HashSet<u64>,
     pub problems: Vec<String>,
 }
 
@@ -224,7 +230,7 @@ struct Group {
 struct Device {
     eui: u64,
     flash: &'static RefCell<Flash>,
-    agent: Agent<'static, Flash, 64>,
+    agent: StandinAgent,
     cfg: AgentConfig,
     boot_at: u64,
     fcnt_up: u32,
@@ -234,6 +240,8 @@ struct Device {
     group: Option<Group>,
     class_c: Option<(u32, u8)>,
     reboot_at: Option<u64>,
+    /// The new image runs on test without a confirm: the next reset goes back to the old.
+    unconfirmed: bool,
     rng: ChaCha8Rng,
     /// An uplink held back, published after this device's next one.
     held: Option<(String, Vec<u8>)>,
@@ -250,6 +258,8 @@ struct Pending {
 /// Runs until dropped.
 pub struct StandIn {
     pub stats: Arc<Mutex<Stats>>,
+    /// Devices whose new image fails its self-test (they revert).
+    reverting: Arc<Mutex<HashSet<u64>>>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -267,24 +277,33 @@ impl StandIn {
     pub fn start(mqtt_url: &str, opts: Options, update: &Update) -> Self {
         let stats = Arc::new(Mutex::new(Stats::default()));
         let stop = Arc::new(AtomicBool::new(false));
-        let (s2, st2, url, u) = (
+        let reverting = Arc::new(Mutex::new(HashSet::new()));
+        let (s2, st2, url, u, r2) = (
             stats.clone(),
             stop.clone(),
             mqtt_url.to_string(),
             update.clone(),
+            reverting.clone(),
         );
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .expect("runtime");
-            rt.block_on(run(url, opts, u, s2, st2));
+            rt.block_on(run(url, opts, u, s2, st2, r2));
         });
         Self {
             stats,
+            reverting,
             stop,
             thread: Some(thread),
         }
+    }
+
+    /// From now on, these devices' new image fails its self-test: not confirmed, it is
+    /// swapped back at the next reset.
+    pub fn revert(&self, devices: &[u64]) {
+        self.reverting.lock().unwrap().extend(devices);
     }
 
     pub fn stats(&self) -> Stats {
@@ -311,9 +330,28 @@ fn agent_config(update: &Update, gen_app_key: [u8; 16], seed: u64) -> AgentConfi
     }
 }
 
-fn boot(flash: &'static RefCell<Flash>, cfg: &AgentConfig) -> Agent<'static, Flash, 64> {
+/// A device's firmware hooks: a reverting device's new image fails its self-test.
+#[derive(Debug, Clone, Copy)]
+struct StandinHooks {
+    fails_self_test: bool,
+}
+
+impl UpdateHooks for StandinHooks {
+    fn self_test(&mut self, _now: u64) -> SelfTest {
+        if self.fails_self_test {
+            SelfTest::Fail
+        } else {
+            SelfTest::Pass
+        }
+    }
+}
+
+type StandinAgent = Agent<'static, Flash, 64, 1, fuota_codec::patch::VerifyingKey, StandinHooks>;
+
+fn boot(flash: &'static RefCell<Flash>, cfg: &AgentConfig, fails_self_test: bool) -> StandinAgent {
     let ws: &'static mut [u8] = Box::leak(vec![0u8; 16 * 1024].into_boxed_slice());
-    Agent::new(flash, cfg.clone(), ws, 0).expect("agent starts")
+    let hooks = StandinHooks { fails_self_test };
+    Agent::with_hooks(flash, cfg.clone(), ws, 0, hooks).expect("agent starts")
 }
 
 fn options(url: &str, id: &str) -> MqttOptions {
@@ -341,6 +379,7 @@ async fn run(
     update: Update,
     stats: Arc<Mutex<Stats>>,
     stop: Arc<AtomicBool>,
+    reverting: Arc<Mutex<HashSet<u64>>>,
 ) {
     let clock = Clock::new(opts.scale, opts.origin_unix_ms);
     let id = format!("standin-{}-{}", opts.app, std::process::id());
@@ -381,7 +420,7 @@ async fn run(
             f.write(0, &padded(&update.old)).expect("factory image");
             let flash: &'static RefCell<Flash> = Box::leak(Box::new(RefCell::new(f)));
             let cfg = agent_config(&update, key, opts.seed * 1000 + i as u64);
-            let agent = boot(flash, &cfg);
+            let agent = boot(flash, &cfg, false);
             Device {
                 eui,
                 flash,
@@ -396,6 +435,7 @@ async fn run(
                 group: None,
                 class_c: None,
                 reboot_at: None,
+                unconfirmed: false,
                 rng: ChaCha8Rng::seed_from_u64(opts.seed * 7919 + i as u64),
                 held: None,
             }
@@ -414,7 +454,7 @@ async fn run(
     let mut pending: Vec<Pending> = Vec::new();
 
     let mut uplink_no = 0usize;
-    let mut seen_fcnt: HashSet<(String, u32)> = HashSet::new();
+    let mut seen_fcnt: HashSet<(String, u32, u32)> = HashSet::new();
     let mut refused_fcnts: HashSet<u32> = HashSet::new();
     let mut tick = tokio::time::interval(Duration::from_millis(5));
     while !stop.load(Ordering::SeqCst) {
@@ -456,6 +496,7 @@ async fn run(
                         continue;
                     };
                     let fcnt_low = u32::from(u16::from_le_bytes([phy[6], phy[7]]));
+                    let addr = u32::from_le_bytes([phy[1], phy[2], phy[3], phy[4]]);
                     // Every gateway refuses the same first frames: they did not go out.
                     let refuse = refused_fcnts.contains(&fcnt_low)
                         || (refused_fcnts.len() < opts.refuse_first && refused_fcnts.insert(fcnt_low));
@@ -465,7 +506,8 @@ async fn run(
                     {
                         let mut s = stats.lock().unwrap();
                         s.multicast.push((gw.clone(), fcnt_low));
-                        if !seen_fcnt.insert((gw.clone(), fcnt_low)) {
+                        s.groups.insert(addr);
+                        if !seen_fcnt.insert((gw.clone(), addr, fcnt_low)) {
                             s.fcnt_reused.push((gw.clone(), fcnt_low));
                         }
                         if refuse { s.refused += 1; }
@@ -498,8 +540,10 @@ async fn run(
                         d.agent.handle_downlink(now - d.boot_at, Via::Multicast(0), port, &payload);
                     }
                 }
+                let reverting = reverting.lock().unwrap().clone();
                 for d in devices.iter_mut() {
-                    step_device(d, now, &clock, &opts, &update, &stats, &client, &mut uplink_no).await;
+                    let reverts = reverting.contains(&d.eui);
+                    step_device(d, now, &clock, &opts, &update, &stats, &client, &mut uplink_no, reverts).await;
                 }
             }
         }
@@ -544,10 +588,17 @@ async fn step_device(
     stats: &Arc<Mutex<Stats>>,
     client: &AsyncClient,
     uplink_no: &mut usize,
+    reverts: bool,
 ) {
-    // The bootloader: the new image into the primary slot, then the firmware starts again.
+    // The bootloader: the new image into the primary slot (or, after a reset of a test
+    // image that was not confirmed, the old one back), then the firmware starts again.
     if d.reboot_at.is_some_and(|r| now >= r) {
         d.reboot_at = None;
+        let image = if std::mem::take(&mut d.unconfirmed) {
+            &update.old
+        } else {
+            &update.new
+        };
         {
             let mut f = d.flash.borrow_mut();
             f.erase(
@@ -555,10 +606,10 @@ async fn step_device(
                 LAYOUT.primary.offset + LAYOUT.primary.len,
             )
             .expect("erase");
-            f.write(LAYOUT.primary.offset, &padded(&update.new))
+            f.write(LAYOUT.primary.offset, &padded(image))
                 .expect("swap");
         }
-        d.agent = boot(d.flash, &d.cfg);
+        d.agent = boot(d.flash, &d.cfg, reverts);
         d.boot_at = now;
         d.class_c = None;
         d.group = None;
@@ -586,12 +637,19 @@ async fn step_device(
             }
             Event::Multicast(McEvent::ClassCEnd { .. }) => d.class_c = None,
             Event::Multicast(McEvent::GroupDeleted { .. }) => d.group = None,
-            Event::RebootWanted { .. } | Event::RevertWanted { .. } => {
-                d.reboot_at = Some(now + 1_000)
+            Event::RebootWanted { .. } => d.reboot_at = Some(now + 1_000),
+            Event::RevertWanted { .. } => {
+                // Its self-test failed (a reverting device's hooks): a reset, and the
+                // bootloader goes back to the unconfirmed image's predecessor.
+                d.unconfirmed = true;
+                d.reboot_at = Some(now + 1_000);
             }
-            // The agent's self-test (its default hooks) confirms the new image.
+            // The agent's self-test passed and it confirmed the new image.
             Event::Confirmed { .. } => {
                 stats.lock().unwrap().updated.insert(d.eui);
+            }
+            Event::Reverted { .. } if reverts => {
+                stats.lock().unwrap().reverted.insert(d.eui);
             }
             Event::Booted { .. } | Event::InstallDeferred(_) => {}
             Event::UpdateFailed(f) => stats

@@ -1,5 +1,10 @@
 //! The HTTP API (axum, JSON; `docs/api.md`) and the status page. Reads come straight from the
-//! database; creating and cancelling go through the runner, which owns the campaigns.
+//! database; creating, cancelling, pausing and resuming go through the runner, which owns the
+//! campaigns and rollouts. Every endpoint but health names the role it needs in its
+//! arguments ([`AsViewer`], [`AsOperator`], [`AsAdmin`]); [`ENDPOINTS`] lists them.
+
+mod access;
+mod rollouts;
 
 use std::collections::HashMap;
 
@@ -13,21 +18,60 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 
+use super::audit::Actor;
+use super::auth::{AsOperator, AsViewer, Authenticator, Denied, Role};
 use super::campaign::{CampaignRequest, StoredConfig};
 use super::chirpstack::parse_eui;
-use super::clock::{rfc3339_of_unix_ms, unix_ms_of_gps, Clock};
+use super::clock::{now_unix_ms, rfc3339_of_unix_ms, unix_ms_of_gps, Clock};
 use super::page;
 use super::runner::{sha256_hex, Command, Refusal};
-use super::store::{CampaignRow, DeviceRow, Store};
+use super::store::{CampaignRow, DeviceRow, Store, NEW_ID};
+
+pub use super::auth::AsAdmin;
 
 /// What the handlers share.
 #[derive(Debug, Clone)]
 pub struct AppState {
     pub store: Store,
     pub commands: mpsc::Sender<Command>,
-    pub token: Option<String>,
+    pub auth: Authenticator,
     pub clock: Clock,
 }
+
+/// Every endpoint, with the role it needs (`None`: no token needed). The documentation's
+/// table and the roles test follow this list.
+pub const ENDPOINTS: &[(&str, &str, Option<Role>)] = &[
+    ("GET", "/api/health", None),
+    ("GET", "/api/firmware", Some(Role::Viewer)),
+    ("POST", "/api/firmware", Some(Role::Operator)),
+    ("GET", "/api/campaigns", Some(Role::Viewer)),
+    ("POST", "/api/campaigns", Some(Role::Operator)),
+    ("GET", "/api/campaigns/{id}", Some(Role::Viewer)),
+    ("POST", "/api/campaigns/{id}/cancel", Some(Role::Operator)),
+    ("GET", "/api/campaigns/{id}/devices", Some(Role::Viewer)),
+    (
+        "GET",
+        "/api/campaigns/{id}/devices/{dev_eui}/log",
+        Some(Role::Viewer),
+    ),
+    ("GET", "/api/campaigns/{id}/timeline", Some(Role::Viewer)),
+    ("GET", "/api/rollouts", Some(Role::Viewer)),
+    ("POST", "/api/rollouts", Some(Role::Operator)),
+    ("GET", "/api/rollouts/{id}", Some(Role::Viewer)),
+    ("GET", "/api/rollouts/{id}/devices", Some(Role::Viewer)),
+    ("POST", "/api/rollouts/{id}/pause", Some(Role::Operator)),
+    ("POST", "/api/rollouts/{id}/resume", Some(Role::Operator)),
+    ("POST", "/api/rollouts/{id}/cancel", Some(Role::Operator)),
+    ("POST", "/api/rollouts/{id}/retry", Some(Role::Operator)),
+    ("GET", "/api/audit", Some(Role::Viewer)),
+    ("GET", "/api/tokens", Some(Role::Admin)),
+    ("POST", "/api/tokens", Some(Role::Admin)),
+    ("POST", "/api/tokens/{id}/revoke", Some(Role::Admin)),
+    ("POST", "/api/keys/rotate", Some(Role::Admin)),
+    ("GET", "/", Some(Role::Viewer)),
+    ("GET", "/campaigns/{id}", Some(Role::Viewer)),
+    ("GET", "/rollouts/{id}", Some(Role::Viewer)),
+];
 
 /// An error answer: `{"error": "..."}` with its status.
 #[derive(Debug)]
@@ -39,6 +83,12 @@ impl ApiError {
             StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             m.into(),
         )
+    }
+}
+
+impl From<Denied> for ApiError {
+    fn from(d: Denied) -> Self {
+        Self::new(d.status, d.message)
     }
 }
 
@@ -75,8 +125,20 @@ pub fn router(state: AppState) -> Router {
         .route("/api/campaigns/{id}/devices", get(campaign_devices))
         .route("/api/campaigns/{id}/devices/{dev_eui}/log", get(device_log))
         .route("/api/campaigns/{id}/timeline", get(timeline))
+        .route("/api/rollouts", post(rollouts::create).get(rollouts::list))
+        .route("/api/rollouts/{id}", get(rollouts::status))
+        .route("/api/rollouts/{id}/devices", get(rollouts::devices))
+        .route("/api/rollouts/{id}/{action}", post(rollouts::act))
+        .route("/api/audit", get(access::audit))
+        .route(
+            "/api/tokens",
+            post(access::create_token).get(access::tokens),
+        )
+        .route("/api/tokens/{id}/revoke", post(access::revoke_token))
+        .route("/api/keys/rotate", post(access::rotate_key))
         .route("/", get(status_page))
         .route("/campaigns/{id}", get(campaign_page))
+        .route("/rollouts/{id}", get(rollouts::page))
         .layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .route("/api/health", get(health))
@@ -90,38 +152,36 @@ async fn not_found() -> ApiError {
     ApiError::new(404, "no such endpoint")
 }
 
-/// Bearer token on every endpoint but health; the pages also take `?token=`.
-async fn auth(State(s): State<AppState>, req: Request, next: Next) -> Response {
-    let Some(token) = &s.token else {
-        return next.run(req).await;
-    };
+/// Who is asking: the bearer token on every endpoint but health (the pages also take
+/// `?token=`), resolved to a [`Principal`] the handlers check their role against.
+async fn auth(State(s): State<AppState>, mut req: Request, next: Next) -> Response {
     let bearer = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    let query = req.uri().query().and_then(|q| {
-        q.split('&')
-            .find_map(|kv| kv.strip_prefix("token="))
-            .map(String::from)
-    });
-    let ok = bearer.is_some_and(|b| constant_time_eq(b.as_bytes(), token.as_bytes()))
-        || (!req.uri().path().starts_with("/api/")
-            && query.is_some_and(|q| constant_time_eq(q.as_bytes(), token.as_bytes())));
-    if ok {
-        next.run(req).await
-    } else {
-        let mut r = ApiError::new(401, "missing or wrong bearer token").into_response();
-        r.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            header::HeaderValue::from_static("Bearer"),
-        );
-        r
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(String::from);
+    let query = (!req.uri().path().starts_with("/api/"))
+        .then(|| {
+            req.uri().query().and_then(|q| {
+                q.split('&')
+                    .find_map(|kv| kv.strip_prefix("token="))
+                    .map(String::from)
+            })
+        })
+        .flatten();
+    match s.auth.resolve(&s.store, bearer.or(query).as_deref()).await {
+        Ok(Some(p)) => {
+            req.extensions_mut().insert(p);
+            next.run(req).await
+        }
+        Ok(None) => Denied {
+            status: 401,
+            message: "missing or wrong bearer token".into(),
+        }
+        .into_response(),
+        Err(e) => ApiError::from(e).into_response(),
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn health(State(s): State<AppState>) -> ApiResult<Json<Value>> {
@@ -129,7 +189,7 @@ async fn health(State(s): State<AppState>) -> ApiResult<Json<Value>> {
     Ok(Json(json!({ "ok": true })))
 }
 
-fn time_json(clock: &Clock, t: Option<i64>) -> Value {
+pub(crate) fn time_json(clock: &Clock, t: Option<i64>) -> Value {
     match t {
         Some(t) if t >= 0 => Value::String(rfc3339_of_unix_ms(unix_ms_of_gps(
             clock.gps_of_campaign(t as u64),
@@ -139,6 +199,7 @@ fn time_json(clock: &Clock, t: Option<i64>) -> Value {
 }
 
 async fn upload_firmware(
+    AsOperator(by): AsOperator,
     State(s): State<AppState>,
     Query(q): Query<HashMap<String, String>>,
     body: Bytes,
@@ -161,6 +222,15 @@ async fn upload_firmware(
             fuota_codec::firmware_management::fw_version(v.major, v.minor, v.revision)
         });
     let sha = sha256_hex(&body);
+    let audit = Actor::Caller(by).entry(
+        now_unix_ms(),
+        "firmware.upload",
+        &format!("firmware/{NEW_ID}"),
+        json!({
+            "name": name, "size": body.len(), "sha256": sha,
+            "target_version": target.map(version_string),
+        }),
+    );
     let id = s
         .store
         .insert_firmware(
@@ -168,7 +238,8 @@ async fn upload_firmware(
             &body,
             &sha,
             target.map(i64::from),
-            super::clock::now_unix_ms(),
+            now_unix_ms(),
+            &audit,
         )
         .await?;
     Ok((
@@ -183,11 +254,11 @@ async fn upload_firmware(
     ))
 }
 
-fn version_string(v: u32) -> String {
+pub(crate) fn version_string(v: u32) -> String {
     format!("{}.{}.{}", v >> 24, (v >> 16) & 0xff, v & 0xffff)
 }
 
-async fn list_firmware(State(s): State<AppState>) -> ApiResult<Json<Value>> {
+async fn list_firmware(_: AsViewer, State(s): State<AppState>) -> ApiResult<Json<Value>> {
     let rows = s.store.list_firmware().await?;
     Ok(Json(Value::Array(
         rows.into_iter()
@@ -239,6 +310,8 @@ pub fn summary(clock: &Clock, c: &CampaignRow) -> Value {
         "progress": if total > 0 { done as f64 / total as f64 } else { 0.0 },
         "frames": { "sent": c.frames_sent, "refused": c.frames_refused },
         "counters": counters,
+        "rollout_id": c.rollout_id,
+        "wave": c.wave.map(|w| w + 1),
     })
 }
 
@@ -261,7 +334,10 @@ pub fn device_json(clock: &Clock, d: &DeviceRow) -> Value {
     })
 }
 
-fn parse_body<T: serde::de::DeserializeOwned>(headers: &HeaderMap, body: &[u8]) -> ApiResult<T> {
+pub(crate) fn parse_body<T: serde::de::DeserializeOwned>(
+    headers: &HeaderMap,
+    body: &[u8],
+) -> ApiResult<T> {
     if let Some(ct) = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -273,23 +349,30 @@ fn parse_body<T: serde::de::DeserializeOwned>(headers: &HeaderMap, body: &[u8]) 
     serde_json::from_slice(body).map_err(|e| ApiError::new(400, format!("invalid request: {e}")))
 }
 
+/// Sends a command to the runner and waits for its answer.
+pub(crate) async fn ask<T>(
+    s: &AppState,
+    make: impl FnOnce(oneshot::Sender<Result<T, Refusal>>) -> Command,
+) -> ApiResult<T> {
+    let (tx, rx) = oneshot::channel();
+    s.commands
+        .send(make(tx))
+        .await
+        .map_err(|_| ApiError::new(503, "the service is shutting down"))?;
+    Ok(rx
+        .await
+        .map_err(|_| ApiError::new(503, "the service is shutting down"))??)
+}
+
 async fn create_campaign(
+    AsOperator(by): AsOperator,
     State(s): State<AppState>,
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let req: CampaignRequest = parse_body(&headers, &body)?;
-    let (tx, rx) = oneshot::channel();
-    s.commands
-        .send(Command::Create {
-            req: Box::new(req),
-            reply: tx,
-        })
-        .await
-        .map_err(|_| ApiError::new(503, "the service is shutting down"))?;
-    let id = rx
-        .await
-        .map_err(|_| ApiError::new(503, "the service is shutting down"))??;
+    let req = Box::new(req);
+    let id = ask(&s, |reply| Command::Create { req, by, reply }).await?;
     let c = s
         .store
         .campaign(id)
@@ -298,14 +381,14 @@ async fn create_campaign(
     Ok((StatusCode::CREATED, Json(summary(&s.clock, &c))))
 }
 
-async fn list_campaigns(State(s): State<AppState>) -> ApiResult<Json<Value>> {
+async fn list_campaigns(_: AsViewer, State(s): State<AppState>) -> ApiResult<Json<Value>> {
     let rows = s.store.campaigns().await?;
     Ok(Json(Value::Array(
         rows.iter().map(|c| summary(&s.clock, c)).collect(),
     )))
 }
 
-fn campaign_id(id: &str) -> ApiResult<i64> {
+pub(crate) fn campaign_id(id: &str) -> ApiResult<i64> {
     id.parse()
         .map_err(|_| ApiError::new(400, format!("campaign id {id:?} is not a number")))
 }
@@ -319,6 +402,7 @@ async fn campaign_row(s: &AppState, id: &str) -> ApiResult<CampaignRow> {
 }
 
 async fn campaign_status(
+    _: AsViewer,
     State(s): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
@@ -330,22 +414,18 @@ async fn campaign_status(
 }
 
 async fn cancel_campaign(
+    AsOperator(by): AsOperator,
     State(s): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let id = campaign_id(&id)?;
-    let (tx, rx) = oneshot::channel();
-    s.commands
-        .send(Command::Cancel { id, reply: tx })
-        .await
-        .map_err(|_| ApiError::new(503, "the service is shutting down"))?;
-    rx.await
-        .map_err(|_| ApiError::new(503, "the service is shutting down"))??;
+    ask(&s, |reply| Command::Cancel { id, by, reply }).await?;
     let c = campaign_row(&s, &id.to_string()).await?;
     Ok(Json(summary(&s.clock, &c)))
 }
 
 async fn campaign_devices(
+    _: AsViewer,
     State(s): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
@@ -357,6 +437,7 @@ async fn campaign_devices(
 }
 
 async fn device_log(
+    _: AsViewer,
     State(s): State<AppState>,
     Path((id, eui)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
@@ -387,7 +468,11 @@ pub fn timeline_points(devices: &[DeviceRow]) -> Vec<i64> {
     t
 }
 
-async fn timeline(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+async fn timeline(
+    _: AsViewer,
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
     let c = campaign_row(&s, &id).await?;
     let devices = s.store.devices(c.id).await?;
     let points = timeline_points(&devices);
@@ -401,23 +486,28 @@ async fn timeline(State(s): State<AppState>, Path(id): Path<String>) -> ApiResul
 }
 
 async fn status_page(
+    _: AsViewer,
     State(s): State<AppState>,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Html<String>> {
     let rows = s.store.campaigns().await?;
     let mut sections = Vec::new();
-    for c in rows.iter().rev() {
+    // Waves are shown with their rollout.
+    for c in rows.iter().rev().filter(|c| c.rollout_id.is_none()) {
         let devices = s.store.devices(c.id).await?;
         sections.push((c.clone(), devices));
     }
+    let rollouts = rollouts::page_rows(&s).await?;
     Ok(Html(page::render(
         &s.clock,
+        &rollouts,
         &sections,
         q.get("token").map(String::as_str),
     )))
 }
 
 async fn campaign_page(
+    _: AsViewer,
     State(s): State<AppState>,
     Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
@@ -426,6 +516,7 @@ async fn campaign_page(
     let devices = s.store.devices(c.id).await?;
     Ok(Html(page::render(
         &s.clock,
+        &[],
         &[(c, devices)],
         q.get("token").map(String::as_str),
     )))

@@ -1,6 +1,13 @@
 //! The service's state in SQL (sqlx, SQLite or PostgreSQL through one `Any` pool): firmware,
 //! campaigns and their devices, and each campaign's write-ahead log of engine inputs and
-//! outputs. Queries are plain SQL with `$n` parameters, which both databases take.
+//! outputs; rollouts and their logs ([`rollouts`]); API tokens, the audit log and settings
+//! ([`access`]). Queries are plain SQL with `$n` parameters, which both databases take.
+
+pub mod access;
+pub mod rollouts;
+
+pub use access::{AuditFilter, AuditRow, NewAudit, SealedAt, SealedRow, TokenRow};
+pub use rollouts::{NewRollout, RolloutDeviceRow, RolloutInputRow, RolloutRow, RolloutWrite};
 
 use sqlx::any::{install_default_drivers, AnyPoolOptions};
 use sqlx::migrate::Migrator;
@@ -10,6 +17,22 @@ static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
 
 pub type DbResult<T> = Result<T, sqlx::Error>;
+
+/// In the audit rows of a step that inserts a campaign or rollout, this stands for its id
+/// (not known before the insert).
+pub const NEW_ID: &str = "{id}";
+
+impl NewAudit {
+    /// The row with [`NEW_ID`] replaced by `id`.
+    pub fn with_id(&self, id: i64) -> Self {
+        let id = id.to_string();
+        Self {
+            subject: self.subject.replace(NEW_ID, &id),
+            details: self.details.replace(NEW_ID, &id),
+            ..self.clone()
+        }
+    }
+}
 
 /// Which database is behind the pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +105,9 @@ pub struct CampaignRow {
     pub frames_sent: i64,
     pub frames_refused: i64,
     pub reason: Option<String>,
+    /// The rollout this campaign is a wave of, and the wave's index.
+    pub rollout_id: Option<i64>,
+    pub wave: Option<i64>,
 }
 
 /// A stored firmware file (without its bytes).
@@ -108,6 +134,8 @@ pub struct NewCampaign {
     pub counters: String,
     /// (DevEUI, key kind, sealed root key, initial progress JSON, phase).
     pub devices: Vec<(String, String, Vec<u8>, String, String)>,
+    /// The rollout and wave it belongs to.
+    pub rollout: Option<(i64, i64)>,
 }
 
 /// Everything one engine step changes, written in one transaction.
@@ -122,11 +150,13 @@ pub struct StepWrite {
     pub campaign: Option<(String, String, i64, i64, Option<i64>)>,
     /// Raise this McAddr's next FCnt.
     pub mc_fcnt: Option<(i64, i64)>,
+    /// Audit log rows of the step (state changes).
+    pub audit: Vec<NewAudit>,
 }
 
 const CAMPAIGN_COLUMNS: &str = "id, name, firmware_id, state, request, config, mc_key, \
     created_gps, created_unix_ms, finished_gps, counters, devices_total, devices_updated, \
-    devices_failed, frames_sent, frames_refused, reason";
+    devices_failed, frames_sent, frames_refused, reason, rollout_id, wave";
 
 fn campaign_row(r: &sqlx::any::AnyRow) -> DbResult<CampaignRow> {
     Ok(CampaignRow {
@@ -147,6 +177,8 @@ fn campaign_row(r: &sqlx::any::AnyRow) -> DbResult<CampaignRow> {
         frames_sent: r.try_get(14)?,
         frames_refused: r.try_get(15)?,
         reason: r.try_get(16)?,
+        rollout_id: r.try_get(17)?,
+        wave: r.try_get(18)?,
     })
 }
 
@@ -212,7 +244,9 @@ impl Store {
         sha256: &str,
         target_fw_version: Option<i64>,
         created_unix_ms: i64,
+        audit: &NewAudit,
     ) -> DbResult<i64> {
+        let mut tx = self.pool.begin().await?;
         let row = sqlx::query(
             "INSERT INTO firmware (name, size, sha256, target_fw_version, data, created_unix_ms) \
              VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
@@ -223,9 +257,12 @@ impl Store {
         .bind(target_fw_version)
         .bind(data.to_vec())
         .bind(created_unix_ms)
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *tx)
         .await?;
-        row.try_get(0)
+        let id: i64 = row.try_get(0)?;
+        access::insert_audit_in(&mut tx, &audit.with_id(id)).await?;
+        tx.commit().await?;
+        Ok(id)
     }
 
     pub async fn list_firmware(&self) -> DbResult<Vec<FirmwareRow>> {
@@ -283,6 +320,18 @@ impl Store {
         row.map_or(Ok(0), |r| r.try_get(0))
     }
 
+    /// The highest next multicast FCnt of the McAddrs in `lo..hi` (0 if none was used).
+    pub async fn mc_next_fcnt_in(&self, lo: i64, hi: i64) -> DbResult<i64> {
+        let row = sqlx::query(
+            "SELECT COALESCE(MAX(next_fcnt), 0) FROM mc_groups WHERE mc_addr >= $1 AND mc_addr < $2",
+        )
+        .bind(lo)
+        .bind(hi)
+        .fetch_one(&self.pool)
+        .await?;
+        row.try_get(0)
+    }
+
     /// McAddrs of campaigns that are not over.
     pub async fn busy_mc_addrs(&self) -> DbResult<Vec<String>> {
         let rows = sqlx::query("SELECT config FROM campaigns WHERE state = 'running'")
@@ -295,41 +344,10 @@ impl Store {
     /// one transaction.
     pub async fn insert_campaign(&self, c: &NewCampaign, first: &StepWrite) -> DbResult<i64> {
         let mut tx = self.pool.begin().await?;
-        let row = sqlx::query(
-            "INSERT INTO campaigns (name, firmware_id, state, request, config, mc_key, \
-             created_gps, created_unix_ms, counters, devices_total, devices_updated, \
-             devices_failed) VALUES ($1, $2, 'running', $3, $4, $5, $6, $7, $8, $9, 0, 0) \
-             RETURNING id",
-        )
-        .bind(&c.name)
-        .bind(c.firmware_id)
-        .bind(&c.request)
-        .bind(&c.config)
-        .bind(c.mc_key.clone())
-        .bind(c.created_gps)
-        .bind(c.created_unix_ms)
-        .bind(&c.counters)
-        .bind(c.devices.len() as i64)
-        .fetch_one(&mut *tx)
-        .await?;
-        let id: i64 = row.try_get(0)?;
-        for (eui, kind, key, progress, phase) in &c.devices {
-            sqlx::query(
-                "INSERT INTO devices (campaign_id, dev_eui, key_kind, root_key, phase, \
-                 progress, changed_gps) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            )
-            .bind(id)
-            .bind(eui)
-            .bind(kind)
-            .bind(key.clone())
-            .bind(phase)
-            .bind(progress)
-            .bind(c.created_gps)
-            .execute(&mut *tx)
-            .await?;
-        }
+        let id = insert_campaign_in(&mut tx, c).await?;
         let first = StepWrite {
             campaign_id: id,
+            audit: first.audit.iter().map(|a| a.with_id(id)).collect(),
             ..first.clone()
         };
         write_step_in(&mut tx, &first).await?;
@@ -345,21 +363,19 @@ impl Store {
         tx.commit().await
     }
 
+    /// Sets a campaign's state, with its audit row, in one transaction.
     pub async fn set_campaign_state(
         &self,
         id: i64,
         state: &str,
         reason: Option<&str>,
         finished_gps: Option<i64>,
+        audit: &NewAudit,
     ) -> DbResult<()> {
-        sqlx::query("UPDATE campaigns SET state = $2, reason = $3, finished_gps = $4 WHERE id = $1")
-            .bind(id)
-            .bind(state)
-            .bind(reason.map(String::from))
-            .bind(finished_gps)
-            .execute(&self.pool)
-            .await
-            .map(|_| ())
+        let mut tx = self.pool.begin().await?;
+        set_campaign_state_in(&mut tx, id, state, reason, finished_gps).await?;
+        access::insert_audit_in(&mut tx, audit).await?;
+        tx.commit().await
     }
 
     pub async fn campaigns(&self) -> DbResult<Vec<CampaignRow>> {
@@ -593,7 +609,65 @@ impl Store {
     }
 }
 
-async fn write_step_in(tx: &mut sqlx::Transaction<'_, sqlx::Any>, w: &StepWrite) -> DbResult<()> {
+type Tx<'a> = sqlx::Transaction<'a, sqlx::Any>;
+
+async fn set_campaign_state_in(
+    tx: &mut Tx<'_>,
+    id: i64,
+    state: &str,
+    reason: Option<&str>,
+    finished_gps: Option<i64>,
+) -> DbResult<()> {
+    sqlx::query("UPDATE campaigns SET state = $2, reason = $3, finished_gps = $4 WHERE id = $1")
+        .bind(id)
+        .bind(state)
+        .bind(reason.map(String::from))
+        .bind(finished_gps)
+        .execute(&mut **tx)
+        .await
+        .map(|_| ())
+}
+
+async fn insert_campaign_in(tx: &mut Tx<'_>, c: &NewCampaign) -> DbResult<i64> {
+    let row = sqlx::query(
+        "INSERT INTO campaigns (name, firmware_id, state, request, config, mc_key, \
+         created_gps, created_unix_ms, counters, devices_total, devices_updated, \
+         devices_failed, rollout_id, wave) VALUES ($1, $2, 'running', $3, $4, $5, $6, $7, $8, \
+         $9, 0, 0, $10, $11) RETURNING id",
+    )
+    .bind(&c.name)
+    .bind(c.firmware_id)
+    .bind(&c.request)
+    .bind(&c.config)
+    .bind(c.mc_key.clone())
+    .bind(c.created_gps)
+    .bind(c.created_unix_ms)
+    .bind(&c.counters)
+    .bind(c.devices.len() as i64)
+    .bind(c.rollout.map(|r| r.0))
+    .bind(c.rollout.map(|r| r.1))
+    .fetch_one(&mut **tx)
+    .await?;
+    let id: i64 = row.try_get(0)?;
+    for (eui, kind, key, progress, phase) in &c.devices {
+        sqlx::query(
+            "INSERT INTO devices (campaign_id, dev_eui, key_kind, root_key, phase, \
+             progress, changed_gps) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(id)
+        .bind(eui)
+        .bind(kind)
+        .bind(key.clone())
+        .bind(phase)
+        .bind(progress)
+        .bind(c.created_gps)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(id)
+}
+
+async fn write_step_in(tx: &mut Tx<'_>, w: &StepWrite) -> DbResult<()> {
     let id = w.campaign_id;
 
     if let Some(i) = &w.input {
@@ -694,6 +768,9 @@ async fn write_step_in(tx: &mut sqlx::Transaction<'_, sqlx::Any>, w: &StepWrite)
         .execute(&mut **tx)
         .await?;
     }
+    for a in &w.audit {
+        access::insert_audit_in(tx, a).await?;
+    }
     Ok(())
 }
 
@@ -727,10 +804,27 @@ mod tests {
         let s = Store::connect(&format!("sqlite://{}", dir.join("t.db").display()), 2)
             .await
             .unwrap();
+        let upload = NewAudit {
+            at_unix_ms: 1,
+            actor: "alice".into(),
+            role: Some("operator".into()),
+            action: "firmware.upload".into(),
+            subject: format!("firmware/{NEW_ID}"),
+            details: "{}".into(),
+        };
         let fw = s
-            .insert_firmware("p", &[1, 2, 3], "00", Some(7), 0)
+            .insert_firmware("p", &[1, 2, 3], "00", Some(7), 0, &upload)
             .await
             .unwrap();
+        let log = s
+            .audit_log(&AuditFilter {
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(log.len(), 1);
+        assert_eq!(log[0].entry.subject, format!("firmware/{fw}"));
         let c = NewCampaign {
             name: "c".into(),
             firmware_id: fw,
@@ -747,6 +841,7 @@ mod tests {
                 "{}".into(),
                 "setup".into(),
             )],
+            rollout: None,
         };
         let first = StepWrite {
             outputs: vec![out(0, None)],

@@ -1,6 +1,9 @@
-//! The runner: one task that owns every running campaign. A select loop over MQTT messages,
-//! API commands, the earliest engine timeout and shutdown (mini-redis style); each engine
-//! step is written to the database before its outputs are published.
+//! The runner: one task that owns every running campaign and rollout. A select loop over
+//! MQTT messages, API commands, the earliest engine or rollout timeout and shutdown
+//! (mini-redis style); each step is written to the database before its outputs are
+//! published. Rollouts have their own module ([`rollouts`]).
+
+mod rollouts;
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -9,16 +12,19 @@ use rumqttc::{AsyncClient, QoS};
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::audit::Actor;
+use super::auth::Principal;
 use super::campaign::{
     self, counters_json, device_specs, phase_label, phase_text, tally, CampaignRequest, Derivation,
     Input, Numbered, Running, StoredConfig,
 };
-use super::chirpstack::{self, eui_string, parse_eui, Topic, TxAck, Uplink};
+use super::chirpstack::{self, eui_string, parse_eui, Topic, TxAck, TxParams, Uplink};
 use super::clock::{now_unix_ms, unix_ms_of_gps, Clock};
 use super::config::Config;
 use super::frames::multicast_phy_payload;
-use super::keystore::KeyStore;
+use super::keystore::{self, KeySource, KeyStore};
 use super::mqtt::Message;
+use super::rollout::{RolloutInput, RolloutRequest, RolloutRun, ROLLOUT_GROUPS};
 use super::store::{DeviceRow, NewCampaign, StepWrite, Store};
 use crate::engine::{DevEui, DeviceSpec, GpsMillis, Output, Phase, RootKey};
 use fuota_codec::keys::Key128;
@@ -39,17 +45,64 @@ impl Refusal {
     }
 }
 
-/// What the API asks of the runner.
+/// An operator's action on a rollout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RolloutAction {
+    Pause,
+    Resume,
+    Cancel,
+    /// A new wave of the devices that failed or reverted.
+    Retry,
+}
+
+impl RolloutAction {
+    pub fn name(self) -> &'static str {
+        match self {
+            RolloutAction::Pause => "pause",
+            RolloutAction::Resume => "resume",
+            RolloutAction::Cancel => "cancel",
+            RolloutAction::Retry => "retry",
+        }
+    }
+}
+
+/// What the API asks of the runner, with who asks.
 #[derive(Debug)]
 pub enum Command {
     Create {
         req: Box<CampaignRequest>,
+        by: Principal,
         reply: oneshot::Sender<Result<i64, Refusal>>,
     },
     Cancel {
         id: i64,
+        by: Principal,
         reply: oneshot::Sender<Result<(), Refusal>>,
     },
+    /// A new server key (random if `None`): every sealed value sealed again under it.
+    RotateKey {
+        key: Option<[u8; 32]>,
+        by: Principal,
+        reply: oneshot::Sender<Result<serde_json::Value, Refusal>>,
+    },
+    CreateRollout {
+        req: Box<RolloutRequest>,
+        by: Principal,
+        reply: oneshot::Sender<Result<i64, Refusal>>,
+    },
+    Rollout {
+        id: i64,
+        action: RolloutAction,
+        by: Principal,
+        reply: oneshot::Sender<Result<(), Refusal>>,
+    },
+}
+
+/// Who runs a device now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner {
+    Campaign(i64),
+    Rollout(i64),
 }
 
 /// A multicast output waiting for its gateways' answers.
@@ -85,11 +138,16 @@ pub struct Runner {
     cfg: Config,
     store: Store,
     keys: KeyStore,
+    key_source: KeySource,
     clock: Clock,
     mqtt: AsyncClient,
     campaigns: BTreeMap<i64, Running>,
-    /// Running campaign of each device.
-    by_device: HashMap<DevEui, i64>,
+    /// Rollouts not over (running, paused or halted).
+    rollouts: BTreeMap<i64, RolloutRun>,
+    /// The rollout and wave of each wave's campaign id.
+    wave_campaigns: HashMap<i64, (i64, usize)>,
+    /// The campaign or rollout of each device.
+    by_device: HashMap<DevEui, Owner>,
     /// Gateways and whether they are online.
     gateways: BTreeMap<String, bool>,
     /// Multicast transmissions waiting for their DownlinkTxAck.
@@ -121,9 +179,12 @@ impl Runner {
             cfg,
             store,
             keys,
+            key_source: KeySource::Config,
             clock,
             mqtt,
             campaigns: BTreeMap::new(),
+            rollouts: BTreeMap::new(),
+            wave_campaigns: HashMap::new(),
             by_device: HashMap::new(),
             gateways,
             transmissions: HashMap::new(),
@@ -132,13 +193,88 @@ impl Runner {
         }
     }
 
-    /// Rebuilds every running campaign from its log.
+    /// Where the server key comes from (a key file's can be rotated).
+    pub fn set_key_source(&mut self, source: KeySource) {
+        self.key_source = source;
+    }
+
+    /// Seals every stored secret again under a new server key (see [`keystore`]): the new
+    /// key beside the key file, the values and the check in one transaction, then the file.
+    async fn rotate_key(
+        &mut self,
+        key: Option<[u8; 32]>,
+        by: &Principal,
+    ) -> Result<serde_json::Value, Refusal> {
+        let KeySource::File(path) = self.key_source.clone() else {
+            return Err(Refusal::new(
+                409,
+                "the server key is set in the configuration (keys.server_key or \
+                 FUOTA_SERVER_KEY): change it there, or use a key file to rotate it here",
+            ));
+        };
+        let db = |e: sqlx::Error| Refusal::new(500, format!("database: {e}"));
+        let bytes = key.unwrap_or_else(|| {
+            let mut k = [0u8; 32];
+            OsRng.fill_bytes(&mut k);
+            k
+        });
+        let new = KeyStore::new(&bytes);
+        let mut values = Vec::new();
+        let mut skipped = 0;
+        for r in self.store.sealed_rows().await.map_err(db)? {
+            use super::store::SealedAt;
+            let aad = match &r.at {
+                SealedAt::Device { dev_eui, .. } | SealedAt::RolloutDevice { dev_eui, .. } => {
+                    dev_eui.as_bytes().to_vec()
+                }
+                SealedAt::Campaign { .. } => {
+                    let cfg: Option<StoredConfig> = serde_json::from_str(&r.config).ok();
+                    mc_key_aad(cfg.map_or(0, |c| c.mc_addr), r.created_gps)
+                }
+                SealedAt::Rollout { .. } => {
+                    let cfg: Option<super::rollout::StoredRollout> =
+                        serde_json::from_str(&r.config).ok();
+                    mc_key_aad(cfg.map_or(0, |c| c.template.mc_addr), r.created_gps)
+                }
+            };
+            match self.keys.open(&r.sealed, &aad) {
+                Ok(plain) => values.push((r.at, new.seal(&plain, &aad))),
+                // Sealed under some other key already: of no use to anyone, left as it is.
+                Err(_) => skipped += 1,
+            }
+        }
+        let details = serde_json::json!({ "resealed": values.len(), "skipped": skipped });
+        let audit = Actor::Caller(by.clone()).entry(
+            now_unix_ms(),
+            "key.rotate",
+            "keys/server",
+            details.clone(),
+        );
+        keystore::write_next(&path, &bytes).map_err(|e| Refusal::new(500, e.0))?;
+        if let Err(e) = self.store.reseal(&values, &new.check_value(), &audit).await {
+            let _ = std::fs::remove_file(keystore::next_path(&path));
+            return Err(db(e));
+        }
+        self.keys = new;
+        if let Err(e) = keystore::commit_next(&path) {
+            // The database is sealed under the new key: the next start finishes the rename.
+            tracing::error!("server key rotated, but {e}: the next start completes it");
+        }
+        tracing::info!("server key rotated: {details}");
+        Ok(details)
+    }
+
+    /// Rebuilds every running campaign and every rollout not over from its log.
     pub async fn resume(&mut self) -> Result<(), String> {
         for (g, online) in self.store.gateways().await.map_err(|e| e.to_string())? {
             self.gateways.entry(g).or_insert(online);
         }
         let rows = self.store.campaigns().await.map_err(|e| e.to_string())?;
-        for c in rows.into_iter().filter(|c| c.state == "running") {
+        // A wave's campaign is rebuilt with its rollout.
+        for c in rows
+            .into_iter()
+            .filter(|c| c.state == "running" && c.rollout_id.is_none())
+        {
             match self.load(c.id).await {
                 Ok((inputs, outputs, mismatches)) => tracing::info!(
                     "campaign {}: resumed from {inputs} inputs, {outputs} outputs already sent{}",
@@ -151,14 +287,26 @@ impl Runner {
                 ),
                 Err(e) => {
                     tracing::error!("campaign {}: cannot resume: {e}", c.id);
+                    let audit = Actor::System.entry(
+                        now_unix_ms(),
+                        "campaign.failed",
+                        &format!("campaign/{}", c.id),
+                        serde_json::json!({ "reason": e }),
+                    );
                     let _ = self
                         .store
-                        .set_campaign_state(c.id, "failed", Some(&e), Some(self.clock.now() as i64))
+                        .set_campaign_state(
+                            c.id,
+                            "failed",
+                            Some(&e),
+                            Some(self.clock.now() as i64),
+                            &audit,
+                        )
                         .await;
                 }
             }
         }
-        Ok(())
+        self.resume_rollouts().await
     }
 
     async fn load(&mut self, id: i64) -> Result<(usize, usize, usize), String> {
@@ -221,7 +369,7 @@ impl Runner {
         self.fcnt_floor
             .insert(id, u32::try_from(floor).unwrap_or(u32::MAX));
         for (dev, _) in run.engine.devices() {
-            self.by_device.insert(dev, id);
+            self.by_device.insert(dev, Owner::Campaign(id));
         }
         let n = (inputs.len(), outputs.len(), mismatches);
         self.campaigns.insert(id, run);
@@ -240,6 +388,11 @@ impl Runner {
                 .campaigns
                 .values_mut()
                 .filter_map(|r| r.engine.poll_timeout())
+                .chain(
+                    self.rollouts
+                        .values_mut()
+                        .filter_map(|r| r.rollout.poll_timeout()),
+                )
                 .min();
             let sleep = match next {
                 Some(t) => self.clock.until(t),
@@ -279,6 +432,21 @@ impl Runner {
             .collect();
         for id in due {
             self.step(id, Input::Timeout { at: now }).await;
+        }
+        let due: Vec<i64> = self
+            .rollouts
+            .iter_mut()
+            .filter_map(|(id, r)| {
+                r.rollout
+                    .poll_timeout()
+                    .is_some_and(|t| t <= now)
+                    .then_some(*id)
+            })
+            .collect();
+        for id in due {
+            let _ = self
+                .step_rollout(id, RolloutInput::Timeout { at: now }, &Actor::System, None)
+                .await;
         }
     }
 
@@ -332,17 +500,29 @@ impl Runner {
             tracing::debug!("{topic}: port {:?} is not a FUOTA port, ignored", u.port);
             return;
         };
-        let Some(&id) = self.by_device.get(&u.dev_eui) else {
-            tracing::debug!("{topic}: device in no running campaign");
-            return;
+        let owner = match self.by_device.get(&u.dev_eui) {
+            Some(&Owner::Campaign(id)) => match self.campaigns.get(&id) {
+                Some(run) if run.is_duplicate(u.dev_eui, u.fcnt) => {
+                    tracing::info!("{topic}: duplicate uplink (FCnt {:?}) ignored", u.fcnt);
+                    return;
+                }
+                Some(_) => Owner::Campaign(id),
+                None => return,
+            },
+            Some(&Owner::Rollout(id)) => match self.rollouts.get(&id) {
+                // Neither a redelivery nor an uplink of a device whose wave does not run
+                // changes anything: not logged.
+                Some(run) if run.wants_uplink(u.dev_eui, u.fcnt) => Owner::Rollout(id),
+                _ => {
+                    tracing::debug!("{topic}: not for the rollout's running wave, ignored");
+                    return;
+                }
+            },
+            None => {
+                tracing::debug!("{topic}: device in no running campaign or rollout");
+                return;
+            }
         };
-        let Some(run) = self.campaigns.get(&id) else {
-            return;
-        };
-        if run.is_duplicate(u.dev_eui, u.fcnt) {
-            tracing::info!("{topic}: duplicate uplink (FCnt {:?}) ignored", u.fcnt);
-            return;
-        }
         let now = self.clock.now();
         let at = match u.rx_gps_ms.map(|g| self.clock.campaign_of_gps(g)) {
             Some(t) if t.abs_diff(now) <= RX_TIME_TOLERANCE_MS => t,
@@ -355,17 +535,31 @@ impl Runner {
             }
             None => now,
         };
-        self.step(
-            id,
-            Input::Uplink {
-                at,
-                dev: u.dev_eui,
-                port,
-                fcnt: u.fcnt,
-                data: u.data,
-            },
-        )
-        .await;
+        match owner {
+            Owner::Campaign(id) => {
+                self.step(
+                    id,
+                    Input::Uplink {
+                        at,
+                        dev: u.dev_eui,
+                        port,
+                        fcnt: u.fcnt,
+                        data: u.data,
+                    },
+                )
+                .await
+            }
+            Owner::Rollout(id) => {
+                let input = RolloutInput::Uplink {
+                    at,
+                    dev: u.dev_eui,
+                    port,
+                    fcnt: u.fcnt,
+                    data: u.data,
+                };
+                let _ = self.step_rollout(id, input, &Actor::System, None).await;
+            }
+        }
     }
 
     async fn learn_gateway(&mut self, g: &str, online: bool) {
@@ -412,42 +606,78 @@ impl Runner {
             }
         }
         // Devices in reach of a gateway that refused did not hear it: again, through those.
-        if !w.refused.is_empty() && self.campaigns.contains_key(&id) {
-            let at = self.clock.now();
+        if w.refused.is_empty() {
+            return;
+        }
+        let at = self.clock.now();
+        if self.campaigns.contains_key(&id) {
             self.step_routed(id, Input::Refused { at, seq }, Some(w.refused))
+                .await;
+        } else if let Some(&(rollout, wave)) = self.wave_campaigns.get(&id) {
+            let input = RolloutInput::Refused { at, wave, seq };
+            let _ = self
+                .step_rollout(rollout, input, &Actor::System, Some(w.refused))
                 .await;
         }
     }
 
     async fn on_command(&mut self, c: Command) {
         match c {
-            Command::Create { req, reply } => {
-                let r = self.create(&req).await;
+            Command::Create { req, by, reply } => {
+                let r = self.create(&req, &by).await;
                 let _ = reply.send(r);
             }
-            Command::Cancel { id, reply } => {
-                let r = self.cancel(id).await;
+            Command::Cancel { id, by, reply } => {
+                let r = self.cancel(id, &by).await;
+                let _ = reply.send(r);
+            }
+            Command::RotateKey { key, by, reply } => {
+                let r = self.rotate_key(key, &by).await;
+                let _ = reply.send(r);
+            }
+            Command::CreateRollout { req, by, reply } => {
+                let r = self.create_rollout(&req, &by).await;
+                let _ = reply.send(r);
+            }
+            Command::Rollout {
+                id,
+                action,
+                by,
+                reply,
+            } => {
+                let r = self.rollout_action(id, action, &by).await;
                 let _ = reply.send(r);
             }
         }
     }
 
-    async fn cancel(&mut self, id: i64) -> Result<(), Refusal> {
+    async fn cancel(&mut self, id: i64, by: &Principal) -> Result<(), Refusal> {
         let db = |e: sqlx::Error| Refusal::new(500, format!("database: {e}"));
         let Some(c) = self.store.campaign(id).await.map_err(db)? else {
             return Err(Refusal::new(404, format!("no campaign {id}")));
         };
+        if let (Some(r), Some(w)) = (c.rollout_id, c.wave) {
+            return Err(Refusal::new(
+                409,
+                format!(
+                    "campaign {id} is wave {} of rollout {r}: pause or cancel the rollout",
+                    w + 1
+                ),
+            ));
+        }
         if c.state != "running" {
             return Err(Refusal::new(409, format!("campaign {id} is {}", c.state)));
         }
         let now = self.clock.now();
+        let reason = format!("cancelled by {}", by.name);
+        let audit = Actor::Caller(by.clone()).entry(
+            now_unix_ms(),
+            "campaign.cancel",
+            &format!("campaign/{id}"),
+            serde_json::json!({ "state": "cancelled" }),
+        );
         self.store
-            .set_campaign_state(
-                id,
-                "cancelled",
-                Some("cancelled by the operator"),
-                Some(now as i64),
-            )
+            .set_campaign_state(id, "cancelled", Some(&reason), Some(now as i64), &audit)
             .await
             .map_err(db)?;
         if let Some(run) = self.campaigns.remove(&id) {
@@ -459,63 +689,70 @@ impl Runner {
         Ok(())
     }
 
+    /// Whether McAddr `a` is free: no running campaign has it, no rollout holds it.
+    fn mc_addr_free(&self, a: u32) -> bool {
+        !self.campaigns.values().any(|r| r.cfg.mc_addr == a)
+            && !self.rollouts.values().any(|r| {
+                let base = r.cfg.template.mc_addr;
+                (base..base.saturating_add(ROLLOUT_GROUPS)).contains(&a)
+            })
+    }
+
     fn free_mc_addr(&self) -> u32 {
-        let used: Vec<u32> = self.campaigns.values().map(|r| r.cfg.mc_addr).collect();
         let base = self.cfg.campaign.mc_addr_base;
         (0..u32::MAX - base)
             .map(|i| base + i)
-            .find(|a| !used.contains(a))
+            .find(|a| self.mc_addr_free(*a))
             .unwrap_or(base)
     }
 
-    async fn create(&mut self, req: &CampaignRequest) -> Result<i64, Refusal> {
-        let db = |e: sqlx::Error| Refusal::new(500, format!("database: {e}"));
-        let specs = device_specs(req).map_err(|e| Refusal::new(422, e.0))?;
-        for s in &specs {
-            if let Some(other) = self.by_device.get(&s.dev_eui) {
-                return Err(Refusal::new(
+    /// The device's owner, as a refusal (409) if it has one.
+    fn device_taken(&self, dev: DevEui) -> Result<(), Refusal> {
+        let eui = eui_string(dev);
+        match self.by_device.get(&dev) {
+            None => Ok(()),
+            Some(Owner::Campaign(id)) => Err(Refusal::new(
+                409,
+                format!("device {eui} is in campaign {id}, which is still running"),
+            )),
+            Some(Owner::Rollout(id)) => {
+                let state = self
+                    .rollouts
+                    .get(id)
+                    .map_or("running", |r| super::rollout::state_label(r.state()).0);
+                Err(Refusal::new(
                     409,
                     format!(
-                        "device {} is in campaign {other}, which is still running",
-                        eui_string(s.dev_eui)
+                        "device {eui} is in rollout {id}, which is {state} (cancel it to free \
+                         its devices)"
                     ),
-                ));
+                ))
             }
         }
-        let Some((fw, data)) = self.store.firmware(req.firmware_id).await.map_err(db)? else {
-            return Err(Refusal::new(
-                404,
-                format!("no firmware {}", req.firmware_id),
-            ));
-        };
-        let app = match (
-            &req.application_id,
-            self.cfg.chirpstack.applications.first(),
-        ) {
-            (Some(a), _) if self.cfg.chirpstack.applications.contains(a) => a.clone(),
-            (Some(a), _) => {
-                return Err(Refusal::new(
-                    422,
-                    format!("application {a} is not one the server listens to"),
-                ))
-            }
-            (None, Some(a)) => a.clone(),
-            (None, None) => {
-                return Err(Refusal::new(
-                    422,
-                    "the server has no ChirpStack application",
-                ))
-            }
-        };
-        let mc_addr = self.free_mc_addr();
-        let first_fcnt = self
-            .store
-            .mc_next_fcnt(i64::from(mc_addr))
-            .await
-            .map_err(db)?;
-        let now = self.clock.now();
+    }
+
+    /// The ChirpStack application of a request: the one asked for, if the server listens to
+    /// it, else the server's first.
+    fn application(&self, asked: &Option<String>) -> Result<String, Refusal> {
+        let apps = &self.cfg.chirpstack.applications;
+        match (asked, apps.first()) {
+            (Some(a), _) if apps.contains(a) => Ok(a.clone()),
+            (Some(a), _) => Err(Refusal::new(
+                422,
+                format!("application {a} is not one the server listens to"),
+            )),
+            (None, Some(a)) => Ok(a.clone()),
+            (None, None) => Err(Refusal::new(
+                422,
+                "the server has no ChirpStack application",
+            )),
+        }
+    }
+
+    /// The server-side choices of a new campaign or rollout.
+    fn derivation(&self, now: GpsMillis, mc_addr: u32, first_fcnt: i64, app: String) -> Derivation {
         let d = &self.cfg.campaign;
-        let der = Derivation {
+        Derivation {
             now,
             setup_s: d.setup_s,
             retry_s: d.retry_s,
@@ -530,7 +767,30 @@ impl Runner {
             tx_power_dbm: self.cfg.chirpstack.gateway_power_dbm,
             application_id: app,
             clock: self.clock,
+        }
+    }
+
+    async fn create(&mut self, req: &CampaignRequest, by: &Principal) -> Result<i64, Refusal> {
+        let db = |e: sqlx::Error| Refusal::new(500, format!("database: {e}"));
+        let specs = device_specs(req).map_err(|e| Refusal::new(422, e.0))?;
+        for s in &specs {
+            self.device_taken(s.dev_eui)?;
+        }
+        let Some((fw, data)) = self.store.firmware(req.firmware_id).await.map_err(db)? else {
+            return Err(Refusal::new(
+                404,
+                format!("no firmware {}", req.firmware_id),
+            ));
         };
+        let app = self.application(&req.application_id)?;
+        let mc_addr = self.free_mc_addr();
+        let first_fcnt = self
+            .store
+            .mc_next_fcnt(i64::from(mc_addr))
+            .await
+            .map_err(db)?;
+        let now = self.clock.now();
+        let der = self.derivation(now, mc_addr, first_fcnt, app);
         let target = fw.target_fw_version.and_then(|v| u32::try_from(v).ok());
         let (cfg, plan) =
             campaign::derive(req, data.len(), target, &der).map_err(|e| Refusal::new(422, e.0))?;
@@ -576,6 +836,7 @@ impl Runner {
             created_unix_ms: now_unix_ms(),
             counters: counters_json(&run),
             devices,
+            rollout: None,
         };
         let mut first_write = self.first_write(&run, &first, now);
         first_write.log.push((
@@ -587,6 +848,17 @@ impl Runner {
             ),
         ));
         first_write.log.retain(|(eui, _, _)| !eui.is_empty());
+        first_write.audit.push(Actor::Caller(by.clone()).entry(
+            now_unix_ms(),
+            "campaign.create",
+            &format!("campaign/{}", super::store::NEW_ID),
+            serde_json::json!({
+                "name": req.name,
+                "firmware_id": fw.id,
+                "devices": specs.len(),
+                "state": "running",
+            }),
+        ));
         new.mc_key = self
             .keys
             .seal(&mc_key, &mc_key_aad(cfg.mc_addr, now as i64));
@@ -597,7 +869,7 @@ impl Runner {
             .map_err(db)?;
         run.id = id;
         for s in &specs {
-            self.by_device.insert(s.dev_eui, id);
+            self.by_device.insert(s.dev_eui, Owner::Campaign(id));
         }
         self.fcnt_floor.insert(id, der.first_mc_fcnt);
         self.campaigns.insert(id, run);
@@ -686,6 +958,14 @@ impl Runner {
         }
         let finished = run.engine.is_finished();
         let (updated, failed) = tally(run);
+        if finished {
+            w.audit.push(Actor::System.entry(
+                now_unix_ms(),
+                "campaign.finished",
+                &format!("campaign/{id}"),
+                serde_json::json!({ "updated": updated, "failed": failed }),
+            ));
+        }
         w.campaign = Some((
             if finished { "finished" } else { "running" }.into(),
             counters_json(run),
@@ -731,13 +1011,27 @@ impl Runner {
         };
         let app = run.cfg.application_id.clone();
         let tx = run.cfg.tx_params();
-        let (app_s_key, nwk_s_key) = run.mc_keys.clone();
+        let keys = run.mc_keys.clone();
+        self.publish_to(id, &app, &tx, &keys, outs, route).await;
+    }
+
+    /// Publishes campaign `id`'s outputs (a campaign's, or a wave's): unicast through
+    /// ChirpStack, multicast as Gateway Bridge frames to `route`, or to every gateway.
+    async fn publish_to(
+        &mut self,
+        id: i64,
+        app: &str,
+        tx: &TxParams,
+        (app_s_key, nwk_s_key): &(Key128, Key128),
+        outs: &[Numbered],
+        route: Option<Vec<String>>,
+    ) {
         let prefix = self.cfg.chirpstack.region_prefix.clone();
         let gateways = route.unwrap_or_else(|| self.multicast_gateways());
         for o in outs {
             match &o.output {
                 Output::Unicast { dev, port, payload } => {
-                    let topic = chirpstack::downlink_topic(&app, *dev);
+                    let topic = chirpstack::downlink_topic(app, *dev);
                     let body = chirpstack::downlink_command(*dev, *port, payload);
                     if let Err(e) = self.mqtt.try_publish(topic, QoS::AtLeastOnce, false, body) {
                         tracing::error!("campaign {id}: downlink to {dev:016x} not queued: {e}");
@@ -755,7 +1049,7 @@ impl Runner {
                         continue;
                     }
                     self.fcnt_floor.insert(id, f.fcnt.saturating_add(1));
-                    let Some(phy) = multicast_phy_payload(f, &app_s_key, &nwk_s_key) else {
+                    let Some(phy) = multicast_phy_payload(f, app_s_key, nwk_s_key) else {
                         tracing::error!("campaign {id}: frame {} does not fit", o.seq);
                         continue;
                     };
@@ -783,7 +1077,7 @@ impl Runner {
                         {
                             tracing::error!("database: {e}");
                         }
-                        let body = chirpstack::downlink_frame(downlink_id, g, &phy, &tx, gps);
+                        let body = chirpstack::downlink_frame(downlink_id, g, &phy, tx, gps);
                         let topic = chirpstack::gateway_downlink_topic(&prefix, g);
                         match self.mqtt.try_publish(topic, QoS::AtLeastOnce, false, body) {
                             Ok(()) => {

@@ -1,0 +1,40 @@
+-- API tokens with a role (viewer, operator, admin). Only the SHA-256 of a token is kept: the
+-- token itself is shown once, when it is made. A revoked token keeps its row (the audit log
+-- names it).
+CREATE TABLE api_tokens (
+    id BIGSERIAL PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    role TEXT NOT NULL,
+    token_hash TEXT NOT NULL UNIQUE,
+    created_unix_ms BIGINT NOT NULL,
+    created_by TEXT NOT NULL,
+    revoked_unix_ms BIGINT
+);
+
+-- The audit log: every operator action and every campaign, rollout and wave state change,
+-- with who and when. Append-only: the service only ever INSERTs here (no UPDATE or DELETE
+-- anywhere in its code), and this trigger refuses any change made behind its back.
+CREATE TABLE audit (
+    id BIGSERIAL PRIMARY KEY,
+    at_unix_ms BIGINT NOT NULL,
+    actor TEXT NOT NULL,
+    role TEXT,
+    action TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    details TEXT NOT NULL
+);
+CREATE INDEX audit_by_subject ON audit (subject, id);
+CREATE FUNCTION audit_append_only() RETURNS trigger AS $$
+BEGIN
+    RAISE EXCEPTION 'the audit log is append-only';
+END;
+$$ LANGUAGE plpgsql;
+CREATE TRIGGER audit_no_change BEFORE UPDATE OR DELETE ON audit
+    FOR EACH STATEMENT EXECUTE FUNCTION audit_append_only();
+
+-- Small facts about the database: a value sealed under the server key, so that a key
+-- rotation cut short can be finished at the next start.
+CREATE TABLE settings (
+    name TEXT PRIMARY KEY,
+    value BYTEA NOT NULL
+);
