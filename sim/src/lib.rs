@@ -3,6 +3,7 @@
 //! that runs the real device agent (`fuota-device-agent`) and the real campaign engine
 //! (`fuota-server`'s engine) in virtual time.
 
+pub mod backend;
 pub mod bootloader;
 pub mod device;
 pub mod dump;

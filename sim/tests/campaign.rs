@@ -26,7 +26,7 @@ fn a_small_campaign_updates_every_device() {
     let end = built.start + (20 * 60 + 2 * 3600 + 60) * 1_000_000;
     world.run_until(end);
     let phases: Vec<Phase> = world
-        .engine
+        .engine()
         .devices()
         .map(|(_, p)| p.phase.clone())
         .collect();
@@ -36,7 +36,7 @@ fn a_small_campaign_updates_every_device() {
         12,
         "{phases:?} {:?} {:?}",
         world.stats,
-        world.engine.counters()
+        world.engine().counters()
     );
     for d in &world.devices {
         let primary = d
