@@ -23,7 +23,10 @@ use crate::radio::Micros;
 /// checked, decrypted, with an FPort other than 0.
 #[derive(Debug, Clone, Copy)]
 pub struct NsUplink<'a> {
+    /// Index of the device in the world.
+    pub device: usize,
     pub dev: DevEui,
+    pub dev_addr: u32,
     pub fcnt: u32,
     pub port: u8,
     pub payload: &'a [u8],

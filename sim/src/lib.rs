@@ -9,6 +9,7 @@ pub mod device;
 pub mod dump;
 pub mod firmware;
 pub mod flash;
+pub mod live;
 pub mod mac;
 pub mod plots;
 pub mod radio;

@@ -401,6 +401,9 @@ pub struct World<B = EngineBackend> {
     done: bool,
     /// Whether gateways keep their queue of accepted frames (frames come from outside).
     track_queues: bool,
+    /// How early a frame from outside may come against the duty cycle and the queue (its
+    /// time on the wire is rounded).
+    timing_tolerance: Micros,
 }
 
 impl<B> std::fmt::Debug for World<B> {
@@ -525,6 +528,7 @@ impl<B: Backend> World<B> {
             stats: WorldStats::default(),
             done: false,
             track_queues: false,
+            timing_tolerance: 0,
             cfg,
         };
         for i in 0..n {
@@ -538,8 +542,21 @@ impl<B: Backend> World<B> {
 
     /// Gateways keep a queue of the frames they accepted, and the network server's class A
     /// downlinks keep off it: for frames given from outside ([`World::gateway_transmit`]).
-    pub fn track_gateway_queues(&mut self) {
+    /// Their times may be up to `timing_tolerance` early against the duty cycle and the
+    /// queue: a time written to the millisecond on a wall clock that runs K times slower
+    /// is K ms of simulated time off, and a frame spaced exactly by the duty cycle must
+    /// not be refused for that.
+    pub fn track_gateway_queues(&mut self, timing_tolerance: Micros) {
         self.track_queues = true;
+        self.timing_tolerance = timing_tolerance;
+    }
+
+    /// Gives the backend an input from outside (a live run's MQTT message, say), then acts on
+    /// what it asks for.
+    pub fn with_backend<T>(&mut self, f: impl FnOnce(&mut B) -> T) -> T {
+        let t = f(&mut self.backend);
+        self.backend_step();
+        t
     }
 
     /// When the next event is due (`None`: nothing is scheduled).
@@ -571,14 +588,15 @@ impl<B: Backend> World<B> {
             return Err(TxRefusal::TooEarly);
         }
         let airtime = time_on_air_us(modulation, Frame::downlink(phy.len()));
+        let slack = self.timing_tolerance;
         let g = &mut self.gateways[gw];
-        if g.clashes(now, at, at + airtime) {
+        if g.clashes(now, at + slack, at + airtime) {
             return Err(TxRefusal::CollisionPacket);
         }
         if g.queue.len() >= TX_QUEUE_LEN {
             return Err(TxRefusal::QueueFull);
         }
-        if g.duty.earliest(band.0, freq, at) > at {
+        if g.duty.earliest(band.0, freq, at) > at + slack {
             g.stats.refused += 1;
             return Err(TxRefusal::DutyCycleOverflow);
         }
@@ -1081,7 +1099,9 @@ impl<B: Backend> World<B> {
         self.ns[i].last_fcnt_up = Some(data.fcnt);
         if let Some(port) = data.port.filter(|&p| p != 0) {
             let uplink = NsUplink {
+                device: i,
                 dev: self.devices[i].eui,
+                dev_addr: self.devices[i].addr,
                 fcnt: data.fcnt,
                 port,
                 payload: &data.payload,
