@@ -38,9 +38,9 @@ enum Command {
 struct LiveArgs {
     /// Scenario file (TOML), e.g. sim/examples/live.toml.
     scenario: PathBuf,
-    /// The broker: mqtt://host:port.
+    /// The broker: mqtt://host:port (not needed with --network-server external).
     #[arg(long)]
-    mqtt: String,
+    mqtt: Option<String>,
     /// MQTT user name (the password from FUOTA_SIM_MQTT_PASSWORD).
     #[arg(long)]
     mqtt_username: Option<String>,
@@ -113,12 +113,12 @@ fn live_cmd(a: LiveArgs) -> Result<ExitCode> {
         .origin_unix_ms
         .unwrap_or_else(|| clock::now_unix_us() / 1000);
     let opts = LiveOptions {
-        mqtt: MqttSettings {
-            url: a.mqtt.clone(),
+        mqtt: a.mqtt.as_ref().map(|url| MqttSettings {
+            url: url.clone(),
             client_id: format!("fuota-sim-{}-{}", a.application, std::process::id()),
             username: a.mqtt_username.clone(),
             password: std::env::var("FUOTA_SIM_MQTT_PASSWORD").ok(),
-        },
+        }),
         bridge: a.bridge,
         scale: a.time_scale,
         origin_unix_ms,

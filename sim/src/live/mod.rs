@@ -53,7 +53,9 @@ pub struct MqttSettings {
 /// Everything a live run needs besides its scenario.
 #[derive(Debug, Clone)]
 pub struct LiveOptions {
-    pub mqtt: MqttSettings,
+    /// The broker, for the simulated network server's integration (none with an external
+    /// network server).
+    pub mqtt: Option<MqttSettings>,
     /// The bridge's UDP address (packet-forwarder side).
     pub bridge: SocketAddr,
     /// Simulated seconds per wall second.
@@ -184,7 +186,7 @@ fn spawn_socket_reader(
 fn spawn_mqtt(
     mut connection: rumqttc::Connection,
     client: Client,
-    filter: Option<String>,
+    filter: String,
     tx: Sender<Input>,
     stop: Arc<AtomicBool>,
 ) {
@@ -197,9 +199,7 @@ fn spawn_mqtt(
             };
             let input = match ev {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    if let Some(f) = &filter {
-                        let _ = client.try_subscribe(f, QoS::AtLeastOnce);
-                    }
+                    let _ = client.try_subscribe(&filter, QoS::AtLeastOnce);
                     Input::MqttConnected
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => Input::Mqtt {
@@ -379,16 +379,24 @@ pub fn run(
             (s.seed as u16) ^ (gw as u16) << 8,
         ));
     }
-    let (client, connection) = Client::new(mqtt_options(&o.mqtt)?, 10_000);
-    let filter = (o.network_server == NetworkServer::Simulated)
-        .then(|| integration::command_filter(&o.application_id));
-    spawn_mqtt(
-        connection,
-        client.clone(),
-        filter,
-        tx.clone(),
-        stop_threads.clone(),
-    );
+    let client = match (&o.mqtt, o.network_server) {
+        (Some(m), NetworkServer::Simulated) => {
+            let (client, connection) = Client::new(mqtt_options(m)?, 10_000);
+            let filter = integration::command_filter(&o.application_id);
+            spawn_mqtt(
+                connection,
+                client.clone(),
+                filter,
+                tx.clone(),
+                stop_threads.clone(),
+            );
+            Some(client)
+        }
+        (None, NetworkServer::Simulated) => {
+            bail!("the simulated network server needs a broker (--mqtt)")
+        }
+        (_, NetworkServer::External) => None,
+    };
 
     let info = Ready {
         origin_unix_ms: o.origin_unix_ms,
@@ -408,7 +416,14 @@ pub fn run(
     let mut mqtt_errors = 0u64;
     let stopped_by = loop {
         world.run_until(clock.now());
-        flush(&mut world, &mut forwarders, &sockets, &client, &clock, band);
+        flush(
+            &mut world,
+            &mut forwarders,
+            &sockets,
+            client.as_ref(),
+            &clock,
+            band,
+        );
         let wall = Instant::now();
         for (f, sock) in forwarders.iter_mut().zip(&sockets) {
             if f.poll_timeout() <= wall {
@@ -471,7 +486,7 @@ pub fn run(
                         eprintln!("fuota-sim live: {topic}: command refused ({})", e.name());
                     }
                 }
-                Input::MqttConnected => eprintln!("fuota-sim live: connected to {}", o.mqtt.url),
+                Input::MqttConnected => eprintln!("fuota-sim live: connected to the broker"),
                 Input::MqttError(e) => {
                     mqtt_errors += 1;
                     if mqtt_errors == 1 || mqtt_errors % 30 == 0 {
@@ -487,7 +502,9 @@ pub fn run(
         }
     };
     stop_threads.store(true, Ordering::Relaxed);
-    let _ = client.disconnect();
+    if let Some(c) = &client {
+        let _ = c.disconnect();
+    }
     let report = LiveReport::new(
         s,
         &world,
@@ -511,11 +528,12 @@ fn flush(
     world: &mut World<LiveBackend>,
     forwarders: &mut [Forwarder],
     sockets: &[Sockets],
-    client: &Client,
+    client: Option<&Client>,
     clock: &ScaledClock,
     band: Band,
 ) {
     for (topic, payload) in world.backend.take_publishes() {
+        let Some(client) = client else { continue };
         if let Err(e) = client.try_publish(topic, QoS::AtLeastOnce, false, payload) {
             eprintln!("fuota-sim live: uplink event not queued: {e}");
         }
