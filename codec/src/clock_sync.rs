@@ -5,7 +5,7 @@
 
 use crate::error::{Error, ErrorKind};
 use crate::package::{Command, Commands, Version};
-use crate::wire::{Reader, Writer};
+use crate::wire::{Reader, Stop, Writer};
 
 pub const PORT: u8 = 202;
 pub const PACKAGE_ID: u8 = 1;
@@ -137,10 +137,20 @@ impl Downlink {
                 ErrorKind::Truncated { needed: 1, got: 0 },
             ));
         };
-        let cmd = match cid {
+        let mut r = Reader::<true>::new("payload", body);
+        let cmd = Self::parse_body(version, cid, &mut r).map_err(|_| r.into_error())?;
+        Ok((cmd, cmd.len(version)))
+    }
+
+    fn parse_body<const REPORT: bool>(
+        version: Version,
+        cid: u8,
+        r: &mut Reader<'_, REPORT>,
+    ) -> Result<Self, Stop> {
+        Ok(match cid {
             0x00 => Downlink::PackageVersionReq(PackageVersionReq),
             0x01 => {
-                let mut r = Reader::new("AppTimeAns", body);
+                r.command("AppTimeAns");
                 let time_correction = r.u32("TimeCorrection")? as i32;
                 let param = r.u8("Param")?;
                 r.check_rfu("Param", param, 0xf0)?;
@@ -150,57 +160,73 @@ impl Downlink {
                 })
             }
             0x02 => {
-                let mut r = Reader::new("DeviceAppTimePeriodicityReq", body);
+                r.command("DeviceAppTimePeriodicityReq");
                 let period = r.u8("Periodicity")?;
                 r.check_rfu("Periodicity", period, 0xf0)?;
                 Downlink::DeviceAppTimePeriodicityReq(DeviceAppTimePeriodicityReq { period })
             }
             0x03 => {
-                let mut r = Reader::new(force_resync_name(version), body);
+                r.command(force_resync_name(version));
                 let conf = r.u8("ForceConf")?;
                 r.check_rfu("ForceConf", conf, 0xf8)?;
                 Downlink::ForceDeviceResync(ForceDeviceResyncCmd {
                     nb_transmissions: conf,
                 })
             }
-            other => return Err(Error::new("payload", "CID", ErrorKind::UnknownCid(other))),
-        };
-        Ok((cmd, cmd.len(version)))
+            other => return Err(r.error("CID", ErrorKind::UnknownCid(other))),
+        })
     }
 
     /// Writes CID and body into `buf`; returns the written bytes.
     pub fn build_into<'b>(&self, version: Version, buf: &'b mut [u8]) -> Result<&'b [u8], Error> {
-        let mut w = Writer::new(self.name(version), buf, self.len(version))?;
-        w.u8(self.cid())?;
+        let mut w = Writer::<true>::new(self.name(version), buf, self.len(version))?;
+        // The first error stays in the writer, which gives it back.
+        let _ = self.build_body(version, &mut w);
+        w.finish()
+    }
+
+    fn build_body<const REPORT: bool>(
+        &self,
+        _version: Version,
+        w: &mut Writer<'_, REPORT>,
+    ) -> Result<(), Stop> {
+        w.u8(self.cid());
         match self {
             Downlink::PackageVersionReq(_) => {}
             Downlink::AppTimeAns(c) => {
                 if c.token_ans > 0x0f {
                     return Err(w.invalid("TokenAns"));
                 }
-                w.u32(c.time_correction as u32)?;
-                w.u8(c.token_ans)?;
+                w.u32(c.time_correction as u32);
+                w.u8(c.token_ans);
             }
             Downlink::DeviceAppTimePeriodicityReq(c) => {
                 if c.period > 0x0f {
                     return Err(w.invalid("Period"));
                 }
-                w.u8(c.period)?;
+                w.u8(c.period);
             }
             Downlink::ForceDeviceResync(c) => {
                 if c.nb_transmissions > 0x07 {
                     return Err(w.invalid("NbTransmissions"));
                 }
-                w.u8(c.nb_transmissions)?;
+                w.u8(c.nb_transmissions);
             }
         }
-        Ok(w.finish())
+        Ok(())
     }
 }
 
 impl<'a> Command<'a> for Downlink {
     fn parse_one(version: Version, bytes: &'a [u8]) -> Result<(Self, usize), Error> {
         Downlink::parse(version, bytes)
+    }
+
+    fn parse_valid(version: Version, bytes: &'a [u8]) -> Option<(Self, usize)> {
+        let (&cid, body) = bytes.split_first()?;
+        let cmd =
+            Self::parse_body(version, cid, &mut Reader::<false>::new("payload", body)).ok()?;
+        Some((cmd, cmd.len(version)))
     }
 }
 
@@ -237,9 +263,19 @@ impl Uplink {
                 ErrorKind::Truncated { needed: 1, got: 0 },
             ));
         };
-        let cmd = match cid {
+        let mut r = Reader::<true>::new("payload", body);
+        let cmd = Self::parse_body(version, cid, &mut r).map_err(|_| r.into_error())?;
+        Ok((cmd, cmd.len(version)))
+    }
+
+    fn parse_body<const REPORT: bool>(
+        _version: Version,
+        cid: u8,
+        r: &mut Reader<'_, REPORT>,
+    ) -> Result<Self, Stop> {
+        Ok(match cid {
             0x00 => {
-                let mut r = Reader::new("PackageVersionAns", body);
+                r.command("PackageVersionAns");
                 let package_identifier = r.u8("PackageIdentifier")?;
                 let package_version = r.u8("PackageVersion")?;
                 Uplink::PackageVersionAns(PackageVersionAns {
@@ -248,7 +284,7 @@ impl Uplink {
                 })
             }
             0x01 => {
-                let mut r = Reader::new("AppTimeReq", body);
+                r.command("AppTimeReq");
                 let device_time = r.u32("DeviceTime")?;
                 let param = r.u8("Param")?;
                 r.check_rfu("Param", param, 0xe0)?;
@@ -259,7 +295,7 @@ impl Uplink {
                 })
             }
             0x02 => {
-                let mut r = Reader::new("DeviceAppTimePeriodicityAns", body);
+                r.command("DeviceAppTimePeriodicityAns");
                 let status = r.u8("Status")?;
                 r.check_rfu("Status", status, 0xfe)?;
                 let time = r.u32("Time")?;
@@ -268,32 +304,49 @@ impl Uplink {
                     time,
                 })
             }
-            other => return Err(Error::new("payload", "CID", ErrorKind::UnknownCid(other))),
-        };
-        Ok((cmd, cmd.len(version)))
+            other => return Err(r.error("CID", ErrorKind::UnknownCid(other))),
+        })
+    }
+
+    /// [`Uplink::build_into`] for a device, which has no one to tell why a build failed:
+    /// `None` where that gives an error, and no code to describe it.
+    pub fn write_into<'b>(&self, version: Version, buf: &'b mut [u8]) -> Option<&'b [u8]> {
+        let mut w = Writer::<false>::new(self.name(version), buf, self.len(version)).ok()?;
+        self.build_body(version, &mut w).ok()?;
+        w.finish().ok()
     }
 
     pub fn build_into<'b>(&self, version: Version, buf: &'b mut [u8]) -> Result<&'b [u8], Error> {
-        let mut w = Writer::new(self.name(version), buf, self.len(version))?;
-        w.u8(self.cid())?;
+        let mut w = Writer::<true>::new(self.name(version), buf, self.len(version))?;
+        // The first error stays in the writer, which gives it back.
+        let _ = self.build_body(version, &mut w);
+        w.finish()
+    }
+
+    fn build_body<const REPORT: bool>(
+        &self,
+        _version: Version,
+        w: &mut Writer<'_, REPORT>,
+    ) -> Result<(), Stop> {
+        w.u8(self.cid());
         match self {
             Uplink::PackageVersionAns(c) => {
-                w.u8(c.package_identifier)?;
-                w.u8(c.package_version)?;
+                w.u8(c.package_identifier);
+                w.u8(c.package_version);
             }
             Uplink::AppTimeReq(c) => {
                 if c.token_req > 0x0f {
                     return Err(w.invalid("TokenReq"));
                 }
-                w.u32(c.device_time)?;
-                w.u8(c.token_req | if c.ans_required { 0x10 } else { 0 })?;
+                w.u32(c.device_time);
+                w.u8(c.token_req | if c.ans_required { 0x10 } else { 0 });
             }
             Uplink::DeviceAppTimePeriodicityAns(c) => {
-                w.u8(u8::from(c.not_supported))?;
-                w.u32(c.time)?;
+                w.u8(u8::from(c.not_supported));
+                w.u32(c.time);
             }
         }
-        Ok(w.finish())
+        Ok(())
     }
 }
 

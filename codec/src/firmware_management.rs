@@ -9,7 +9,7 @@
 
 use crate::error::{Error, ErrorKind};
 use crate::package::{Command, Commands, Version};
-use crate::wire::{split_cid, Reader, Writer};
+use crate::wire::{split_cid, Reader, Stop, Writer};
 
 pub const PORT: u8 = 203;
 pub const PACKAGE_ID: u8 = 4;
@@ -100,15 +100,25 @@ impl Downlink {
     }
 
     pub fn build_into<'b>(&self, buf: &'b mut [u8]) -> Result<&'b [u8], Error> {
-        let mut w = Writer::new(self.name(), buf, 1)?;
-        w.u8(self.cid())?;
-        Ok(w.finish())
+        let mut w = Writer::<true>::new(self.name(), buf, 1)?;
+        w.u8(self.cid());
+        w.finish()
     }
 }
 
 impl<'a> Command<'a> for Downlink {
     fn parse_one(_version: Version, bytes: &'a [u8]) -> Result<(Self, usize), Error> {
         Downlink::parse(bytes)
+    }
+
+    fn parse_valid(_version: Version, bytes: &'a [u8]) -> Option<(Self, usize)> {
+        let cmd = match bytes.first()? {
+            0x00 => Downlink::PackageVersionReq,
+            0x01 => Downlink::DevVersionReq,
+            0x04 => Downlink::DevUpgradeImageReq,
+            _ => return None,
+        };
+        Some((cmd, 1))
     }
 }
 
@@ -141,23 +151,29 @@ impl Uplink {
 
     pub fn parse(bytes: &[u8]) -> Result<(Self, usize), Error> {
         let (cid, body) = split_cid(bytes)?;
-        let cmd = match cid {
+        let mut r = Reader::<true>::new("payload", body);
+        let cmd = Self::parse_body(cid, &mut r).map_err(|_| r.into_error())?;
+        Ok((cmd, cmd.wire_len()))
+    }
+
+    fn parse_body<const REPORT: bool>(cid: u8, r: &mut Reader<'_, REPORT>) -> Result<Self, Stop> {
+        Ok(match cid {
             0x00 => {
-                let mut r = Reader::new("PackageVersionAns", body);
+                r.command("PackageVersionAns");
                 Uplink::PackageVersionAns {
                     package_identifier: r.u8("PackageIdentifier")?,
                     package_version: r.u8("PackageVersion")?,
                 }
             }
             0x01 => {
-                let mut r = Reader::new("DevVersionAns", body);
+                r.command("DevVersionAns");
                 Uplink::DevVersionAns(DevVersionAns {
                     fw_version: r.u32("FWversion")?,
                     hw_version: r.u32("HWversion")?,
                 })
             }
             0x04 => {
-                let mut r = Reader::new("DevUpgradeImageAns", body);
+                r.command("DevUpgradeImageAns");
                 let status = r.u8("TypeStatus")?;
                 r.check_rfu("TypeStatus", status, 0xf8)?;
                 Uplink::DevUpgradeImageAns(match status {
@@ -167,46 +183,51 @@ impl Uplink {
                     3 => UpImageStatus::Valid {
                         firmware_id: r.u32("FirmwareID")?,
                     },
-                    _ => {
-                        return Err(Error::new(
-                            "DevUpgradeImageAns",
-                            "UpImageStatus",
-                            ErrorKind::InvalidValue,
-                        ))
-                    }
+                    _ => return Err(r.error("UpImageStatus", ErrorKind::InvalidValue)),
                 })
             }
-            other => return Err(Error::new("payload", "CID", ErrorKind::UnknownCid(other))),
-        };
-        Ok((cmd, cmd.wire_len()))
+            other => return Err(r.error("CID", ErrorKind::UnknownCid(other))),
+        })
+    }
+
+    /// [`Uplink::build_into`] for a device, which has no one to tell why a build failed:
+    /// `None` where that gives an error, and no code to describe it.
+    pub fn write_into<'b>(&self, buf: &'b mut [u8]) -> Option<&'b [u8]> {
+        let mut w = Writer::<false>::new(self.name(), buf, self.wire_len()).ok()?;
+        self.write_body(&mut w);
+        w.finish().ok()
     }
 
     pub fn build_into<'b>(&self, buf: &'b mut [u8]) -> Result<&'b [u8], Error> {
-        let mut w = Writer::new(self.name(), buf, self.wire_len())?;
-        w.u8(self.cid())?;
+        let mut w = Writer::<true>::new(self.name(), buf, self.wire_len())?;
+        self.write_body(&mut w);
+        w.finish()
+    }
+
+    fn write_body<const REPORT: bool>(&self, w: &mut Writer<'_, REPORT>) {
+        w.u8(self.cid());
         match self {
             Uplink::PackageVersionAns {
                 package_identifier,
                 package_version,
             } => {
-                w.u8(*package_identifier)?;
-                w.u8(*package_version)?;
+                w.u8(*package_identifier);
+                w.u8(*package_version);
             }
             Uplink::DevVersionAns(a) => {
-                w.u32(a.fw_version)?;
-                w.u32(a.hw_version)?;
+                w.u32(a.fw_version);
+                w.u32(a.hw_version);
             }
             Uplink::DevUpgradeImageAns(s) => match s {
-                UpImageStatus::Absent => w.u8(0)?,
-                UpImageStatus::Corrupt => w.u8(1)?,
-                UpImageStatus::Incompatible => w.u8(2)?,
+                UpImageStatus::Absent => w.u8(0),
+                UpImageStatus::Corrupt => w.u8(1),
+                UpImageStatus::Incompatible => w.u8(2),
                 UpImageStatus::Valid { firmware_id } => {
-                    w.u8(3)?;
-                    w.u32(*firmware_id)?;
+                    w.u8(3);
+                    w.u32(*firmware_id);
                 }
             },
         }
-        Ok(w.finish())
     }
 }
 
@@ -243,6 +264,13 @@ mod tests {
             package_version: PACKAGE_VERSION,
         };
         assert_eq!(pv.build_into(&mut buf).unwrap(), [0x00, 4, 1]);
+        // The device's quiet build: the same bytes, or nothing where they do not fit.
+        for u in [ans, valid, absent, pv] {
+            let want = u.build_into(&mut buf).unwrap().to_vec();
+            let (mut quiet, mut short) = ([0u8; 16], [0u8; 1]);
+            assert_eq!(u.write_into(&mut quiet), Some(&want[..]));
+            assert_eq!(u.write_into(&mut short), None);
+        }
     }
 
     #[test]

@@ -10,8 +10,8 @@
 //! one that follows other commands as `TrailingBytes` on `DataFragment.CID`.
 
 use crate::error::{Error, ErrorKind};
-use crate::package::{Command, Commands, Version};
-use crate::wire::{Reader, Writer};
+use crate::package::{Command, Commands, Valid, Version};
+use crate::wire::{Reader, Stop, Writer};
 
 pub const PORT: u8 = 201;
 pub const PACKAGE_ID: u8 = 3;
@@ -212,16 +212,54 @@ impl<'a> Iterator for Downlinks<'a> {
 
 impl core::iter::FusedIterator for Downlinks<'_> {}
 
+impl<'a> Downlinks<'a> {
+    /// The commands up to the first error, which ends the iteration unreported (see
+    /// [`Commands::valid`]); a DataFragment after another command is one.
+    pub fn valid(self) -> ValidDownlinks<'a> {
+        ValidDownlinks {
+            inner: self.inner.valid(),
+            seen_command: self.seen_command,
+            failed: self.failed,
+        }
+    }
+}
+
+/// Iterator returned by [`Downlinks::valid`].
+#[derive(Debug, Clone)]
+pub struct ValidDownlinks<'a> {
+    inner: Valid<'a, Downlink<'a>>,
+    seen_command: bool,
+    failed: bool,
+}
+
+impl<'a> Iterator for ValidDownlinks<'a> {
+    type Item = Downlink<'a>;
+
+    fn next(&mut self) -> Option<Downlink<'a>> {
+        if self.failed {
+            return None;
+        }
+        let cmd = self.inner.next()?;
+        if matches!(cmd, Downlink::DataFragment(_)) && self.seen_command {
+            self.failed = true;
+            return None;
+        }
+        self.seen_command = true;
+        Some(cmd)
+    }
+}
+
+impl core::iter::FusedIterator for ValidDownlinks<'_> {}
+
 fn missing_cid() -> Error {
     Error::new("payload", "CID", ErrorKind::Truncated { needed: 1, got: 0 })
 }
 
-fn unknown_cid(cid: u8) -> Error {
-    Error::new("payload", "CID", ErrorKind::UnknownCid(cid))
-}
-
 /// Fails with `InvalidValue` on FragIndex when it needs more than 2 bits.
-fn check_frag_index(w: &Writer<'_>, frag_index: u8) -> Result<(), Error> {
+fn check_frag_index<const REPORT: bool>(
+    w: &mut Writer<'_, REPORT>,
+    frag_index: u8,
+) -> Result<(), Stop> {
     if frag_index > MAX_FRAG_INDEX {
         Err(w.invalid("FragIndex"))
     } else {
@@ -230,12 +268,12 @@ fn check_frag_index(w: &Writer<'_>, frag_index: u8) -> Result<(), Error> {
 }
 
 /// Fails with `InvalidValue` on `field` when a v2-only field is set while building v1.
-fn check_v1_unset(
-    w: &Writer<'_>,
+fn check_v1_unset<const REPORT: bool>(
+    w: &mut Writer<'_, REPORT>,
     version: Version,
     field: &'static str,
     set: bool,
-) -> Result<(), Error> {
+) -> Result<(), Stop> {
     if version == Version::V1 && set {
         Err(w.invalid(field))
     } else {
@@ -298,10 +336,20 @@ impl<'a> Downlink<'a> {
         let Some((&cid, body)) = bytes.split_first() else {
             return Err(missing_cid());
         };
-        let cmd = match cid {
+        let mut r = Reader::<true>::new("payload", body);
+        let cmd = Self::parse_body(version, cid, &mut r).map_err(|_| r.into_error())?;
+        Ok((cmd, cmd.len(version)))
+    }
+
+    fn parse_body<const REPORT: bool>(
+        version: Version,
+        cid: u8,
+        r: &mut Reader<'a, REPORT>,
+    ) -> Result<Self, Stop> {
+        Ok(match cid {
             0x00 => Downlink::PackageVersionReq(PackageVersionReq),
             0x01 => {
-                let mut r = Reader::new("FragSessionStatusReq", body);
+                r.command("FragSessionStatusReq");
                 let param = r.u8("FragStatusReqParam")?;
                 r.check_rfu("FragStatusReqParam", param, 0xf8)?;
                 Downlink::FragSessionStatusReq(FragSessionStatusReq {
@@ -310,7 +358,7 @@ impl<'a> Downlink<'a> {
                 })
             }
             0x02 => {
-                let mut r = Reader::new("FragSessionSetupReq", body);
+                r.command("FragSessionSetupReq");
                 let session = r.u8("FragSession")?;
                 r.check_rfu("FragSession", session, 0xc0)?;
                 let nb_frag = r.u16("NbFrag")?;
@@ -342,19 +390,19 @@ impl<'a> Downlink<'a> {
                 })
             }
             0x03 => {
-                let mut r = Reader::new("FragSessionDeleteReq", body);
+                r.command("FragSessionDeleteReq");
                 let param = r.u8("Param")?;
                 r.check_rfu("Param", param, 0xfc)?;
                 Downlink::FragSessionDeleteReq(FragSessionDeleteReq { frag_index: param })
             }
             0x04 if version == Version::V2 => {
-                let mut r = Reader::new("FragDataBlockReceivedAns", body);
+                r.command("FragDataBlockReceivedAns");
                 let param = r.u8("Param")?;
                 r.check_rfu("Param", param, 0xfc)?;
                 Downlink::FragDataBlockReceivedAns(FragDataBlockReceivedAns { frag_index: param })
             }
             0x08 => {
-                let mut r = Reader::new("DataFragment", body);
+                r.command("DataFragment");
                 let (frag_index, n) = split_index_and_count(r.u16("IndexAndN")?);
                 if n == 0 {
                     // Fragments count from 1: N = 0 names no fragment.
@@ -366,9 +414,8 @@ impl<'a> Downlink<'a> {
                     payload: r.remaining(),
                 })
             }
-            other => return Err(unknown_cid(other)),
-        };
-        Ok((cmd, cmd.len(version)))
+            other => return Err(r.error("CID", ErrorKind::UnknownCid(other))),
+        })
     }
 
     /// Writes CID and body into `buf`; returns the written bytes.
@@ -382,16 +429,26 @@ impl<'a> Downlink<'a> {
                 ));
             }
         }
-        let mut w = Writer::new(self.name(version), buf, self.len(version))?;
+        let mut w = Writer::<true>::new(self.name(version), buf, self.len(version))?;
+        // The first error stays in the writer, which gives it back.
+        let _ = self.build_body(version, &mut w);
+        w.finish()
+    }
+
+    fn build_body<const REPORT: bool>(
+        &self,
+        version: Version,
+        w: &mut Writer<'_, REPORT>,
+    ) -> Result<(), Stop> {
         match self {
-            Downlink::PackageVersionReq(_) => w.u8(self.cid())?,
+            Downlink::PackageVersionReq(_) => w.u8(self.cid()),
             Downlink::FragSessionStatusReq(c) => {
-                check_frag_index(&w, c.frag_index)?;
-                w.u8(self.cid())?;
-                w.u8((c.frag_index << 1) | u8::from(c.participants))?;
+                check_frag_index(w, c.frag_index)?;
+                w.u8(self.cid());
+                w.u8((c.frag_index << 1) | u8::from(c.participants));
             }
             Downlink::FragSessionSetupReq(c) => {
-                check_frag_index(&w, c.frag_index)?;
+                check_frag_index(w, c.frag_index)?;
                 if c.mc_group_bit_mask > 0x0f {
                     return Err(w.invalid("McGroupBitMask"));
                 }
@@ -401,45 +458,52 @@ impl<'a> Downlink<'a> {
                 if c.block_ack_delay > 0x07 {
                     return Err(w.invalid("BlockAckDelay"));
                 }
-                check_v1_unset(&w, version, "AckReception", c.ack_reception)?;
-                check_v1_unset(&w, version, "SessionCnt", c.session_cnt != 0)?;
-                check_v1_unset(&w, version, "MIC", c.mic != [0; 4])?;
-                w.u8(self.cid())?;
-                w.u8((c.frag_index << 4) | c.mc_group_bit_mask)?;
-                w.u16(c.nb_frag)?;
-                w.u8(c.frag_size)?;
+                check_v1_unset(w, version, "AckReception", c.ack_reception)?;
+                check_v1_unset(w, version, "SessionCnt", c.session_cnt != 0)?;
+                check_v1_unset(w, version, "MIC", c.mic != [0; 4])?;
+                w.u8(self.cid());
+                w.u8((c.frag_index << 4) | c.mc_group_bit_mask);
+                w.u16(c.nb_frag);
+                w.u8(c.frag_size);
                 let ack = if c.ack_reception { 0x40 } else { 0 };
-                w.u8(ack | (c.frag_algo << 3) | c.block_ack_delay)?;
-                w.u8(c.padding)?;
-                w.put(&c.descriptor)?;
+                w.u8(ack | (c.frag_algo << 3) | c.block_ack_delay);
+                w.u8(c.padding);
+                w.put(&c.descriptor);
                 if version == Version::V2 {
-                    w.u16(c.session_cnt)?;
-                    w.put(&c.mic)?;
+                    w.u16(c.session_cnt);
+                    w.put(&c.mic);
                 }
             }
             Downlink::FragSessionDeleteReq(FragSessionDeleteReq { frag_index })
             | Downlink::FragDataBlockReceivedAns(FragDataBlockReceivedAns { frag_index }) => {
-                check_frag_index(&w, *frag_index)?;
-                w.u8(self.cid())?;
-                w.u8(*frag_index)?;
+                check_frag_index(w, *frag_index)?;
+                w.u8(self.cid());
+                w.u8(*frag_index);
             }
             Downlink::DataFragment(c) => {
-                check_frag_index(&w, c.frag_index)?;
+                check_frag_index(w, c.frag_index)?;
                 if c.n == 0 || c.n > MAX_FRAGMENT_NUMBER {
                     return Err(w.invalid("N"));
                 }
-                w.u8(self.cid())?;
-                w.u16(index_and_count(c.frag_index, c.n))?;
-                w.put(c.payload)?;
+                w.u8(self.cid());
+                w.u16(index_and_count(c.frag_index, c.n));
+                w.put(c.payload);
             }
         }
-        Ok(w.finish())
+        Ok(())
     }
 }
 
 impl<'a> Command<'a> for Downlink<'a> {
     fn parse_one(version: Version, bytes: &'a [u8]) -> Result<(Self, usize), Error> {
         Downlink::parse(version, bytes)
+    }
+
+    fn parse_valid(version: Version, bytes: &'a [u8]) -> Option<(Self, usize)> {
+        let (&cid, body) = bytes.split_first()?;
+        let cmd =
+            Self::parse_body(version, cid, &mut Reader::<false>::new("payload", body)).ok()?;
+        Some((cmd, cmd.len(version)))
     }
 }
 
@@ -482,9 +546,19 @@ impl Uplink {
         let Some((&cid, body)) = bytes.split_first() else {
             return Err(missing_cid());
         };
-        let cmd = match cid {
+        let mut r = Reader::<true>::new("payload", body);
+        let cmd = Self::parse_body(version, cid, &mut r).map_err(|_| r.into_error())?;
+        Ok((cmd, cmd.len(version)))
+    }
+
+    fn parse_body<const REPORT: bool>(
+        version: Version,
+        cid: u8,
+        r: &mut Reader<'_, REPORT>,
+    ) -> Result<Self, Stop> {
+        Ok(match cid {
             0x00 => {
-                let mut r = Reader::new("PackageVersionAns", body);
+                r.command("PackageVersionAns");
                 let package_identifier = r.u8("PackageIdentifier")?;
                 let package_version = r.u8("PackageVersion")?;
                 Uplink::PackageVersionAns(PackageVersionAns {
@@ -493,7 +567,7 @@ impl Uplink {
                 })
             }
             0x01 => {
-                let mut r = Reader::new("FragSessionStatusAns", body);
+                r.command("FragSessionStatusAns");
                 let (status, received, missing_frag) = match version {
                     Version::V1 => {
                         let received = r.u16("ReceivedAndIndex")?;
@@ -520,7 +594,7 @@ impl Uplink {
                 })
             }
             0x02 => {
-                let mut r = Reader::new("FragSessionSetupAns", body);
+                r.command("FragSessionSetupAns");
                 let status = r.u8("StatusBitMask")?;
                 let rfu = match version {
                     Version::V1 => 0x30,
@@ -537,7 +611,7 @@ impl Uplink {
                 })
             }
             0x03 => {
-                let mut r = Reader::new("FragSessionDeleteAns", body);
+                r.command("FragSessionDeleteAns");
                 let status = r.u8("Status")?;
                 r.check_rfu("Status", status, 0xf8)?;
                 Uplink::FragSessionDeleteAns(FragSessionDeleteAns {
@@ -546,7 +620,7 @@ impl Uplink {
                 })
             }
             0x04 if version == Version::V2 => {
-                let mut r = Reader::new("FragDataBlockReceivedReq", body);
+                r.command("FragDataBlockReceivedReq");
                 let status = r.u8("Status")?;
                 r.check_rfu("Status", status, 0xf8)?;
                 Uplink::FragDataBlockReceivedReq(FragDataBlockReceivedReq {
@@ -554,9 +628,19 @@ impl Uplink {
                     mic_error: status & 0x04 != 0,
                 })
             }
-            other => return Err(unknown_cid(other)),
-        };
-        Ok((cmd, cmd.len(version)))
+            other => return Err(r.error("CID", ErrorKind::UnknownCid(other))),
+        })
+    }
+
+    /// [`Uplink::build_into`] for a device, which has no one to tell why a build failed:
+    /// `None` where that gives an error, and no code to describe it.
+    pub fn write_into<'b>(&self, version: Version, buf: &'b mut [u8]) -> Option<&'b [u8]> {
+        if let (Uplink::FragDataBlockReceivedReq(_), Version::V1) = (self, version) {
+            return None;
+        }
+        let mut w = Writer::<false>::new(self.name(version), buf, self.len(version)).ok()?;
+        self.build_body(version, &mut w).ok()?;
+        w.finish().ok()
     }
 
     /// Writes CID and body into `buf`; returns the written bytes.
@@ -570,48 +654,58 @@ impl Uplink {
                 ));
             }
         }
-        let mut w = Writer::new(self.name(version), buf, self.len(version))?;
+        let mut w = Writer::<true>::new(self.name(version), buf, self.len(version))?;
+        // The first error stays in the writer, which gives it back.
+        let _ = self.build_body(version, &mut w);
+        w.finish()
+    }
+
+    fn build_body<const REPORT: bool>(
+        &self,
+        version: Version,
+        w: &mut Writer<'_, REPORT>,
+    ) -> Result<(), Stop> {
         match self {
             Uplink::PackageVersionAns(c) => {
-                w.u8(self.cid())?;
-                w.u8(c.package_identifier)?;
-                w.u8(c.package_version)?;
+                w.u8(self.cid());
+                w.u8(c.package_identifier);
+                w.u8(c.package_version);
             }
             Uplink::FragSessionStatusAns(c) => {
-                check_frag_index(&w, c.frag_index)?;
+                check_frag_index(w, c.frag_index)?;
                 if c.nb_frag_received > MAX_FRAGMENT_NUMBER {
                     return Err(w.invalid("NbFragReceived"));
                 }
-                check_v1_unset(&w, version, "MICError", c.mic_error)?;
-                check_v1_unset(&w, version, "SessionDoesNotExist", c.session_does_not_exist)?;
+                check_v1_unset(w, version, "MICError", c.mic_error)?;
+                check_v1_unset(w, version, "SessionDoesNotExist", c.session_does_not_exist)?;
                 let status = u8::from(c.memory_error)
                     | (u8::from(c.mic_error) << 1)
                     | (u8::from(c.session_does_not_exist) << 2);
                 let received = index_and_count(c.frag_index, c.nb_frag_received);
-                w.u8(self.cid())?;
+                w.u8(self.cid());
                 match version {
                     Version::V1 => {
-                        w.u16(received)?;
-                        w.u8(c.missing_frag)?;
-                        w.u8(status)?;
+                        w.u16(received);
+                        w.u8(c.missing_frag);
+                        w.u8(status);
                     }
                     Version::V2 => {
-                        w.u8(status)?;
-                        w.u16(received)?;
-                        w.u8(c.missing_frag)?;
+                        w.u8(status);
+                        w.u16(received);
+                        w.u8(c.missing_frag);
                     }
                 }
             }
             Uplink::FragSessionSetupAns(c) => {
-                check_frag_index(&w, c.frag_index)?;
-                check_v1_unset(&w, version, "SessionCntReplay", c.session_cnt_replay)?;
-                w.u8(self.cid())?;
+                check_frag_index(w, c.frag_index)?;
+                check_v1_unset(w, version, "SessionCntReplay", c.session_cnt_replay)?;
+                w.u8(self.cid());
                 w.u8((c.frag_index << 6)
                     | u8::from(c.encoding_unsupported)
                     | (u8::from(c.not_enough_memory) << 1)
                     | (u8::from(c.frag_session_index_not_supported) << 2)
                     | (u8::from(c.wrong_descriptor) << 3)
-                    | (u8::from(c.session_cnt_replay) << 4))?;
+                    | (u8::from(c.session_cnt_replay) << 4));
             }
             Uplink::FragSessionDeleteAns(FragSessionDeleteAns {
                 frag_index,
@@ -621,12 +715,12 @@ impl Uplink {
                 frag_index,
                 mic_error: flag,
             }) => {
-                check_frag_index(&w, *frag_index)?;
-                w.u8(self.cid())?;
-                w.u8(*frag_index | (u8::from(*flag) << 2))?;
+                check_frag_index(w, *frag_index)?;
+                w.u8(self.cid());
+                w.u8(*frag_index | (u8::from(*flag) << 2));
             }
         }
-        Ok(w.finish())
+        Ok(())
     }
 }
 

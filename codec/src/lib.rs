@@ -25,6 +25,7 @@ extern crate alloc;
 
 pub mod aes128;
 pub mod aes_cmac;
+pub mod agent_report;
 pub mod clock_sync;
 pub mod error;
 pub mod fec;

@@ -5,7 +5,7 @@
 
 use crate::error::{Error, ErrorKind};
 use crate::package::{Command, Commands, Version};
-use crate::wire::{split_cid, Reader, Writer};
+use crate::wire::{split_cid, Reader, Stop, Writer};
 
 pub const PORT: u8 = 200;
 pub const PACKAGE_ID: u8 = 2;
@@ -202,12 +202,17 @@ pub fn uplinks(version: Version, payload: &[u8]) -> Commands<'_, Uplink> {
     Commands::new(version, payload)
 }
 
-fn group_id(r: &Reader<'_>, field: &'static str, b: u8, rfu: u8) -> Result<u8, Error> {
+fn group_id<const REPORT: bool>(
+    r: &mut Reader<'_, REPORT>,
+    field: &'static str,
+    b: u8,
+    rfu: u8,
+) -> Result<u8, Stop> {
     r.check_rfu(field, b, rfu)?;
     Ok(b & 0x03)
 }
 
-fn check_id(w: &Writer<'_>, id: u8) -> Result<(), Error> {
+fn check_id<const REPORT: bool>(w: &mut Writer<'_, REPORT>, id: u8) -> Result<(), Stop> {
     if id > 3 {
         Err(w.invalid("McGroupID"))
     } else {
@@ -250,10 +255,20 @@ impl Downlink {
 
     pub fn parse(version: Version, bytes: &[u8]) -> Result<(Self, usize), Error> {
         let (cid, body) = split_cid(bytes)?;
-        let cmd = match cid {
+        let mut r = Reader::<true>::new("payload", body);
+        let cmd = Self::parse_body(version, cid, &mut r).map_err(|_| r.into_error())?;
+        Ok((cmd, cmd.len(version)))
+    }
+
+    fn parse_body<const REPORT: bool>(
+        _version: Version,
+        cid: u8,
+        r: &mut Reader<'_, REPORT>,
+    ) -> Result<Self, Stop> {
+        Ok(match cid {
             0x00 => Downlink::PackageVersionReq(PackageVersionReq),
             0x01 => {
-                let mut r = Reader::new("McGroupStatusReq", body);
+                r.command("McGroupStatusReq");
                 let mask = r.u8("CmdMask")?;
                 r.check_rfu("CmdMask", mask, 0xf0)?;
                 Downlink::McGroupStatusReq(McGroupStatusReq {
@@ -261,9 +276,9 @@ impl Downlink {
                 })
             }
             0x02 => {
-                let mut r = Reader::new("McGroupSetupReq", body);
+                r.command("McGroupSetupReq");
                 let header = r.u8("McGroupIDHeader")?;
-                let mc_group_id = group_id(&r, "McGroupIDHeader", header, 0xfc)?;
+                let mc_group_id = group_id(r, "McGroupIDHeader", header, 0xfc)?;
                 Downlink::McGroupSetupReq(McGroupSetupReq {
                     mc_group_id,
                     mc_addr: r.u32("McAddr")?,
@@ -273,16 +288,16 @@ impl Downlink {
                 })
             }
             0x03 => {
-                let mut r = Reader::new("McGroupDeleteReq", body);
+                r.command("McGroupDeleteReq");
                 let header = r.u8("McGroupIDHeader")?;
                 Downlink::McGroupDeleteReq(McGroupDeleteReq {
-                    mc_group_id: group_id(&r, "McGroupIDHeader", header, 0xfc)?,
+                    mc_group_id: group_id(r, "McGroupIDHeader", header, 0xfc)?,
                 })
             }
             0x04 => {
-                let mut r = Reader::new("McClassCSessionReq", body);
+                r.command("McClassCSessionReq");
                 let header = r.u8("McGroupIDHeader")?;
-                let mc_group_id = group_id(&r, "McGroupIDHeader", header, 0xfc)?;
+                let mc_group_id = group_id(r, "McGroupIDHeader", header, 0xfc)?;
                 let session_time = r.u32("SessionTime")?;
                 let time_out = r.u8("SessionTimeOut")?;
                 r.check_rfu("SessionTimeOut", time_out, 0xf0)?;
@@ -295,9 +310,9 @@ impl Downlink {
                 })
             }
             0x05 => {
-                let mut r = Reader::new("McClassBSessionReq", body);
+                r.command("McClassBSessionReq");
                 let header = r.u8("McGroupIDHeader")?;
-                let mc_group_id = group_id(&r, "McGroupIDHeader", header, 0xfc)?;
+                let mc_group_id = group_id(r, "McGroupIDHeader", header, 0xfc)?;
                 let session_time = r.u32("SessionTime")?;
                 let tp = r.u8("TimeOutPeriodicity")?;
                 r.check_rfu("TimeOutPeriodicity", tp, 0x80)?;
@@ -310,61 +325,70 @@ impl Downlink {
                     dr: r.u8("DR")?,
                 })
             }
-            other => return Err(Error::new("payload", "CID", ErrorKind::UnknownCid(other))),
-        };
-        Ok((cmd, cmd.len(version)))
+            other => return Err(r.error("CID", ErrorKind::UnknownCid(other))),
+        })
     }
 
     pub fn build_into<'b>(&self, version: Version, buf: &'b mut [u8]) -> Result<&'b [u8], Error> {
-        let mut w = Writer::new(self.name(version), buf, self.len(version))?;
-        w.u8(self.cid())?;
+        let mut w = Writer::<true>::new(self.name(version), buf, self.len(version))?;
+        // The first error stays in the writer, which gives it back.
+        let _ = self.build_body(version, &mut w);
+        w.finish()
+    }
+
+    fn build_body<const REPORT: bool>(
+        &self,
+        _version: Version,
+        w: &mut Writer<'_, REPORT>,
+    ) -> Result<(), Stop> {
+        w.u8(self.cid());
         match self {
             Downlink::PackageVersionReq(_) => {}
             Downlink::McGroupStatusReq(c) => {
                 if c.req_group_mask > 0x0f {
                     return Err(w.invalid("ReqGroupMask"));
                 }
-                w.u8(c.req_group_mask)?;
+                w.u8(c.req_group_mask);
             }
             Downlink::McGroupSetupReq(c) => {
-                check_id(&w, c.mc_group_id)?;
-                w.u8(c.mc_group_id)?;
-                w.u32(c.mc_addr)?;
-                w.put(&c.mc_key_encrypted)?;
-                w.u32(c.min_mc_fcount)?;
-                w.u32(c.max_mc_fcount)?;
+                check_id(w, c.mc_group_id)?;
+                w.u8(c.mc_group_id);
+                w.u32(c.mc_addr);
+                w.put(&c.mc_key_encrypted);
+                w.u32(c.min_mc_fcount);
+                w.u32(c.max_mc_fcount);
             }
             Downlink::McGroupDeleteReq(c) => {
-                check_id(&w, c.mc_group_id)?;
-                w.u8(c.mc_group_id)?;
+                check_id(w, c.mc_group_id)?;
+                w.u8(c.mc_group_id);
             }
             Downlink::McClassCSessionReq(c) => {
-                check_id(&w, c.mc_group_id)?;
+                check_id(w, c.mc_group_id)?;
                 if c.time_out > 0x0f {
                     return Err(w.invalid("TimeOut"));
                 }
-                w.u8(c.mc_group_id)?;
-                w.u32(c.session_time)?;
-                w.u8(c.time_out)?;
+                w.u8(c.mc_group_id);
+                w.u32(c.session_time);
+                w.u8(c.time_out);
                 w.u24("DLFrequ", c.dl_frequ.0)?;
-                w.u8(c.dr)?;
+                w.u8(c.dr);
             }
             Downlink::McClassBSessionReq(c) => {
-                check_id(&w, c.mc_group_id)?;
+                check_id(w, c.mc_group_id)?;
                 if c.time_out > 0x0f {
                     return Err(w.invalid("TimeOut"));
                 }
                 if c.periodicity > 0x07 {
                     return Err(w.invalid("Periodicity"));
                 }
-                w.u8(c.mc_group_id)?;
-                w.u32(c.session_time)?;
-                w.u8(c.periodicity << 4 | c.time_out)?;
+                w.u8(c.mc_group_id);
+                w.u32(c.session_time);
+                w.u8(c.periodicity << 4 | c.time_out);
                 w.u24("DLFrequ", c.dl_frequ.0)?;
-                w.u8(c.dr)?;
+                w.u8(c.dr);
             }
         }
-        Ok(w.finish())
+        Ok(())
     }
 }
 
@@ -372,9 +396,19 @@ impl<'a> Command<'a> for Downlink {
     fn parse_one(version: Version, bytes: &'a [u8]) -> Result<(Self, usize), Error> {
         Downlink::parse(version, bytes)
     }
+
+    fn parse_valid(version: Version, bytes: &'a [u8]) -> Option<(Self, usize)> {
+        let (&cid, body) = bytes.split_first()?;
+        let cmd =
+            Self::parse_body(version, cid, &mut Reader::<false>::new("payload", body)).ok()?;
+        Some((cmd, cmd.len(version)))
+    }
 }
 
-fn parse_session_ans(version: Version, r: &mut Reader<'_>) -> Result<McSessionAns, Error> {
+fn parse_session_ans<const REPORT: bool>(
+    version: Version,
+    r: &mut Reader<'_, REPORT>,
+) -> Result<McSessionAns, Stop> {
     let status = r.u8("StatusAndMcGroupID")?;
     let rfu = match version {
         Version::V1 => 0xe0,
@@ -395,7 +429,11 @@ fn parse_session_ans(version: Version, r: &mut Reader<'_>) -> Result<McSessionAn
     Ok(ans)
 }
 
-fn build_session_ans(version: Version, w: &mut Writer<'_>, a: &McSessionAns) -> Result<(), Error> {
+fn build_session_ans<const REPORT: bool>(
+    version: Version,
+    w: &mut Writer<'_, REPORT>,
+    a: &McSessionAns,
+) -> Result<(), Stop> {
     check_id(w, a.mc_group_id)?;
     if a.start_missed && version == Version::V1 {
         return Err(w.invalid("StartMissed"));
@@ -409,7 +447,7 @@ fn build_session_ans(version: Version, w: &mut Writer<'_>, a: &McSessionAns) -> 
         | u8::from(a.freq_error) << 3
         | u8::from(a.mc_group_undefined) << 4
         | u8::from(a.start_missed) << 5;
-    w.u8(status)?;
+    w.u8(status);
     if let Some(t) = a.time_to_start {
         w.u24("TimeToStart", t)?;
     }
@@ -458,23 +496,33 @@ impl Uplink {
 
     pub fn parse(version: Version, bytes: &[u8]) -> Result<(Self, usize), Error> {
         let (cid, body) = split_cid(bytes)?;
-        let cmd = match cid {
+        let mut r = Reader::<true>::new("payload", body);
+        let cmd = Self::parse_body(version, cid, &mut r).map_err(|_| r.into_error())?;
+        Ok((cmd, cmd.len(version)))
+    }
+
+    fn parse_body<const REPORT: bool>(
+        version: Version,
+        cid: u8,
+        r: &mut Reader<'_, REPORT>,
+    ) -> Result<Self, Stop> {
+        Ok(match cid {
             0x00 => {
-                let mut r = Reader::new("PackageVersionAns", body);
+                r.command("PackageVersionAns");
                 Uplink::PackageVersionAns(PackageVersionAns {
                     package_identifier: r.u8("PackageIdentifier")?,
                     package_version: r.u8("PackageVersion")?,
                 })
             }
             0x01 => {
-                let mut r = Reader::new("McGroupStatusAns", body);
+                r.command("McGroupStatusAns");
                 let status = r.u8("Status")?;
                 r.check_rfu("Status", status, 0x80)?;
                 let mask = status & 0x0f;
                 let mut items = [EMPTY_ITEM; MAX_GROUPS];
                 for item in items.iter_mut().take(mask.count_ones() as usize) {
                     let id = r.u8("McGroupID")?;
-                    item.mc_group_id = group_id(&r, "McGroupID", id, 0xfc)?;
+                    item.mc_group_id = group_id(r, "McGroupID", id, 0xfc)?;
                     item.mc_addr = r.u32("McAddr")?;
                 }
                 Uplink::McGroupStatusAns(McGroupStatusAns {
@@ -484,41 +532,58 @@ impl Uplink {
                 })
             }
             0x02 => {
-                let mut r = Reader::new("McGroupSetupAns", body);
+                r.command("McGroupSetupAns");
                 let b = r.u8("McGroupIDHeader")?;
                 Uplink::McGroupSetupAns(McGroupSetupAns {
-                    mc_group_id: group_id(&r, "McGroupIDHeader", b, 0xf8)?,
+                    mc_group_id: group_id(r, "McGroupIDHeader", b, 0xf8)?,
                     id_error: b & 0x04 != 0,
                 })
             }
             0x03 => {
-                let mut r = Reader::new("McGroupDeleteAns", body);
+                r.command("McGroupDeleteAns");
                 let b = r.u8("McGroupIDHeader")?;
                 Uplink::McGroupDeleteAns(McGroupDeleteAns {
-                    mc_group_id: group_id(&r, "McGroupIDHeader", b, 0xf8)?,
+                    mc_group_id: group_id(r, "McGroupIDHeader", b, 0xf8)?,
                     mc_group_undefined: b & 0x04 != 0,
                 })
             }
             0x04 => {
-                let mut r = Reader::new("McClassCSessionAns", body);
-                Uplink::McClassCSessionAns(parse_session_ans(version, &mut r)?)
+                r.command("McClassCSessionAns");
+                Uplink::McClassCSessionAns(parse_session_ans(version, r)?)
             }
             0x05 => {
-                let mut r = Reader::new("McClassBSessionAns", body);
-                Uplink::McClassBSessionAns(parse_session_ans(version, &mut r)?)
+                r.command("McClassBSessionAns");
+                Uplink::McClassBSessionAns(parse_session_ans(version, r)?)
             }
-            other => return Err(Error::new("payload", "CID", ErrorKind::UnknownCid(other))),
-        };
-        Ok((cmd, cmd.len(version)))
+            other => return Err(r.error("CID", ErrorKind::UnknownCid(other))),
+        })
+    }
+
+    /// [`Uplink::build_into`] for a device, which has no one to tell why a build failed:
+    /// `None` where that gives an error, and no code to describe it.
+    pub fn write_into<'b>(&self, version: Version, buf: &'b mut [u8]) -> Option<&'b [u8]> {
+        let mut w = Writer::<false>::new(self.name(version), buf, self.len(version)).ok()?;
+        self.build_body(version, &mut w).ok()?;
+        w.finish().ok()
     }
 
     pub fn build_into<'b>(&self, version: Version, buf: &'b mut [u8]) -> Result<&'b [u8], Error> {
-        let mut w = Writer::new(self.name(version), buf, self.len(version))?;
-        w.u8(self.cid())?;
+        let mut w = Writer::<true>::new(self.name(version), buf, self.len(version))?;
+        // The first error stays in the writer, which gives it back.
+        let _ = self.build_body(version, &mut w);
+        w.finish()
+    }
+
+    fn build_body<const REPORT: bool>(
+        &self,
+        version: Version,
+        w: &mut Writer<'_, REPORT>,
+    ) -> Result<(), Stop> {
+        w.u8(self.cid());
         match self {
             Uplink::PackageVersionAns(c) => {
-                w.u8(c.package_identifier)?;
-                w.u8(c.package_version)?;
+                w.u8(c.package_identifier);
+                w.u8(c.package_version);
             }
             Uplink::McGroupStatusAns(c) => {
                 if c.ans_group_mask > 0x0f {
@@ -527,26 +592,26 @@ impl Uplink {
                 if c.nb_total_groups > 0x07 {
                     return Err(w.invalid("NbTotalGroups"));
                 }
-                w.u8(c.nb_total_groups << 4 | c.ans_group_mask)?;
+                w.u8(c.nb_total_groups << 4 | c.ans_group_mask);
                 for item in c.items() {
-                    check_id(&w, item.mc_group_id)?;
-                    w.u8(item.mc_group_id)?;
-                    w.u32(item.mc_addr)?;
+                    check_id(w, item.mc_group_id)?;
+                    w.u8(item.mc_group_id);
+                    w.u32(item.mc_addr);
                 }
             }
             Uplink::McGroupSetupAns(c) => {
-                check_id(&w, c.mc_group_id)?;
-                w.u8(c.mc_group_id | u8::from(c.id_error) << 2)?;
+                check_id(w, c.mc_group_id)?;
+                w.u8(c.mc_group_id | u8::from(c.id_error) << 2);
             }
             Uplink::McGroupDeleteAns(c) => {
-                check_id(&w, c.mc_group_id)?;
-                w.u8(c.mc_group_id | u8::from(c.mc_group_undefined) << 2)?;
+                check_id(w, c.mc_group_id)?;
+                w.u8(c.mc_group_id | u8::from(c.mc_group_undefined) << 2);
             }
             Uplink::McClassCSessionAns(a) | Uplink::McClassBSessionAns(a) => {
-                build_session_ans(version, &mut w, a)?;
+                build_session_ans(version, w, a)?;
             }
         }
-        Ok(w.finish())
+        Ok(())
     }
 }
 

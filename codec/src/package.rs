@@ -95,6 +95,12 @@ impl PackageId {
 pub trait Command<'a>: Sized {
     /// Parses the command at the start of `bytes` (CID first) and says how many bytes it took.
     fn parse_one(version: Version, bytes: &'a [u8]) -> Result<(Self, usize), crate::Error>;
+
+    /// [`Command::parse_one`] without the error: for a caller that only stops at one (a
+    /// device), so that no error value is made at all.
+    fn parse_valid(version: Version, bytes: &'a [u8]) -> Option<(Self, usize)> {
+        Self::parse_one(version, bytes).ok()
+    }
 }
 
 /// Iterator over the commands packed in one payload. After an error it yields nothing more:
@@ -116,7 +122,40 @@ impl<'a, C: Command<'a>> Commands<'a, C> {
             _command: core::marker::PhantomData,
         }
     }
+
+    /// The commands up to the first error, which ends the iteration unreported: what a
+    /// device does with a payload, without the cost of describing the error.
+    pub fn valid(self) -> Valid<'a, C> {
+        Valid(self)
+    }
 }
+
+/// Iterator returned by [`Commands::valid`].
+#[derive(Debug, Clone)]
+pub struct Valid<'a, C>(Commands<'a, C>);
+
+impl<'a, C: Command<'a>> Iterator for Valid<'a, C> {
+    type Item = C;
+
+    fn next(&mut self) -> Option<C> {
+        let c = &mut self.0;
+        if c.failed || c.rest.is_empty() {
+            return None;
+        }
+        match C::parse_valid(c.version, c.rest) {
+            Some((command, used)) => {
+                c.rest = c.rest.get(used..).unwrap_or(&[]);
+                Some(command)
+            }
+            None => {
+                c.failed = true;
+                None
+            }
+        }
+    }
+}
+
+impl<'a, C: Command<'a>> core::iter::FusedIterator for Valid<'a, C> {}
 
 impl<'a, C: Command<'a>> Iterator for Commands<'a, C> {
     type Item = Result<C, crate::Error>;

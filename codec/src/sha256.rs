@@ -35,8 +35,10 @@ const H0: [u32; 8] = [
 #[derive(Clone)]
 pub struct Sha256 {
     state: [u32; 8],
-    /// Bytes fed so far; the partial block holds the last `len % 64` of them.
-    len: u64,
+    /// Bytes fed so far, low word first; the partial block holds the last `len % 64` of
+    /// them. Two words rather than a u64: the state then aligns to 4 bytes, and a device's
+    /// copies and clears of it need no 8-byte variants of the memory functions.
+    len: [u32; 2],
     block: [u8; 64],
 }
 
@@ -47,7 +49,7 @@ impl Sha256 {
     pub const fn new() -> Self {
         Self {
             state: H0,
-            len: 0,
+            len: [0; 2],
             block: [0; 64],
         }
     }
@@ -56,23 +58,27 @@ impl Sha256 {
     pub fn digest(data: &[u8]) -> [u8; 32] {
         let mut sha = Self::new();
         sha.update(data);
-        sha.finalize()
+        sha.finalize_reset()
     }
 
     /// Bytes hashed so far.
     pub const fn len(&self) -> u64 {
-        self.len
+        self.len[0] as u64 | (self.len[1] as u64) << 32
+    }
+
+    fn set_len(&mut self, len: u64) {
+        self.len = [len as u32, (len >> 32) as u32];
     }
 
     /// Whether nothing has been hashed yet.
     pub const fn is_empty(&self) -> bool {
-        self.len == 0
+        self.len() == 0
     }
 
     /// Feeds the next piece of the message.
     pub fn update(&mut self, mut data: &[u8]) {
-        let fill = (self.len % 64) as usize;
-        self.len = self.len.wrapping_add(data.len() as u64);
+        let fill = (self.len[0] % 64) as usize;
+        self.set_len(self.len().wrapping_add(data.len() as u64));
         if fill > 0 {
             let take = (64 - fill).min(data.len());
             let (head, rest) = data.split_at(take);
@@ -94,15 +100,31 @@ impl Sha256 {
     /// Pads the message (a 1 bit, zeros, the bit length in 64 bits big-endian; 5.1.1) and
     /// returns the digest.
     pub fn finalize(mut self) -> [u8; 32] {
-        let bits = self.len.wrapping_mul(8);
+        self.pad()
+    }
+
+    /// [`Sha256::finalize`] in place, then starts over: for callers short of stack, where
+    /// moving the state into `finalize` would copy it first.
+    pub fn finalize_reset(&mut self) -> [u8; 32] {
+        let out = self.pad();
+        // Field by field: a whole new value would be built on the stack first.
+        self.state = H0;
+        self.len = [0; 2];
+        self.block.fill(0);
+        out
+    }
+
+    /// [`Sha256::finalize`] in place; the state is spent afterwards.
+    fn pad(&mut self) -> [u8; 32] {
+        let bits = self.len().wrapping_mul(8);
         self.update(&[0x80]);
         // Byte by byte: at most 63 calls, and smaller code than a padding table.
-        while self.len % 64 != 56 {
+        while self.len[0] % 64 != 56 {
             self.update(&[0]);
         }
         self.update(&bits.to_be_bytes());
         let mut out = [0u8; 32];
-        for (bytes, word) in out.chunks_exact_mut(4).zip(self.state) {
+        for (bytes, word) in out.chunks_exact_mut(4).zip(&self.state) {
             bytes.copy_from_slice(&word.to_be_bytes());
         }
         out
@@ -125,8 +147,8 @@ impl Sha256 {
         for (bytes, word) in out[..32].chunks_exact_mut(4).zip(self.state) {
             bytes.copy_from_slice(&word.to_le_bytes());
         }
-        out[32..40].copy_from_slice(&self.len.to_le_bytes());
-        let fill = (self.len % 64) as usize;
+        out[32..40].copy_from_slice(&self.len().to_le_bytes());
+        let fill = (self.len[0] % 64) as usize;
         out[40] = fill as u8;
         out[41..41 + fill].copy_from_slice(&self.block[..fill]);
         out
@@ -157,7 +179,13 @@ impl Sha256 {
         }
         let mut block = [0u8; 64];
         block.copy_from_slice(&bytes[41..]);
-        Ok(Self { state, len, block })
+        let mut sha = Self {
+            state,
+            len: [0; 2],
+            block,
+        };
+        sha.set_len(len);
+        Ok(sha)
     }
 }
 
@@ -170,7 +198,7 @@ impl Default for Sha256 {
 impl fmt::Debug for Sha256 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Sha256")
-            .field("len", &self.len)
+            .field("len", &self.len())
             .finish_non_exhaustive()
     }
 }

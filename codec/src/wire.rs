@@ -1,23 +1,46 @@
 //! Little-endian cursors over a command's bytes, shared by the package modules. They carry the
 //! command name so every error they raise says where it happened.
+//!
+//! The first error of a command is kept in its cursor, and the field steps in between return
+//! only [`Stop`], which holds nothing: a `?` after each field then moves no error value through
+//! the parser (on a device that is most of a parser's code). The command's entry point takes
+//! the error out at the end ([`Reader::into_error`], [`Writer::finish`]).
 
 use crate::error::{Error, ErrorKind};
 
-/// Reads fields of one command. `start` is the command's length so far (its CID included), so
-/// `Truncated` counts from the command's first byte.
-pub(crate) struct Reader<'a> {
+/// A command's parse or build stopped; the error is in its [`Reader`] or [`Writer`]. Only
+/// they make one, as they record the error.
+#[derive(Debug)]
+pub(crate) struct Stop(());
+
+/// Reads fields of one command. Positions count from the command's first byte (its CID
+/// included), so `Truncated` says how long the command had to be. With `REPORT` false (a
+/// device that drops malformed commands: [`crate::package::Commands::valid`]) it keeps no
+/// error, and the code that would describe one is left out.
+pub(crate) struct Reader<'a, const REPORT: bool = true> {
     command: &'static str,
     bytes: &'a [u8],
     pos: usize,
+    /// The first error: field and kind.
+    failed: Option<(&'static str, ErrorKind)>,
 }
 
-impl<'a> Reader<'a> {
-    /// `bytes` starts right after the CID.
+impl<'a, const REPORT: bool> Reader<'a, REPORT> {
+    /// `bytes` starts right after the CID. `command` names the errors until
+    /// [`Reader::command`] names the command.
     pub(crate) fn new(command: &'static str, bytes: &'a [u8]) -> Self {
         Self {
-            command,
+            command: if REPORT { command } else { "" },
             bytes,
             pos: 0,
+            failed: None,
+        }
+    }
+
+    /// Names the command the fields belong to, once its CID is known.
+    pub(crate) fn command(&mut self, command: &'static str) {
+        if REPORT {
+            self.command = command;
         }
     }
 
@@ -25,11 +48,22 @@ impl<'a> Reader<'a> {
         self.bytes.get(self.pos..).unwrap_or(&[])
     }
 
-    pub(crate) fn error(&self, field: &'static str, kind: ErrorKind) -> Error {
+    /// Records the error and stops (the parse returns at its first).
+    pub(crate) fn error(&mut self, field: &'static str, kind: ErrorKind) -> Stop {
+        if REPORT {
+            self.failed = Some((field, kind));
+        }
+        Stop(())
+    }
+
+    /// The error that stopped the parse.
+    pub(crate) fn into_error(self) -> Error {
+        // Only `error` makes a `Stop`, after recording; the fallback is never taken.
+        let (field, kind) = self.failed.unwrap_or(("payload", ErrorKind::InvalidValue));
         Error::new(self.command, field, kind)
     }
 
-    pub(crate) fn bytes<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N], Error> {
+    pub(crate) fn bytes<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N], Stop> {
         let end = self.pos + N;
         match self.bytes.get(self.pos..end) {
             Some(s) => {
@@ -38,41 +72,45 @@ impl<'a> Reader<'a> {
                 self.pos = end;
                 Ok(out)
             }
-            None => Err(self.error(
-                field,
-                ErrorKind::Truncated {
-                    // +1 for the CID, which the caller already consumed.
-                    needed: end + 1,
-                    got: self.bytes.len() + 1,
-                },
-            )),
+            None => Err(self.truncated(field, end)),
         }
     }
 
-    pub(crate) fn u8(&mut self, field: &'static str) -> Result<u8, Error> {
+    // Out of line: one copy serves every field of every command.
+    #[inline(never)]
+    fn truncated(&mut self, field: &'static str, end: usize) -> Stop {
+        let kind = ErrorKind::Truncated {
+            // +1 for the CID, which the caller already consumed.
+            needed: end + 1,
+            got: self.bytes.len() + 1,
+        };
+        self.error(field, kind)
+    }
+
+    pub(crate) fn u8(&mut self, field: &'static str) -> Result<u8, Stop> {
         Ok(self.bytes::<1>(field)?[0])
     }
 
-    pub(crate) fn u16(&mut self, field: &'static str) -> Result<u16, Error> {
+    pub(crate) fn u16(&mut self, field: &'static str) -> Result<u16, Stop> {
         Ok(u16::from_le_bytes(self.bytes(field)?))
     }
 
-    pub(crate) fn u24(&mut self, field: &'static str) -> Result<u32, Error> {
+    pub(crate) fn u24(&mut self, field: &'static str) -> Result<u32, Stop> {
         let b: [u8; 3] = self.bytes(field)?;
         Ok(u32::from_le_bytes([b[0], b[1], b[2], 0]))
     }
 
-    pub(crate) fn u32(&mut self, field: &'static str) -> Result<u32, Error> {
+    pub(crate) fn u32(&mut self, field: &'static str) -> Result<u32, Stop> {
         Ok(u32::from_le_bytes(self.bytes(field)?))
     }
 
     /// Fails with `ReservedBits` on `field` when `value & rfu_mask != 0`.
     pub(crate) fn check_rfu(
-        &self,
+        &mut self,
         field: &'static str,
         value: u8,
         rfu_mask: u8,
-    ) -> Result<(), Error> {
+    ) -> Result<(), Stop> {
         if value & rfu_mask != 0 {
             Err(self.error(field, ErrorKind::ReservedBits))
         } else {
@@ -81,17 +119,24 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Writes one command into a caller's buffer.
-pub(crate) struct Writer<'a> {
+/// Writes one command into a caller's buffer. [`Writer::new`] checks that the whole command
+/// fits, so the writes after it cannot fail and return nothing; one that did not fit all the
+/// same (a length that disagrees with the fields) is kept as the command's error. With
+/// `REPORT` false (a device) only that there was an error is kept.
+pub(crate) struct Writer<'a, const REPORT: bool = true> {
     command: &'static str,
     buf: &'a mut [u8],
     pos: usize,
+    /// The first error: field and kind.
+    failed: Option<(&'static str, ErrorKind)>,
 }
 
-impl<'a> Writer<'a> {
+impl<'a, const REPORT: bool> Writer<'a, REPORT> {
     /// Checks up front that `len` bytes fit, so a build either writes the whole command or
     /// nothing useful and says how much room it needs.
     pub(crate) fn new(command: &'static str, buf: &'a mut [u8], len: usize) -> Result<Self, Error> {
+        // Unreported, the name is not kept (nor, once inlined, even looked up).
+        let command = if REPORT { command } else { "" };
         if buf.len() < len {
             return Err(Error::new(
                 command,
@@ -103,54 +148,73 @@ impl<'a> Writer<'a> {
             command,
             buf,
             pos: 0,
+            failed: None,
         })
     }
 
-    pub(crate) fn invalid(&self, field: &'static str) -> Error {
-        Error::new(self.command, field, ErrorKind::InvalidValue)
+    fn error(&mut self, field: &'static str, kind: ErrorKind) -> Stop {
+        if self.failed.is_none() {
+            self.failed = Some(if REPORT {
+                (field, kind)
+            } else {
+                ("", ErrorKind::InvalidValue)
+            });
+        }
+        Stop(())
     }
 
-    pub(crate) fn put(&mut self, bytes: &[u8]) -> Result<(), Error> {
+    /// Records that `field` holds a value the command cannot carry, and stops.
+    pub(crate) fn invalid(&mut self, field: &'static str) -> Stop {
+        self.error(field, ErrorKind::InvalidValue)
+    }
+
+    pub(crate) fn put(&mut self, bytes: &[u8]) {
         let end = self.pos + bytes.len();
         match self.buf.get_mut(self.pos..end) {
             Some(dst) => {
                 dst.copy_from_slice(bytes);
                 self.pos = end;
-                Ok(())
             }
-            None => Err(Error::new(
-                self.command,
-                "buffer",
-                ErrorKind::BufferTooSmall { needed: end },
-            )),
+            None => {
+                self.error("buffer", ErrorKind::BufferTooSmall { needed: end });
+            }
         }
     }
 
-    pub(crate) fn u8(&mut self, v: u8) -> Result<(), Error> {
+    pub(crate) fn u8(&mut self, v: u8) {
         self.put(&[v])
     }
 
-    pub(crate) fn u16(&mut self, v: u16) -> Result<(), Error> {
+    pub(crate) fn u16(&mut self, v: u16) {
         self.put(&v.to_le_bytes())
     }
 
     /// Fails with `InvalidValue` on `field` when `v` needs more than 24 bits.
-    pub(crate) fn u24(&mut self, field: &'static str, v: u32) -> Result<(), Error> {
+    pub(crate) fn u24(&mut self, field: &'static str, v: u32) -> Result<(), Stop> {
         if v > 0x00ff_ffff {
             return Err(self.invalid(field));
         }
         let b = v.to_le_bytes();
-        self.put(&b[..3])
+        self.put(&b[..3]);
+        Ok(())
     }
 
-    pub(crate) fn u32(&mut self, v: u32) -> Result<(), Error> {
+    pub(crate) fn u32(&mut self, v: u32) {
         self.put(&v.to_le_bytes())
     }
 
-    /// The written prefix of the buffer.
-    pub(crate) fn finish(self) -> &'a [u8] {
-        let Writer { buf, pos, .. } = self;
-        &buf[..pos.min(buf.len())]
+    /// The written prefix of the buffer, or the first error.
+    pub(crate) fn finish(self) -> Result<&'a [u8], Error> {
+        let Writer {
+            command,
+            buf,
+            pos,
+            failed,
+        } = self;
+        match failed {
+            Some((field, kind)) => Err(Error::new(command, field, kind)),
+            None => Ok(&buf[..pos.min(buf.len())]),
+        }
     }
 }
 

@@ -33,4 +33,19 @@ fn decodes_heatshrink_lib_streams() {
         d.finish().unwrap();
         assert!(out == data, "output chunk {out_chunk}");
     }
+    // Straight out of the window, without an output buffer: the same bytes.
+    for piece_len in [1, 13, compressed.len()] {
+        let mut d = Decoder::<256>::new(Params::new(8, 4).unwrap()).unwrap();
+        let mut out = Vec::new();
+        for piece in compressed.chunks(piece_len) {
+            d.decode_in_window(piece, |bytes| {
+                assert!(!bytes.is_empty() && bytes.len() <= 256);
+                out.extend_from_slice(bytes);
+                Ok::<_, ()>(())
+            })
+            .unwrap();
+        }
+        d.finish().unwrap();
+        assert!(out == data, "input pieces of {piece_len}");
+    }
 }

@@ -389,6 +389,9 @@ proptest! {
     #[test]
     fn multicast_uplinks_match_lrwn((version, cmd) in version().prop_flat_map(|v| (Just(v), ms_uplink(v)))) {
         let ours = build(|b| cmd.build_into(version, b));
+        // The device's quiet build: the same bytes.
+        let mut quiet = [0u8; 64];
+        prop_assert_eq!(cmd.write_into(version, &mut quiet), Some(&ours[..]));
         let theirs = match version {
             Version::V1 => v1::up(&cmd).to_vec().unwrap(),
             Version::V2 => v2::up(&cmd).to_vec().unwrap(),
@@ -404,6 +407,8 @@ proptest! {
     #[test]
     fn clock_sync_matches_lrwn(down in cs_downlink(), up in cs_uplink(), version in version()) {
         let (d, u) = (build(|b| down.build_into(version, b)), build(|b| up.build_into(version, b)));
+        let mut quiet = [0u8; 64];
+        prop_assert_eq!(up.write_into(version, &mut quiet), Some(&u[..]));
         let (ld, lu) = match version {
             Version::V1 => (lrwn_cs_v1_down(&down).to_vec().unwrap(), lrwn_cs_v1_up(&up).to_vec().unwrap()),
             Version::V2 => (lrwn_cs_v2_down(&down).to_vec().unwrap(), lrwn_cs_v2_up(&up).to_vec().unwrap()),

@@ -30,6 +30,10 @@ proptest! {
             cmd.build_into(version, &mut short).unwrap_err().kind,
             ErrorKind::BufferTooSmall { needed: bytes.len() }
         );
+        // The device's quiet build writes the same bytes, and fails where build_into does.
+        let mut buf = [0u8; 16];
+        prop_assert_eq!(cmd.write_into(version, &mut buf), Some(&bytes[..]));
+        prop_assert_eq!(cmd.write_into(version, &mut short), None);
     }
 
     #[test]
@@ -149,6 +153,8 @@ proptest! {
         };
         let e = bad_cmd.build_into(version, &mut [0u8; 16]).unwrap_err();
         prop_assert_eq!((e.field, e.kind), ("FragIndex", ErrorKind::InvalidValue));
+        let mut buf = [0u8; 16];
+        prop_assert_eq!(bad_cmd.write_into(version, &mut buf), None);
     }
 }
 

@@ -527,7 +527,13 @@ mod probe {
                 Some(Event::RebootWanted { version }) => seen.reboot = Some(version),
                 Some(Event::UpdateFailed(_) | Event::Reverted { .. }) => seen.failed = true,
                 Some(Event::Multicast(McEvent::ClassCStart { .. })) => seen.class_c = true,
-                Some(Event::Multicast(_) | Event::Booted { .. }) => {}
+                Some(
+                    Event::Multicast(_)
+                    | Event::Booted { .. }
+                    | Event::Confirmed { .. }
+                    | Event::InstallDeferred(_)
+                    | Event::RevertWanted { .. },
+                ) => {}
             }
         }
     }

@@ -9,6 +9,7 @@
 use core::cell::RefCell;
 
 use embedded_storage::nor_flash::NorFlash;
+use fuota_codec::agent_report::{self, Outcome, Refusal, UpdateReport};
 use fuota_codec::firmware_management::{self, fw_version, DevVersionAns, UpImageStatus};
 use fuota_codec::keys::Key128;
 use fuota_codec::patch::apply::Checkpoint;
@@ -20,6 +21,7 @@ use crate::clock::{ClockSync, Millis};
 use crate::frag_session::{
     FragAreas, FragEvent, Fragmentation, SavedSession, SessionParams, Via, MAX_FRAG_SESSIONS,
 };
+use crate::hooks::{NoHooks, SelfTest, UpdateHooks};
 use crate::install::{install, InstallConfig, InstallError};
 use crate::journal::Journal;
 use crate::mcuboot::{self, Trailer};
@@ -99,8 +101,17 @@ pub enum Event {
     UpdateFailed(UpdateFailure),
     /// After the reboot, the bootloader went back to the old image.
     Reverted { version: ImageVersion },
-    /// After the reboot, the new image runs; call [`Agent::confirm`] once it is healthy.
+    /// After the reboot, the new image runs. At the next [`Agent::handle_timeout`] the agent
+    /// runs [`UpdateHooks::self_test`] and confirms it, or asks for a reboot back to the old
+    /// image ([`Agent::confirm`] confirms it earlier).
     Booted { version: ImageVersion },
+    /// The new image passed its self-test and is confirmed: the bootloader keeps it.
+    Confirmed { version: ImageVersion },
+    /// The firmware put the install off ([`UpdateHooks::may_update`]); asked again later.
+    InstallDeferred(Refusal),
+    /// The new image failed its self-test, or kept rebooting unconfirmed: reboot now, the
+    /// bootloader goes back to the old image.
+    RevertWanted { version: ImageVersion },
 }
 
 /// Where an update stands (journaled).
@@ -119,8 +130,16 @@ enum Update {
     Testing(ImageVersion),
 }
 
+/// What the agent still owes the server (an UpdateReport, until it is handed out as an
+/// uplink) and the unconfirmed boots of the new image (journaled).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Follow {
+    report: Option<UpdateReport>,
+    boots: u8,
+}
+
 /// The FUOTA device agent over flash `F`; `SPARES` spare fragment slots per session,
-/// `SESSIONS` fragmentation sessions at once.
+/// `SESSIONS` fragmentation sessions at once; `H` the firmware's [`UpdateHooks`].
 #[derive(Debug)]
 pub struct Agent<
     'a,
@@ -128,8 +147,17 @@ pub struct Agent<
     const SPARES: usize,
     const SESSIONS: usize = 1,
     K: SignatureCheck = VerifyingKey,
+    H: UpdateHooks = NoHooks,
 > {
     config: AgentConfig<SESSIONS, K>,
+    hooks: H,
+    follow: Follow,
+    /// While an install is put off: when to ask the firmware again (its clock).
+    install_retry_at: Millis,
+    /// The refusal last reported, so that a repeated one is not reported again.
+    last_refusal: Option<Refusal>,
+    /// The new image booted: run its self-test at this time (the agent's clock).
+    self_test_at: Option<Millis>,
     primary_trailer: Trailer,
     secondary_trailer: Trailer,
     flash: &'a RefCell<F>,
@@ -154,6 +182,12 @@ pub enum AgentError<E> {
     Layout,
     /// `boot_max_align` is not 8, 16 or 32, or not a multiple of the flash's write size.
     BootMaxAlign,
+    /// Each session's share of the decoder workspace (`share` bytes) is smaller than the
+    /// patch applier's heatshrink window (`needed` bytes), which an install borrows from it.
+    Workspace {
+        share: usize,
+        needed: usize,
+    },
 }
 
 impl<const SESSIONS: usize> Layout<SESSIONS> {
@@ -184,16 +218,39 @@ fn gps_s(clock: &ClockSync, now: Millis) -> u32 {
 }
 
 impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize, K: SignatureCheck>
-    Agent<'a, F, SPARES, SESSIONS, K>
+    Agent<'a, F, SPARES, SESSIONS, K, NoHooks>
 {
-    /// Starts the agent: reads its journal back (groups, sessions, SessionCnt, an update in
-    /// progress), replays the fragment sessions' logs, and looks at what the bootloader did.
-    /// `workspace` is the TS004 decoders' RAM, shared equally between the sessions.
+    /// [`Agent::with_hooks`] with [`NoHooks`]: installs as soon as a block is complete,
+    /// confirms a new image that boots.
     pub fn new(
         flash: &'a RefCell<F>,
         config: AgentConfig<SESSIONS, K>,
         workspace: &'a mut [u8],
         now: Millis,
+    ) -> Result<Self, AgentError<F::Error>> {
+        Self::with_hooks(flash, config, workspace, now, NoHooks)
+    }
+}
+
+impl<
+        'a,
+        F: NorFlash,
+        const SPARES: usize,
+        const SESSIONS: usize,
+        K: SignatureCheck,
+        H: UpdateHooks,
+    > Agent<'a, F, SPARES, SESSIONS, K, H>
+{
+    /// Starts the agent: reads its journal back (groups, sessions, SessionCnt, an update in
+    /// progress), replays the fragment sessions' logs, and looks at what the bootloader did.
+    /// `workspace` is the TS004 decoders' RAM, shared equally between the sessions; `hooks`
+    /// the firmware's decisions around an update.
+    pub fn with_hooks(
+        flash: &'a RefCell<F>,
+        config: AgentConfig<SESSIONS, K>,
+        workspace: &'a mut [u8],
+        now: Millis,
+        hooks: H,
     ) -> Result<Self, AgentError<F::Error>> {
         let capacity = u32::try_from(flash.borrow().capacity()).unwrap_or(u32::MAX);
         if !config.layout.is_valid(F::ERASE_SIZE as u32, capacity) {
@@ -210,26 +267,46 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize, K: SignatureCh
         if align as usize % F::WRITE_SIZE != 0 {
             return Err(AgentError::BootMaxAlign);
         }
+        let share = workspace.len() / SESSIONS.max(1);
+        if share < APPLY_WINDOW {
+            return Err(AgentError::Workspace {
+                share,
+                needed: APPLY_WINDOW,
+            });
+        }
         let journal = Journal::open(&mut *flash.borrow_mut(), config.layout.journal).map_err(
             |e| match e {
                 crate::journal::JournalError::Flash(e) => AgentError::Flash(e),
                 _ => AgentError::Layout,
             },
         )?;
-        let mut saved = [0u8; JOURNAL_SLOT];
-        let snapshot = journal
-            .read(&mut *flash.borrow_mut(), &mut saved)
+        // The newest record, read into the workspace: the decoders do not need it before
+        // the sessions are restored, and what is taken out of the record is small.
+        let Some(buf) = workspace.first_chunk_mut::<JOURNAL_SLOT>() else {
+            return Err(AgentError::Layout);
+        };
+        let saved = journal
+            .read(&mut *flash.borrow_mut(), buf)
             .map_err(|e| match e {
                 crate::journal::JournalError::Flash(e) => AgentError::Flash(e),
                 _ => AgentError::Layout,
             })?
-            .and_then(Snapshot::decode);
-        let snapshot = snapshot.unwrap_or_default();
+            .and_then(Saved::new);
         let mut multicast = Multicast::new(config.version, config.mc_ke_key.clone(), config.limits);
-        for (id, (group, session)) in snapshot.groups.iter().enumerate() {
-            if let Some(g) = group {
-                multicast.restore(id as u8, g.clone(), *session);
+        let mut sessions = [None; SESSIONS];
+        let (mut last_session_cnt, mut update) = ([None; MAX_FRAG_SESSIONS], Update::Idle);
+        let mut follow = Follow::default();
+        if let Some(saved) = saved {
+            follow = saved.follow();
+            for id in 0..4 {
+                if let (Some(g), session) = saved.group(id) {
+                    multicast.restore(id as u8, g, session);
+                }
             }
+            for (slot, s) in sessions.iter_mut().enumerate() {
+                *s = saved.session(slot);
+            }
+            (last_session_cnt, update) = (saved.session_cnts(), saved.update());
         }
         let frag = Fragmentation::new(
             config.version,
@@ -238,7 +315,7 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize, K: SignatureCh
             workspace,
             config.max_lost,
             config.data_block_int_key.clone(),
-            snapshot.last_session_cnt,
+            last_session_cnt,
         );
         let mut agent = Self {
             primary_trailer,
@@ -246,17 +323,22 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize, K: SignatureCh
             clock: ClockSync::new(config.version, now),
             rng: Rng::new(config.seed),
             config,
+            hooks,
+            follow,
+            install_retry_at: 0,
+            last_refusal: None,
+            self_test_at: None,
             flash,
             journal,
             multicast,
             frag,
-            update: snapshot.update,
+            update,
             install_due: false,
             uplinks: [(0, 0, [0; UPLINK_LEN]); UPLINK_QUEUE],
             nb_uplinks: 0,
             events: [const { None }; EVENT_QUEUE],
         };
-        for (slot, saved) in snapshot.sessions.iter().take(SESSIONS).enumerate() {
+        for (slot, saved) in sessions.iter().enumerate() {
             let Some(saved) = saved else { continue };
             match agent.frag.restore(slot, *saved) {
                 // A block that completed just before the power went, not yet handed over.
@@ -295,12 +377,18 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize, K: SignatureCh
         match running {
             Ok(info) if info.header.version == wanted => {
                 self.update = Update::Testing(wanted);
-                self.push_event(Event::Booted { version: wanted });
+                self.follow.boots = self.follow.boots.saturating_add(1);
+                if self.follow.boots > self.hooks.boot_limit() {
+                    self.revert(wanted, Outcome::BootLoop);
+                } else {
+                    self.self_test_at = Some(0);
+                    self.push_event(Event::Booted { version: wanted });
+                }
             }
             Ok(_) | Err(_) if on_test => {
                 // The test image was not confirmed before this reset: MCUboot went back.
                 self.update = Update::Idle;
-                self.push_event(Event::Reverted { version: wanted });
+                self.reverted(wanted);
             }
             Ok(_) | Err(_) => {
                 // Still (or again) the old image: a revert, or a swap that never happened.
@@ -315,7 +403,7 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize, K: SignatureCh
                 };
                 if !secondary_pending {
                     self.update = Update::Idle;
-                    self.push_event(Event::Reverted { version: wanted });
+                    self.reverted(wanted);
                 }
             }
         }
@@ -379,9 +467,62 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize, K: SignatureCh
         )?;
         if let Update::Testing(_) = self.update {
             self.update = Update::Idle;
+            self.follow.boots = 0;
+            self.self_test_at = None;
             self.save();
         }
         Ok(())
+    }
+
+    /// The bootloader is back on the old image after `version`: reported (unless a more
+    /// precise reason, a failed self-test or a boot loop, is still to be sent).
+    fn reverted(&mut self, version: ImageVersion) {
+        self.follow.boots = 0;
+        let precise = self
+            .follow
+            .report
+            .is_some_and(|r| matches!(r.outcome, Outcome::SelfTestFailed | Outcome::BootLoop));
+        if !precise {
+            self.report(Outcome::Reverted, version);
+        }
+        self.push_event(Event::Reverted { version });
+    }
+
+    /// Owes the server an UpdateReport (journaled with the next save).
+    fn report(&mut self, outcome: Outcome, version: ImageVersion) {
+        self.follow.report = Some(UpdateReport {
+            outcome,
+            fw_version: fw_version(version.major, version.minor, version.revision),
+        });
+    }
+
+    /// The new image `version` must not stay: on test, a reset is enough (MCUboot goes back
+    /// to the unconfirmed image's predecessor); confirmed already (a permanent swap), the old
+    /// image, now in the secondary slot, is swapped back in for good.
+    fn revert(&mut self, version: ImageVersion, why: Outcome) {
+        self.report(why, version);
+        let confirmed = {
+            let mut f = self.flash.borrow_mut();
+            mcuboot::read_trailer(&mut *f, self.config.layout.primary, self.primary_trailer)
+                .is_ok_and(|t| t.image_ok)
+        };
+        if confirmed {
+            let mut f = self.flash.borrow_mut();
+            let secondary = self.config.layout.secondary;
+            let back = mcuboot::verify_image(&mut *f, secondary).and_then(|old| {
+                mcuboot::request_swap(&mut *f, secondary, self.secondary_trailer, old.len, true)
+            });
+            if back.is_err() {
+                // Nothing to go back to: the new image stays, and says so.
+                drop(f);
+                self.report(Outcome::Failed(UpdateFailure::BadImage as u8), version);
+                self.update = Update::Idle;
+                self.save();
+                return;
+            }
+        }
+        self.save();
+        self.push_event(Event::RevertWanted { version });
     }
 
     fn push_event(&mut self, e: Event) {
@@ -414,21 +555,27 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize, K: SignatureCh
         // Answers that were waiting for their time.
         let version = self.config.version;
         let mut b = [0u8; UPLINK_LEN];
-        let before = self.frag.saved();
+        let before = self.frag.acks_pending();
         if let Some(u) = self.frag.poll_uplink(now, &mut self.rng) {
-            let n = u.build_into(version, &mut b).map_or(0, |x| x.len());
+            let n = u.write_into(version, &mut b).map_or(0, |x| x.len());
             self.queue_uplink(fragmentation::PORT, &b[..n]);
         }
         // The last try of a FragDataBlockReceivedReq: nothing to send again after a reboot.
-        if self.frag.saved() != before {
+        if self.frag.acks_pending() != before {
             self.save();
         }
         if let Some(u) = self.clock.poll_request(now, &mut self.rng) {
-            let n = u.build_into(version, &mut b).map_or(0, |x| x.len());
+            let n = u.write_into(version, &mut b).map_or(0, |x| x.len());
             self.queue_uplink(clock_sync::PORT, &b[..n]);
         }
         if self.nb_uplinks == 0 {
-            return None;
+            // A report leaves the journal only once it is handed out.
+            let report = self.follow.report.take()?;
+            let bytes = report.to_bytes();
+            let n = bytes.len().min(buf.len());
+            buf[..n].copy_from_slice(&bytes[..n]);
+            self.save();
+            return Some((agent_report::PORT, n));
         }
         let (port, len, data) = self.uplinks[0];
         for i in 1..self.nb_uplinks {
@@ -447,6 +594,12 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize, K: SignatureCh
             t = t.min(f);
         }
         if self.install_due {
+            t = t.min(now.max(self.install_retry_at));
+        }
+        if let Some(at) = self.self_test_at {
+            t = t.min(now.max(at));
+        }
+        if self.follow.report.is_some() {
             t = now;
         }
         if let (Some(gps_ms), Some(next)) = (
@@ -470,8 +623,36 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize, K: SignatureCh
         if changed {
             self.save();
         }
-        if self.install_due {
+        if self.self_test_at.is_some_and(|at| now >= at) {
+            self.self_test_at = None;
+            if let Update::Testing(version) = self.update {
+                match self.hooks.self_test(now) {
+                    SelfTest::Pass => {
+                        if self.confirm().is_ok() {
+                            self.push_event(Event::Confirmed { version });
+                        }
+                    }
+                    SelfTest::Fail => self.revert(version, Outcome::SelfTestFailed),
+                    SelfTest::Later => self.self_test_at = Some(now + self.hooks.retry_ms()),
+                }
+            }
+        }
+        if self.install_due && now >= self.install_retry_at {
+            if let Err(refusal) = self.hooks.may_update(now) {
+                self.install_retry_at = now + self.hooks.retry_ms();
+                if self.last_refusal != Some(refusal) {
+                    self.last_refusal = Some(refusal);
+                    self.follow.report = Some(UpdateReport {
+                        outcome: Outcome::Deferred(refusal),
+                        fw_version: 0,
+                    });
+                    self.push_event(Event::InstallDeferred(refusal));
+                    self.save();
+                }
+                return;
+            }
             self.install_due = false;
+            self.last_refusal = None;
             self.run_install();
         }
     }
@@ -503,53 +684,57 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize, K: SignatureCh
             permanent: self.config.permanent,
         };
         let flash = self.flash;
-        let mut snap = self.snapshot();
-        let Some(store) = self.frag.store(frag_index) else {
+        // The journal record for checkpoints: the state as it is now (only the checkpoint
+        // changes during the install), borrowed rather than copied.
+        let sessions = self.frag.saved();
+        let last_session_cnt = self.frag.last_session_cnt();
+        let Some((store, window)) = self.frag.complete_block(frag_index) else {
             self.update = Update::Idle;
             self.save();
             return;
         };
-        // Checkpoints go to the journal as they come; the rest of the snapshot is unchanged.
         let journal = &mut self.journal;
-        let result = install::<F, APPLY_WINDOW, &K>(flash, store, len, &config, resume, |cp| {
-            snap.update = Update::Installing {
-                frag_index,
-                checkpoint: Some(cp),
-            };
-            append_snapshot(journal, flash, &snap);
-        });
+        let multicast = &self.multicast;
+        let follow = self.follow;
+        let save = |cp| {
+            let state = (&last_session_cnt, &sessions[..], multicast, follow);
+            save_checkpoint(journal, flash, &state, frag_index, cp);
+        };
+        let result = install(flash, store, len, &config, window, resume, save);
         // Success or not, this block has been used: a reboot must not install it again.
         self.frag.consume(frag_index);
         match result {
             Ok(done) => {
-                self.update = Update::SwapRequested(done.manifest.version);
+                self.update = Update::SwapRequested(done.version);
                 self.push_event(Event::RebootWanted {
-                    version: done.manifest.version,
+                    version: done.version,
                 });
             }
             Err(e) => {
                 self.update = Update::Idle;
-                self.push_event(Event::UpdateFailed(failure(&e)));
+                let why = failure(&e);
+                self.follow.report = Some(UpdateReport {
+                    outcome: Outcome::Failed(why as u8),
+                    fw_version: 0,
+                });
+                self.push_event(Event::UpdateFailed(why));
             }
         }
         self.save();
     }
 
-    /// The state to journal.
-    fn snapshot(&self) -> Snapshot {
-        let saved = self.frag.saved();
-        Snapshot {
-            last_session_cnt: self.frag.last_session_cnt(),
-            sessions: core::array::from_fn(|i| saved.get(i).copied().flatten()),
-            groups: snapshot_groups(&self.multicast),
-            update: self.update,
-        }
-    }
-
-    /// Journals the state.
+    /// Journals the state, encoded from the agent's own fields as it goes to flash.
+    #[inline(never)]
     fn save(&mut self) {
-        let snap = self.snapshot();
-        append_snapshot(&mut self.journal, self.flash, &snap);
+        let sessions = self.frag.saved();
+        let record = Record {
+            last_session_cnt: self.frag.last_session_cnt(),
+            sessions: &sessions,
+            groups: &self.multicast,
+            update: self.update,
+            follow: self.follow,
+        };
+        append_record(&mut self.journal, self.flash, &record);
     }
 
     /// Handles a downlink on `port` that came `via` unicast or a multicast group.
@@ -564,13 +749,14 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize, K: SignatureCh
                 *len += n;
             }
         };
+        // On every port: the commands before the first malformed one, which ends the
+        // payload (there is no one to report it to, so no error is made).
         match port {
             clock_sync::PORT if via == Via::Unicast => {
-                for cmd in clock_sync::downlinks(version, bytes) {
-                    let Ok(cmd) = cmd else { break };
+                for cmd in clock_sync::downlinks(version, bytes).valid() {
                     if let Some(u) = self.clock.handle(now, cmd, &mut self.rng) {
                         append(
-                            &|b| u.build_into(version, b).ok().map(|x| x.len()),
+                            &|b| u.write_into(version, b).map(|x| x.len()),
                             &mut out,
                             &mut len,
                         );
@@ -580,8 +766,7 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize, K: SignatureCh
             multicast_setup::PORT if via == Via::Unicast => {
                 let gps = gps_s(&self.clock, now);
                 let events = &mut self.events;
-                for cmd in multicast_setup::downlinks(version, bytes) {
-                    let Ok(cmd) = cmd else { break };
+                for cmd in multicast_setup::downlinks(version, bytes).valid() {
                     // Setups, deletes and session requests change what must survive a
                     // reboot, whether or not they raise an event (a scheduled session does not).
                     dirty |= !matches!(
@@ -594,7 +779,7 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize, K: SignatureCh
                     });
                     if let Some(u) = ans {
                         append(
-                            &|b| u.build_into(version, b).ok().map(|x| x.len()),
+                            &|b| u.write_into(version, b).map(|x| x.len()),
                             &mut out,
                             &mut len,
                         );
@@ -602,19 +787,13 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize, K: SignatureCh
                 }
             }
             firmware_management::PORT if via == Via::Unicast => {
-                for cmd in firmware_management::downlinks(Version::V1, bytes) {
-                    let Ok(cmd) = cmd else { break };
+                for cmd in firmware_management::downlinks(Version::V1, bytes).valid() {
                     let u = self.firmware_answer(cmd);
-                    append(
-                        &|b| u.build_into(b).ok().map(|x| x.len()),
-                        &mut out,
-                        &mut len,
-                    );
+                    append(&|b| u.write_into(b).map(|x| x.len()), &mut out, &mut len);
                 }
             }
             fragmentation::PORT => {
-                for cmd in fragmentation::downlinks(version, bytes) {
-                    let Ok(cmd) = cmd else { break };
+                for cmd in fragmentation::downlinks(version, bytes).valid() {
                     // Everything but these changes what a reboot must find (the answer to
                     // FragDataBlockReceivedReq ends its repetitions).
                     let setup_like = !matches!(
@@ -630,7 +809,7 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize, K: SignatureCh
                     {
                         Ok(Some(u)) => {
                             append(
-                                &|b| u.build_into(version, b).ok().map(|x| x.len()),
+                                &|b| u.write_into(version, b).map(|x| x.len()),
                                 &mut out,
                                 &mut len,
                             );
@@ -692,16 +871,44 @@ fn queue_event(events: &mut [Option<Event>; EVENT_QUEUE], e: Event) {
     }
 }
 
-/// Appends a snapshot to the journal. A failed append shows up as the next flash operation
+/// Appends a record to the journal. A failed append shows up as the next flash operation
 /// failing, and the previous state stays the journal's newest.
-fn append_snapshot<F: NorFlash>(
+fn append_record<F: NorFlash, G: GroupSource + ?Sized>(
     journal: &mut Journal<JOURNAL_SLOT>,
     flash: &RefCell<F>,
-    snap: &Snapshot,
+    record: &Record<'_, G>,
 ) {
-    let _ = journal.append_with(&mut *flash.borrow_mut(), Snapshot::LEN, |out| {
-        snap.encode(out)
+    let _ = journal.append_with(&mut *flash.borrow_mut(), Record::<G>::LEN, |out| {
+        record.encode(out)
     });
+}
+
+/// Journals the state of an install in progress. Out of line: the record would otherwise
+/// sit in the frame of the apply, under everything the apply calls.
+#[inline(never)]
+fn save_checkpoint<F: NorFlash>(
+    journal: &mut Journal<JOURNAL_SLOT>,
+    flash: &RefCell<F>,
+    &(last_session_cnt, sessions, multicast, follow): &(
+        &[Option<u16>; MAX_FRAG_SESSIONS],
+        &[Option<SavedSession>],
+        &Multicast,
+        Follow,
+    ),
+    frag_index: u8,
+    checkpoint: Checkpoint,
+) {
+    let record = Record {
+        last_session_cnt: *last_session_cnt,
+        sessions,
+        groups: multicast,
+        update: Update::Installing {
+            frag_index,
+            checkpoint: Some(checkpoint),
+        },
+        follow,
+    };
+    append_record(journal, flash, &record);
 }
 
 fn failure<E>(e: &InstallError<E>) -> UpdateFailure {
@@ -714,15 +921,14 @@ fn failure<E>(e: &InstallError<E>) -> UpdateFailure {
         InstallError::Apply(ApplyError::Source(_) | ApplyError::Target(_))
         | InstallError::Patch(_) => UpdateFailure::Flash,
         InstallError::Image(_) | InstallError::VersionMismatch { .. } => UpdateFailure::BadImage,
-        InstallError::Apply(_) => UpdateFailure::BadPatch,
+        // A window too small (the agent lends at least APPLY_WINDOW bytes) is the patch's.
+        InstallError::Apply(_) | InstallError::Window { .. } => UpdateFailure::BadPatch,
     }
 }
 
-fn snapshot_groups(m: &Multicast) -> [(Option<McGroup>, Option<ClassCSession>); 4] {
-    core::array::from_fn(|id| (m.group(id as u8).cloned(), m.session(id as u8).copied()))
-}
-
-/// The journaled state.
+/// The journaled state, as read back (for the tests; the agent reads a record through
+/// [`Saved`]).
+#[cfg(test)]
 #[derive(Debug, Clone, Default)]
 struct Snapshot {
     /// Per FragIndex.
@@ -731,225 +937,333 @@ struct Snapshot {
     sessions: [Option<SavedSession>; MAX_FRAG_SESSIONS],
     groups: [(Option<McGroup>, Option<ClassCSession>); 4],
     update: Update,
+    follow: Follow,
 }
 
-const SNAPSHOT_FORMAT: u8 = 2;
-
-/// The snapshot's bytes go to the journal as they are produced.
-struct W<'b> {
-    out: &'b mut dyn FnMut(&[u8]),
+/// Where a journal record's multicast groups come from: the agent's [`Multicast`], or a
+/// record read back.
+trait GroupSource {
+    fn group(&self, id: u8) -> (Option<&McGroup>, Option<&ClassCSession>);
 }
 
-impl W<'_> {
-    fn put(&mut self, bytes: &[u8]) {
-        (self.out)(bytes);
+impl GroupSource for Multicast {
+    fn group(&self, id: u8) -> (Option<&McGroup>, Option<&ClassCSession>) {
+        (Multicast::group(self, id), self.session(id))
     }
 }
 
-struct R<'b> {
-    buf: &'b [u8],
-    at: usize,
-}
-
-impl R<'_> {
-    fn take<const N: usize>(&mut self) -> Option<[u8; N]> {
-        let b = self.buf.get(self.at..self.at + N)?;
-        self.at += N;
-        let mut out = [0u8; N];
-        out.copy_from_slice(b);
-        Some(out)
-    }
-    fn u8(&mut self) -> Option<u8> {
-        self.take::<1>().map(|b| b[0])
-    }
-    fn u16(&mut self) -> Option<u16> {
-        self.take().map(u16::from_le_bytes)
-    }
-    fn u32(&mut self) -> Option<u32> {
-        self.take().map(u32::from_le_bytes)
+#[cfg(test)]
+impl GroupSource for [(Option<McGroup>, Option<ClassCSession>); 4] {
+    fn group(&self, id: u8) -> (Option<&McGroup>, Option<&ClassCSession>) {
+        self.get(usize::from(id))
+            .map_or((None, None), |(g, s)| (g.as_ref(), s.as_ref()))
     }
 }
 
-fn put_version(w: &mut W<'_>, v: ImageVersion) {
-    w.put(&[v.major, v.minor]);
-    w.put(&v.revision.to_le_bytes());
-    w.put(&v.build.to_le_bytes());
+/// The state to journal, borrowed from where it lives: saving needs no copy of it.
+struct Record<'s, G: ?Sized> {
+    last_session_cnt: [Option<u16>; MAX_FRAG_SESSIONS],
+    /// Per storage slot; slots past the end (up to [`MAX_FRAG_SESSIONS`]) are empty.
+    sessions: &'s [Option<SavedSession>],
+    groups: &'s G,
+    update: Update,
+    follow: Follow,
 }
 
-fn take_version(r: &mut R<'_>) -> Option<ImageVersion> {
-    Some(ImageVersion {
-        major: r.u8()?,
-        minor: r.u8()?,
-        revision: r.u16()?,
-        build: r.u32()?,
+/// Format 3 adds the follow-up section (a report owed to the server, unconfirmed boots) to
+/// format 2, which is still read (with nothing owed).
+const SNAPSHOT_FORMAT: u8 = 3;
+const FORMAT_2: u8 = 2;
+// Agent::new reads the record into the workspace, which holds at least the applier's window.
+const _: () = assert!(JOURNAL_SLOT <= APPLY_WINDOW);
+
+// The record, section by section, each field at a fixed offset (little-endian), absent
+// values as zeros: the format byte and a SessionCnt (present flag, u16) per FragIndex; per
+// storage slot a session (flags, setup fields); per multicast group its keys (present flag,
+// McAddr, McAppSKey, McNwkSKey, FCnt window) and class C session (present flag, start,
+// timeout, frequency, DR); the update (kind, then a checkpoint and FragIndex, or a version).
+// Sections go to the journal one at a time through a buffer the size of the largest.
+const HEAD: usize = 1 + 3 * MAX_FRAG_SESSIONS;
+const SESSION: usize = 20;
+const GROUP: usize = 45 + 11;
+const UPDATE: usize = 41;
+const FOLLOW: usize = 8;
+
+/// The follow-up section: present flag, the report's bytes after its CID, the boots.
+fn follow_bytes(follow: Follow, b: &mut [u8; FOLLOW]) {
+    if let Some(r) = follow.report {
+        b[0] = 1;
+        put(b, 1, &r.to_bytes()[1..]);
+    }
+    b[7] = follow.boots;
+}
+
+fn follow_of(b: &[u8]) -> Follow {
+    let mut bytes = [agent_report::CID_UPDATE_REPORT; agent_report::LEN];
+    bytes[1..].copy_from_slice(&b[1..7]);
+    Follow {
+        report: if b[0] == 1 {
+            UpdateReport::parse(&bytes).ok()
+        } else {
+            None
+        },
+        boots: b[7],
+    }
+}
+
+fn le16(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+
+fn le32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+fn array<const N: usize>(b: &[u8], at: usize) -> [u8; N] {
+    let mut out = [0u8; N];
+    out.copy_from_slice(&b[at..at + N]);
+    out
+}
+
+/// Writes `v` at `at`. Out of line: one copy of the bounds check and the copy serves every
+/// field of a record.
+#[inline(never)]
+fn put(b: &mut [u8], at: usize, v: &[u8]) {
+    b[at..at + v.len()].copy_from_slice(v);
+}
+
+fn session_bytes(saved: Option<SavedSession>, b: &mut [u8; SESSION]) {
+    let Some(SavedSession {
+        params: p,
+        consumed,
+        ack_pending,
+    }) = saved
+    else {
+        return;
+    };
+    b[0] = 1 | u8::from(consumed) << 1 | u8::from(ack_pending) << 2;
+    b[1] = p.frag_index;
+    b[2] = p.mc_group_bit_mask;
+    put(b, 3, &p.nb_frag.to_le_bytes());
+    b[5] = p.frag_size;
+    b[6] = p.frag_algo;
+    b[7] = p.block_ack_delay;
+    b[8] = u8::from(p.ack_reception);
+    b[9] = p.padding;
+    put(b, 10, &p.descriptor);
+    put(b, 14, &p.session_cnt.to_le_bytes());
+    put(b, 16, &p.mic);
+}
+
+fn session_of(b: &[u8]) -> Option<SavedSession> {
+    let flags = b[0];
+    (flags & 1 == 1).then(|| SavedSession {
+        params: SessionParams {
+            frag_index: b[1],
+            mc_group_bit_mask: b[2],
+            nb_frag: le16(b, 3),
+            frag_size: b[5],
+            frag_algo: b[6],
+            block_ack_delay: b[7],
+            ack_reception: b[8] == 1,
+            padding: b[9],
+            descriptor: array(b, 10),
+            session_cnt: le16(b, 14),
+            mic: array(b, 16),
+        },
+        consumed: flags & 2 != 0,
+        ack_pending: flags & 4 != 0,
     })
 }
 
-impl Snapshot {
+fn group_bytes(group: Option<&McGroup>, session: Option<&ClassCSession>, b: &mut [u8; GROUP]) {
+    if let Some(g) = group {
+        b[0] = 1;
+        put(b, 1, &g.addr.to_le_bytes());
+        put(b, 5, g.app_s_key.as_bytes());
+        put(b, 21, g.nwk_s_key.as_bytes());
+        put(b, 37, &g.min_fcount.to_le_bytes());
+        put(b, 41, &g.max_fcount.to_le_bytes());
+    }
+    if let Some(s) = session {
+        b[45] = 1;
+        put(b, 46, &s.start_s.to_le_bytes());
+        b[50] = s.timeout_exp;
+        put(b, 51, &s.freq_hz.to_le_bytes());
+        b[55] = s.dr;
+    }
+}
+
+fn group_of(b: &[u8]) -> (Option<McGroup>, Option<ClassCSession>) {
+    let group = (b[0] == 1).then(|| McGroup {
+        addr: le32(b, 1),
+        app_s_key: Key128::from_bytes(array(b, 5)),
+        nwk_s_key: Key128::from_bytes(array(b, 21)),
+        min_fcount: le32(b, 37),
+        max_fcount: le32(b, 41),
+    });
+    let session = (b[45] == 1).then(|| ClassCSession {
+        start_s: le32(b, 46),
+        timeout_exp: b[50],
+        freq_hz: le32(b, 51),
+        dr: b[55],
+        running: false,
+    });
+    (group, session)
+}
+
+fn update_bytes(update: Update, b: &mut [u8; UPDATE]) {
+    let v = match update {
+        Update::Idle => return,
+        Update::Installing {
+            frag_index,
+            checkpoint,
+        } => {
+            b[0] = 1;
+            if let Some(c) = checkpoint {
+                b[1] = 1;
+                put(b, 2, &c.to_bytes());
+            }
+            b[38] = frag_index;
+            return;
+        }
+        Update::SwapRequested(v) => {
+            b[0] = 2;
+            v
+        }
+        Update::Testing(v) => {
+            b[0] = 3;
+            v
+        }
+    };
+    b[1] = v.major;
+    b[2] = v.minor;
+    put(b, 3, &v.revision.to_le_bytes());
+    put(b, 5, &v.build.to_le_bytes());
+}
+
+fn update_of(b: &[u8]) -> Update {
+    let version = || ImageVersion {
+        major: b[1],
+        minor: b[2],
+        revision: le16(b, 3),
+        build: le32(b, 5),
+    };
+    match b[0] {
+        1 => Update::Installing {
+            checkpoint: (b[1] == 1).then(|| Checkpoint::from_bytes(&array(b, 2))),
+            frag_index: b[38],
+        },
+        2 => Update::SwapRequested(version()),
+        3 => Update::Testing(version()),
+        _ => Update::Idle,
+    }
+}
+
+impl<G: GroupSource + ?Sized> Record<'_, G> {
     /// Encoded length: every field has a fixed place, present or not.
-    const LEN: usize = 1 + MAX_FRAG_SESSIONS * 3 + MAX_FRAG_SESSIONS * 20 + 4 * (45 + 11) + 41;
+    const LEN: usize = HEAD + MAX_FRAG_SESSIONS * SESSION + 4 * GROUP + UPDATE + FOLLOW;
 
     fn encode(&self, out: &mut dyn FnMut(&[u8])) {
-        let mut w = W { out };
-        w.put(&[SNAPSHOT_FORMAT]);
-        for cnt in self.last_session_cnt {
-            match cnt {
-                Some(c) => {
-                    w.put(&[1]);
-                    w.put(&c.to_le_bytes());
-                }
-                None => w.put(&[0, 0, 0]),
+        let mut buf = [0u8; GROUP];
+        buf[0] = SNAPSHOT_FORMAT;
+        for (i, cnt) in self.last_session_cnt.iter().enumerate() {
+            if let Some(c) = cnt {
+                buf[1 + 3 * i] = 1;
+                put(&mut buf, 2 + 3 * i, &c.to_le_bytes());
             }
         }
-        for saved in &self.sessions {
-            match saved {
-                Some(SavedSession {
-                    params: p,
-                    consumed,
-                    ack_pending,
-                }) => {
-                    w.put(&[
-                        1 | u8::from(*consumed) << 1 | u8::from(*ack_pending) << 2,
-                        p.frag_index,
-                        p.mc_group_bit_mask,
-                    ]);
-                    w.put(&p.nb_frag.to_le_bytes());
-                    w.put(&[
-                        p.frag_size,
-                        p.frag_algo,
-                        p.block_ack_delay,
-                        u8::from(p.ack_reception),
-                        p.padding,
-                    ]);
-                    w.put(&p.descriptor);
-                    w.put(&p.session_cnt.to_le_bytes());
-                    w.put(&p.mic);
-                }
-                None => w.put(&[0; 20]),
-            }
+        out(&buf[..HEAD]);
+        for slot in 0..MAX_FRAG_SESSIONS {
+            let mut b = [0u8; SESSION];
+            session_bytes(self.sessions.get(slot).copied().flatten(), &mut b);
+            out(&b);
         }
-        for (group, session) in &self.groups {
-            match group {
-                Some(g) => {
-                    w.put(&[1]);
-                    w.put(&g.addr.to_le_bytes());
-                    w.put(g.app_s_key.as_bytes());
-                    w.put(g.nwk_s_key.as_bytes());
-                    w.put(&g.min_fcount.to_le_bytes());
-                    w.put(&g.max_fcount.to_le_bytes());
-                }
-                None => w.put(&[0; 45]),
-            }
-            match session {
-                Some(s) => {
-                    w.put(&[1]);
-                    w.put(&s.start_s.to_le_bytes());
-                    w.put(&[s.timeout_exp]);
-                    w.put(&s.freq_hz.to_le_bytes());
-                    w.put(&[s.dr]);
-                }
-                None => w.put(&[0; 11]),
-            }
+        for id in 0..4 {
+            let (group, session) = self.groups.group(id);
+            buf = [0; GROUP];
+            group_bytes(group, session, &mut buf);
+            out(&buf);
         }
-        match self.update {
-            Update::Idle => w.put(&[0; 41]),
-            Update::Installing {
-                frag_index,
-                checkpoint,
-            } => {
-                w.put(&[1]);
-                match checkpoint {
-                    Some(c) => {
-                        w.put(&[1]);
-                        w.put(&c.to_bytes());
-                    }
-                    None => w.put(&[0; 37]),
-                }
-                w.put(&[frag_index, 0, 0]);
-            }
-            Update::SwapRequested(v) | Update::Testing(v) => {
-                w.put(&[if matches!(self.update, Update::SwapRequested(_)) {
-                    2
-                } else {
-                    3
-                }]);
-                put_version(&mut w, v);
-                w.put(&[0; 32]);
-            }
+        let mut b = [0u8; UPDATE];
+        update_bytes(self.update, &mut b);
+        out(&b);
+        let mut b = [0u8; FOLLOW];
+        follow_bytes(self.follow, &mut b);
+        out(&b);
+    }
+}
+
+/// A journal record read back: its sections, decoded on demand.
+#[derive(Clone, Copy)]
+struct Saved<'b>(&'b [u8]);
+
+impl<'b> Saved<'b> {
+    const SESSIONS: usize = HEAD;
+    const GROUPS: usize = Self::SESSIONS + MAX_FRAG_SESSIONS * SESSION;
+    const UPDATE: usize = Self::GROUPS + 4 * GROUP;
+
+    /// `None` unless `b` is a whole record of this format.
+    const FOLLOW: usize = Self::UPDATE + UPDATE;
+
+    /// `None` unless `b` is a whole record of this format or of format 2.
+    fn new(b: &'b [u8]) -> Option<Self> {
+        match *b.first()? {
+            SNAPSHOT_FORMAT => b.get(..Record::<Multicast>::LEN).map(Self),
+            FORMAT_2 => b.get(..Self::FOLLOW).map(Self),
+            _ => None,
+        }
+    }
+
+    fn follow(self) -> Follow {
+        match self.0.get(Self::FOLLOW..) {
+            Some(b) if b.len() >= FOLLOW => follow_of(b),
+            _ => Follow::default(),
+        }
+    }
+
+    fn session_cnts(self) -> [Option<u16>; MAX_FRAG_SESSIONS] {
+        let b = self.0;
+        core::array::from_fn(|i| (b[1 + 3 * i] == 1).then(|| le16(b, 2 + 3 * i)))
+    }
+
+    /// Storage slot `slot`'s session; `None` past [`MAX_FRAG_SESSIONS`].
+    fn session(self, slot: usize) -> Option<SavedSession> {
+        (slot < MAX_FRAG_SESSIONS)
+            .then(|| session_of(&self.0[Self::SESSIONS + slot * SESSION..]))
+            .flatten()
+    }
+
+    fn group(self, id: usize) -> (Option<McGroup>, Option<ClassCSession>) {
+        group_of(&self.0[Self::GROUPS + id * GROUP..])
+    }
+
+    fn update(self) -> Update {
+        update_of(&self.0[Self::UPDATE..])
+    }
+}
+
+#[cfg(test)]
+impl Snapshot {
+    /// The record that encodes this state.
+    fn record(&self) -> Record<'_, [(Option<McGroup>, Option<ClassCSession>); 4]> {
+        Record {
+            last_session_cnt: self.last_session_cnt,
+            sessions: &self.sessions,
+            groups: &self.groups,
+            update: self.update,
+            follow: self.follow,
         }
     }
 
     fn decode(b: &[u8]) -> Option<Self> {
-        let mut r = R { buf: b, at: 0 };
-        if r.u8()? != SNAPSHOT_FORMAT {
-            return None;
-        }
-        let mut last_session_cnt = [None; MAX_FRAG_SESSIONS];
-        for slot in &mut last_session_cnt {
-            let has = r.u8()?;
-            let cnt = r.u16()?;
-            *slot = (has == 1).then_some(cnt);
-        }
-        let mut sessions = [None; MAX_FRAG_SESSIONS];
-        for slot in &mut sessions {
-            let flags = r.u8()?;
-            let params = SessionParams {
-                frag_index: r.u8()?,
-                mc_group_bit_mask: r.u8()?,
-                nb_frag: r.u16()?,
-                frag_size: r.u8()?,
-                frag_algo: r.u8()?,
-                block_ack_delay: r.u8()?,
-                ack_reception: r.u8()? == 1,
-                padding: r.u8()?,
-                descriptor: r.take()?,
-                session_cnt: r.u16()?,
-                mic: r.take()?,
-            };
-            *slot = (flags & 1 == 1).then_some(SavedSession {
-                params,
-                consumed: flags & 2 != 0,
-                ack_pending: flags & 4 != 0,
-            });
-        }
-        let mut groups: [(Option<McGroup>, Option<ClassCSession>); 4] = Default::default();
-        for slot in &mut groups {
-            let has = r.u8()?;
-            let g = McGroup {
-                addr: r.u32()?,
-                app_s_key: Key128::from_bytes(r.take()?),
-                nwk_s_key: Key128::from_bytes(r.take()?),
-                min_fcount: r.u32()?,
-                max_fcount: r.u32()?,
-            };
-            let has_s = r.u8()?;
-            let s = ClassCSession {
-                start_s: r.u32()?,
-                timeout_exp: r.u8()?,
-                freq_hz: r.u32()?,
-                dr: r.u8()?,
-                running: false,
-            };
-            *slot = ((has == 1).then_some(g), (has_s == 1).then_some(s));
-        }
-        let update = match r.u8()? {
-            1 => {
-                let has_cp = r.u8()?;
-                let cp = Checkpoint::from_bytes(&r.take()?);
-                Update::Installing {
-                    checkpoint: (has_cp == 1).then_some(cp),
-                    frag_index: r.u8()?,
-                }
-            }
-            2 => Update::SwapRequested(take_version(&mut r)?),
-            3 => Update::Testing(take_version(&mut r)?),
-            _ => Update::Idle,
-        };
+        let saved = Saved::new(b)?;
         Some(Self {
-            last_session_cnt,
-            sessions,
-            groups,
-            update,
+            last_session_cnt: saved.session_cnts(),
+            sessions: core::array::from_fn(|i| saved.session(i)),
+            groups: core::array::from_fn(|i| saved.group(i)),
+            update: saved.update(),
+            follow: saved.follow(),
         })
     }
 }
@@ -961,14 +1275,16 @@ mod tests {
 
     fn encoded(s: &Snapshot) -> Vec<u8> {
         let mut v = Vec::new();
-        s.encode(&mut |b| v.extend_from_slice(b));
+        s.record().encode(&mut |b| v.extend_from_slice(b));
         v
     }
+
+    const LEN: usize = Record::<[(Option<McGroup>, Option<ClassCSession>); 4]>::LEN;
 
     #[test]
     fn a_snapshot_has_its_fixed_length_and_decodes_back() {
         let empty = Snapshot::default();
-        assert_eq!(encoded(&empty).len(), Snapshot::LEN);
+        assert_eq!(encoded(&empty).len(), LEN);
         let group = McGroup {
             addr: 0x0102_0304,
             app_s_key: Key128::from_bytes([5; 16]),
@@ -996,7 +1312,7 @@ mod tests {
             ..Snapshot::default()
         };
         let bytes = encoded(&full);
-        assert_eq!(bytes.len(), Snapshot::LEN);
+        assert_eq!(bytes.len(), LEN);
         let back = Snapshot::decode(&bytes).unwrap();
         assert_eq!(back.last_session_cnt, full.last_session_cnt);
         assert_eq!(back.update, full.update);
@@ -1010,8 +1326,30 @@ mod tests {
                 update,
                 ..Snapshot::default()
             };
-            assert_eq!(encoded(&s).len(), Snapshot::LEN);
+            assert_eq!(encoded(&s).len(), LEN);
             assert_eq!(Snapshot::decode(&encoded(&s)).unwrap().update, update);
         }
+        // The follow-up section: a report owed and the boots.
+        let owed = Snapshot {
+            update: Update::Testing(ImageVersion::default()),
+            follow: Follow {
+                report: Some(UpdateReport {
+                    outcome: Outcome::Deferred(Refusal::Busy),
+                    fw_version: 0x0102_0003,
+                }),
+                boots: 2,
+            },
+            ..Snapshot::default()
+        };
+        let bytes = encoded(&owed);
+        assert_eq!(Snapshot::decode(&bytes).unwrap().follow, owed.follow);
+        // A format-2 record (before the section existed) still reads, with nothing owed.
+        let mut old = bytes[..LEN - FOLLOW].to_vec();
+        old[0] = FORMAT_2;
+        let back = Snapshot::decode(&old).unwrap();
+        assert_eq!(back.update, owed.update);
+        assert_eq!(back.follow, Follow::default());
+        old[0] = 4;
+        assert!(Snapshot::decode(&old).is_none());
     }
 }

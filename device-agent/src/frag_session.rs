@@ -177,6 +177,15 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
         })
     }
 
+    /// A bit per slot whose session still has a FragDataBlockReceivedReq to send: the part
+    /// of [`Fragmentation::saved`] that [`Fragmentation::poll_uplink`] can change.
+    pub fn acks_pending(&self) -> u8 {
+        self.slots.iter().enumerate().fold(0, |bits, (i, slot)| {
+            let pending = slot.session.as_ref().is_some_and(|s| s.ack_pending);
+            bits | u8::from(pending) << i
+        })
+    }
+
     fn find(&self, frag_index: u8) -> Option<usize> {
         self.slots.iter().position(|s| {
             s.session
@@ -266,35 +275,27 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
         let flash = self.flash;
         let frag_size = usize::from(params.frag_size);
         let mut received = 0u16;
-        if saved.consumed {
-            let log = FragLog::replay(flash, areas.log, frag_size, |_, _| {
-                received = received.saturating_add(1);
-                Ok(())
-            })?;
-            let mut session = self.new_session(slot, params, None, log)?;
-            session.received = received;
-            session.mic_ok = Some(true);
-            session.consumed = true;
-            session.ack_pending = saved.ack_pending;
-            self.slots[slot].session = Some(session);
-            return Ok(None);
-        }
-        let store = FlashStore::create(flash, areas.block, areas.spare, frag_size)?;
+        let store = match saved.consumed {
+            // A used block is not decoded again: no erase, no writes.
+            true => None,
+            false => Some(FlashStore::create(
+                flash,
+                areas.block,
+                areas.spare,
+                frag_size,
+            )?),
+        };
         // The log is found again by the replay below.
         let log = FragLog::at_start(areas.log, frag_size);
-        let mut session = self.new_session(slot, params, Some(store), log)?;
+        let mut session = self.new_session(slot, params, store, log)?;
         let workspace = &mut *self.slots[slot].workspace;
         let mut progress = session.decoder.progress();
-        let Session {
-            decoder,
-            store: Some(store),
-            ..
-        } = &mut session
-        else {
-            return Err(StoreError::OutOfRange);
-        };
+        let Session { decoder, store, .. } = &mut session;
+        // One replay for both cases (its loop once in the code): a used block's fragments are
+        // only counted.
         session.log = FragLog::replay(flash, areas.log, frag_size, |n, payload| {
             received = received.saturating_add(1);
+            let Some(store) = store else { return Ok(()) };
             if progress != Progress::Complete {
                 progress = decoder
                     .push(workspace, store, usize::from(n), payload)
@@ -305,6 +306,14 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
             }
             Ok(())
         })?;
+        if saved.consumed {
+            session.received = received;
+            session.mic_ok = Some(true);
+            session.consumed = true;
+            session.ack_pending = saved.ack_pending;
+            self.slots[slot].session = Some(session);
+            return Ok(None);
+        }
         session.received = received;
         let mut event = None;
         if progress == Progress::Complete {
@@ -546,18 +555,18 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
 
     /// When [`Fragmentation::poll_uplink`] has something.
     pub fn poll_timeout(&self) -> Option<Millis> {
-        let acks = self
-            .slots
-            .iter()
-            .filter_map(|slot| slot.session.as_ref())
-            .filter(|s| s.ack_pending)
-            .map(|s| s.ack_due.unwrap_or(0));
-        self.pending_status
-            .iter()
-            .flatten()
-            .map(|(due, _)| *due)
-            .chain(acks)
-            .min()
+        // Plain loops: smaller code than an iterator chain over both tables.
+        let mut earliest = None;
+        let mut due = |t: Millis| earliest = Some(earliest.map_or(t, |e: Millis| e.min(t)));
+        for (t, _) in self.pending_status.iter().flatten() {
+            due(*t);
+        }
+        for s in self.slots.iter().filter_map(|slot| slot.session.as_ref()) {
+            if s.ack_pending {
+                due(s.ack_due.unwrap_or(0));
+            }
+        }
+        earliest
     }
 
     /// The complete block of `frag_index` (MIC checked), for the installer.
@@ -565,6 +574,29 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
         self.session_mut(frag_index)
             .filter(|s| s.mic_ok == Some(true))
             .and_then(|s| s.store.as_mut())
+    }
+
+    /// [`Fragmentation::store`], with the session's share of the decoder workspace as RAM
+    /// for the installer. A complete decode never reads or writes its workspace again: its
+    /// fragments are dropped (here and in the replay after a reboot, which stops decoding at
+    /// completion), and only a new setup (which starts a fresh decoder) uses it again.
+    pub fn complete_block(
+        &mut self,
+        frag_index: u8,
+    ) -> Option<(&mut FlashStore<'a, F, SPARES>, &mut [u8])> {
+        let i = self.find(frag_index)?;
+        let Slot {
+            workspace,
+            session: Some(s),
+            ..
+        } = &mut self.slots[i]
+        else {
+            return None;
+        };
+        if s.mic_ok != Some(true) || !s.decoder.is_complete() {
+            return None;
+        }
+        Some((s.store.as_mut()?, &mut **workspace))
     }
 }
 

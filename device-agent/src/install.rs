@@ -6,7 +6,9 @@
 use core::cell::RefCell;
 
 use embedded_storage::nor_flash::NorFlash;
-use fuota_codec::patch::apply::{check_preamble, Applier, ApplyError, Checkpoint, Verified};
+use fuota_codec::patch::apply::{
+    check_preamble, ApplyError, BorrowedApplier, Checkpoint, Verified,
+};
 use fuota_codec::patch::container::{ImageVersion, Manifest, PREAMBLE_LEN};
 use fuota_codec::patch::{SignatureCheck, VerifyingKey};
 
@@ -78,35 +80,61 @@ pub enum InstallError<E> {
         manifest: ImageVersion,
         image: ImageVersion,
     },
+    /// The RAM lent to the install (`len` bytes) cannot hold the patch's preamble
+    /// ([`PREAMBLE_LEN`] bytes).
+    Window { len: usize },
 }
 
-/// A finished install: MCUboot swaps at the next boot.
+/// A finished install: MCUboot swaps at the next boot. (Not the whole manifest: the result
+/// sits in the caller's frame through the install.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Installed {
-    pub manifest: Manifest,
+    /// The new image's version (the manifest's, which its MCUboot header repeats).
+    pub version: ImageVersion,
     pub image_len: u32,
 }
 
 /// Patch bytes read from flash at once (stack).
 const CHUNK: usize = 64;
 
-/// Checks the patch (its first `patch_len` bytes) and applies it into the
-/// secondary slot. `resume` continues an interrupted install; `save` is called with each
-/// checkpoint worth keeping (sector-aligned, durable), which the caller journals.
+/// Checks the patch (its first `patch_len` bytes) and applies it into the secondary slot.
+/// `window` is RAM the install may use throughout, at least [`PREAMBLE_LEN`] bytes: first for
+/// the patch's preamble, then as the heatshrink decoder's window (patches whose window fits
+/// are accepted); its contents do not matter. `resume` continues an interrupted install;
+/// `save` is called with each checkpoint worth keeping (sector-aligned, durable), which the
+/// caller journals.
 ///
 /// The steps run in functions of their own, kept out of line, so that the stack holds one
 /// step's buffers at a time: the signature check's, then the applier's.
-pub fn install<F: NorFlash, const W: usize, K: SignatureCheck>(
+pub fn install<F: NorFlash, K: SignatureCheck>(
     flash: &RefCell<F>,
     patch: &mut impl PatchSource<F::Error>,
     patch_len: u32,
     config: &InstallConfig<K>,
+    window: &mut [u8],
     resume: Option<Checkpoint>,
     save: impl FnMut(Checkpoint),
 ) -> Result<Installed, InstallError<F::Error>> {
-    let verified = check(flash, patch, patch_len, config)?;
-    apply::<F, W, K>(flash, patch, patch_len, config, verified, resume, save)?;
-    let manifest = *verified.manifest();
+    // Borrowed out of the result: moving it out would copy the manifest on the stack.
+    let checked = check(flash, patch, patch_len, config, window);
+    let verified = match checked {
+        Ok(ref v) => v,
+        Err(e) => return Err(e),
+    };
+    apply(
+        flash, patch, patch_len, config, window, verified, resume, save,
+    )?;
+    request_swap(flash, config, verified.manifest())
+}
+
+/// The rebuilt image's MCUboot checks (its SHA256 TLV, the version against the manifest),
+/// then the swap request.
+#[inline(never)]
+fn request_swap<F: NorFlash, K>(
+    flash: &RefCell<F>,
+    config: &InstallConfig<K>,
+    manifest: &Manifest,
+) -> Result<Installed, InstallError<F::Error>> {
     let mut f = flash.borrow_mut();
     let image = mcuboot::verify_image(&mut *f, config.secondary).map_err(InstallError::Image)?;
     if image.header.version != manifest.version {
@@ -124,7 +152,7 @@ pub fn install<F: NorFlash, const W: usize, K: SignatureCheck>(
     )
     .map_err(InstallError::Image)?;
     Ok(Installed {
-        manifest,
+        version: manifest.version,
         image_len: image.len,
     })
 }
@@ -136,20 +164,31 @@ fn check<F: NorFlash, K: SignatureCheck>(
     patch: &mut impl PatchSource<F::Error>,
     patch_len: u32,
     config: &InstallConfig<K>,
+    window: &mut [u8],
 ) -> Result<Verified, InstallError<F::Error>> {
-    let mut preamble = [0u8; PREAMBLE_LEN];
     if (patch_len as usize) < PREAMBLE_LEN {
         return Err(InstallError::Apply(ApplyError::Truncated));
     }
-    patch
-        .read_patch(0, &mut preamble)
-        .map_err(InstallError::Patch)?;
-    let verified = check_preamble(&preamble, &config.key).map_err(InstallError::Apply)?;
-    let manifest = verified.manifest();
-    let running = {
-        let mut f = flash.borrow_mut();
-        mcuboot::read_image(&mut *f, config.primary).map_err(InstallError::Image)?
+    // Read into the lent RAM, not the stack, where it would lie under the signature check.
+    let Some(preamble) = window.get_mut(..PREAMBLE_LEN) else {
+        return Err(InstallError::Window { len: window.len() });
     };
+    patch.read_patch(0, preamble).map_err(InstallError::Patch)?;
+    let verified = check_preamble(preamble, &config.key).map_err(InstallError::Apply)?;
+    check_rollback(flash, config.primary, verified.manifest())?;
+    Ok(verified)
+}
+
+/// The patch's version and security counter against the running image's. Out of line, like
+/// the other steps.
+#[inline(never)]
+fn check_rollback<F: NorFlash>(
+    flash: &RefCell<F>,
+    primary: Region,
+    manifest: &Manifest,
+) -> Result<(), InstallError<F::Error>> {
+    let running =
+        mcuboot::read_image(&mut *flash.borrow_mut(), primary).map_err(InstallError::Image)?;
     if manifest.version < running.header.version {
         return Err(InstallError::Rollback {
             running: running.header.version,
@@ -163,37 +202,40 @@ fn check<F: NorFlash, K: SignatureCheck>(
             offered: manifest.security_counter,
         });
     }
-    Ok(verified)
+    Ok(())
 }
 
 /// The source check and the streaming apply into the secondary slot, from the checkpoint's
 /// sector on; its target hash and length are checked at the end.
 #[inline(never)]
-fn apply<F: NorFlash, const W: usize, K: SignatureCheck>(
+#[allow(clippy::too_many_arguments)]
+fn apply<F: NorFlash, K: SignatureCheck>(
     flash: &RefCell<F>,
     patch: &mut impl PatchSource<F::Error>,
     patch_len: u32,
     config: &InstallConfig<K>,
-    verified: Verified,
+    window: &mut [u8],
+    verified: &Verified,
     resume: Option<Checkpoint>,
     mut save: impl FnMut(Checkpoint),
 ) -> Result<(), InstallError<F::Error>> {
-    let target_sha256 = verified.manifest().target_sha256;
+    let manifest = verified.manifest();
     // A checkpoint is only good on a sector boundary the writer can restart from, and only
     // for this patch's target.
     let sector = F::ERASE_SIZE as u32;
-    let resume = resume
-        .filter(|c| c.target_sha256 == target_sha256)
-        .map(|c| Checkpoint {
+    let resume = match resume {
+        Some(c) if c.target_sha256 == manifest.target_sha256 => Some(Checkpoint {
             written: c.written / sector * sector,
             ..c
-        });
+        }),
+        _ => None,
+    };
     let start = resume.map_or(0, |c| c.written);
     if resume.is_none() {
         mcuboot::cancel_swap(&mut *flash.borrow_mut(), config.secondary, config.trailer)
             .map_err(InstallError::Image)?;
     }
-    let mut applier = Applier::<W, &K>::verified(&config.key, verified, resume);
+    let mut applier = BorrowedApplier::verified(&config.key, *verified, resume, window);
     let mut source = SlotReader::new(flash, config.primary);
     let mut target = SlotWriter::new(flash, config.secondary, start)
         .map_err(|e| InstallError::Apply(ApplyError::Target(e)))?;
@@ -213,7 +255,7 @@ fn apply<F: NorFlash, const W: usize, K: SignatureCheck>(
         if durable > saved {
             saved = durable;
             save(Checkpoint {
-                target_sha256,
+                target_sha256: manifest.target_sha256,
                 written: durable,
             });
         }

@@ -1,6 +1,6 @@
-//! The FUOTA device agent (`no_std`, no heap). Its sans-IO agent lands with the device-agent
-//! issue; for now this crate re-exports the codec it is built on, so firmware can already
-//! depend on one crate.
+//! The FUOTA device agent (`no_std`, no heap): the sans-IO agent, its flash storage and the
+//! MCUboot update; it re-exports the codec it is built on, so firmware depends on one
+//! crate.
 #![doc = include_str!("../README.md")]
 #![no_std]
 #![forbid(unsafe_code)]
@@ -15,6 +15,7 @@ pub mod agent;
 pub mod clock;
 pub mod frag_session;
 pub mod frag_store;
+pub mod hooks;
 pub mod install;
 pub mod journal;
 pub mod mcuboot;

@@ -5,8 +5,12 @@
 
 use std::sync::OnceLock;
 
-use fuota_codec::patch::apply::{Applier, ApplyError, Checkpoint, OutOfRange, TargetImage};
+use fuota_codec::patch::apply::{
+    check_preamble, Applier, ApplyError, BorrowedApplier, Checkpoint, OutOfRange, TargetImage,
+};
 use fuota_codec::patch::container::{ContainerError, Kind, HEADER_LEN, PREAMBLE_LEN, SIGNED_LEN};
+use fuota_codec::patch::detools::PayloadError;
+use fuota_codec::patch::heatshrink::HeatshrinkError;
 use fuota_codec::patch::ImageVersion;
 use fuota_server::patch::{self, CreateOptions};
 use p256::ecdsa::SigningKey;
@@ -109,6 +113,41 @@ fn every_pair_round_trips_in_any_chunk_size() {
             assert!(target.image == p.new, "{} chunk {chunk}", p.name);
         }
     }
+}
+
+/// The device lends the applier a window from RAM that is idle during the install (the
+/// decoder workspace of a complete block): whatever it held, the image comes out the same.
+#[test]
+fn a_lent_window_with_leftovers_applies_every_pair() {
+    for p in pairs() {
+        let mut window: Vec<u8> = (0..1144u32).map(|i| (i * 37 + 11) as u8).collect();
+        let verified = check_preamble::<OutOfRange>(&p.patch, &device_key(&key())).unwrap();
+        let mut applier =
+            BorrowedApplier::verified(device_key(&key()), verified, None, &mut window);
+        let mut source = p.old.as_slice();
+        let mut target = Vec::new();
+        for piece in p.patch[PREAMBLE_LEN..].chunks(242) {
+            applier.push(piece, &mut source, &mut target).unwrap();
+        }
+        applier.finish::<OutOfRange>().unwrap();
+        assert!(target == p.new, "{}", p.name);
+    }
+    // A window smaller than the patch's (512 bytes by default) is refused as such.
+    let p = &pairs()[0];
+    let mut window = [0u8; 256];
+    let verified = check_preamble::<OutOfRange>(&p.patch, &device_key(&key())).unwrap();
+    let mut applier = BorrowedApplier::verified(device_key(&key()), verified, None, &mut window);
+    let mut source = p.old.as_slice();
+    let r = applier.push(&p.patch[PREAMBLE_LEN..], &mut source, &mut Vec::new());
+    assert_eq!(
+        r,
+        Err(ApplyError::Payload(PayloadError::Heatshrink(
+            HeatshrinkError::WindowTooLarge {
+                window_bits: 9,
+                capacity: 256
+            }
+        )))
+    );
 }
 
 #[test]

@@ -31,7 +31,9 @@ fn killed_twice(db_url: Option<String>, tag: &str) {
     let _one = serial();
     let dir = scratch(tag);
     let db_url = db_url.unwrap_or_else(|| format!("sqlite://{}", dir.join("fuota.db").display()));
-    let setup = ServerSetup::new(dir, &mqtt, &db_url, tag);
+    let mut setup = ServerSetup::new(dir, &mqtt, &db_url, tag);
+    // Room in the setup for the first outage on a loaded machine.
+    setup.setup_s = 150;
     let mut server = Server::start(setup.clone());
     let update = small_update();
     let n = 12;

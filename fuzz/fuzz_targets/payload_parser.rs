@@ -2,6 +2,7 @@
 //! must return Ok or Err, never panic, and what parses must build back to the same bytes.
 #![no_main]
 
+use fuota_codec::agent_report::UpdateReport;
 use fuota_codec::{clock_sync, firmware_management, fragmentation, multicast_setup, Version};
 use libfuzzer_sys::fuzz_target;
 
@@ -40,5 +41,9 @@ fuzz_target!(|data: &[u8]| {
     for cmd in firmware_management::downlinks(Version::V1, data).flatten() {
         let mut buf = [0u8; 1];
         assert!(cmd.build_into(&mut buf).is_ok());
+    }
+    // The agent's UpdateReport (port 204).
+    if let Ok(report) = UpdateReport::parse(data) {
+        assert_eq!(report.to_bytes()[..], data[..], "rebuilt bytes differ");
     }
 });

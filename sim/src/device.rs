@@ -9,6 +9,9 @@ use std::rc::{Rc, Weak};
 
 use embedded_storage::nor_flash::{ErrorType, NorFlash, ReadNorFlash};
 use fuota_device_agent::agent::{Agent, AgentConfig, AgentError};
+use fuota_device_agent::clock::Millis;
+use fuota_device_agent::codec::patch::VerifyingKey;
+use fuota_device_agent::hooks::{Refusal, SelfTest, UpdateHooks};
 
 use crate::flash::{CowFlash, FlashError};
 use crate::mac::SessionKeys;
@@ -59,7 +62,31 @@ impl NorFlash for FlashPort {
     }
 }
 
-pub type DeviceAgent = Agent<'static, FlashPort, SPARES, 1>;
+/// The firmware's update hooks of a simulated device: its behaviour, on the agent's clock.
+#[derive(Debug, Clone, Copy)]
+pub struct SimHooks {
+    pub fails_self_test: bool,
+    /// A low battery until this time on the agent's clock: installs are put off.
+    pub low_battery_until: Option<Millis>,
+}
+
+impl UpdateHooks for SimHooks {
+    fn may_update(&mut self, now: Millis) -> Result<(), Refusal> {
+        match self.low_battery_until {
+            Some(until) if now < until => Err(Refusal::LowBattery),
+            _ => Ok(()),
+        }
+    }
+    fn self_test(&mut self, _now: Millis) -> SelfTest {
+        if self.fails_self_test {
+            SelfTest::Fail
+        } else {
+            SelfTest::Pass
+        }
+    }
+}
+
+pub type DeviceAgent = Agent<'static, FlashPort, SPARES, 1, VerifyingKey, SimHooks>;
 
 /// A multicast group the stack listens to (installed on the agent's GroupKeys event).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,6 +115,8 @@ pub struct Behaviour {
     pub fails_self_test: bool,
     /// It does not reset when the agent wants a reboot.
     pub no_reboot: bool,
+    /// Its battery is low until this world time: it puts installs off.
+    pub low_battery_until: Option<Micros>,
 }
 
 /// Counters for the report.
@@ -102,6 +131,8 @@ pub struct DeviceStats {
     /// DataFragments the agent got by unicast.
     pub unicast_fragments: u64,
     pub reboots: u32,
+    /// Times the firmware put the install off.
+    pub deferrals: u32,
     pub reverted: bool,
     /// When the new image first ran and was confirmed.
     pub confirmed_at: Option<Micros>,
@@ -217,11 +248,15 @@ impl SimDevice {
         self.agent = None;
         let workspace: &'static mut [u8] =
             Box::leak(vec![0u8; self.workspace_len].into_boxed_slice());
-        let agent = Agent::new(
+        let agent = Agent::with_hooks(
             self.port,
             self.config.clone(),
             workspace,
             self.local_ms(now),
+            SimHooks {
+                fails_self_test: self.behaviour.fails_self_test,
+                low_battery_until: self.behaviour.low_battery_until.map(|t| self.local_ms(t)),
+            },
         )?;
         self.agent = Some(agent);
         Ok(())

@@ -8,7 +8,7 @@ use fuota_codec::fec::decoder::DecoderState;
 use fuota_codec::firmware_management::fw_version;
 use fuota_codec::keys::Key128;
 use fuota_codec::Version;
-use fuota_device_agent::agent::{AgentConfig, Layout};
+use fuota_device_agent::agent::{AgentConfig, Layout, APPLY_WINDOW};
 use fuota_device_agent::frag_session::FragAreas;
 use fuota_device_agent::multicast::RadioLimits;
 use fuota_device_agent::slot::Region as Slot;
@@ -187,6 +187,10 @@ pub struct BehaviourSection {
     /// The firmware does not reset on RebootWanted (it waits for a maintenance reboot): the
     /// new image stays in the secondary slot with its swap request.
     pub no_reboot: bool,
+    /// Fraction of devices whose battery is low at the start: their firmware puts the
+    /// install off (UpdateHooks::may_update) for `low_battery_for`.
+    pub low_battery: f64,
+    pub low_battery_for: Option<Duration>,
 }
 
 impl Scenario {
@@ -345,7 +349,8 @@ pub fn build_with<B: Backend>(
     };
     let mut factory = CowFlash::new(at as usize / SECTOR);
     factory.program(0, &update.old)?;
-    let workspace_len = DecoderState::workspace_len(m, max_lost, fs);
+    // The install borrows the applier's heatshrink window from the decoder's workspace.
+    let workspace_len = DecoderState::workspace_len(m, max_lost, fs).max(APPLY_WINDOW);
 
     let gateways = s.gateway_positions();
     let mut devices = Vec::with_capacity(s.devices);
@@ -381,9 +386,14 @@ pub fn build_with<B: Backend>(
             seed: rng.gen(),
             hw_version: 1,
         };
+        // Drawn only when asked for, so that scenarios without it keep their random stream.
+        let low_battery =
+            s.behaviour.low_battery > 0.0 && rng.gen::<f64>() < s.behaviour.low_battery;
         let behaviour = Behaviour {
             fails_self_test: rng.gen::<f64>() < s.behaviour.fails_self_test,
             no_reboot: s.behaviour.no_reboot,
+            low_battery_until: low_battery
+                .then(|| (start_ms + s.behaviour.low_battery_for.map_or(0, |d| d.0 * 1000)) * 1000),
         };
         devices.push(DevicePlan {
             eui,

@@ -849,18 +849,16 @@ impl<B: Backend> World<B> {
                 d.flash.borrow_mut().intern(&mut self.pool);
                 self.schedule(now + REBOOT_DELAY, Event::Reset(i));
             }
-            AgentEvent::Booted { .. } => {
-                if d.behaviour.fails_self_test {
-                    // Not confirmed: the next reset brings the old image back.
-                    self.schedule(now + REBOOT_DELAY, Event::Reset(i));
-                } else if let Some(a) = d.agent.as_mut() {
-                    if a.confirm().is_ok() {
-                        d.stats.confirmed_at = Some(now);
-                    }
-                }
+            // The agent runs the self-test (the device's hooks) and confirms, or wants a
+            // reset that takes the old image back.
+            AgentEvent::Confirmed { .. } => d.stats.confirmed_at = Some(now),
+            AgentEvent::RevertWanted { .. } => {
+                self.schedule(now + REBOOT_DELAY, Event::Reset(i));
             }
+            AgentEvent::InstallDeferred(_) => d.stats.deferrals += 1,
             AgentEvent::Reverted { .. } => d.stats.reverted = true,
-            AgentEvent::RebootWanted { .. }
+            AgentEvent::Booted { .. }
+            | AgentEvent::RebootWanted { .. }
             | AgentEvent::BlockComplete { .. }
             | AgentEvent::UpdateFailed(_) => {}
         }

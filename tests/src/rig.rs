@@ -6,9 +6,11 @@ use fuota_codec::fragmentation::FragSessionSetupReq;
 use fuota_codec::keys::{
     data_block_int_key, data_block_mic, mc_ke_key, mc_root_key_lorawan_1_1, Key128,
 };
+use fuota_codec::patch::SignatureCheck;
 use fuota_codec::Version;
 use fuota_device_agent::agent::{Agent, AgentConfig, Event, Layout};
 use fuota_device_agent::frag_session::FragAreas;
+use fuota_device_agent::hooks::UpdateHooks;
 use fuota_device_agent::multicast::RadioLimits;
 use fuota_device_agent::sim_flash::SimFlash;
 use fuota_device_agent::slot::Region;
@@ -78,8 +80,8 @@ pub fn config_with<const S: usize>(s: &SimbaUpdate, layout: Layout<S>) -> AgentC
 }
 
 /// The uplinks (port, bytes) and events the agent has for the driver now.
-pub fn drain<const S: usize>(
-    agent: &mut Agent<'_, Flash, 64, S>,
+pub fn drain<const S: usize, K: SignatureCheck, H: UpdateHooks>(
+    agent: &mut Agent<'_, Flash, 64, S, K, H>,
     now: u64,
 ) -> (Vec<(u8, Vec<u8>)>, Vec<Event>) {
     let mut ups = Vec::new();

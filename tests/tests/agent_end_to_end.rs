@@ -304,10 +304,11 @@ fn a_scheduled_session_survives_a_reboot() {
     );
 }
 
-/// A layout the agent cannot work with, or a BOOT_MAX_ALIGN MCUboot does not have, is
-/// refused at start with its reason, before anything is written.
+/// A layout the agent cannot work with, a BOOT_MAX_ALIGN MCUboot does not have, or a
+/// workspace too small for the applier's window, is refused at start with its reason, before
+/// anything is written.
 #[test]
-fn a_bad_layout_or_boot_max_align_is_refused() {
+fn a_bad_layout_boot_max_align_or_workspace_is_refused() {
     let s = simba_update(21);
     let flash = RefCell::new(Flash::new(SECTORS));
     let mut ws = vec![0u8; 8 * 1024];
@@ -330,6 +331,14 @@ fn a_bad_layout_or_boot_max_align_is_refused() {
         bad.boot_max_align = align;
         assert_eq!(start(bad, &mut ws), AgentError::BootMaxAlign, "{align}");
     }
+    // An install borrows the heatshrink window from the complete session's workspace share.
+    assert_eq!(
+        start(config(&s), &mut ws[..511]),
+        AgentError::Workspace {
+            share: 511,
+            needed: 512
+        }
+    );
     assert_eq!(flash.borrow().operations(), 0);
 }
 

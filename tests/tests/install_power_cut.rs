@@ -71,7 +71,7 @@ fn boot(flash: &RefCell<Flash>, w: &SimbaUpdate) -> Result<(), ()> {
         .read(&mut *flash.borrow_mut(), &mut out)
         .map_err(|_| ())?
         .map(|p| Checkpoint::from_bytes(p.try_into().unwrap()));
-    let result = install::<_, 512, _>(
+    let result = install(
         flash,
         &mut RegionPatch {
             flash,
@@ -79,6 +79,7 @@ fn boot(flash: &RefCell<Flash>, w: &SimbaUpdate) -> Result<(), ()> {
         },
         w.patch.len() as u32,
         &config(w),
+        &mut [0u8; 512],
         resume,
         |cp| {
             // A failed save shows up as the next flash operation failing.
@@ -160,7 +161,7 @@ fn install_once<K: SignatureCheck>(
     w: &SimbaUpdate,
     cfg: &InstallConfig<K>,
 ) -> Result<fuota_device_agent::install::Installed, InstallError<SimFlashError>> {
-    install::<_, 512, _>(
+    install(
         flash,
         &mut RegionPatch {
             flash,
@@ -168,6 +169,7 @@ fn install_once<K: SignatureCheck>(
         },
         w.patch.len() as u32,
         cfg,
+        &mut [0u8; 512],
         None,
         |_| {},
     )

@@ -22,7 +22,7 @@ use super::detools::{
     Bspatch, BspatchError, BspatchIo, HeaderReader, PayloadError, SequentialHeader,
     COMPRESSION_HEATSHRINK, COMPRESSION_NONE,
 };
-use super::heatshrink::Decoder;
+use super::heatshrink::DecoderState;
 
 /// The old image, read at random.
 pub trait SourceImage {
@@ -212,15 +212,25 @@ pub fn check_preamble<E>(
         }
         .into());
     }
-    // Structure first, so a garbled file says "bad magic", not "bad signature".
-    let manifest = Manifest::parse(preamble)?;
-    let mut signature = [0u8; 64];
-    signature.copy_from_slice(&preamble[SIGNED_LEN..PREAMBLE_LEN]);
-    let digest = Sha256::digest(&preamble[..SIGNED_LEN]);
-    if !key.verify_digest(&digest, &signature) {
+    let digest = signed_digest(preamble)?;
+    let Ok(signature) = <&[u8; 64]>::try_from(&preamble[SIGNED_LEN..PREAMBLE_LEN]) else {
+        return Err(ApplyError::BadSignature);
+    };
+    if !key.verify_digest(&digest, signature) {
         return Err(ApplyError::BadSignature);
     }
-    Ok(Verified(manifest))
+    // Parsed again rather than kept: the manifest is not on the stack during the signature
+    // check (the deepest stack of a device's install), and goes straight into the result.
+    Ok(Verified(Manifest::parse(preamble)?))
+}
+
+/// The digest of the signed bytes, once the header and manifest parse. Out of line: the
+/// signature check that follows does not carry the parser's and hash's frames.
+#[inline(never)]
+fn signed_digest(preamble: &[u8]) -> Result<[u8; 32], ContainerError> {
+    // Structure first, so a garbled file says "bad magic", not "bad signature".
+    Manifest::parse(preamble)?;
+    Ok(Sha256::digest(&preamble[..SIGNED_LEN]))
 }
 
 /// Where an apply stands, saved by the device so that it can resume after power loss.
@@ -260,32 +270,22 @@ pub struct Expect {
 }
 
 #[derive(Clone)]
-enum DetoolsState<const N: usize> {
+enum DetoolsPhase {
     /// Reading the header (outside the compressed stream).
     Header(HeaderReader),
     /// The (decompressed) body; `None`: uncompressed.
     Body {
-        decoder: Option<Decoder<N>>,
+        decoder: Option<DecoderState>,
         bspatch: Bspatch,
     },
 }
 
-/// Streaming applier of a bare detools sequential patch (none or heatshrink compression).
-/// No signature and no hashes: [`Applier`] adds those around it.
+/// A detools apply without its heatshrink window, which each call is lent.
 #[derive(Clone)]
-pub struct DetoolsApplier<const N: usize = 512> {
+struct Detools {
     source_len: u32,
     expect: Option<Expect>,
-    state: DetoolsState<N>,
-}
-
-impl<const N: usize> core::fmt::Debug for DetoolsApplier<N> {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("DetoolsApplier")
-            .field("source_len", &self.source_len)
-            .field("target_len", &self.target_len())
-            .finish_non_exhaustive()
-    }
+    phase: DetoolsPhase,
 }
 
 /// Bridges bspatch to the images.
@@ -313,9 +313,6 @@ where
     }
 }
 
-/// Decompressed bytes handled at once (stack, not state).
-const OUT_CHUNK: usize = 256;
-
 fn from_bspatch<E>(e: BspatchError<ApplyError<E>>) -> ApplyError<E> {
     match e {
         BspatchError::Payload(e) => ApplyError::Payload(e),
@@ -323,34 +320,34 @@ fn from_bspatch<E>(e: BspatchError<ApplyError<E>>) -> ApplyError<E> {
     }
 }
 
-impl<const N: usize> DetoolsApplier<N> {
-    /// An applier against a source of `source_len` bytes; `expect` pins compression and
-    /// target size (a container's manifest), checked as soon as the header is read.
-    pub fn new(source_len: u32, expect: Option<Expect>) -> Self {
+impl Detools {
+    fn new(source_len: u32, expect: Option<Expect>) -> Self {
         Self {
             source_len,
             expect,
-            state: DetoolsState::Header(HeaderReader::default()),
+            phase: DetoolsPhase::Header(HeaderReader::default()),
         }
     }
 
-    /// The target size, once the header has been read.
-    pub fn target_len(&self) -> Option<u32> {
-        match &self.state {
-            DetoolsState::Header(_) => None,
-            DetoolsState::Body { bspatch, .. } => Some(bspatch.target_len()),
+    fn target_len(&self) -> Option<u32> {
+        match &self.phase {
+            DetoolsPhase::Header(_) => None,
+            DetoolsPhase::Body { bspatch, .. } => Some(bspatch.target_len()),
         }
     }
 
-    /// Target bytes written so far.
-    pub fn written(&self) -> u32 {
-        match &self.state {
-            DetoolsState::Header(_) => 0,
-            DetoolsState::Body { bspatch, .. } => bspatch.target_pos(),
+    fn written(&self) -> u32 {
+        match &self.phase {
+            DetoolsPhase::Header(_) => 0,
+            DetoolsPhase::Body { bspatch, .. } => bspatch.target_pos(),
         }
     }
 
-    fn start_body(&mut self, header: SequentialHeader) -> Result<(), PayloadError> {
+    fn start_body(
+        &mut self,
+        header: SequentialHeader,
+        window: &mut [u8],
+    ) -> Result<(), PayloadError> {
         if let Some(expect) = self.expect {
             if header.target_len != expect.target_len {
                 return Err(PayloadError::TargetSizeMismatch);
@@ -366,19 +363,19 @@ impl<const N: usize> DetoolsApplier<N> {
             }
         }
         let decoder = match header.heatshrink {
-            Some(params) => Some(Decoder::new(params)?),
+            Some(params) => Some(DecoderState::new(params, window)?),
             None => None,
         };
-        self.state = DetoolsState::Body {
+        self.phase = DetoolsPhase::Body {
             decoder,
             bspatch: Bspatch::new(self.source_len, header.target_len),
         };
         Ok(())
     }
 
-    /// Feeds the next bytes of the patch; target bytes leave through `target` in order.
-    pub fn push<S, T>(
+    fn push<S, T>(
         &mut self,
+        window: &mut [u8],
         mut input: &[u8],
         source: &mut S,
         target: &mut T,
@@ -387,16 +384,16 @@ impl<const N: usize> DetoolsApplier<N> {
         S: SourceImage + ?Sized,
         T: TargetImage<Error = S::Error> + ?Sized,
     {
-        while let DetoolsState::Header(reader) = &mut self.state {
+        while let DetoolsPhase::Header(reader) = &mut self.phase {
             let Some((&byte, rest)) = input.split_first() else {
                 return Ok(());
             };
             input = rest;
             if let Some(header) = reader.push(byte)? {
-                self.start_body(header)?;
+                self.start_body(header, window)?;
             }
         }
-        let DetoolsState::Body { decoder, bspatch } = &mut self.state else {
+        let DetoolsPhase::Body { decoder, bspatch } = &mut self.phase else {
             return Ok(());
         };
         let mut io = Io {
@@ -407,18 +404,15 @@ impl<const N: usize> DetoolsApplier<N> {
         let Some(decoder) = decoder else {
             return bspatch.push(input, &mut io).map_err(from_bspatch);
         };
-        let mut out = [0u8; OUT_CHUNK];
-        decoder.decode_into(input, &mut out, |bytes| {
+        decoder.decode_in_window(window, input, |bytes| {
             bspatch.push(bytes, &mut io).map_err(from_bspatch)
         })
     }
 
-    /// Checks that the patch was complete: the whole target produced, the compressed stream
-    /// ended cleanly. Returns the target size.
-    pub fn finish<E>(&self) -> Result<u32, ApplyError<E>> {
-        match &self.state {
-            DetoolsState::Header(_) => Err(ApplyError::Truncated),
-            DetoolsState::Body { decoder, bspatch } => {
+    fn finish<E>(&self) -> Result<u32, ApplyError<E>> {
+        match &self.phase {
+            DetoolsPhase::Header(_) => Err(ApplyError::Truncated),
+            DetoolsPhase::Body { decoder, bspatch } => {
                 if let Some(d) = decoder {
                     d.finish().map_err(|e| ApplyError::Payload(e.into()))?;
                 }
@@ -428,6 +422,65 @@ impl<const N: usize> DetoolsApplier<N> {
                 Ok(bspatch.target_len())
             }
         }
+    }
+}
+
+/// Streaming applier of a bare detools sequential patch (none or heatshrink compression),
+/// with a heatshrink window of `N` bytes of its own.
+/// No signature and no hashes: [`Applier`] adds those around it.
+#[derive(Clone)]
+pub struct DetoolsApplier<const N: usize = 512> {
+    detools: Detools,
+    window: [u8; N],
+}
+
+impl<const N: usize> core::fmt::Debug for DetoolsApplier<N> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("DetoolsApplier")
+            .field("source_len", &self.detools.source_len)
+            .field("target_len", &self.target_len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<const N: usize> DetoolsApplier<N> {
+    /// An applier against a source of `source_len` bytes; `expect` pins compression and
+    /// target size (a container's manifest), checked as soon as the header is read.
+    pub fn new(source_len: u32, expect: Option<Expect>) -> Self {
+        Self {
+            detools: Detools::new(source_len, expect),
+            window: [0; N],
+        }
+    }
+
+    /// The target size, once the header has been read.
+    pub fn target_len(&self) -> Option<u32> {
+        self.detools.target_len()
+    }
+
+    /// Target bytes written so far.
+    pub fn written(&self) -> u32 {
+        self.detools.written()
+    }
+
+    /// Feeds the next bytes of the patch; target bytes leave through `target` in order.
+    pub fn push<S, T>(
+        &mut self,
+        input: &[u8],
+        source: &mut S,
+        target: &mut T,
+    ) -> Result<(), ApplyError<S::Error>>
+    where
+        S: SourceImage + ?Sized,
+        T: TargetImage<Error = S::Error> + ?Sized,
+    {
+        self.detools.push(&mut self.window, input, source, target)
+    }
+
+    /// Checks that the patch was complete: the whole target produced, the compressed stream
+    /// ended cleanly. Returns the target size.
+    pub fn finish<E>(&self) -> Result<u32, ApplyError<E>> {
+        self.detools.finish()
     }
 }
 
@@ -456,26 +509,93 @@ impl<T: TargetImage + ?Sized> TargetImage for Hashing<'_, T> {
 }
 
 #[derive(Clone)]
-enum Stream<const N: usize> {
-    Delta(DetoolsApplier<N>),
+enum Stream {
+    /// The preamble is verified; the checkpoint to resume from (if any) and the source are
+    /// checked at the first push.
+    Pending(Option<Checkpoint>),
+    Delta(Detools),
     /// A full image; `None`: uncompressed. The count is bytes produced.
-    Full(Option<Decoder<N>>, u32),
+    Full(Option<DecoderState>, u32),
 }
 
 #[derive(Clone)]
-struct Payload<const N: usize> {
+struct Payload {
     manifest: Manifest,
     received: u32,
     payload_sha: Sha256,
-    stream: Stream<N>,
+    stream: Stream,
     sink: Sink,
 }
 
-impl<const N: usize> Payload<N> {
+impl Payload {
+    fn new(manifest: Manifest, resume: Option<Checkpoint>) -> Self {
+        Self {
+            manifest,
+            received: 0,
+            payload_sha: Sha256::new(),
+            stream: Stream::Pending(resume),
+            sink: Sink {
+                resume_from: resume.map_or(0, |c| c.written),
+                sha: Sha256::new(),
+            },
+        }
+    }
+
     fn written(&self) -> u32 {
         match &self.stream {
+            Stream::Pending(_) => 0,
             Stream::Delta(d) => d.written(),
             Stream::Full(_, n) => *n,
+        }
+    }
+
+    /// Takes payload bytes. Out of line, like the other steps (the preamble check, the
+    /// source check, the end): its buffers come and go below the applier's owner, one
+    /// step's at a time.
+    #[inline(never)]
+    fn push<S, T>(
+        &mut self,
+        window: &mut [u8],
+        input: &[u8],
+        source: &mut S,
+        target: &mut T,
+    ) -> Result<(), ApplyError<S::Error>>
+    where
+        S: SourceImage + ?Sized,
+        T: TargetImage<Error = S::Error> + ?Sized,
+    {
+        let room = (self.manifest.payload_len - self.received) as usize;
+        if input.len() > room {
+            return Err(ApplyError::TrailingBytes);
+        }
+        self.received += input.len() as u32;
+        self.payload_sha.update(input);
+        let mut hashing = Hashing {
+            target,
+            sink: &mut self.sink,
+        };
+        match &mut self.stream {
+            Stream::Pending(_) => Err(ApplyError::Failed),
+            Stream::Delta(d) => d.push(window, input, source, &mut hashing),
+            Stream::Full(decoder, written) => {
+                let target_len = self.manifest.target_len;
+                let mut emit = |bytes: &[u8], written: &mut u32| {
+                    let end = u64::from(*written) + bytes.len() as u64;
+                    if end > u64::from(target_len) {
+                        return Err(ApplyError::TargetLength {
+                            expected: target_len,
+                            got: end.min(u64::from(u32::MAX)) as u32,
+                        });
+                    }
+                    hashing.write(*written, bytes).map_err(ApplyError::Target)?;
+                    *written = end as u32;
+                    Ok(())
+                };
+                let Some(decoder) = decoder else {
+                    return emit(input, written);
+                };
+                decoder.decode_in_window(window, input, |bytes| emit(bytes, written))
+            }
         }
     }
 }
@@ -483,32 +603,35 @@ impl<const N: usize> Payload<N> {
 // No heap on the device: the preamble buffer and the payload state share one allocation.
 #[allow(clippy::large_enum_variant)]
 #[derive(Clone)]
-enum Phase<const N: usize> {
+enum Phase {
     Preamble {
         buf: [u8; PREAMBLE_LEN],
         len: usize,
+        /// The checkpoint to resume from, checked once the manifest is known.
+        resume: Option<Checkpoint>,
     },
-    /// The caller checked the preamble ([`Applier::after_preamble`]); the payload is next.
-    Verified(Manifest),
-    Payload(Payload<N>),
+    /// The preamble is verified (here, or by the caller: [`Applier::verified`]). The state
+    /// stays in place from here on: the stream is set up at the first push.
+    Payload(Payload),
     Failed,
 }
 
-/// Streaming, verifying patch applier. `N` is the largest heatshrink window accepted (and
-/// the decoder's buffer): 512 bytes by default, the patch maker's default budget. `K`
-/// checks the signature ([`VerifyingKey`] by default).
+/// The verifying applier without its heatshrink window, which each call is lent:
+/// [`Applier`] owns one, [`BorrowedApplier`] borrows one.
 #[derive(Clone)]
-pub struct Applier<const N: usize = 512, K = VerifyingKey> {
+struct Core<K> {
     key: K,
-    resume: Option<Checkpoint>,
-    phase: Phase<N>,
+    phase: Phase,
 }
 
-impl<const N: usize, K> core::fmt::Debug for Applier<N, K> {
+impl<K> core::fmt::Debug for Core<K> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match &self.phase {
             Phase::Preamble { len, .. } => write!(f, "Applier(preamble, {len} bytes)"),
-            Phase::Verified(_) => f.write_str("Applier(verified)"),
+            Phase::Payload(Payload {
+                stream: Stream::Pending(_),
+                ..
+            }) => f.write_str("Applier(verified)"),
             Phase::Payload(p) => write!(f, "Applier(payload, {} bytes in)", p.received),
             Phase::Failed => f.write_str("Applier(failed)"),
         }
@@ -521,25 +644,305 @@ pub struct Applied {
     pub manifest: Manifest,
 }
 
+impl<K: SignatureCheck> Core<K> {
+    fn new(key: K) -> Self {
+        Self {
+            key,
+            phase: Phase::Preamble {
+                buf: [0; PREAMBLE_LEN],
+                len: 0,
+                resume: None,
+            },
+        }
+    }
+
+    fn resume(key: K, checkpoint: Checkpoint) -> Self {
+        Self {
+            key,
+            phase: Phase::Preamble {
+                buf: [0; PREAMBLE_LEN],
+                len: 0,
+                resume: Some(checkpoint),
+            },
+        }
+    }
+
+    // Out of line: the payload state is put together in this frame, not the caller's, which
+    // keeps only the result.
+    #[inline(never)]
+    fn verified(key: K, verified: Verified, resume: Option<Checkpoint>) -> Self {
+        let manifest = verified.0;
+        let resume = resume.filter(|c| c.target_sha256 == manifest.target_sha256);
+        Self {
+            key,
+            phase: Phase::Payload(Payload::new(manifest, resume)),
+        }
+    }
+
+    fn manifest(&self) -> Option<&Manifest> {
+        match &self.phase {
+            Phase::Payload(p) => Some(&p.manifest),
+            _ => None,
+        }
+    }
+
+    fn written(&self) -> u32 {
+        match &self.phase {
+            Phase::Payload(p) => p.written(),
+            _ => 0,
+        }
+    }
+
+    fn checkpoint(&self) -> Option<Checkpoint> {
+        match &self.phase {
+            Phase::Payload(Payload {
+                stream: Stream::Pending(_),
+                ..
+            }) => None,
+            Phase::Payload(p) => Some(Checkpoint {
+                target_sha256: p.manifest.target_sha256,
+                // Below the resume point the bytes are durable from the earlier run.
+                written: p.written().max(p.sink.resume_from),
+            }),
+            _ => None,
+        }
+    }
+
+    fn push<S, T>(
+        &mut self,
+        window: &mut [u8],
+        input: &[u8],
+        source: &mut S,
+        target: &mut T,
+    ) -> Result<(), ApplyError<S::Error>>
+    where
+        S: SourceImage + ?Sized,
+        T: TargetImage<Error = S::Error> + ?Sized,
+    {
+        let result = self.push_inner(window, input, source, target);
+        if result.is_err() {
+            self.phase = Phase::Failed;
+        }
+        result
+    }
+
+    fn push_inner<S, T>(
+        &mut self,
+        window: &mut [u8],
+        mut input: &[u8],
+        source: &mut S,
+        target: &mut T,
+    ) -> Result<(), ApplyError<S::Error>>
+    where
+        S: SourceImage + ?Sized,
+        T: TargetImage<Error = S::Error> + ?Sized,
+    {
+        if let Phase::Preamble { .. } = self.phase {
+            input = self.take_preamble(input)?;
+            if let Phase::Preamble { .. } = self.phase {
+                return Ok(());
+            }
+        }
+        self.push_payload(window, input, source, target)
+    }
+
+    /// [`Core::push`] once the preamble is verified (the only way a [`BorrowedApplier`] is
+    /// made): without the preamble's code.
+    fn push_verified<S, T>(
+        &mut self,
+        window: &mut [u8],
+        input: &[u8],
+        source: &mut S,
+        target: &mut T,
+    ) -> Result<(), ApplyError<S::Error>>
+    where
+        S: SourceImage + ?Sized,
+        T: TargetImage<Error = S::Error> + ?Sized,
+    {
+        let result = self.push_payload(window, input, source, target);
+        if result.is_err() {
+            self.phase = Phase::Failed;
+        }
+        result
+    }
+
+    fn push_payload<S, T>(
+        &mut self,
+        window: &mut [u8],
+        input: &[u8],
+        source: &mut S,
+        target: &mut T,
+    ) -> Result<(), ApplyError<S::Error>>
+    where
+        S: SourceImage + ?Sized,
+        T: TargetImage<Error = S::Error> + ?Sized,
+    {
+        if let Phase::Payload(Payload {
+            stream: Stream::Pending(_),
+            ..
+        }) = self.phase
+        {
+            self.start_payload(window, source)?;
+        }
+        let Phase::Payload(p) = &mut self.phase else {
+            return Err(ApplyError::Failed);
+        };
+        if input.is_empty() {
+            return Ok(());
+        }
+        p.push(window, input, source, target)
+    }
+
+    /// Buffers the preamble; once whole, checks it and goes to the verified phase. Returns
+    /// the input after the preamble. Out of line: a caller that checked the preamble itself
+    /// ([`Applier::verified`]) does not carry its frame.
+    #[inline(never)]
+    fn take_preamble<'i, E>(&mut self, input: &'i [u8]) -> Result<&'i [u8], ApplyError<E>> {
+        let Phase::Preamble { buf, len, resume } = &mut self.phase else {
+            return Ok(input);
+        };
+        let n = (PREAMBLE_LEN - *len).min(input.len());
+        buf[*len..*len + n].copy_from_slice(&input[..n]);
+        *len += n;
+        if *len == PREAMBLE_LEN {
+            let manifest = verify_preamble(&buf[..], &self.key)?;
+            let resume = *resume;
+            self.phase = Phase::Payload(Payload::new(manifest, resume));
+        }
+        Ok(&input[n..])
+    }
+
+    /// Sets up the stream of the verified payload: the checkpoint and (for a delta) the
+    /// source image checked. Out of line, so that its buffers are not in every push's frame.
+    #[inline(never)]
+    fn start_payload<S: SourceImage + ?Sized>(
+        &mut self,
+        window: &mut [u8],
+        source: &mut S,
+    ) -> Result<(), ApplyError<S::Error>> {
+        let Phase::Payload(p) = &mut self.phase else {
+            return Err(ApplyError::Failed);
+        };
+        let (manifest, Stream::Pending(resume)) = (&p.manifest, &p.stream) else {
+            return Err(ApplyError::Failed);
+        };
+        if let Some(cp) = resume {
+            if cp.target_sha256 != manifest.target_sha256 || cp.written > manifest.target_len {
+                return Err(ApplyError::CheckpointMismatch);
+            }
+        }
+        p.stream = match manifest.kind {
+            Kind::Delta => {
+                check_source(manifest, source)?;
+                Stream::Delta(Detools::new(
+                    manifest.source_len,
+                    Some(Expect {
+                        compression: manifest.compression,
+                        target_len: manifest.target_len,
+                    }),
+                ))
+            }
+            Kind::Full => Stream::Full(
+                match manifest.compression {
+                    Compression::None => None,
+                    Compression::Heatshrink(params) => Some(
+                        DecoderState::new(params, window)
+                            .map_err(|e| ApplyError::Payload(e.into()))?,
+                    ),
+                },
+                0,
+            ),
+        };
+        Ok(())
+    }
+
+    fn finish<E>(&mut self) -> Result<Applied, ApplyError<E>> {
+        self.check_end()?;
+        match &self.phase {
+            Phase::Payload(p) => Ok(Applied {
+                manifest: p.manifest,
+            }),
+            _ => Err(ApplyError::Failed),
+        }
+    }
+
+    /// The checks of [`Core::finish`]. Out of line, and without the manifest in its result:
+    /// a caller that drops the [`Applied`] has no room for one in its frame.
+    #[inline(never)]
+    fn check_end<E>(&mut self) -> Result<(), ApplyError<E>> {
+        let p = match &mut self.phase {
+            Phase::Failed => return Err(ApplyError::Failed),
+            Phase::Preamble { .. }
+            | Phase::Payload(Payload {
+                stream: Stream::Pending(_),
+                ..
+            }) => return Err(ApplyError::Truncated),
+            Phase::Payload(p) => p,
+        };
+        if p.received != p.manifest.payload_len {
+            return Err(ApplyError::Truncated);
+        }
+        // The hashes are spent here: the apply is over either way.
+        if p.payload_sha.finalize_reset() != p.manifest.payload_sha256 {
+            return Err(ApplyError::PayloadMismatch);
+        }
+        match &p.stream {
+            Stream::Pending(_) => {}
+            Stream::Delta(d) => {
+                d.finish()?;
+            }
+            Stream::Full(decoder, _) => {
+                if let Some(d) = decoder {
+                    d.finish().map_err(|e| ApplyError::Payload(e.into()))?;
+                }
+            }
+        }
+        let written = p.written();
+        if written != p.manifest.target_len {
+            return Err(ApplyError::TargetLength {
+                expected: p.manifest.target_len,
+                got: written,
+            });
+        }
+        if p.sink.sha.finalize_reset() != p.manifest.target_sha256 {
+            return Err(ApplyError::TargetMismatch);
+        }
+        Ok(())
+    }
+}
+
+/// Streaming, verifying patch applier. `N` is the largest heatshrink window accepted (the
+/// decoder's buffer, part of the applier): 512 bytes by default, the patch maker's default
+/// budget. `K` checks the signature ([`VerifyingKey`] by default). [`BorrowedApplier`] is
+/// the same applier over a window the caller lends.
+#[derive(Clone)]
+pub struct Applier<const N: usize = 512, K = VerifyingKey> {
+    core: Core<K>,
+    window: [u8; N],
+}
+
+impl<const N: usize, K> core::fmt::Debug for Applier<N, K> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        self.core.fmt(f)
+    }
+}
+
 impl<const N: usize, K: SignatureCheck> Applier<N, K> {
     /// A fresh apply, trusting patches signed by `key`.
     pub fn new(key: K) -> Self {
         Self {
-            key,
-            resume: None,
-            phase: Phase::Preamble {
-                buf: [0; PREAMBLE_LEN],
-                len: 0,
-            },
+            core: Core::new(key),
+            window: [0; N],
         }
     }
 
     /// Starts the same patch again from its first byte after an interruption; target bytes
     /// below `checkpoint.written` are re-derived and hashed but not written again.
     pub fn resume(key: K, checkpoint: Checkpoint) -> Self {
-        let mut applier = Self::new(key);
-        applier.resume = Some(checkpoint);
-        applier
+        Self {
+            core: Core::resume(key, checkpoint),
+            window: [0; N],
+        }
     }
 
     /// Checks the preamble (the first [`PREAMBLE_LEN`] bytes of the patch: signature first)
@@ -559,41 +962,26 @@ impl<const N: usize, K: SignatureCheck> Applier<N, K> {
     /// An applier that takes the patch after its preamble, which [`check_preamble`] checked.
     /// `resume` as in [`Applier::after_preamble`].
     pub fn verified(key: K, verified: Verified, resume: Option<Checkpoint>) -> Self {
-        let manifest = verified.0;
-        let mut applier = Self::new(key);
-        applier.resume = resume.filter(|c| c.target_sha256 == manifest.target_sha256);
-        applier.phase = Phase::Verified(manifest);
-        applier
+        Self {
+            core: Core::verified(key, verified, resume),
+            window: [0; N],
+        }
     }
 
     /// The verified manifest, once the preamble has been checked.
     pub fn manifest(&self) -> Option<&Manifest> {
-        match &self.phase {
-            Phase::Verified(m) => Some(m),
-            Phase::Payload(p) => Some(&p.manifest),
-            _ => None,
-        }
+        self.core.manifest()
     }
 
     /// Target bytes produced so far.
     pub fn written(&self) -> u32 {
-        match &self.phase {
-            Phase::Payload(p) => p.written(),
-            _ => 0,
-        }
+        self.core.written()
     }
 
     /// A checkpoint for the bytes written so far; the caller saves it only once those bytes
     /// are durable (flushed to flash).
     pub fn checkpoint(&self) -> Option<Checkpoint> {
-        match &self.phase {
-            Phase::Payload(p) => Some(Checkpoint {
-                target_sha256: p.manifest.target_sha256,
-                // Below the resume point the bytes are durable from the earlier run.
-                written: p.written().max(p.sink.resume_from),
-            }),
-            _ => None,
-        }
+        self.core.checkpoint()
     }
 
     /// Feeds the next bytes of the patch.
@@ -607,16 +995,66 @@ impl<const N: usize, K: SignatureCheck> Applier<N, K> {
         S: SourceImage + ?Sized,
         T: TargetImage<Error = S::Error> + ?Sized,
     {
-        let result = self.push_inner(input, source, target);
-        if result.is_err() {
-            self.phase = Phase::Failed;
-        }
-        result
+        self.core.push(&mut self.window, input, source, target)
     }
 
-    fn push_inner<S, T>(
+    /// Ends the apply: the whole payload must have been pushed, and the target must have the
+    /// manifest's length and SHA-256.
+    pub fn finish<E>(mut self) -> Result<Applied, ApplyError<E>> {
+        self.core.finish()
+    }
+}
+
+/// [`Applier`] over a heatshrink window the caller lends for the whole apply (RAM idle at
+/// the time, such as a decoder workspace whose block is complete): it accepts streams whose
+/// window (`2^W` bytes) fits in `window`, and is the size of [`Applier`] less its window.
+/// The window's contents before the apply do not matter. It is made only from a preamble
+/// checked by [`check_preamble`] ([`BorrowedApplier::verified`]), which a device needs apart
+/// anyway (anti-rollback), so it carries no preamble code.
+pub struct BorrowedApplier<'w, K = VerifyingKey> {
+    core: Core<K>,
+    window: &'w mut [u8],
+}
+
+impl<K> core::fmt::Debug for BorrowedApplier<'_, K> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        self.core.fmt(f)
+    }
+}
+
+impl<'w, K: SignatureCheck> BorrowedApplier<'w, K> {
+    /// [`Applier::verified`], over `window`.
+    pub fn verified(
+        key: K,
+        verified: Verified,
+        resume: Option<Checkpoint>,
+        window: &'w mut [u8],
+    ) -> Self {
+        Self {
+            core: Core::verified(key, verified, resume),
+            window,
+        }
+    }
+
+    /// See [`Applier::manifest`].
+    pub fn manifest(&self) -> Option<&Manifest> {
+        self.core.manifest()
+    }
+
+    /// See [`Applier::written`].
+    pub fn written(&self) -> u32 {
+        self.core.written()
+    }
+
+    /// See [`Applier::checkpoint`].
+    pub fn checkpoint(&self) -> Option<Checkpoint> {
+        self.core.checkpoint()
+    }
+
+    /// See [`Applier::push`].
+    pub fn push<S, T>(
         &mut self,
-        mut input: &[u8],
+        input: &[u8],
         source: &mut S,
         target: &mut T,
     ) -> Result<(), ApplyError<S::Error>>
@@ -624,151 +1062,25 @@ impl<const N: usize, K: SignatureCheck> Applier<N, K> {
         S: SourceImage + ?Sized,
         T: TargetImage<Error = S::Error> + ?Sized,
     {
-        if let Phase::Preamble { buf, len } = &mut self.phase {
-            let n = (PREAMBLE_LEN - *len).min(input.len());
-            buf[*len..*len + n].copy_from_slice(&input[..n]);
-            *len += n;
-            input = &input[n..];
-            if *len < PREAMBLE_LEN {
-                return Ok(());
-            }
-            let manifest = verify_preamble(&buf[..], &self.key)?;
-            self.phase = Phase::Payload(self.start_payload(manifest, source)?);
-        }
-        if let Phase::Verified(manifest) = self.phase {
-            self.phase = Phase::Payload(self.start_payload(manifest, source)?);
-        }
-        let Phase::Payload(p) = &mut self.phase else {
-            return Err(ApplyError::Failed);
-        };
-        if input.is_empty() {
-            return Ok(());
-        }
-        let room = (p.manifest.payload_len - p.received) as usize;
-        if input.len() > room {
-            return Err(ApplyError::TrailingBytes);
-        }
-        p.received += input.len() as u32;
-        p.payload_sha.update(input);
-        let mut hashing = Hashing {
-            target,
-            sink: &mut p.sink,
-        };
-        match &mut p.stream {
-            Stream::Delta(d) => d.push(input, source, &mut hashing),
-            Stream::Full(decoder, written) => {
-                let target_len = p.manifest.target_len;
-                let mut emit = |bytes: &[u8], written: &mut u32| {
-                    let end = u64::from(*written) + bytes.len() as u64;
-                    if end > u64::from(target_len) {
-                        return Err(ApplyError::TargetLength {
-                            expected: target_len,
-                            got: end.min(u64::from(u32::MAX)) as u32,
-                        });
-                    }
-                    hashing.write(*written, bytes).map_err(ApplyError::Target)?;
-                    *written = end as u32;
-                    Ok(())
-                };
-                let Some(decoder) = decoder else {
-                    return emit(input, written);
-                };
-                let mut out = [0u8; OUT_CHUNK];
-                decoder.decode_into(input, &mut out, |bytes| emit(bytes, written))
-            }
-        }
+        self.core.push_verified(self.window, input, source, target)
     }
 
-    fn start_payload<S: SourceImage + ?Sized>(
-        &self,
-        manifest: Manifest,
-        source: &mut S,
-    ) -> Result<Payload<N>, ApplyError<S::Error>> {
-        if let Some(cp) = &self.resume {
-            if cp.target_sha256 != manifest.target_sha256 || cp.written > manifest.target_len {
-                return Err(ApplyError::CheckpointMismatch);
-            }
-        }
-        let stream = match manifest.kind {
-            Kind::Delta => {
-                check_source(&manifest, source)?;
-                Stream::Delta(DetoolsApplier::new(
-                    manifest.source_len,
-                    Some(Expect {
-                        compression: manifest.compression,
-                        target_len: manifest.target_len,
-                    }),
-                ))
-            }
-            Kind::Full => Stream::Full(
-                match manifest.compression {
-                    Compression::None => None,
-                    Compression::Heatshrink(params) => {
-                        Some(Decoder::new(params).map_err(|e| ApplyError::Payload(e.into()))?)
-                    }
-                },
-                0,
-            ),
-        };
-        Ok(Payload {
-            manifest,
-            received: 0,
-            payload_sha: Sha256::new(),
-            stream,
-            sink: Sink {
-                resume_from: self.resume.map_or(0, |c| c.written),
-                sha: Sha256::new(),
-            },
-        })
-    }
-
-    /// Ends the apply: the whole payload must have been pushed, and the target must have the
-    /// manifest's length and SHA-256.
-    pub fn finish<E>(self) -> Result<Applied, ApplyError<E>> {
-        let p = match self.phase {
-            Phase::Payload(p) => p,
-            Phase::Failed => return Err(ApplyError::Failed),
-            Phase::Preamble { .. } | Phase::Verified(_) => return Err(ApplyError::Truncated),
-        };
-        if p.received != p.manifest.payload_len {
-            return Err(ApplyError::Truncated);
-        }
-        if p.payload_sha.clone().finalize() != p.manifest.payload_sha256 {
-            return Err(ApplyError::PayloadMismatch);
-        }
-        match &p.stream {
-            Stream::Delta(d) => {
-                d.finish()?;
-            }
-            Stream::Full(decoder, _) => {
-                if let Some(d) = decoder {
-                    d.finish().map_err(|e| ApplyError::Payload(e.into()))?;
-                }
-            }
-        }
-        let written = p.written();
-        if written != p.manifest.target_len {
-            return Err(ApplyError::TargetLength {
-                expected: p.manifest.target_len,
-                got: written,
-            });
-        }
-        if p.sink.sha.finalize() != p.manifest.target_sha256 {
-            return Err(ApplyError::TargetMismatch);
-        }
-        Ok(Applied {
-            manifest: p.manifest,
-        })
+    /// See [`Applier::finish`]. It borrows the applier (on a device, moving one into the
+    /// call would copy it on the stack) and spends its hashes: call it once, at the end.
+    pub fn finish<E>(&mut self) -> Result<Applied, ApplyError<E>> {
+        self.core.finish()
     }
 }
 
-/// Hashes the source image through the read trait and compares with the manifest.
+/// Hashes the source image through the read trait and compares with the manifest. Out of
+/// line: its buffer is needed once, not in every push.
+#[inline(never)]
 fn check_source<S: SourceImage + ?Sized>(
     manifest: &Manifest,
     source: &mut S,
 ) -> Result<(), ApplyError<S::Error>> {
     let mut sha = Sha256::new();
-    let mut buf = [0u8; 256];
+    let mut buf = [0u8; 64];
     let mut offset = 0u32;
     while offset < manifest.source_len {
         let n = ((manifest.source_len - offset) as usize).min(buf.len());
@@ -778,7 +1090,7 @@ fn check_source<S: SourceImage + ?Sized>(
         sha.update(&buf[..n]);
         offset += n as u32;
     }
-    if sha.finalize() != manifest.source_sha256 {
+    if sha.finalize_reset() != manifest.source_sha256 {
         return Err(ApplyError::SourceMismatch);
     }
     Ok(())
@@ -786,10 +1098,12 @@ fn check_source<S: SourceImage + ?Sized>(
 
 // The device budget, checked on every target the crate is built for (thumbv7em in CI).
 const _: () = assert!(core::mem::size_of::<Applier<512>>() < 1024 + 512);
+const _: () = assert!(core::mem::size_of::<BorrowedApplier<'_>>() < 1024);
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::patch::heatshrink::Decoder;
 
     /// The device's RAM for an apply: the state must stay under 1 KiB plus the window.
     /// (The figures are quoted in the crate README.)
@@ -800,5 +1114,11 @@ mod tests {
         assert!(applier - window < 1024, "Applier<512> is {applier} bytes");
         assert!(core::mem::size_of::<DetoolsApplier<512>>() - window < 128);
         assert!(core::mem::size_of::<Decoder<512>>() - window < 32);
+        // Less the window, which it borrows.
+        let borrowed = core::mem::size_of::<BorrowedApplier<'_>>();
+        assert!(
+            borrowed + window <= applier + 16,
+            "BorrowedApplier is {borrowed} bytes"
+        );
     }
 }

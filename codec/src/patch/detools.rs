@@ -185,8 +185,9 @@ enum Step {
     Done,
 }
 
-/// Source bytes read at once while adding a diff block (on the stack, not in the state).
-const SOURCE_CHUNK: usize = 128;
+/// Source bytes read at once while adding a diff block (on the stack, not in the state;
+/// under the device's deepest stack, where 64 more bytes count).
+const SOURCE_CHUNK: usize = 64;
 
 /// Streaming bspatch over the *decompressed* sequential stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,9 +5,11 @@
 //! `offset - 1` and `L` bits of `count - 1`; the last byte is padded with zero bits. A
 //! back-reference that reaches before the start of the output reads zeros, as in C.
 //!
-//! The window lives inside the decoder as `[u8; N]`; any stream with `2^W <= N` decodes, so a
+//! [`Decoder<N>`] holds its window as `[u8; N]`; any stream with `2^W <= N` decodes, so a
 //! device picks `N` from its RAM budget once and accepts every pair the patch maker may choose.
-//! The state is plain data (no pointers), so it can be copied out and back.
+//! [`DecoderState`] is the same decoder without the window, which the caller lends to each
+//! call (a buffer idle at the time, instead of RAM of its own). The state is plain data (no
+//! pointers), so it can be copied out and back.
 
 /// Smallest and largest window exponents heatshrink defines.
 pub const MIN_WINDOW_BITS: u8 = 4;
@@ -93,11 +95,12 @@ impl core::fmt::Display for HeatshrinkError {
     }
 }
 
-/// Streaming decoder; `N` (a power of two, at least 16) bounds the window it accepts.
-#[derive(Clone)]
-pub struct Decoder<const N: usize> {
-    window: [u8; N],
-    /// Bytes produced so far (wrapping); `head & (N - 1)` is the next window slot.
+/// A streaming decoder's state without its window: plain data (no pointers) that an owner
+/// keeps next to a buffer it lends to every call, e.g. RAM that is idle while a patch is
+/// applied. [`Decoder`] pairs it with a window of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecoderState {
+    /// Bytes produced so far (wrapping); `head % 2^W` is the next window slot.
     head: u32,
     /// Input bits not yet used, right-aligned in `bits`.
     bits: u32,
@@ -107,33 +110,19 @@ pub struct Decoder<const N: usize> {
     state: State,
 }
 
-impl<const N: usize> core::fmt::Debug for Decoder<N> {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Decoder")
-            .field("window_bits", &self.window_bits)
-            .field("lookahead_bits", &self.lookahead_bits)
-            .field("head", &self.head)
-            .field("state", &self.state)
-            .finish_non_exhaustive()
-    }
-}
-
-impl<const N: usize> Decoder<N> {
-    const MASK: u32 = {
-        assert!(N.is_power_of_two() && N >= 16 && N <= 1 << 15);
-        (N - 1) as u32
-    };
-
-    /// A decoder for a stream with these parameters, or an error if its window exceeds `N`.
-    pub fn new(params: Params) -> Result<Self, HeatshrinkError> {
-        if params.window_len() > N {
+impl DecoderState {
+    /// A decoder for a stream with these parameters over `window`, whose first `2^W` bytes
+    /// it clears; an error if the stream's window is larger than `window`.
+    pub fn new(params: Params, window: &mut [u8]) -> Result<Self, HeatshrinkError> {
+        let Some(used) = window.get_mut(..params.window_len()) else {
             return Err(HeatshrinkError::WindowTooLarge {
                 window_bits: params.window_bits,
-                capacity: N,
+                capacity: window.len(),
             });
-        }
+        };
+        // Back-references before the start of the output read zeros, as in C.
+        used.fill(0);
         Ok(Self {
-            window: [0; N],
             head: 0,
             bits: 0,
             nbits: 0,
@@ -171,20 +160,17 @@ impl<const N: usize> Decoder<N> {
         Some(value as u16)
     }
 
-    #[inline(always)]
-    fn emit(&mut self, byte: u8) {
-        self.window[(self.head & Self::MASK) as usize] = byte;
-        self.head = self.head.wrapping_add(1);
-    }
-
-    /// Decodes from `input` into `out` until the input is used up or `out` is full.
-    /// Returns `(consumed, produced)`. Bytes consumed are remembered (partially used bits
-    /// included), so the next call continues where this one stopped.
-    pub fn decode(&mut self, input: &[u8], out: &mut [u8]) -> (usize, usize) {
+    /// Decodes from `input` into the window alone: at most `limit` bytes, and never past the
+    /// window's end, so that they are one slice, `window[from..from + produced]`. Returns
+    /// `(consumed, from, produced)`; it stops early only at the window's end or when the
+    /// input is used up. `window` is exactly the stream's window.
+    fn run(&mut self, window: &mut [u8], input: &[u8], limit: usize) -> (usize, usize, usize) {
+        let mask = (1u32 << self.window_bits) - 1;
+        let from = (self.head & mask) as usize;
+        let limit = limit.min(window.len() - from);
         let mut pos = 0;
         let mut produced = 0;
-        let mask = Self::MASK;
-        while produced < out.len() {
+        while produced < limit {
             match self.state {
                 State::Tag => match self.take(1, input, &mut pos) {
                     None => break,
@@ -194,9 +180,8 @@ impl<const N: usize> Decoder<N> {
                 State::Literal => match self.take(8, input, &mut pos) {
                     None => break,
                     Some(byte) => {
-                        let byte = byte as u8;
-                        self.emit(byte);
-                        out[produced] = byte;
+                        window[(self.head & mask) as usize] = byte as u8;
+                        self.head = self.head.wrapping_add(1);
                         produced += 1;
                         self.state = State::Tag;
                     }
@@ -215,15 +200,14 @@ impl<const N: usize> Decoder<N> {
                     }
                 },
                 State::Copy { offset, remaining } => {
-                    let n = usize::from(remaining).min(out.len() - produced);
+                    let n = usize::from(remaining).min(limit - produced);
                     let offset = u32::from(offset);
-                    for slot in &mut out[produced..produced + n] {
+                    for _ in 0..n {
                         // Before the start of the output the C window holds zeros; so does
                         // ours, since slots past `head` are still unwritten when head < offset.
-                        let byte = self.window[(self.head.wrapping_sub(offset) & mask) as usize];
-                        self.window[(self.head & mask) as usize] = byte;
+                        let byte = window[(self.head.wrapping_sub(offset) & mask) as usize];
+                        window[(self.head & mask) as usize] = byte;
                         self.head = self.head.wrapping_add(1);
-                        *slot = byte;
                     }
                     produced += n;
                     let left = remaining - n as u16;
@@ -238,14 +222,38 @@ impl<const N: usize> Decoder<N> {
                 }
             }
         }
-        (pos, produced)
+        (pos, from, produced)
+    }
+
+    /// Decodes from `input` into `out` until the input is used up or `out` is full.
+    /// Returns `(consumed, produced)`. Bytes consumed are remembered (partially used bits
+    /// included), so the next call continues where this one stopped. `window` is the buffer
+    /// given to [`DecoderState::new`], as the last call left it; one shorter than the
+    /// stream's window decodes nothing.
+    pub fn decode(&mut self, window: &mut [u8], input: &[u8], out: &mut [u8]) -> (usize, usize) {
+        let Some(window) = window.get_mut(..1usize << self.window_bits) else {
+            return (0, 0);
+        };
+        let (mut used, mut produced) = (0, 0);
+        while produced < out.len() {
+            let (u, from, n) = self.run(window, &input[used..], out.len() - produced);
+            out[produced..produced + n].copy_from_slice(&window[from..from + n]);
+            used += u;
+            produced += n;
+            // Short of the window's end, only the input runs out.
+            if n == 0 {
+                break;
+            }
+        }
+        (used, produced)
     }
 
     /// Decodes all of `input`, handing the output to `sink` in pieces of at most `out.len()`
     /// bytes, until the input is used up and the decoder has nothing left to give. Does
-    /// nothing when `out` is empty.
+    /// nothing when `out` is empty, or `window` is shorter than the stream's.
     pub fn decode_into<E>(
         &mut self,
+        window: &mut [u8],
         mut input: &[u8],
         out: &mut [u8],
         mut sink: impl FnMut(&[u8]) -> Result<(), E>,
@@ -254,12 +262,38 @@ impl<const N: usize> Decoder<N> {
             return Ok(());
         }
         loop {
-            let (used, produced) = self.decode(input, out);
+            let (used, produced) = self.decode(window, input, out);
             input = &input[used..];
             sink(&out[..produced])?;
-            if input.is_empty() && produced < out.len() {
+            // With input left, a call always uses some or fills `out`; (0, 0) is a window
+            // too short, where looping would never end.
+            if (input.is_empty() || used == 0) && produced < out.len() {
                 return Ok(());
             }
+        }
+    }
+
+    /// [`DecoderState::decode_into`] without an output buffer: `sink` gets the new bytes
+    /// where they are written, in the window (at most up to its end at a time). For a device
+    /// that has no RAM to spare for a buffer. Does nothing when `window` is shorter than the
+    /// stream's.
+    pub fn decode_in_window<E>(
+        &mut self,
+        window: &mut [u8],
+        mut input: &[u8],
+        mut sink: impl FnMut(&[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let Some(window) = window.get_mut(..1usize << self.window_bits) else {
+            return Ok(());
+        };
+        loop {
+            let (used, from, n) = self.run(window, input, usize::MAX);
+            input = &input[used..];
+            // Short of the window's end, only the input runs out.
+            if n == 0 {
+                return Ok(());
+            }
+            sink(&window[from..from + n])?;
         }
     }
 
@@ -280,6 +314,69 @@ impl<const N: usize> Decoder<N> {
         } else {
             Err(HeatshrinkError::Truncated)
         }
+    }
+}
+
+/// Streaming decoder with a window of its own; `N` bounds the window it accepts.
+#[derive(Clone)]
+pub struct Decoder<const N: usize> {
+    state: DecoderState,
+    window: [u8; N],
+}
+
+impl<const N: usize> core::fmt::Debug for Decoder<N> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Decoder")
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<const N: usize> Decoder<N> {
+    /// A decoder for a stream with these parameters, or an error if its window exceeds `N`.
+    pub fn new(params: Params) -> Result<Self, HeatshrinkError> {
+        let mut window = [0; N];
+        let state = DecoderState::new(params, &mut window)?;
+        Ok(Self { state, window })
+    }
+
+    /// Parameters of the stream being decoded.
+    pub fn params(&self) -> Params {
+        self.state.params()
+    }
+
+    /// Bytes produced so far (modulo 2^32).
+    pub fn produced(&self) -> u32 {
+        self.state.produced()
+    }
+
+    /// [`DecoderState::decode`] with this decoder's window.
+    pub fn decode(&mut self, input: &[u8], out: &mut [u8]) -> (usize, usize) {
+        self.state.decode(&mut self.window, input, out)
+    }
+
+    /// [`DecoderState::decode_into`] with this decoder's window.
+    pub fn decode_into<E>(
+        &mut self,
+        input: &[u8],
+        out: &mut [u8],
+        sink: impl FnMut(&[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        self.state.decode_into(&mut self.window, input, out, sink)
+    }
+
+    /// [`DecoderState::decode_in_window`] with this decoder's window.
+    pub fn decode_in_window<E>(
+        &mut self,
+        input: &[u8],
+        sink: impl FnMut(&[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        self.state.decode_in_window(&mut self.window, input, sink)
+    }
+
+    /// See [`DecoderState::finish`].
+    pub fn finish(&self) -> Result<(), HeatshrinkError> {
+        self.state.finish()
     }
 }
 
@@ -313,6 +410,42 @@ mod tests {
         assert_eq!(used, 3);
         assert_eq!(&out[..n], b"aaaa");
         d.finish().unwrap();
+    }
+
+    #[test]
+    fn a_lent_window_decodes_the_same_and_is_cleared_first() {
+        let stream = [0b1011_0000, 0b1000_0001, 0b0000_0000];
+        // Leftovers from whoever used the buffer before: the stream must not see them.
+        let mut window = [0xa5u8; 40];
+        let mut d = DecoderState::new(Params::new(4, 3).unwrap(), &mut window).unwrap();
+        assert_eq!(&window[..16], &[0; 16]);
+        let mut out = [0u8; 8];
+        assert_eq!(d.decode(&mut window, &stream, &mut out), (3, 4));
+        assert_eq!(&out[..4], b"aaaa");
+        d.finish().unwrap();
+        // A back-reference before the start reads zeros from the cleared window.
+        let mut window = [0xa5u8; 16];
+        let mut d = DecoderState::new(Params::new(4, 3).unwrap(), &mut window).unwrap();
+        // Backref offset 16 count 2 (0 1111 001).
+        let (used, n) = d.decode(&mut window, &[0b0111_1001], &mut out);
+        assert_eq!((used, &out[..n]), (1, &[0u8, 0][..]));
+        assert_eq!(
+            DecoderState::new(Params::new(5, 3).unwrap(), &mut window).unwrap_err(),
+            HeatshrinkError::WindowTooLarge {
+                window_bits: 5,
+                capacity: 16
+            }
+        );
+        // Given a shorter window than its stream's, it decodes nothing and stops.
+        let mut d = DecoderState::new(Params::new(4, 3).unwrap(), &mut window).unwrap();
+        assert_eq!(d.decode(&mut window[..8], &stream, &mut out), (0, 0));
+        let mut calls = 0;
+        d.decode_into(&mut window[..8], &stream, &mut out, |_| {
+            calls += 1;
+            Ok::<_, ()>(())
+        })
+        .unwrap();
+        assert_eq!(calls, 1);
     }
 
     #[test]

@@ -10,7 +10,8 @@ pub mod ecdsa;
 pub mod heatshrink;
 
 pub use apply::{
-    Applied, Applier, ApplyError, Checkpoint, DetoolsApplier, SourceImage, TargetImage,
+    Applied, Applier, ApplyError, BorrowedApplier, Checkpoint, DetoolsApplier, SourceImage,
+    TargetImage,
 };
 pub use container::{Compression, Container, ContainerError, ImageVersion, Kind, Manifest};
 pub use ecdsa::{KeyError, VerifyingKey};

@@ -70,6 +70,14 @@ pub enum Failure {
     /// After the block was complete and time to reboot, the device still runs another
     /// version: it reverted to the old image, or never installed the new one.
     NotUpdated { running: u32 },
+    /// The device's firmware kept putting the install off until the window closed.
+    Deferred { reason: String },
+    /// The new image failed the firmware's self-test; the device went back to the old one.
+    SelfTestFailed,
+    /// The new image kept rebooting before it confirmed; the device went back to the old one.
+    BootLoop,
+    /// The device reported that the install failed (the agent's failure code).
+    InstallFailed { code: u8 },
 }
 
 impl Failure {
@@ -89,6 +97,10 @@ impl Failure {
             Failure::SessionLost => "session lost",
             Failure::WindowClosed { .. } => "window closed",
             Failure::NotUpdated { .. } => "reverted or not installed",
+            Failure::Deferred { .. } => "install put off by the device",
+            Failure::SelfTestFailed => "self-test failed",
+            Failure::BootLoop => "boot loop",
+            Failure::InstallFailed { .. } => "install failed on the device",
         }
     }
 
@@ -225,6 +237,9 @@ pub struct DeviceProgress {
     pub updated_at: Option<GpsMillis>,
     /// FWversion from its last DevVersionAns.
     pub fw_version: Option<u32>,
+    /// The device's last UpdateReport, as a short text (a deferral and its reason, a failed
+    /// self-test, a revert...).
+    pub report: Option<String>,
 }
 
 impl DeviceProgress {
@@ -240,6 +255,7 @@ impl DeviceProgress {
             complete_at: None,
             updated_at: None,
             fw_version: None,
+            report: None,
         }
     }
 }

@@ -29,6 +29,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::fmt;
 
+use fuota_codec::agent_report::{self, Outcome, Refusal, UpdateReport};
 use fuota_codec::fec::encoder::Encoder;
 use fuota_codec::firmware_management as fmp;
 use fuota_codec::fragmentation::{
@@ -167,6 +168,18 @@ pub enum FrameKind {
     StatusRequest,
 }
 
+/// An UpdateReport in words.
+fn report_text(r: &UpdateReport) -> String {
+    match r.outcome {
+        Outcome::Deferred(why) => format!("install put off: {}", why.label()),
+        Outcome::Failed(code) => format!("install failed (code {code})"),
+        Outcome::SelfTestFailed => "self-test failed, reverting".into(),
+        Outcome::BootLoop => "boot loop, reverting".into(),
+        Outcome::Reverted => "reverted to the old image".into(),
+        Outcome::Confirmed => "new image confirmed".into(),
+    }
+}
+
 /// Counters for reports.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "cli", derive(serde::Serialize))]
@@ -215,6 +228,8 @@ struct Device {
     /// The status round the device last answered.
     answered_round: Option<u32>,
     clock_answered: bool,
+    /// The reason of the last deferral the device reported.
+    last_deferral: Option<Refusal>,
 }
 
 /// The group's side of the campaign.
@@ -343,6 +358,7 @@ impl Engine {
                     deadline: None,
                     answered_round: None,
                     clock_answered: false,
+                    last_deferral: None,
                 },
             );
         }
@@ -620,6 +636,11 @@ impl Engine {
                     }
                 }
             }
+            agent_report::PORT => {
+                if let Ok(report) = UpdateReport::parse(bytes) {
+                    self.on_report(now, dev, report);
+                }
+            }
             _ => {}
         }
     }
@@ -811,6 +832,48 @@ impl Engine {
         self.set_deadline(dev, Some(now + self.cfg.reboot_wait_ms));
     }
 
+    /// An UpdateReport: shown with the device; a deferral gives the device more time before
+    /// its version is asked, a failed self-test or a boot loop names the failure.
+    fn on_report(&mut self, now: GpsMillis, dev: DevEui, report: UpdateReport) {
+        let reboot_wait = self.cfg.reboot_wait_ms;
+        let Some(d) = self.devices.get_mut(&dev) else {
+            return;
+        };
+        d.progress.report = Some(report_text(&report));
+        if let Outcome::Deferred(why) = report.outcome {
+            d.last_deferral = Some(why);
+        }
+        // A device judged on its version alone ("not updated") may say why afterwards.
+        if let Phase::Failed(Failure::NotUpdated { .. }) = d.progress.phase {
+            match report.outcome {
+                Outcome::SelfTestFailed => {
+                    d.progress.phase = Phase::Failed(Failure::SelfTestFailed)
+                }
+                Outcome::BootLoop => d.progress.phase = Phase::Failed(Failure::BootLoop),
+                _ => {}
+            }
+            return;
+        }
+        if d.progress.phase.is_final() {
+            return;
+        }
+        match report.outcome {
+            Outcome::Deferred(_)
+                if matches!(d.progress.phase, Phase::Complete | Phase::Verifying) =>
+            {
+                // It installs later: ask its version once it has had time again.
+                d.progress.phase = Phase::Complete;
+                d.pending = None;
+                self.set_deadline(dev, Some(now + reboot_wait));
+            }
+            Outcome::SelfTestFailed => self.fail(dev, Failure::SelfTestFailed),
+            Outcome::BootLoop => self.fail(dev, Failure::BootLoop),
+            Outcome::Failed(code) => self.fail(dev, Failure::InstallFailed { code }),
+            // A revert is judged by the version it runs (DevVersionAns).
+            Outcome::Deferred(_) | Outcome::Reverted | Outcome::Confirmed => {}
+        }
+    }
+
     fn on_dev_version(&mut self, now: GpsMillis, dev: DevEui, fw: u32) {
         let target = self.cfg.target_fw_version;
         let Some(d) = self.devices.get_mut(&dev) else {
@@ -956,14 +1019,25 @@ impl Engine {
             return;
         }
         if now >= self.cfg.window_end {
-            let open: Vec<(DevEui, Option<u16>)> = self
+            let open: Vec<(DevEui, Failure)> = self
                 .devices
                 .iter()
                 .filter(|(_, d)| !d.progress.phase.is_final())
-                .map(|(k, d)| (*k, d.progress.missing))
+                .map(|(k, d)| {
+                    let why = match (&d.progress.phase, &d.last_deferral) {
+                        // Complete, but the device put the install off to the end.
+                        (Phase::Complete | Phase::Verifying, Some(r)) => Failure::Deferred {
+                            reason: r.label().into(),
+                        },
+                        _ => Failure::WindowClosed {
+                            missing: d.progress.missing,
+                        },
+                    };
+                    (*k, why)
+                })
                 .collect();
-            for (dev, missing) in open {
-                self.fail(dev, Failure::WindowClosed { missing });
+            for (dev, why) in open {
+                self.fail(dev, why);
             }
             self.group = GroupPhase::Unicast;
             self.finished = true;
@@ -1000,6 +1074,17 @@ impl Engine {
                 self.send(now, dev, Request::DevVersion);
             }
             (Phase::Verifying, Some((Request::DevVersion, n))) if n >= self.cfg.max_attempts => {
+                if d.last_deferral.is_some() {
+                    // It said it puts the install off: the old version is expected; wait for
+                    // the install while the window lasts.
+                    let wait = self.cfg.reboot_wait_ms;
+                    if let Some(d) = self.devices.get_mut(&dev) {
+                        d.progress.phase = Phase::Complete;
+                        d.pending = None;
+                    }
+                    self.set_deadline(dev, Some(now + wait));
+                    return;
+                }
                 let why = match d.progress.fw_version {
                     Some(running) => Failure::NotUpdated { running },
                     None => Failure::NoAnswer(Request::DevVersion),

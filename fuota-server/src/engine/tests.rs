@@ -559,3 +559,60 @@ fn the_same_inputs_give_the_same_outputs() {
     };
     assert_eq!(run(), run());
 }
+
+#[test]
+fn device_reports_name_the_failure_and_a_deferral_buys_time() {
+    use fuota_codec::agent_report::{Outcome, Refusal, UpdateReport, PORT as REPORT_PORT};
+    let mut e = ready_engine(3, config());
+    let cfg = config();
+    let status_at = cfg.session_start + 1_000 + 25 * 2_000;
+    run_until(&mut e, status_at);
+    for dev in [1, 2, 3] {
+        e.handle_uplink(status_at + 1_000, dev, 201, &status(0));
+    }
+    let report = |outcome| {
+        UpdateReport {
+            outcome,
+            fw_version: cfg.target_fw_version,
+        }
+        .to_bytes()
+    };
+    // 1: its self-test failed; 2: it puts the install off again and again; 3: garbage.
+    let t = status_at + 2_000;
+    e.handle_uplink(t, 1, REPORT_PORT, &report(Outcome::SelfTestFailed));
+    assert_eq!(
+        e.device(1).unwrap().phase,
+        Phase::Failed(Failure::SelfTestFailed)
+    );
+    assert_eq!(
+        e.device(1).unwrap().report.as_deref(),
+        Some("self-test failed, reverting")
+    );
+    e.handle_uplink(t, 3, REPORT_PORT, &[0x01, 9, 9]);
+    assert_eq!(e.device(3).unwrap().report, None);
+    let mut at = t;
+    while at + cfg.reboot_wait_ms / 2 < cfg.window_end {
+        e.handle_uplink(
+            at,
+            2,
+            REPORT_PORT,
+            &report(Outcome::Deferred(Refusal::LowBattery)),
+        );
+        // Never asked its version while it keeps deferring.
+        let outs = run_until(&mut e, at + cfg.reboot_wait_ms / 2);
+        assert!(unicasts_to(&outs, 2).is_empty(), "at {at}");
+        assert_eq!(e.device(2).unwrap().phase, Phase::Complete);
+        at += cfg.reboot_wait_ms / 2;
+    }
+    run_until(&mut e, cfg.window_end);
+    assert_eq!(
+        e.device(2).unwrap().phase,
+        Phase::Failed(Failure::Deferred {
+            reason: "low battery".into()
+        })
+    );
+    assert_eq!(
+        e.device(2).unwrap().report.as_deref(),
+        Some("install put off: low battery")
+    );
+}

@@ -299,7 +299,8 @@ fn agent_config(update: &Update, gen_app_key: [u8; 16], seed: u64) -> AgentConfi
         mc_ke_key: mc_ke_key(&mc_root_key_lorawan_1_0(&k)),
         data_block_int_key: data_block_int_key(&k),
         limits: RadioLimits::EU868,
-        patch_key: *update.key.verifying_key(),
+        patch_key: fuota_server::patch::keys::device_key(update.key.verifying_key())
+            .expect("a P-256 key converts"),
         layout: LAYOUT,
         boot_max_align: 8,
         permanent: false,
@@ -585,11 +586,14 @@ async fn step_device(
             }
             Event::Multicast(McEvent::ClassCEnd { .. }) => d.class_c = None,
             Event::Multicast(McEvent::GroupDeleted { .. }) => d.group = None,
-            Event::RebootWanted { .. } => d.reboot_at = Some(now + 1_000),
-            Event::Booted { .. } => {
-                let _ = d.agent.confirm();
+            Event::RebootWanted { .. } | Event::RevertWanted { .. } => {
+                d.reboot_at = Some(now + 1_000)
+            }
+            // The agent's self-test (its default hooks) confirms the new image.
+            Event::Confirmed { .. } => {
                 stats.lock().unwrap().updated.insert(d.eui);
             }
+            Event::Booted { .. } | Event::InstallDeferred(_) => {}
             Event::UpdateFailed(f) => stats
                 .lock()
                 .unwrap()

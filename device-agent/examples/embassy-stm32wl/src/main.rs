@@ -13,6 +13,7 @@ mod multicast;
 mod radio;
 
 use core::cell::RefCell;
+use core::sync::atomic::{AtomicBool, Ordering};
 
 use defmt::{error, info, warn};
 use defmt_rtt as _;
@@ -31,6 +32,7 @@ use fuota_device_agent::codec::keys::{self, Key128};
 use fuota_device_agent::codec::patch::VerifyingKey;
 use fuota_device_agent::codec::Version;
 use fuota_device_agent::frag_session::{FragAreas, Via};
+use fuota_device_agent::hooks::{SelfTest, UpdateHooks};
 use fuota_device_agent::mcuboot::{ImageHeader, HEADER_LEN};
 use fuota_device_agent::multicast::{McEvent, RadioLimits};
 use fuota_device_agent::slot::Region;
@@ -136,7 +138,28 @@ const BOOT_MAX_ALIGN: u32 = 8;
 
 type FlashDriver = Flash<'static, Blocking>;
 /// The agent over the internal flash. Its generics (and any it gains) are set here only.
-type FuotaAgent<'a> = Agent<'a, FlashDriver, SPARES>;
+type FuotaAgent<'a> = Agent<'a, FlashDriver, SPARES, 1, VerifyingKey, HealthCheck>;
+
+/// An uplink went out under the running image (set by the main loop).
+static UPLINK_SENT: AtomicBool = AtomicBool::new(false);
+
+/// The firmware's say in an update. Installs may always start here (a battery-powered
+/// product would look at its supply); the new image is good once it has joined and an
+/// uplink went out under it, the health check of this example.
+struct HealthCheck;
+
+impl UpdateHooks for HealthCheck {
+    fn self_test(&mut self, _now: u64) -> SelfTest {
+        if UPLINK_SENT.load(Ordering::Relaxed) {
+            SelfTest::Pass
+        } else {
+            SelfTest::Later
+        }
+    }
+    fn retry_ms(&self) -> u64 {
+        30_000
+    }
+}
 /// Highest output power the board's PA path is allowed (dBm).
 const MAX_TX_POWER: u8 = 14;
 type Radio = LorawanRadio<Sx126x<SubGhzSpi, Stm32wlInterface, Stm32wl>, Delay, MAX_TX_POWER>;
@@ -238,7 +261,8 @@ async fn main(_spawner: Spawner) {
         hw_version: 1,
     };
     let mut workspace = [0u8; WORKSPACE];
-    let mut agent: FuotaAgent<'_> = match Agent::new(&flash, config, &mut workspace, now_ms()) {
+    let agent = Agent::with_hooks(&flash, config, &mut workspace, now_ms(), HealthCheck);
+    let mut agent: FuotaAgent<'_> = match agent {
         Ok(agent) => agent,
         Err(_) => defmt::panic!("agent: journal unreadable or layout not whole pages"),
     };
@@ -282,8 +306,6 @@ async fn main(_spawner: Spawner) {
     let mut listening: Option<RfConfig> = None;
     let mut joined = false;
     let mut next_app_uplink = Instant::now();
-    // After an update: confirm once the new image has joined and sent an uplink.
-    let mut confirm_pending = false;
     let mut reboot_pending = false;
     let mut up = [0u8; 64];
 
@@ -298,12 +320,7 @@ async fn main(_spawner: Spawner) {
         if agent.poll_timeout(now) <= now {
             agent.handle_timeout(now);
         }
-        on_events(
-            &mut agent,
-            &mut groups,
-            &mut confirm_pending,
-            &mut reboot_pending,
-        );
+        on_events(&mut agent, &mut groups, &mut reboot_pending);
 
         // The agent's answers first, then the product's own uplink when due.
         let mut sent_ok = false;
@@ -324,23 +341,12 @@ async fn main(_spawner: Spawner) {
             }
             listening = None;
         }
-        if sent_ok && confirm_pending {
-            // The health check: joined and an uplink went out under the new image.
-            match agent.confirm() {
-                Ok(()) => {
-                    confirm_pending = false;
-                    info!("new image confirmed");
-                }
-                Err(_) => error!("confirm: flash write failed"),
-            }
+        if sent_ok {
+            // The health check the agent's self-test (HealthCheck) asks for.
+            UPLINK_SENT.store(true, Ordering::Relaxed);
         }
         // Answers to what came in the receive windows and events they raised go out first.
-        on_events(
-            &mut agent,
-            &mut groups,
-            &mut confirm_pending,
-            &mut reboot_pending,
-        );
+        on_events(&mut agent, &mut groups, &mut reboot_pending);
         if reboot_pending {
             // The swap request is journaled and the answers above went out.
             info!("rebooting into the new image");
@@ -465,12 +471,7 @@ async fn listen(
 }
 
 /// Acts on what the agent reports.
-fn on_events(
-    agent: &mut FuotaAgent<'_>,
-    groups: &mut McGroups,
-    confirm_pending: &mut bool,
-    reboot_pending: &mut bool,
-) {
+fn on_events(agent: &mut FuotaAgent<'_>, groups: &mut McGroups, reboot_pending: &mut bool) {
     while let Some(event) = agent.poll_event() {
         match event {
             // Multicast: lorawan-device 0.12 has no multicast, so the groups live in this
@@ -504,13 +505,22 @@ fn on_events(
                 );
                 *reboot_pending = true;
             }
-            Event::Booted { version } => {
-                info!(
-                    "running new image {}.{}.{}+{}: confirming after join and uplink",
+            Event::Booted { version } => info!(
+                "running new image {}.{}.{}+{}: confirmed after join and an uplink",
+                version.major, version.minor, version.revision, version.build
+            ),
+            Event::Confirmed { version } => info!(
+                "new image {}.{}.{}+{} confirmed",
+                version.major, version.minor, version.revision, version.build
+            ),
+            Event::RevertWanted { version } => {
+                warn!(
+                    "image {}.{}.{}+{} failed: rebooting back to the old one",
                     version.major, version.minor, version.revision, version.build
                 );
-                *confirm_pending = true;
+                *reboot_pending = true;
             }
+            Event::InstallDeferred(_) => info!("install put off by the firmware"),
             Event::Reverted { version } => warn!(
                 "bootloader went back: {}.{}.{}+{} did not stay",
                 version.major, version.minor, version.revision, version.build
