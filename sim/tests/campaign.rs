@@ -112,7 +112,7 @@ fn devices_on_a_low_battery_put_the_install_off_then_update() {
     // Their reason reached the server, and they updated once charged.
     assert_eq!(report.updated, 12, "{:?}", report.failures);
     let reasons: Vec<Option<String>> = world
-        .engine
+        .engine()
         .devices()
         .map(|(_, p)| p.report.clone())
         .collect();
