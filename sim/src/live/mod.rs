@@ -115,6 +115,15 @@ pub enum Input {
     Stop(String),
 }
 
+/// Tells the reader threads to end when the run does, however it ends.
+struct StopThreads(Arc<AtomicBool>);
+
+impl Drop for StopThreads {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 /// Longest the loop sleeps without looking at the clock.
 const MAX_WAIT: Duration = Duration::from_millis(250);
 
@@ -340,6 +349,7 @@ pub fn run(
 
     let (tx, rx) = mpsc::channel::<Input>();
     let stop_threads = Arc::new(AtomicBool::new(false));
+    let _stop_threads_on_return = StopThreads(stop_threads.clone());
     let wall_start = Instant::now();
     let local: SocketAddr = if o.bridge.is_ipv4() {
         "0.0.0.0:0"
@@ -501,7 +511,6 @@ pub fn run(
             break why;
         }
     };
-    stop_threads.store(true, Ordering::Relaxed);
     if let Some(c) = &client {
         let _ = c.disconnect();
     }
