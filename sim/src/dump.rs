@@ -4,11 +4,17 @@ use std::path::Path;
 
 use anyhow::{anyhow, Context, Result};
 
+use crate::backend::Backend;
 use crate::scenario::Built;
 use crate::world::World;
 
 /// Writes `primary.bin` and `secondary.bin` of device `who` (DevEUI in hex, or index).
-pub fn dump_flash(world: &World, _built: &Built, who: &str, dir: &Path) -> Result<()> {
+pub fn dump_flash<B: Backend>(
+    world: &World<B>,
+    _built: &Built,
+    who: &str,
+    dir: &Path,
+) -> Result<()> {
     let index = match u64::from_str_radix(who.trim_start_matches("0x"), 16) {
         Ok(eui) if who.len() > 6 => world.device_index(eui),
         _ => who

@@ -28,6 +28,158 @@ enum Command {
     Sweep(SweepArgs),
     /// Speed and memory: run scenarios and print wall time and peak memory per run.
     Bench(BenchArgs),
+    /// Run a scenario in scaled real time against a bridge and a broker: the gateways speak
+    /// the packet forwarder's UDP protocol, the network server ChirpStack's MQTT integration
+    /// (see docs/live-sim.md).
+    Live(LiveArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct LiveArgs {
+    /// Scenario file (TOML), e.g. sim/examples/live.toml.
+    scenario: PathBuf,
+    /// The broker: mqtt://host:port (not needed with --network-server external).
+    #[arg(long)]
+    mqtt: Option<String>,
+    /// MQTT user name (the password from FUOTA_SIM_MQTT_PASSWORD).
+    #[arg(long)]
+    mqtt_username: Option<String>,
+    /// Simulated seconds per wall second (the service's `clock.scale`).
+    #[arg(long, default_value_t = 1.0)]
+    time_scale: f64,
+    /// Unix ms where the simulated and the wall clock agree (the service's
+    /// `clock.origin_unix_ms`); default: now.
+    #[arg(long)]
+    origin_unix_ms: Option<i64>,
+    /// The bridge's UDP address (the packet forwarders' server).
+    #[arg(long, default_value = "127.0.0.1:1700")]
+    bridge: std::net::SocketAddr,
+    /// The ChirpStack application whose MQTT integration the simulator plays.
+    #[arg(long, default_value = "fuota-sim")]
+    application: String,
+    /// EUI of the first gateway (16 hex digits); the others follow it.
+    #[arg(long, default_value = "5e5e5e0000000000")]
+    gateway_eui: String,
+    /// `sim`: the simulator is the network server (ChirpStack's integration on MQTT);
+    /// `external`: another one (ChirpStack) is, behind the bridge.
+    #[arg(long, default_value = "sim")]
+    network_server: String,
+    /// Write the devices, a campaign request, the gateways, the firmware and the report here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Stop once every device runs the new image and this much simulated time has passed
+    /// (e.g. 10m).
+    #[arg(long)]
+    until_updated: Option<String>,
+    /// Stop after this much simulated time (default: the scenario's setup and window and
+    /// half an hour).
+    #[arg(long)]
+    duration: Option<String>,
+    /// Stop when standard input closes (or reads `stop`).
+    #[arg(long)]
+    stdin_stop: bool,
+    /// Override the scenario's seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+fn live_cmd(a: LiveArgs) -> Result<ExitCode> {
+    use fuota_sim::live::backend::NetworkServer;
+    use fuota_sim::live::{clock, LiveOptions, MqttSettings};
+    let mut scenario = Scenario::load(&a.scenario)?;
+    if let Some(seed) = a.seed {
+        scenario.seed = seed;
+    }
+    let secs = |s: &str| -> Result<u64> {
+        fuota_server::plan::parse_duration(s).map_err(|e| anyhow::anyhow!("{s:?}: {e}"))
+    };
+    let network_server = match a.network_server.as_str() {
+        "sim" => NetworkServer::Simulated,
+        "external" => NetworkServer::External,
+        other => bail!("--network-server {other:?}: sim or external"),
+    };
+    let gateway_eui_base = u64::from_str_radix(&a.gateway_eui, 16)
+        .ok()
+        .filter(|_| a.gateway_eui.len() == 16)
+        .ok_or_else(|| anyhow::anyhow!("--gateway-eui {:?}: 16 hex digits", a.gateway_eui))?;
+    let duration = match &a.duration {
+        Some(d) => secs(d)?,
+        None => scenario.campaign.setup.0 + scenario.campaign.window.0 + 1800,
+    };
+    let origin_unix_ms = a
+        .origin_unix_ms
+        .unwrap_or_else(|| clock::now_unix_us() / 1000);
+    let opts = LiveOptions {
+        mqtt: a.mqtt.as_ref().map(|url| MqttSettings {
+            url: url.clone(),
+            client_id: format!("fuota-sim-{}-{}", a.application, std::process::id()),
+            username: a.mqtt_username.clone(),
+            password: std::env::var("FUOTA_SIM_MQTT_PASSWORD").ok(),
+        }),
+        bridge: a.bridge,
+        scale: a.time_scale,
+        origin_unix_ms,
+        application_id: a.application.clone(),
+        gateway_eui_base,
+        network_server,
+        out_dir: a.out.clone(),
+        until_updated: a
+            .until_updated
+            .as_deref()
+            .map(secs)
+            .transpose()?
+            .map(|s| s * 1_000_000),
+        duration: duration * 1_000_000,
+    };
+    let stdin_stop = a.stdin_stop;
+    let report = fuota_sim::live::run(&scenario, &opts, |ready, stop| {
+        eprintln!(
+            "fuota-sim live: {} devices, gateways {}, x{} from origin_unix_ms = {}",
+            ready.devices,
+            ready.gateways.join(", "),
+            ready.time_scale,
+            ready.origin_unix_ms
+        );
+        let on_signal = stop.clone();
+        std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            if rt.block_on(tokio::signal::ctrl_c()).is_ok() {
+                on_signal.stop("interrupted");
+            }
+        });
+        if stdin_stop {
+            std::thread::spawn(move || {
+                let mut line = String::new();
+                loop {
+                    line.clear();
+                    match std::io::stdin().read_line(&mut line) {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) if line.trim() == "stop" => break,
+                        Ok(_) => {}
+                    }
+                }
+                stop.stop("stdin");
+            });
+        }
+    })?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.table());
+    }
+    Ok(if report.running_new_image == report.devices {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
 }
 
 #[derive(Debug, clap::Args)]
@@ -258,6 +410,7 @@ fn main() -> ExitCode {
         Command::Run(a) => run_cmd(a),
         Command::Sweep(a) => sweep_cmd(a),
         Command::Bench(a) => bench_cmd(a),
+        Command::Live(a) => live_cmd(a),
     };
     match result {
         Ok(code) => code,

@@ -94,7 +94,7 @@ impl Report {
         let mut failures = BTreeMap::new();
         let (mut updated, mut failed, mut unfinished) = (0, 0, 0);
         let mut times = Vec::new();
-        for (eui, p) in world.engine.devices() {
+        for (eui, p) in world.engine().devices() {
             let Some(i) = world.device_index(eui) else {
                 continue;
             };
@@ -137,7 +137,7 @@ impl Report {
         times.sort_by(f64::total_cmp);
         let n = per_device.len();
         let energies: Vec<f64> = per_device.iter().map(|d| d.energy_mj).collect();
-        let c = world.engine.counters();
+        let c = world.engine().counters();
         let gateways = world
             .gateways
             .iter()

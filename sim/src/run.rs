@@ -30,7 +30,7 @@ pub fn run(
         }
         let done = world.run_until((world.now + STEP).min(end));
         let updated = world
-            .engine
+            .engine()
             .devices()
             .filter(|(_, p)| p.phase == Phase::Updated)
             .count();

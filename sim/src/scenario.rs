@@ -18,6 +18,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Deserialize;
 
+use crate::backend::{Backend, EngineBackend};
 use crate::device::{Behaviour, SPARES};
 use crate::firmware::{self, Update};
 use crate::flash::{CowFlash, SECTOR};
@@ -274,8 +275,12 @@ fn round_sectors(n: usize) -> u32 {
 #[derive(Debug, Clone)]
 pub struct Built {
     pub update: Update,
+    /// The campaign as the scenario plans it (what the in-process engine runs; a live run
+    /// asks the service for the same).
     pub campaign: CampaignConfig,
     pub plan: fuota_server::plan::Plan,
+    /// The devices' DevEUIs and root keys (LoRaWAN 1.1 AppKeys).
+    pub devices: Vec<DeviceSpec>,
     pub positions: Vec<Position>,
     pub gateways: Vec<Position>,
     pub start: Micros,
@@ -283,11 +288,26 @@ pub struct Built {
 
 /// Builds the world of a scenario, the update in its factory flash and the engine started.
 pub fn build(s: &Scenario) -> Result<(World, Built)> {
+    build_with(s, START_GPS_S * 1000, |built| {
+        Ok(EngineBackend::new(Engine::new(
+            built.campaign.clone(),
+            built.devices.clone(),
+            built.start / 1000,
+        )?))
+    })
+}
+
+/// Builds the world of a scenario starting at GPS ms `start_ms`, with the backend that
+/// `backend` makes from what was built (the devices, the update, the planned campaign).
+pub fn build_with<B: Backend>(
+    s: &Scenario,
+    start_ms: u64,
+    backend: impl FnOnce(&Built) -> Result<B>,
+) -> Result<(World<B>, Built)> {
     let region = s.region()?;
     let update = s.update()?;
     let patch_key = fuota_server::patch::keys::device_key(update.patch_key.verifying_key())?;
     let mut rng = ChaCha8Rng::seed_from_u64(s.seed);
-    let start_ms = START_GPS_S * 1000;
     let mut plan_req = PlanRequest::new(
         update.patch.len(),
         region,
@@ -425,7 +445,6 @@ pub fn build(s: &Scenario) -> Result<(World, Built)> {
         status_wait_ms: STATUS_WAIT_S * 1000,
         multicast_lead_ms: 0,
     };
-    let engine = Engine::new(campaign.clone(), specs, start_ms)?;
     let world_cfg = WorldConfig {
         seed: s.seed,
         region,
@@ -439,24 +458,24 @@ pub fn build(s: &Scenario) -> Result<(World, Built)> {
         },
     };
     let start = start_ms * 1000;
+    let built = Built {
+        update,
+        campaign,
+        plan,
+        devices: specs,
+        positions,
+        gateways: gateways.clone(),
+        start,
+    };
+    let backend = backend(&built)?;
     let world = World::new(
         world_cfg,
-        gateways.clone(),
+        gateways,
         devices,
         &factory,
         workspace_len,
-        engine,
+        backend,
         start,
     )?;
-    Ok((
-        world,
-        Built {
-            update,
-            campaign,
-            plan,
-            positions,
-            gateways,
-            start,
-        },
-    ))
+    Ok((world, built))
 }

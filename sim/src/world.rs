@@ -1,13 +1,17 @@
 //! The discrete-event world: devices, gateways, the air between them, a network server with
-//! class A downlink queues, and the campaign engine, all in virtual GPS time.
+//! class A downlink queues, and the application behind it (a [`Backend`]: the campaign engine
+//! in process, or the live simulator's MQTT side), all in GPS time (virtual, or the wall
+//! clock scaled when live).
 //!
 //! Order of things for one uplink: the device transmits (gateways lock a demodulator path at
 //! the start); at its end each gateway decodes it or not (sensitivity, interference,
 //! half-duplex); 200 ms later the network server has deduplicated it, checked its MIC and
-//! counter, handed the application payload to the engine, and, if the device has downlinks
+//! counter, handed the application payload to the backend, and, if the device has downlinks
 //! queued, scheduled the first for RX1 through the best gateway (RX2 when that gateway's duty
-//! cycle forbids RX1). Multicast frames from the engine go out at their GPS time from every
-//! gateway that is the best for some device, one after the other.
+//! cycle forbids RX1). Multicast frames from the backend go out at their GPS time from every
+//! gateway that is the best for some device, one after the other. Frames given to a gateway
+//! from outside ([`World::gateway_transmit`], the live simulator's packet forwarders) are
+//! checked as a gateway's just-in-time queue checks them, then go out at their time.
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -15,12 +19,13 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 use fuota_device_agent::agent::{AgentConfig, Event as AgentEvent};
 use fuota_device_agent::frag_session::Via;
 use fuota_device_agent::multicast::McEvent;
-use fuota_server::engine::{DevEui, Engine, FrameKind, GpsMillis, Output};
+use fuota_server::engine::DevEui;
 use fuota_server::plan::airtime::{time_on_air_us, Frame, Modulation};
 use fuota_server::plan::Region;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use crate::backend::{AppOutput, Backend, EngineBackend, HeardFrame, NsUplink};
 use crate::bootloader::{self, Boot};
 use crate::device::{Behaviour, ClassC, Group, Power, SimDevice};
 use crate::flash::CowFlash;
@@ -112,6 +117,19 @@ impl Band {
         (self.0.class_c_default().0, dr)
     }
 
+    /// Frequencies a gateway may transmit on.
+    pub fn downlink_range(&self) -> std::ops::RangeInclusive<u32> {
+        match self.0 {
+            Region::Eu868 => 863_000_000..=870_000_000,
+            Region::Us915 => 923_300_000..=927_500_000,
+        }
+    }
+
+    /// The region's data rate of a downlink modulation, if it is one.
+    pub fn downlink_dr(&self, m: Modulation) -> Option<u8> {
+        (0..=15).find(|&dr| self.0.data_rate(dr).is_some_and(|d| d.modulation == m))
+    }
+
     pub fn device_power_dbm(&self) -> f64 {
         match self.0 {
             Region::Eu868 => 14.0,
@@ -135,6 +153,9 @@ pub struct Gateway {
     demod: Demodulators,
     pub duty: DutyCycle,
     pub stats: GatewayStats,
+    /// Transmissions accepted ahead, `[start, end)` (kept only when frames come from
+    /// outside: see [`World::track_gateway_queues`]).
+    queue: Vec<(Micros, Micros)>,
 }
 
 /// Per-gateway counters.
@@ -155,9 +176,63 @@ impl Gateway {
             demod: Demodulators::default(),
             duty: DutyCycle::default(),
             stats: GatewayStats::default(),
+            queue: Vec::new(),
+        }
+    }
+
+    /// Forgets what has been sent by `now`; whether `[start, end)` overlaps what is left.
+    fn clashes(&mut self, now: Micros, start: Micros, end: Micros) -> bool {
+        self.queue.retain(|&(_, e)| e > now);
+        self.queue.iter().any(|&(s, e)| s < end && start < e)
+    }
+}
+
+/// Why a gateway refuses a frame given to it (the packet forwarder's TX_ACK errors).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TxRefusal {
+    /// Its time is too close (or past) for the radio to be programmed.
+    TooLate,
+    /// Its time is further ahead than the queue holds frames.
+    TooEarly,
+    /// It overlaps a frame already queued.
+    CollisionPacket,
+    /// The frequency is outside the region's downlink band.
+    TxFreq,
+    /// The sub-band's duty cycle does not allow it then.
+    DutyCycleOverflow,
+    /// The queue is full.
+    QueueFull,
+}
+
+impl TxRefusal {
+    /// The TX_ACK `error` string.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::TooLate => "TOO_LATE",
+            Self::TooEarly => "TOO_EARLY",
+            Self::CollisionPacket => "COLLISION_PACKET",
+            Self::TxFreq => "TX_FREQ",
+            Self::DutyCycleOverflow => "DUTY_CYCLE_OVERFLOW",
+            Self::QueueFull => "QUEUE_FULL",
         }
     }
 }
+
+/// A frame a gateway accepted: the power it will really use (a gateway asked for more than
+/// its limit sends at the limit, and says so).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TxAccepted {
+    pub power_dbm: f64,
+    pub power_clamped: bool,
+}
+
+/// A gateway's queue needs the frame this long before its time (the SX1302 HAL's
+/// just-in-time margin).
+pub const TX_MIN_LEAD: Micros = 40_000;
+/// ... and takes none further ahead than this.
+pub const TX_MAX_LEAD: Micros = 512_000_000;
+/// Frames a gateway's queue holds.
+pub const TX_QUEUE_LEN: usize = 32;
 
 #[derive(Debug, Clone)]
 enum Event {
@@ -182,7 +257,8 @@ enum Event {
         end: Micros,
         freq: u32,
         dr: u8,
-        best_gw: usize,
+        /// Gateways that decoded it, the best first.
+        heard: Vec<usize>,
         frame: Vec<u8>,
     },
     /// A gateway starts a downlink.
@@ -193,7 +269,7 @@ enum Event {
         frame: Vec<u8>,
         to: Downlink,
     },
-    EngineTimer,
+    BackendTimer,
     /// Reset: the bootloader runs.
     Reset(usize),
     /// The bootloader is done; the firmware starts.
@@ -205,16 +281,21 @@ enum Event {
 struct GatewayTx {
     gw: usize,
     freq: u32,
+    /// The region's data rate of the modulation (`u8::MAX`: none, no device listens).
     dr: u8,
+    modulation: Modulation,
+    power_dbm: f64,
     frame: Vec<u8>,
     to: Downlink,
+    /// Duty cycle and queue were checked and booked when the frame was accepted.
+    booked: bool,
 }
 
 /// Who a downlink is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Downlink {
     Unicast(usize),
-    /// Multicast group (address) and the engine's frame kind.
+    /// Multicast group (address).
     Multicast {
         addr: u32,
     },
@@ -287,7 +368,7 @@ pub struct DevicePlan {
     pub behaviour: Behaviour,
 }
 
-pub struct World {
+pub struct World<B = EngineBackend> {
     pub now: Micros,
     seq: u64,
     events: BinaryHeap<Reverse<Scheduled>>,
@@ -299,8 +380,8 @@ pub struct World {
     ns: Vec<NsDevice>,
     by_addr: HashMap<u32, usize>,
     by_eui: HashMap<DevEui, usize>,
-    pub engine: Engine,
-    engine_timer_at: Option<Micros>,
+    pub backend: B,
+    backend_timer_at: Option<Micros>,
     /// Gateways that carry multicast (the best one of some device).
     multicast_gateways: Vec<usize>,
     /// Per gateway, the devices that could hear it at all (the rest are skipped when a
@@ -316,11 +397,16 @@ pub struct World {
     pool: crate::flash::SectorPool,
     rng: ChaCha8Rng,
     pub stats: WorldStats,
-    /// Set when the engine (or the world) has nothing more to do.
+    /// Set when the backend (or the world) has nothing more to do.
     done: bool,
+    /// Whether gateways keep their queue of accepted frames (frames come from outside).
+    track_queues: bool,
+    /// How early a frame from outside may come against the duty cycle and the queue (its
+    /// time on the wire is rounded).
+    timing_tolerance: Micros,
 }
 
-impl std::fmt::Debug for World {
+impl<B> std::fmt::Debug for World<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("World")
             .field("now", &self.now)
@@ -330,20 +416,23 @@ impl std::fmt::Debug for World {
     }
 }
 
-fn us_to_ms(t: Micros) -> GpsMillis {
-    t / 1000
+impl World<EngineBackend> {
+    /// The campaign engine of an in-process world.
+    pub fn engine(&self) -> &fuota_server::engine::Engine {
+        &self.backend.engine
+    }
 }
 
-impl World {
+impl<B: Backend> World<B> {
     /// Builds the world at GPS time `start`: devices on `factory` flash (shared), the
-    /// campaign engine already created by the caller for their DevEUIs.
+    /// backend (the campaign engine, say) already created by the caller for their DevEUIs.
     pub fn new(
         cfg: WorldConfig,
         gateways: Vec<Position>,
         devices: Vec<DevicePlan>,
         factory: &CowFlash,
         workspace_len: usize,
-        engine: Engine,
+        backend: B,
         start: Micros,
     ) -> anyhow::Result<Self> {
         let band = Band(cfg.region);
@@ -393,7 +482,7 @@ impl World {
         // Who can hear each gateway's multicast at all: the class C channel's power and
         // data rate, the same link arithmetic as every reception (a device below the
         // sensitivity here would be below it for every frame).
-        let (mc_freq, mc_dr, _, _) = engine.class_c_session();
+        let (mc_freq, mc_dr) = backend.class_c_channel();
         let mc = (
             mc_freq,
             mc_dr,
@@ -428,8 +517,8 @@ impl World {
             ns: vec![NsDevice::default(); n],
             by_addr,
             by_eui,
-            engine,
-            engine_timer_at: None,
+            backend,
+            backend_timer_at: None,
             multicast_gateways,
             audience,
             audience_channel: (mc.0, mc.1),
@@ -438,6 +527,8 @@ impl World {
             rng,
             stats: WorldStats::default(),
             done: false,
+            track_queues: false,
+            timing_tolerance: 0,
             cfg,
         };
         for i in 0..n {
@@ -445,8 +536,100 @@ impl World {
             world.schedule(first, Event::Background(i));
             world.agent_step(i);
         }
-        world.engine_step();
+        world.backend_step();
         Ok(world)
+    }
+
+    /// Gateways keep a queue of the frames they accepted, and the network server's class A
+    /// downlinks keep off it: for frames given from outside ([`World::gateway_transmit`]).
+    /// Their times may be up to `timing_tolerance` early against the duty cycle and the
+    /// queue: a time written to the millisecond on a wall clock that runs K times slower
+    /// is K ms of simulated time off, and a frame spaced exactly by the duty cycle must
+    /// not be refused for that.
+    pub fn track_gateway_queues(&mut self, timing_tolerance: Micros) {
+        self.track_queues = true;
+        self.timing_tolerance = timing_tolerance;
+    }
+
+    /// Gives the backend an input from outside (a live run's MQTT message, say), then acts on
+    /// what it asks for.
+    pub fn with_backend<T>(&mut self, f: impl FnOnce(&mut B) -> T) -> T {
+        let t = f(&mut self.backend);
+        self.backend_step();
+        t
+    }
+
+    /// When the next event is due (`None`: nothing is scheduled).
+    pub fn next_event_at(&self) -> Option<Micros> {
+        self.events.peek().map(|Reverse(s)| s.at)
+    }
+
+    /// Gateway `gw` is asked to transmit `phy` at `at` (no earlier than now): refused as a
+    /// gateway's just-in-time queue refuses it (too late or early, overlapping a queued
+    /// frame, duty cycle, frequency, queue full), else queued with its airtime booked.
+    pub fn gateway_transmit(
+        &mut self,
+        gw: usize,
+        at: Micros,
+        freq: u32,
+        modulation: Modulation,
+        power_dbm: f64,
+        phy: Vec<u8>,
+    ) -> Result<TxAccepted, TxRefusal> {
+        let band = self.band;
+        let now = self.now;
+        if gw >= self.gateways.len() || !band.downlink_range().contains(&freq) {
+            return Err(TxRefusal::TxFreq);
+        }
+        if at < now + TX_MIN_LEAD {
+            return Err(TxRefusal::TooLate);
+        }
+        if at > now + TX_MAX_LEAD {
+            return Err(TxRefusal::TooEarly);
+        }
+        let airtime = time_on_air_us(modulation, Frame::downlink(phy.len()));
+        let slack = self.timing_tolerance;
+        let g = &mut self.gateways[gw];
+        if g.clashes(now, at + slack, at + airtime) {
+            return Err(TxRefusal::CollisionPacket);
+        }
+        if g.queue.len() >= TX_QUEUE_LEN {
+            return Err(TxRefusal::QueueFull);
+        }
+        if g.duty.earliest(band.0, freq, at) > at + slack {
+            g.stats.refused += 1;
+            return Err(TxRefusal::DutyCycleOverflow);
+        }
+        let limit = band.gateway_power_dbm(freq);
+        let accepted = TxAccepted {
+            power_dbm: power_dbm.min(limit),
+            power_clamped: power_dbm > limit,
+        };
+        g.duty.book(band.0, freq, at, airtime);
+        g.queue.push((at, at + airtime));
+        // A device's own address makes it a class A downlink; anything else is multicast.
+        let addr = mac::dev_addr(&phy);
+        let to = match addr.and_then(|a| self.by_addr.get(&a)) {
+            Some(&i) => Downlink::Unicast(i),
+            None => Downlink::Multicast {
+                addr: addr.unwrap_or(0),
+            },
+        };
+        let dr = band.downlink_dr(modulation).unwrap_or(u8::MAX);
+        self.schedule(
+            at,
+            Event::GatewayTx(GatewayTx {
+                gw,
+                freq,
+                dr,
+                modulation,
+                power_dbm: accepted.power_dbm,
+                frame: phy,
+                to,
+                booked: true,
+            }),
+        );
+        Ok(accepted)
     }
 
     fn schedule(&mut self, at: Micros, event: Event) {
@@ -554,22 +737,22 @@ impl World {
                 freq,
                 dr,
                 frame,
-            } => self.uplink_end(dev, tx, &locked, freq, dr, frame),
+            } => self.uplink_end(dev, tx, locked, freq, dr, frame),
             Event::NetworkUplink {
                 dev,
                 end,
                 freq,
                 dr,
-                best_gw,
+                heard,
                 frame,
-            } => self.network_uplink(dev, end, freq, dr, best_gw, &frame),
+            } => self.network_uplink(dev, end, freq, dr, &heard, &frame),
             Event::GatewayTx(tx) => self.gateway_tx(tx),
             Event::DownlinkEnd { tx, dr, frame, to } => self.downlink_end(tx, dr, &frame, to),
-            Event::EngineTimer => {
-                if self.engine_timer_at == Some(self.now) {
-                    self.engine_timer_at = None;
-                    self.engine.handle_timeout(us_to_ms(self.now));
-                    self.engine_step();
+            Event::BackendTimer => {
+                if self.backend_timer_at == Some(self.now) {
+                    self.backend_timer_at = None;
+                    self.backend.handle_timeout(self.now);
+                    self.backend_step();
                 }
             }
             Event::Reset(i) => self.reset(i),
@@ -833,13 +1016,15 @@ impl World {
         &mut self,
         dev: usize,
         tx: u64,
-        locked: &[usize],
+        mut locked: Vec<usize>,
         freq: u32,
         dr: u8,
         frame: Vec<u8>,
     ) {
         let mut best: Option<(usize, f64)> = None;
-        for &g in locked {
+        let mut decoded = 0;
+        for k in 0..locked.len() {
+            let g = locked[k];
             match self
                 .air
                 .receive(tx, Node::Gateway(g as u32), self.gateways[g].pos)
@@ -847,13 +1032,29 @@ impl World {
                 Ok(rssi) => {
                     self.gateways[g].stats.uplinks_heard += 1;
                     if best.is_none_or(|(_, r)| rssi > r) {
-                        best = Some((g, rssi));
+                        best = Some((decoded, rssi));
                     }
+                    self.backend.gateway_heard(
+                        g,
+                        &HeardFrame {
+                            dev,
+                            end: self.now,
+                            freq_hz: freq,
+                            modulation: self.band.uplink_modulation(dr),
+                            rssi_dbm: rssi,
+                            phy: &frame,
+                        },
+                    );
+                    // The gateways that decoded it, in place of those that locked on.
+                    locked[decoded] = g;
+                    decoded += 1;
                 }
                 Err(loss) => self.stats.losses[loss as usize] += 1,
             }
         }
-        if let Some((g, _)) = best {
+        if let Some((k, _)) = best {
+            locked.truncate(decoded);
+            locked.swap(0, k);
             self.stats.uplinks_received += 1;
             self.schedule(
                 self.now + NS_DELAY,
@@ -862,7 +1063,7 @@ impl World {
                     end: self.now,
                     freq,
                     dr,
-                    best_gw: g,
+                    heard: locked,
                     frame,
                 },
             );
@@ -875,7 +1076,7 @@ impl World {
         end: Micros,
         freq: u32,
         dr: u8,
-        gw: usize,
+        heard: &[usize],
         frame: &[u8],
     ) {
         let Some(&i) = mac::dev_addr(frame).and_then(|a| self.by_addr.get(&a)) else {
@@ -895,13 +1096,22 @@ impl World {
         }
         self.ns[i].last_fcnt_up = Some(data.fcnt);
         if let Some(port) = data.port.filter(|&p| p != 0) {
-            let eui = self.devices[i].eui;
-            // The engine's clock is the uplink's end, as a gateway timestamps it.
-            self.engine
-                .handle_uplink(us_to_ms(end), eui, port, &data.payload);
-            self.engine_step();
+            let uplink = NsUplink {
+                device: i,
+                dev: self.devices[i].eui,
+                dev_addr: self.devices[i].addr,
+                fcnt: data.fcnt,
+                port,
+                payload: &data.payload,
+                end,
+                freq_hz: freq,
+                dr,
+                gateways: heard,
+            };
+            self.backend.handle_uplink(self.now, &uplink);
+            self.backend_step();
         }
-        self.class_a_downlink(i, end, freq, dr, gw);
+        self.class_a_downlink(i, end, freq, dr, heard[0]);
     }
 
     /// Sends the head of the device's queue in its RX1 (or RX2) window.
@@ -912,14 +1122,25 @@ impl World {
         }
         let (f1, dr1) = band.rx1(up_freq, up_dr);
         let (f2, dr2) = band.rx2(self.cfg.rx2_dr);
-        let g = &self.gateways[gw];
         let rx1_at = end + RX1_DELAY;
         let rx2_at = end + RX2_DELAY;
         // RX2 on the class C channel would take airtime from the multicast and collide
         // with it: not while a round is being sent.
-        let (mc_freq, ..) = self.engine.class_c_session();
-        let rx2_free = f2 != mc_freq || !self.engine.is_multicasting();
-        let (at, freq, dr) = if g.duty.earliest(band.0, f1, rx1_at) == rx1_at {
+        let (mc_freq, _) = self.backend.class_c_channel();
+        let rx2_free = f2 != mc_freq || !self.backend.is_multicasting();
+        // With frames from outside in the gateway's queue, a window that overlaps one of
+        // them is not free either.
+        let (now, track) = (self.now, self.track_queues);
+        let len = self.ns[i].queue.front().map_or(0, |(_, p)| p.len() + 13);
+        let g = &mut self.gateways[gw];
+        let mut queue_free = |at: Micros, dr: u8| {
+            let air = time_on_air_us(band.downlink_modulation(dr), Frame::downlink(len));
+            !track || !g.clashes(now, at, at + air)
+        };
+        let rx1_free = queue_free(rx1_at, dr1);
+        let rx2_free = rx2_free && queue_free(rx2_at, dr2);
+        let g = &self.gateways[gw];
+        let (at, freq, dr) = if rx1_free && g.duty.earliest(band.0, f1, rx1_at) == rx1_at {
             (rx1_at, f1, dr1)
         } else if rx2_free && g.duty.earliest(band.0, f2, rx2_at) == rx2_at {
             (rx2_at, f2, dr2)
@@ -947,44 +1168,39 @@ impl World {
         ns.fcnt_down += 1;
         // The network server books the gateway's airtime when it decides, so that later
         // decisions see it.
-        let airtime = time_on_air_us(band.downlink_modulation(dr), Frame::downlink(frame.len()));
+        let modulation = band.downlink_modulation(dr);
+        let airtime = time_on_air_us(modulation, Frame::downlink(frame.len()));
         self.gateways[gw].duty.book(band.0, freq, at, airtime);
+        if self.track_queues {
+            self.gateways[gw].queue.push((at, at + airtime));
+        }
         self.schedule(
             at,
             Event::GatewayTx(GatewayTx {
                 gw,
                 freq,
                 dr,
+                modulation,
+                power_dbm: band.gateway_power_dbm(freq),
                 frame,
                 to: Downlink::Unicast(i),
+                booked: true,
             }),
         );
     }
 
-    fn engine_step(&mut self) {
-        while let Some(out) = self.engine.poll_output() {
+    fn backend_step(&mut self) {
+        while let Some(out) = self.backend.poll_output() {
             match out {
-                Output::Unicast { dev, port, payload } => {
+                AppOutput::Unicast { dev, port, payload } => {
                     if let Some(&i) = self.by_eui.get(&dev) {
                         self.ns[i].queue.push_back((port, payload));
                     }
                 }
-                Output::Multicast(f) => {
-                    let (app, nwk) = self.engine.multicast_keys();
-                    let keys = SessionKeys {
-                        nwk_s_key: *nwk.as_bytes(),
-                        app_s_key: *app.as_bytes(),
-                    };
-                    let Some(frame) =
-                        mac::build(false, f.mc_addr, f.fcnt, f.port, &f.payload, false, &keys)
-                    else {
-                        continue;
-                    };
-                    let airtime = time_on_air_us(
-                        self.band.downlink_modulation(f.dr),
-                        Frame::downlink(frame.len()),
-                    );
-                    let mut at = f.at * 1000;
+                AppOutput::Multicast(f) => {
+                    let modulation = self.band.downlink_modulation(f.dr);
+                    let airtime = time_on_air_us(modulation, Frame::downlink(f.phy.len()));
+                    let mut at = f.at;
                     for k in 0..self.multicast_gateways.len() {
                         let gw = self.multicast_gateways[k];
                         self.schedule(
@@ -993,35 +1209,33 @@ impl World {
                                 gw,
                                 freq: f.freq_hz,
                                 dr: f.dr,
-                                frame: frame.clone(),
+                                modulation,
+                                power_dbm: self.band.gateway_power_dbm(f.freq_hz),
+                                frame: f.phy.clone(),
                                 to: Downlink::Multicast { addr: f.mc_addr },
+                                booked: false,
                             }),
                         );
                         at += airtime + MULTICAST_GAP;
                     }
-                    if matches!(
-                        f.kind,
-                        FrameKind::DataFragment
-                            | FrameKind::CodedFragment
-                            | FrameKind::RepairFragment
-                    ) {
+                    if f.fragment {
                         self.stats.multicast_frames_sent += 1;
                     }
                 }
             }
         }
-        if self.engine.is_finished() {
+        if self.backend.is_finished() {
             self.done = true;
             return;
         }
-        if let Some(t) = self.engine.poll_timeout() {
-            let at = (t * 1000).max(self.now);
+        if let Some(t) = self.backend.poll_timeout() {
+            let at = t.max(self.now);
             if self
-                .engine_timer_at
+                .backend_timer_at
                 .is_none_or(|old| at < old || old < self.now)
             {
-                self.engine_timer_at = Some(at);
-                self.schedule(at, Event::EngineTimer);
+                self.backend_timer_at = Some(at);
+                self.schedule(at, Event::BackendTimer);
             }
         }
     }
@@ -1029,12 +1243,13 @@ impl World {
     fn gateway_tx(&mut self, tx: GatewayTx) {
         let (gw, freq, dr, to) = (tx.gw, tx.freq, tx.dr, tx.to);
         let band = self.band;
-        let modulation = band.downlink_modulation(dr);
+        let modulation = tx.modulation;
         let airtime = time_on_air_us(modulation, Frame::downlink(tx.frame.len()));
         let g = &mut self.gateways[gw];
-        // Unicast airtime was booked when the downlink was scheduled; a multicast frame goes
-        // out as soon as the band allows.
-        if let Downlink::Multicast { .. } = to {
+        // Unicast airtime was booked when the downlink was scheduled (and that of a frame
+        // from outside when it was accepted); the engine's multicast frame goes out as soon
+        // as the band allows.
+        if !tx.booked {
             let free = g.duty.earliest(band.0, freq, self.now);
             if free > self.now {
                 g.stats.refused += 1;
@@ -1059,7 +1274,7 @@ impl World {
             end: self.now + airtime,
             freq_hz: freq,
             modulation,
-            power_dbm: band.gateway_power_dbm(freq),
+            power_dbm: tx.power_dbm,
         });
         self.schedule(
             self.now + airtime,

@@ -26,7 +26,7 @@ fn a_small_campaign_updates_every_device() {
     let end = built.start + (20 * 60 + 2 * 3600 + 60) * 1_000_000;
     world.run_until(end);
     let phases: Vec<Phase> = world
-        .engine
+        .engine()
         .devices()
         .map(|(_, p)| p.phase.clone())
         .collect();
@@ -36,7 +36,7 @@ fn a_small_campaign_updates_every_device() {
         12,
         "{phases:?} {:?} {:?}",
         world.stats,
-        world.engine.counters()
+        world.engine().counters()
     );
     for d in &world.devices {
         let primary = d
@@ -112,7 +112,7 @@ fn devices_on_a_low_battery_put_the_install_off_then_update() {
     // Their reason reached the server, and they updated once charged.
     assert_eq!(report.updated, 12, "{:?}", report.failures);
     let reasons: Vec<Option<String>> = world
-        .engine
+        .engine()
         .devices()
         .map(|(_, p)| p.report.clone())
         .collect();
