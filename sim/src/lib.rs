@@ -14,6 +14,7 @@ pub mod mac;
 pub mod plots;
 pub mod radio;
 pub mod report;
+pub mod rollout;
 pub mod run;
 pub mod scenario;
 pub mod sweep;

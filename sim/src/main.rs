@@ -6,10 +6,12 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use fuota_sim::backend::Backend;
 use fuota_sim::report::hms;
-use fuota_sim::run::run;
-use fuota_sim::scenario::Scenario;
+use fuota_sim::run::{run, run_rollout};
+use fuota_sim::scenario::{Built, Scenario};
 use fuota_sim::sweep::{sweep, Axis};
+use fuota_sim::world::World;
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// Discrete-event LoRaWAN FUOTA simulator.
@@ -92,6 +94,14 @@ fn live_cmd(a: LiveArgs) -> Result<ExitCode> {
     let mut scenario = Scenario::load(&a.scenario)?;
     if let Some(seed) = a.seed {
         scenario.seed = seed;
+    }
+    if scenario.rollout.is_some() {
+        // The service runs rollouts itself: the live world only plays devices and gateways.
+        bail!(
+            "{}: a live run has no [rollout]; create the rollout in the service \
+             (`fuota rollout create`) and drop the section",
+            a.scenario.display()
+        );
     }
     let secs = |s: &str| -> Result<u64> {
         fuota_server::plan::parse_duration(s).map_err(|e| anyhow::anyhow!("{s:?}: {e}"))
@@ -335,18 +345,24 @@ fn run_cmd(a: RunArgs) -> Result<ExitCode> {
         )
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let (world, built, report) = run(&scenario, |updated, _, t| {
+    let progress = |updated: usize, _, t: u64| {
         bar.set_position(updated as u64);
         bar.set_message(format!("{} simulated", hms(t as f64)));
-    })?;
+    };
+    // A rollout's world has another backend: each branch dumps its own.
+    let report = if scenario.rollout.is_some() {
+        let (world, built, report) = run_rollout(&scenario, progress)?;
+        dump_flash(&a, &world, &built)?;
+        report
+    } else {
+        let (world, built, report) = run(&scenario, progress)?;
+        dump_flash(&a, &world, &built)?;
+        report
+    };
     bar.finish_and_clear();
     if let Some(dir) = &a.plots {
         fuota_sim::plots::write_all(dir, &report)
             .with_context(|| format!("writing plots into {}", dir.display()))?;
-    }
-    if let Some(args) = &a.dump_flash {
-        let (who, dir) = (&args[0], PathBuf::from(&args[1]));
-        fuota_sim::dump::dump_flash(&world, &built, who, &dir)?;
     }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -354,6 +370,13 @@ fn run_cmd(a: RunArgs) -> Result<ExitCode> {
         print!("{}", report.table());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn dump_flash<B: Backend>(a: &RunArgs, world: &World<B>, built: &Built) -> Result<()> {
+    match &a.dump_flash {
+        Some(args) => fuota_sim::dump::dump_flash(world, built, &args[0], &PathBuf::from(&args[1])),
+        None => Ok(()),
+    }
 }
 
 fn sweep_cmd(a: SweepArgs) -> Result<ExitCode> {

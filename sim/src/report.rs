@@ -3,10 +3,13 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use fuota_server::engine::Phase;
+use fuota_server::engine::{Counters, DevEui, DeviceProgress, Phase};
+use fuota_server::rollout::{RolloutState, WaveStatus};
 use serde::Serialize;
 
+use crate::backend::Backend;
 use crate::radio::{Micros, Position};
+use crate::rollout::RolloutBackend;
 use crate::scenario::Built;
 use crate::world::World;
 
@@ -75,7 +78,30 @@ pub struct Report {
     pub energy_max_mj: f64,
     pub failures: BTreeMap<String, usize>,
     pub run_s: f64,
+    /// A rollout's end: "completed", "halted: why", ... (absent for a single campaign).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<String>,
+    /// A rollout's waves, in order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub waves: Vec<WaveReport>,
     pub per_device: Vec<DeviceReport>,
+}
+
+/// One wave of a rollout.
+#[derive(Debug, Clone, Serialize)]
+pub struct WaveReport {
+    /// From 1.
+    pub wave: usize,
+    pub name: String,
+    /// pending, running, passed, missed or cancelled.
+    pub status: String,
+    pub devices: usize,
+    pub updated: usize,
+    pub failed: usize,
+    pub reverted: usize,
+    /// Its maintenance window, seconds from the run's start (absent if never scheduled).
+    pub window_start_s: Option<f64>,
+    pub window_end_s: Option<f64>,
 }
 
 fn percentile_time(sorted: &[f64], n: usize, fraction: f64) -> Option<f64> {
@@ -87,18 +113,103 @@ fn percentile_time(sorted: &[f64], n: usize, fraction: f64) -> Option<f64> {
 }
 
 impl Report {
+    /// The report of a single campaign.
     pub fn new(name: &str, seed: u64, world: &World, built: &Built) -> Self {
+        let engine = world.engine();
+        Self::of_outcomes(
+            name,
+            seed,
+            world,
+            built,
+            engine.devices().map(|(d, p)| (d, Some(p))),
+            engine.counters(),
+        )
+    }
+
+    /// The report of a rollout: every device as the wave it is in left it, and a row per
+    /// wave.
+    pub fn of_rollout(name: &str, seed: u64, world: &World<RolloutBackend>, built: &Built) -> Self {
+        let b = &world.backend;
+        let mut report = Self::of_outcomes(
+            name,
+            seed,
+            world,
+            built,
+            built
+                .devices
+                .iter()
+                .map(|d| (d.dev_eui, b.device(d.dev_eui))),
+            b.counters(),
+        );
+        let since = |t: u64| (t * 1000).saturating_sub(built.start) as f64 / 1e6;
+        report.waves = b
+            .rollout
+            .waves()
+            .into_iter()
+            .map(|w| WaveReport {
+                wave: w.index + 1,
+                name: w.name,
+                status: match w.status {
+                    WaveStatus::Pending => "pending",
+                    WaveStatus::Running => "running",
+                    WaveStatus::Passed => "passed",
+                    WaveStatus::Missed => "missed",
+                    WaveStatus::Cancelled => "cancelled",
+                }
+                .to_string(),
+                devices: w.devices,
+                updated: w.updated,
+                failed: w.failed,
+                reverted: w.reverted,
+                window_start_s: w.window.map(|(s, _)| since(s)),
+                window_end_s: w.window.map(|(_, e)| since(e)),
+            })
+            .collect();
+        report.rollout = Some(match b.rollout.state() {
+            RolloutState::Running => "running".to_string(),
+            RolloutState::Paused => "paused".to_string(),
+            RolloutState::Halted(why) => format!("halted: {why}"),
+            RolloutState::Cancelled => "cancelled".to_string(),
+            RolloutState::Completed => "completed".to_string(),
+        });
+        report
+    }
+
+    /// The report from each device's progress (`None`: no campaign took it) and the
+    /// campaigns' counters.
+    fn of_outcomes<'a, B: Backend>(
+        name: &str,
+        seed: u64,
+        world: &World<B>,
+        built: &Built,
+        outcomes: impl Iterator<Item = (DevEui, Option<&'a DeviceProgress>)>,
+        c: Counters,
+    ) -> Self {
         let start = built.start;
         let run_us = world.now.saturating_sub(start).max(1);
         let mut per_device = Vec::with_capacity(world.devices.len());
         let mut failures = BTreeMap::new();
         let (mut updated, mut failed, mut unfinished) = (0, 0, 0);
         let mut times = Vec::new();
-        for (eui, p) in world.engine().devices() {
+        for (eui, p) in outcomes {
             let Some(i) = world.device_index(eui) else {
                 continue;
             };
             let d = &world.devices[i];
+            let Some(p) = p else {
+                unfinished += 1;
+                per_device.push(DeviceReport {
+                    eui: format!("{eui:016x}"),
+                    x: d.pos.x,
+                    y: d.pos.y,
+                    outcome: "not in a wave".to_string(),
+                    updated_after_s: None,
+                    multicast_fragments: d.stats.multicast_fragments,
+                    unicast_fragments: d.stats.unicast_fragments,
+                    energy_mj: energy_mj(d),
+                });
+                continue;
+            };
             let outcome = match &p.phase {
                 Phase::Updated => {
                     updated += 1;
@@ -121,8 +232,7 @@ impl Report {
             if let Some(t) = updated_after_s {
                 times.push(t);
             }
-            let energy_mj =
-                (d.stats.tx_us as f64 * TX_MA + d.stats.rx_us as f64 * RX_MA) * VOLTS / 1e6;
+            let energy_mj = energy_mj(d);
             per_device.push(DeviceReport {
                 eui: format!("{eui:016x}"),
                 x: d.pos.x,
@@ -137,7 +247,6 @@ impl Report {
         times.sort_by(f64::total_cmp);
         let n = per_device.len();
         let energies: Vec<f64> = per_device.iter().map(|d| d.energy_mj).collect();
-        let c = world.engine().counters();
         let gateways = world
             .gateways
             .iter()
@@ -189,6 +298,8 @@ impl Report {
             energy_max_mj: energies.iter().copied().fold(0.0, f64::max),
             failures,
             run_s: run_us as f64 / 1e6,
+            rollout: None,
+            waves: Vec::new(),
             per_device,
         }
     }
@@ -286,9 +397,36 @@ impl Report {
         for (why, n) in &self.failures {
             row("failed", format!("{n} ({why})"));
         }
+        if let Some(state) = &self.rollout {
+            row("rollout", state.clone());
+        }
+        for w in &self.waves {
+            let window = match (w.window_start_s, w.window_end_s) {
+                (Some(a), Some(b)) => format!(", window {} to {}", hms(a), hms(b)),
+                _ => String::new(),
+            };
+            // The rollout names the devices of no group "(other devices)".
+            let label = if w.name.starts_with('(') {
+                format!("wave {} {}", w.wave, w.name)
+            } else {
+                format!("wave {} ({})", w.wave, w.name)
+            };
+            row(
+                &label,
+                format!(
+                    "{}: {} of {} updated, {} failed, {} reverted{window}",
+                    w.status, w.updated, w.devices, w.failed, w.reverted
+                ),
+            );
+        }
         row("simulated time", hms(self.run_s));
         s
     }
+}
+
+/// A device's radio energy over the run, mJ.
+fn energy_mj(d: &crate::device::SimDevice) -> f64 {
+    (d.stats.tx_us as f64 * TX_MA + d.stats.rx_us as f64 * RX_MA) * VOLTS / 1e6
 }
 
 /// Seconds as "1 h 02 min 03 s".

@@ -76,6 +76,52 @@ pub struct Scenario {
     pub campaign: CampaignSection,
     #[serde(default)]
     pub behaviour: BehaviourSection,
+    /// Named device groups (hardware revisions, districts, critical sites), each with its
+    /// own share of the devices and, if given, its own behaviour.
+    #[serde(default)]
+    pub groups: Vec<GroupSection>,
+    /// Run the update as a staged rollout (waves) instead of one campaign.
+    pub rollout: Option<RolloutSection>,
+}
+
+/// A named group of devices: the next `share` of them in the order they are placed (which
+/// is random over the map).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupSection {
+    pub name: String,
+    /// Fraction of the devices (0 to 1).
+    pub share: f64,
+    /// Overrides `behaviour.fails_self_test` for the group's devices.
+    pub fails_self_test: Option<f64>,
+}
+
+/// A staged rollout: each wave one campaign as `[campaign]` describes it, in a maintenance
+/// window of its own.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutSection {
+    /// Cumulative percentages of the fleet, ending at 100 (default 1, 10, 25, 50, 100).
+    pub waves: Option<Vec<f64>>,
+    /// Instead of percentages: one wave per named group, in this order (devices of no
+    /// listed group form a last wave).
+    pub groups: Option<Vec<String>>,
+    /// Share of a wave that must be updated for the next one to start.
+    #[serde(default = "default_rollout_success")]
+    pub success: f64,
+    /// Largest share of a wave that may fail or revert.
+    #[serde(default = "default_rollout_failure")]
+    pub failure: f64,
+    /// From one maintenance window's start to the next; by default the campaign's setup
+    /// plus its window, so that waves follow each other as fast as they can.
+    pub every: Option<Duration>,
+}
+
+fn default_rollout_success() -> f64 {
+    fuota_server::rollout::RolloutConfig::SUCCESS
+}
+fn default_rollout_failure() -> f64 {
+    fuota_server::rollout::RolloutConfig::FAILURE
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -200,6 +246,29 @@ impl Scenario {
         if s.devices == 0 {
             bail!("a scenario needs at least one device");
         }
+        let mut total = 0.0;
+        for g in &s.groups {
+            if !(0.0..=1.0).contains(&g.share) {
+                bail!("group {:?}: share {} is not within 0 to 1", g.name, g.share);
+            }
+            if g.fails_self_test.is_some_and(|f| !(0.0..=1.0).contains(&f)) {
+                bail!("group {:?}: fails_self_test is not within 0 to 1", g.name);
+            }
+            total += g.share;
+        }
+        if total > 1.0 + 1e-9 {
+            bail!("the groups' shares add up to {total}, more than 1");
+        }
+        if let Some(r) = &s.rollout {
+            if r.waves.is_some() && r.groups.is_some() {
+                bail!("rollout: give `waves` (percentages) or `groups`, not both");
+            }
+            for name in r.groups.iter().flatten() {
+                if !s.groups.iter().any(|g| &g.name == name) {
+                    bail!("rollout: no group named {name:?} in [[groups]]");
+                }
+            }
+        }
         Ok(s)
     }
 
@@ -283,7 +352,25 @@ pub struct Built {
     pub devices: Vec<DeviceSpec>,
     pub positions: Vec<Position>,
     pub gateways: Vec<Position>,
+    /// Each device's group (`[[groups]]`), in the order of `devices`.
+    pub groups: Vec<Option<String>>,
     pub start: Micros,
+}
+
+impl Scenario {
+    /// The device groups' index ranges: each group takes the next `share` of the devices.
+    fn group_of(&self, n: usize) -> Vec<Option<usize>> {
+        let mut of = vec![None; n];
+        let mut at = 0usize;
+        for (k, g) in self.groups.iter().enumerate() {
+            let len = ((n as f64 * g.share).round() as usize).min(n - at);
+            for slot in &mut of[at..at + len] {
+                *slot = Some(k);
+            }
+            at += len;
+        }
+        of
+    }
 }
 
 /// Builds the world of a scenario, the update in its factory flash and the engine started.
@@ -356,7 +443,9 @@ pub fn build_with<B: Backend>(
     let mut devices = Vec::with_capacity(s.devices);
     let mut specs = Vec::with_capacity(s.devices);
     let mut positions = Vec::with_capacity(s.devices);
-    for i in 0..s.devices + s.placed.len() {
+    let group_of = s.group_of(s.devices + s.placed.len());
+    for (i, group) in group_of.iter().enumerate() {
+        let group = group.map(|k| &s.groups[k]);
         let eui = 0x70b3_d500_0000_0000 | i as u64;
         let app_key = Key128::from_bytes(rng.gen());
         let root = fuota_codec::keys::mc_root_key_lorawan_1_1(&app_key);
@@ -390,7 +479,10 @@ pub fn build_with<B: Backend>(
         let low_battery =
             s.behaviour.low_battery > 0.0 && rng.gen::<f64>() < s.behaviour.low_battery;
         let behaviour = Behaviour {
-            fails_self_test: rng.gen::<f64>() < s.behaviour.fails_self_test,
+            fails_self_test: rng.gen::<f64>()
+                < group
+                    .and_then(|g| g.fails_self_test)
+                    .unwrap_or(s.behaviour.fails_self_test),
             no_reboot: s.behaviour.no_reboot,
             low_battery_until: low_battery
                 .then(|| (start_ms + s.behaviour.low_battery_for.map_or(0, |d| d.0 * 1000)) * 1000),
@@ -465,6 +557,10 @@ pub fn build_with<B: Backend>(
         devices: specs,
         positions,
         gateways: gateways.clone(),
+        groups: group_of
+            .iter()
+            .map(|k| k.map(|k| s.groups[k].name.clone()))
+            .collect(),
         start,
     };
     let backend = backend(&built)?;
