@@ -13,7 +13,8 @@
 //! [`Backend::poll_timeout`]. Getters: [`Backend::is_finished`], [`Backend::class_c_channel`],
 //! [`Backend::is_multicasting`].
 
-use fuota_server::engine::{DevEui, Engine, FrameKind, Output};
+use fuota_codec::keys::Key128;
+use fuota_server::engine::{DevEui, Engine, FrameKind, MulticastFrame, Output};
 use fuota_server::plan::airtime::Modulation;
 
 use crate::mac::{self, SessionKeys};
@@ -94,6 +95,27 @@ pub trait Backend {
     fn gateway_heard(&mut self, _gw: usize, _frame: &HeardFrame<'_>) {}
 }
 
+/// The LoRaWAN frame of an engine's multicast output under the group's (McAppSKey,
+/// McNwkSKey); `None` if it cannot be built.
+pub fn multicast_tx(f: &MulticastFrame, (app, nwk): (Key128, Key128)) -> Option<MulticastTx> {
+    let keys = SessionKeys {
+        nwk_s_key: *nwk.as_bytes(),
+        app_s_key: *app.as_bytes(),
+    };
+    let phy = mac::build(false, f.mc_addr, f.fcnt, f.port, &f.payload, false, &keys)?;
+    Some(MulticastTx {
+        at: f.at * 1000,
+        freq_hz: f.freq_hz,
+        dr: f.dr,
+        mc_addr: f.mc_addr,
+        phy,
+        fragment: matches!(
+            f.kind,
+            FrameKind::DataFragment | FrameKind::CodedFragment | FrameKind::RepairFragment
+        ),
+    })
+}
+
 /// The campaign engine in process, in virtual time: `fuota-sim run`'s backend.
 #[derive(Debug)]
 pub struct EngineBackend {
@@ -128,30 +150,10 @@ impl Backend for EngineBackend {
                     return Some(AppOutput::Unicast { dev, port, payload })
                 }
                 Output::Multicast(f) => {
-                    let (app, nwk) = self.engine.multicast_keys();
-                    let keys = SessionKeys {
-                        nwk_s_key: *nwk.as_bytes(),
-                        app_s_key: *app.as_bytes(),
-                    };
                     // A frame that cannot be built is skipped (as a driver would log it).
-                    let Some(phy) =
-                        mac::build(false, f.mc_addr, f.fcnt, f.port, &f.payload, false, &keys)
-                    else {
-                        continue;
-                    };
-                    return Some(AppOutput::Multicast(MulticastTx {
-                        at: f.at * 1000,
-                        freq_hz: f.freq_hz,
-                        dr: f.dr,
-                        mc_addr: f.mc_addr,
-                        phy,
-                        fragment: matches!(
-                            f.kind,
-                            FrameKind::DataFragment
-                                | FrameKind::CodedFragment
-                                | FrameKind::RepairFragment
-                        ),
-                    }));
+                    if let Some(tx) = multicast_tx(&f, self.engine.multicast_keys()) {
+                        return Some(AppOutput::Multicast(tx));
+                    }
                 }
             }
         }

@@ -6,11 +6,10 @@
 //! backend builds every multicast frame with the keys of the wave it belongs to.
 
 use anyhow::{bail, Result};
-use fuota_server::engine::{Counters, DevEui, DeviceProgress, FrameKind, Output};
+use fuota_server::engine::{Counters, DevEui, DeviceProgress, Output};
 use fuota_server::rollout::{Rollout, RolloutConfig, RolloutDevice, RolloutState, Slicing};
 
-use crate::backend::{AppOutput, Backend, MulticastTx, NsUplink};
-use crate::mac::{self, SessionKeys};
+use crate::backend::{multicast_tx, AppOutput, Backend, NsUplink};
 use crate::radio::Micros;
 use crate::scenario::{Built, RolloutSection, Scenario};
 
@@ -114,33 +113,11 @@ impl Backend for RolloutBackend {
                     return Some(AppOutput::Unicast { dev, port, payload })
                 }
                 Output::Multicast(f) => {
-                    let Some((app, nwk)) =
-                        self.rollout.campaign(out.wave).map(|c| c.multicast_keys())
-                    else {
-                        continue;
-                    };
-                    let keys = SessionKeys {
-                        nwk_s_key: *nwk.as_bytes(),
-                        app_s_key: *app.as_bytes(),
-                    };
-                    let Some(phy) =
-                        mac::build(false, f.mc_addr, f.fcnt, f.port, &f.payload, false, &keys)
-                    else {
-                        continue;
-                    };
-                    return Some(AppOutput::Multicast(MulticastTx {
-                        at: f.at * 1000,
-                        freq_hz: f.freq_hz,
-                        dr: f.dr,
-                        mc_addr: f.mc_addr,
-                        phy,
-                        fragment: matches!(
-                            f.kind,
-                            FrameKind::DataFragment
-                                | FrameKind::CodedFragment
-                                | FrameKind::RepairFragment
-                        ),
-                    }));
+                    // Each wave's frames under its own group's keys.
+                    let keys = self.rollout.campaign(out.wave).map(|c| c.multicast_keys());
+                    if let Some(tx) = keys.and_then(|k| multicast_tx(&f, k)) {
+                        return Some(AppOutput::Multicast(tx));
+                    }
                 }
             }
         }
