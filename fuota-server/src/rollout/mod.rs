@@ -476,11 +476,13 @@ impl<C: Campaign> Rollout<C> {
         let name = &s.name;
         if bad / n > self.cfg.failure_threshold {
             return Some(format!(
-                "wave {} ({name}): {} of {} devices failed or reverted ({:.1} %), more than the {:.1} % allowed",
+                "wave {} ({name}): {} of {} devices failed or reverted ({:.1} %){}, more than the {:.1} % allowed",
                 i + 1,
                 s.failed + s.reverted,
                 s.devices,
                 100.0 * bad / n,
+                // A running wave is judged as soon as it cannot pass: its counts then.
+                if ended { "" } else { " before the wave ended" },
                 100.0 * self.cfg.failure_threshold
             ));
         }
