@@ -71,15 +71,27 @@ pub fn dev_addr(bytes: &[u8]) -> Option<u32> {
 
 /// Checks the MIC and decrypts a frame whose 32-bit counter is the one of `fcnt_hint`'s
 /// upper half with the frame's 16 bits (the counter must not have jumped by 2^16).
+/// The 32-bit frame counter whose low half is `low`: the first at or after `hint`.
+pub fn full_fcnt(low: u16, hint: u32) -> u32 {
+    let fcnt = (hint & 0xffff_0000) | u32::from(low);
+    if fcnt < hint {
+        fcnt.wrapping_add(0x1_0000)
+    } else {
+        fcnt
+    }
+}
+
+/// The low half of a data frame's counter, read from its header (MHDR, DevAddr, FCtrl,
+/// FCnt), without checking anything else.
+pub fn fcnt_low(bytes: &[u8]) -> Option<u16> {
+    Some(u16::from_le_bytes([*bytes.get(6)?, *bytes.get(7)?]))
+}
+
 pub fn open(bytes: &[u8], keys: &SessionKeys, fcnt_hint: u32) -> Option<DataFrame> {
     let PhyPayload::Data(DataPayload::Encrypted(d)) = parse(bytes.to_vec()).ok()? else {
         return None;
     };
-    let low = u32::from(d.fhdr().fcnt());
-    let mut fcnt = (fcnt_hint & 0xffff_0000) | low;
-    if fcnt < fcnt_hint {
-        fcnt = fcnt.wrapping_add(0x1_0000);
-    }
+    let fcnt = full_fcnt(d.fhdr().fcnt(), fcnt_hint);
     let uplink = d.is_uplink();
     let dev_addr = {
         let b: [u8; 4] = d.fhdr().dev_addr().as_ref().try_into().ok()?;
@@ -133,5 +145,26 @@ mod tests {
         assert!(open(&f, &other, 0x1_0000).is_none());
         let up = build(true, 7, 3, 202, &[1, 2, 3], false, &keys).unwrap();
         assert!(open(&up, &keys, 0).unwrap().uplink);
+    }
+
+    #[test]
+    fn the_counter_is_the_first_with_its_low_half_at_or_after_the_hint() {
+        let keys = SessionKeys {
+            nwk_s_key: [1; 16],
+            app_s_key: [2; 16],
+        };
+        let f = build(false, 9, 0x2_0007, 200, b"x", false, &keys).unwrap();
+        assert_eq!(fcnt_low(&f), Some(7));
+        assert_eq!(fcnt_low(&f[..7]), None);
+        assert_eq!(full_fcnt(7, 0x2_0000), 0x2_0007);
+        assert_eq!(full_fcnt(7, 0x2_0007), 0x2_0007);
+        assert_eq!(full_fcnt(7, 0x2_0008), 0x3_0007);
+        // What open() reconstructs, for every hint around it.
+        for hint in [0x1_fff0, 0x2_0000, 0x2_0007] {
+            assert_eq!(
+                open(&f, &keys, hint).map(|d| d.fcnt),
+                Some(full_fcnt(7, hint))
+            );
+        }
     }
 }

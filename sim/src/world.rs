@@ -1327,6 +1327,9 @@ impl<B: Backend> World<B> {
                 } else {
                     (0..self.devices.len()).collect()
                 };
+                // Every device of the group opens the same frame under the same keys: the
+                // result for a (keys, counter) pair is worked out once.
+                let mut opened: Option<(SessionKeys, u32, Option<mac::DataFrame>)> = None;
                 for &i in &audience {
                     let Some(c) = self.listening[i] else { continue };
                     if c.freq_hz != t.freq_hz || c.dr != dr {
@@ -1341,7 +1344,18 @@ impl<B: Backend> World<B> {
                         continue;
                     }
                     let hint = group.last_fcnt.map_or(group.min_fcnt, |f| f + 1);
-                    let Some(data) = mac::open(frame, &group.keys, hint) else {
+                    let Some(low) = mac::fcnt_low(frame) else {
+                        continue;
+                    };
+                    let fcnt = mac::full_fcnt(low, hint);
+                    let data = match &opened {
+                        Some((k, f, data)) if *k == group.keys && *f == fcnt => data,
+                        _ => {
+                            let data = mac::open(frame, &group.keys, hint);
+                            &opened.insert((group.keys, fcnt, data)).2
+                        }
+                    };
+                    let Some(data) = data else {
                         continue;
                     };
                     if data.fcnt < group.min_fcnt
