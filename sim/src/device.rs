@@ -164,7 +164,6 @@ pub struct SimDevice {
     pub clock_origin: Micros,
     pub fcnt_up: u32,
     pub last_fcnt_down: Option<u32>,
-    pub groups: [Option<Group>; 4],
     pub class_c: Option<ClassC>,
     /// Application uplinks waiting for the radio: (port, payload).
     pub outbox: VecDeque<(u8, Vec<u8>)>,
@@ -219,7 +218,6 @@ impl SimDevice {
             clock_origin,
             fcnt_up: 0,
             last_fcnt_down: None,
-            groups: [None; 4],
             class_c: None,
             outbox: VecDeque::new(),
             duty: DutyCycle::default(),

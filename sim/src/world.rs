@@ -393,6 +393,11 @@ pub struct World<B = EngineBackend> {
     /// small copy of the devices' state that each multicast frame checks for every device
     /// in reach, kept apart so that it stays in cache.
     listening: Vec<Option<ClassC>>,
+    /// Per device, the multicast groups its LoRaWAN stack installed (by group id), and
+    /// where it is: what every multicast frame reads for each device in reach, kept in
+    /// tables of their own for the same reason.
+    groups: Vec<[Option<Group>; 4]>,
+    positions: Vec<Position>,
     /// Flash sectors the devices share by content (see [`World::share_flash`]).
     pool: crate::flash::SectorPool,
     rng: ChaCha8Rng,
@@ -506,6 +511,7 @@ impl<B: Backend> World<B> {
             })
             .collect();
         let n = sim_devices.len();
+        let positions = sim_devices.iter().map(|d| d.pos).collect();
         let mut world = Self {
             now: start,
             seq: 0,
@@ -523,6 +529,8 @@ impl<B: Backend> World<B> {
             audience,
             audience_channel: (mc.0, mc.1),
             listening: vec![None; n],
+            groups: vec![[None; 4]; n],
+            positions,
             pool: crate::flash::SectorPool::default(),
             rng,
             stats: WorldStats::default(),
@@ -813,7 +821,7 @@ impl<B: Backend> World<B> {
                     .and_then(|a| a.multicast_group(id))
                     .cloned();
                 if let Some(g) = group {
-                    d.groups[usize::from(id & 3)] = Some(Group {
+                    self.groups[i][usize::from(id & 3)] = Some(Group {
                         addr: g.addr,
                         keys: SessionKeys {
                             nwk_s_key: *g.nwk_s_key.as_bytes(),
@@ -826,7 +834,7 @@ impl<B: Backend> World<B> {
                 }
             }
             AgentEvent::Multicast(McEvent::GroupDeleted { id }) => {
-                d.groups[usize::from(id & 3)] = None;
+                self.groups[i][usize::from(id & 3)] = None;
             }
             AgentEvent::Multicast(McEvent::ClassCStart { id, freq_hz, dr }) => {
                 d.class_c = Some(ClassC {
@@ -1335,8 +1343,8 @@ impl<B: Backend> World<B> {
                     if c.freq_hz != t.freq_hz || c.dr != dr {
                         continue;
                     }
-                    let d = &self.devices[i];
-                    let Some(group) = d.groups[usize::from(c.group & 3)].filter(|g| g.addr == addr)
+                    let Some(group) =
+                        self.groups[i][usize::from(c.group & 3)].filter(|g| g.addr == addr)
                     else {
                         continue;
                     };
@@ -1364,8 +1372,7 @@ impl<B: Backend> World<B> {
                     {
                         continue;
                     }
-                    let d = &mut self.devices[i];
-                    if let Some(g) = d.groups[usize::from(c.group & 3)].as_mut() {
+                    if let Some(g) = self.groups[i][usize::from(c.group & 3)].as_mut() {
                         g.last_fcnt = Some(data.fcnt);
                     }
                     if let Some(port) = data.port {
@@ -1397,8 +1404,10 @@ impl<B: Backend> World<B> {
 
     /// Whether device `i` decodes downlink `tx` (radio, then the extra loss).
     fn heard(&mut self, i: usize, tx: u64) -> bool {
-        let d = &self.devices[i];
-        match self.air.receive(tx, Node::Device(d.index), d.pos) {
+        match self
+            .air
+            .receive(tx, Node::Device(i as u32), self.positions[i])
+        {
             Ok(_) => {
                 let p = self.cfg.extra_downlink_loss;
                 p <= 0.0 || self.rng.gen::<f64>() >= p
