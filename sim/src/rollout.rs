@@ -19,6 +19,8 @@ pub struct RolloutBackend {
     pub rollout: Rollout,
     /// The class C channel every wave uses (the campaign template's).
     channel: (u32, u8),
+    /// From one maintenance window's start to the next, ms.
+    pub window_every_ms: u64,
 }
 
 impl RolloutBackend {
@@ -67,7 +69,11 @@ impl RolloutBackend {
         let channel = (cfg.template.freq_hz, cfg.template.dr);
         let rollout = Rollout::new(cfg, devices, built.start / 1000)
             .map_err(|e| anyhow::anyhow!("rollout: {e}"))?;
-        Ok(Self { rollout, channel })
+        Ok(Self {
+            rollout,
+            channel,
+            window_every_ms: every,
+        })
     }
 
     /// A device's progress in the wave it is in (`None`: no wave took it yet).

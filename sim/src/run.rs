@@ -57,10 +57,7 @@ pub fn run_rollout(
         .wave_config(0)
         .map(|c| (c.session_start, c.window_end))
         .unwrap_or((built.campaign.session_start, built.campaign.window_end));
-    let every = match section.every {
-        Some(d) => d.0 * 1000,
-        None => built.campaign.window_end - built.start / 1000,
-    };
+    let every = world.backend.window_every_ms;
     let end = (first + 2 * waves * every) * 1000 + 10 * STEP;
     drive(&mut world, &built, end, &mut progress, |w| {
         built
