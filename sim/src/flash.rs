@@ -249,21 +249,19 @@ impl NorFlash for CowFlash {
         while done < bytes.len() {
             let (s, o) = (at / SECTOR, at % SECTOR);
             let n = (SECTOR - o).min(bytes.len() - done);
-            let sector = &self.sectors[s];
+            let sector = &mut self.sectors[s];
             if let Some(i) = sector[o..o + n].iter().position(|&b| b != 0xff) {
                 return Err(FlashError::NotErased {
                     offset: (at + i) as u32,
                 });
             }
-            match Arc::get_mut(&mut self.sectors[s]) {
-                // A sector this flash owns alone: written in place.
-                Some(page) => page[o..o + n].copy_from_slice(&bytes[done..done + n]),
-                // Copy on first write: the shared page stays as it is for everyone else.
-                None => {
-                    let mut page = self.sectors[s].to_vec();
-                    page[o..o + n].copy_from_slice(&bytes[done..done + n]);
-                    self.sectors[s] = Arc::from(page);
-                }
+            // Copy on first write, straight into a page of this flash's own (one copy, not a
+            // Vec and then the Arc): the shared page stays as it is for everyone else.
+            if Arc::get_mut(sector).is_none() {
+                *sector = Arc::from(&sector[..]);
+            }
+            if let Some(page) = Arc::get_mut(sector) {
+                page[o..o + n].copy_from_slice(&bytes[done..done + n]);
             }
             done += n;
             at += n;
