@@ -69,8 +69,6 @@ pub fn dev_addr(bytes: &[u8]) -> Option<u32> {
     }
 }
 
-/// Checks the MIC and decrypts a frame whose 32-bit counter is the one of `fcnt_hint`'s
-/// upper half with the frame's 16 bits (the counter must not have jumped by 2^16).
 /// The 32-bit frame counter whose low half is `low`: the first at or after `hint`.
 pub fn full_fcnt(low: u16, hint: u32) -> u32 {
     let fcnt = (hint & 0xffff_0000) | u32::from(low);
@@ -87,6 +85,8 @@ pub fn fcnt_low(bytes: &[u8]) -> Option<u16> {
     Some(u16::from_le_bytes([*bytes.get(6)?, *bytes.get(7)?]))
 }
 
+/// Checks the MIC and decrypts a frame whose 32-bit counter is the one of `fcnt_hint`'s
+/// upper half with the frame's 16 bits (the counter must not have jumped by 2^16).
 pub fn open(bytes: &[u8], keys: &SessionKeys, fcnt_hint: u32) -> Option<DataFrame> {
     let PhyPayload::Data(DataPayload::Encrypted(d)) = parse(bytes.to_vec()).ok()? else {
         return None;
@@ -120,12 +120,16 @@ pub fn open(bytes: &[u8], keys: &SessionKeys, fcnt_hint: u32) -> Option<DataFram
 mod tests {
     use super::*;
 
-    #[test]
-    fn frames_round_trip_and_wrong_keys_fail() {
-        let keys = SessionKeys {
+    fn keys() -> SessionKeys {
+        SessionKeys {
             nwk_s_key: [1; 16],
             app_s_key: [2; 16],
-        };
+        }
+    }
+
+    #[test]
+    fn frames_round_trip_and_wrong_keys_fail() {
+        let keys = keys();
         let f = build(false, 0x0102_0304, 0x1_0005, 201, b"hello", true, &keys).unwrap();
         // MHDR, DevAddr LE, FCtrl, FCnt, FPort, 5 bytes, MIC.
         assert_eq!(f.len(), 1 + 4 + 1 + 2 + 1 + 5 + 4);
@@ -149,10 +153,7 @@ mod tests {
 
     #[test]
     fn the_counter_is_the_first_with_its_low_half_at_or_after_the_hint() {
-        let keys = SessionKeys {
-            nwk_s_key: [1; 16],
-            app_s_key: [2; 16],
-        };
+        let keys = keys();
         let f = build(false, 9, 0x2_0007, 200, b"x", false, &keys).unwrap();
         assert_eq!(fcnt_low(&f), Some(7));
         assert_eq!(fcnt_low(&f[..7]), None);
