@@ -255,14 +255,9 @@ impl NorFlash for CowFlash {
                     offset: (at + i) as u32,
                 });
             }
-            // Copy on first write, straight into a page of this flash's own (one copy, not a
-            // Vec and then the Arc): the shared page stays as it is for everyone else.
-            if Arc::get_mut(sector).is_none() {
-                *sector = Arc::from(&sector[..]);
-            }
-            if let Some(page) = Arc::get_mut(sector) {
-                page[o..o + n].copy_from_slice(&bytes[done..done + n]);
-            }
+            // Copy on first write (one copy, into a page of this flash's own): the shared
+            // page stays as it is for everyone else.
+            Arc::make_mut(sector)[o..o + n].copy_from_slice(&bytes[done..done + n]);
             done += n;
             at += n;
         }
