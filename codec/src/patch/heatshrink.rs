@@ -146,7 +146,6 @@ impl DecoderState {
     }
 
     /// Takes `n` bits (n <= 16), pulling whole bytes from `input` as needed.
-    #[inline(always)]
     fn take(&mut self, n: u8, input: &[u8], pos: &mut usize) -> Option<u16> {
         while self.nbits < n {
             let byte = *input.get(*pos)?;
@@ -171,34 +170,12 @@ impl DecoderState {
         let mut pos = 0;
         let mut produced = 0;
         while produced < limit {
-            match self.state {
-                State::Tag => match self.take(1, input, &mut pos) {
-                    None => break,
-                    Some(1) => self.state = State::Literal,
-                    Some(_) => self.state = State::Offset,
-                },
-                State::Literal => match self.take(8, input, &mut pos) {
-                    None => break,
-                    Some(byte) => {
-                        window[(self.head & mask) as usize] = byte as u8;
-                        self.head = self.head.wrapping_add(1);
-                        produced += 1;
-                        self.state = State::Tag;
-                    }
-                },
-                State::Offset => match self.take(self.window_bits, input, &mut pos) {
-                    None => break,
-                    Some(offset) => self.state = State::Count { offset: offset + 1 },
-                },
-                State::Count { offset } => match self.take(self.lookahead_bits, input, &mut pos) {
-                    None => break,
-                    Some(count) => {
-                        self.state = State::Copy {
-                            offset,
-                            remaining: count + 1,
-                        }
-                    }
-                },
+            // One `take` for the four bit fields: its loop is then in the code once.
+            let n = match self.state {
+                State::Tag => 1,
+                State::Literal => 8,
+                State::Offset => self.window_bits,
+                State::Count { .. } => self.lookahead_bits,
                 State::Copy { offset, remaining } => {
                     let n = usize::from(remaining).min(limit - produced);
                     let offset = u32::from(offset);
@@ -219,8 +196,28 @@ impl DecoderState {
                             remaining: left,
                         }
                     };
+                    continue;
                 }
-            }
+            };
+            let Some(value) = self.take(n, input, &mut pos) else {
+                break;
+            };
+            self.state = match self.state {
+                State::Tag if value == 1 => State::Literal,
+                State::Tag => State::Offset,
+                State::Literal => {
+                    window[(self.head & mask) as usize] = value as u8;
+                    self.head = self.head.wrapping_add(1);
+                    produced += 1;
+                    State::Tag
+                }
+                State::Offset => State::Count { offset: value + 1 },
+                State::Count { offset } => State::Copy {
+                    offset,
+                    remaining: value + 1,
+                },
+                copy @ State::Copy { .. } => copy,
+            };
         }
         (pos, from, produced)
     }
