@@ -248,39 +248,36 @@ impl Bspatch {
         while let Some((&first, rest)) = data.split_first() {
             match self.step {
                 Step::Done => return Err(PayloadError::TrailingData.into()),
-                Step::Diff { left } => {
-                    let n = (left as usize).min(data.len()).min(SOURCE_CHUNK);
+                // Diff and extra blocks share the emit and the bookkeeping.
+                step @ (Step::Diff { left } | Step::Extra { left }) => {
+                    let diff = matches!(step, Step::Diff { .. });
+                    let mut n = (left as usize).min(data.len());
                     let mut buf = [0u8; SOURCE_CHUNK];
-                    let buf = &mut buf[..n];
-                    let start = self.source_pos;
-                    if start < 0 || start + n as i64 > i64::from(self.source_len) {
-                        return Err(PayloadError::SourceOutOfRange.into());
-                    }
-                    io.read_source(start as u32, buf)
-                        .map_err(BspatchError::Io)?;
-                    for (b, d) in buf.iter_mut().zip(&data[..n]) {
-                        *b = b.wrapping_add(*d);
-                    }
-                    io.emit(buf).map_err(BspatchError::Io)?;
-                    self.source_pos += n as i64;
-                    self.target_pos += n as u32;
-                    let left = left - n as u32;
-                    self.step = if left == 0 {
-                        Step::ExtraSize
+                    let out = if diff {
+                        n = n.min(SOURCE_CHUNK);
+                        let buf = &mut buf[..n];
+                        let start = self.source_pos;
+                        if start < 0 || start + n as i64 > i64::from(self.source_len) {
+                            return Err(PayloadError::SourceOutOfRange.into());
+                        }
+                        io.read_source(start as u32, buf)
+                            .map_err(BspatchError::Io)?;
+                        for (b, d) in buf.iter_mut().zip(data) {
+                            *b = b.wrapping_add(*d);
+                        }
+                        self.source_pos += n as i64;
+                        &buf[..]
                     } else {
-                        Step::Diff { left }
+                        &data[..n]
                     };
-                    data = &data[n..];
-                }
-                Step::Extra { left } => {
-                    let n = (left as usize).min(data.len());
-                    io.emit(&data[..n]).map_err(BspatchError::Io)?;
+                    io.emit(out).map_err(BspatchError::Io)?;
                     self.target_pos += n as u32;
                     let left = left - n as u32;
-                    self.step = if left == 0 {
-                        Step::Adjustment
-                    } else {
-                        Step::Extra { left }
+                    self.step = match (diff, left) {
+                        (true, 0) => Step::ExtraSize,
+                        (true, left) => Step::Diff { left },
+                        (false, 0) => Step::Adjustment,
+                        (false, left) => Step::Extra { left },
                     };
                     data = &data[n..];
                 }
