@@ -122,6 +122,17 @@ impl Multicast {
         self.sessions.get(usize::from(id)).and_then(Option::as_ref)
     }
 
+    /// Replaces group `id`'s class C session (`id` is in range), ending the old one if it
+    /// runs.
+    fn end_session(&mut self, id: u8, next: Option<ClassCSession>, emit: &mut impl FnMut(McEvent)) {
+        let Some(slot) = self.sessions.get_mut(usize::from(id)) else {
+            return;
+        };
+        if core::mem::replace(slot, next).is_some_and(|s| s.running) {
+            emit(McEvent::ClassCEnd { id });
+        }
+    }
+
     /// Handles one command; `gps_s` is the device's GPS time in seconds. Events go to `emit`.
     pub fn handle(
         &mut self,
@@ -174,11 +185,7 @@ impl Multicast {
                 };
                 *slot = Some(group);
                 // A new definition ends any session of the old one.
-                if let Some(s) = self.sessions[usize::from(id)].take() {
-                    if s.running {
-                        emit(McEvent::ClassCEnd { id });
-                    }
-                }
+                self.end_session(id, None, &mut emit);
                 emit(McEvent::GroupKeys { id });
                 Some(Uplink::McGroupSetupAns(McGroupSetupAns {
                     mc_group_id: id,
@@ -193,11 +200,7 @@ impl Multicast {
                     .and_then(Option::take)
                     .is_some();
                 if existed {
-                    if let Some(s) = self.sessions[usize::from(id)].take() {
-                        if s.running {
-                            emit(McEvent::ClassCEnd { id });
-                        }
-                    }
+                    self.end_session(id, None, &mut emit);
                     emit(McEvent::GroupDeleted { id });
                 }
                 Some(Uplink::McGroupDeleteAns(McGroupDeleteAns {
@@ -229,18 +232,14 @@ impl Multicast {
                         return Some(Uplink::McClassCSessionAns(ans));
                     }
                 }
-                if let Some(old) = self.sessions[usize::from(id)] {
-                    if old.running {
-                        emit(McEvent::ClassCEnd { id });
-                    }
-                }
-                self.sessions[usize::from(id)] = Some(ClassCSession {
+                let session = ClassCSession {
                     start_s: req.session_time,
                     timeout_exp: req.time_out,
                     freq_hz,
                     dr: req.dr,
                     running: false,
-                });
+                };
+                self.end_session(id, Some(session), &mut emit);
                 ans.time_to_start = Some(until.clamp(0, 0x00ff_ffff) as u32);
                 Some(Uplink::McClassCSessionAns(ans))
             }
@@ -465,5 +464,57 @@ mod tests {
                 mc_group_undefined: true
             }))
         );
+    }
+
+    #[test]
+    fn a_running_session_ends_when_replaced_redefined_or_deleted() {
+        let (mut m, ke) = setup();
+        let setup_req = Downlink::McGroupSetupReq(McGroupSetupReq {
+            mc_group_id: 2,
+            mc_addr: 0x0a0b_0c0d,
+            mc_key_encrypted: encrypt_mc_key(&ke, &Key128::from_bytes([9; 16])),
+            min_mc_fcount: 0,
+            max_mc_fcount: 100,
+        });
+        let mut events = std::vec::Vec::new();
+        let mut run = |m: &mut Multicast, at: u32, cmd: Downlink| {
+            let mut ev = std::vec::Vec::new();
+            m.handle(at, cmd, |e| ev.push(e));
+            m.handle_timeout(at, |e| ev.push(e));
+            ev
+        };
+        run(&mut m, 10, setup_req.clone());
+        // Started, then a new session for the group: the running one ends, the new one waits.
+        assert_eq!(run(&mut m, 10, session_req(2, 10)).len(), 1);
+        assert!(m.is_receiving(2));
+        events.extend(run(&mut m, 11, session_req(2, 50)));
+        assert_eq!(events, [McEvent::ClassCEnd { id: 2 }]);
+        assert!(!m.is_receiving(2) && m.session(2).is_some_and(|s| s.start_s == 50));
+        // A session not yet started ends silently with a new definition of its group.
+        assert_eq!(
+            run(&mut m, 12, setup_req.clone()),
+            [McEvent::GroupKeys { id: 2 }]
+        );
+        assert!(m.session(2).is_none());
+        // Running, then redefined; running, then deleted.
+        run(&mut m, 13, session_req(2, 13));
+        assert_eq!(
+            run(&mut m, 14, setup_req.clone()),
+            [McEvent::ClassCEnd { id: 2 }, McEvent::GroupKeys { id: 2 }]
+        );
+        run(&mut m, 15, session_req(2, 15));
+        assert!(m.is_receiving(2));
+        assert_eq!(
+            run(
+                &mut m,
+                16,
+                Downlink::McGroupDeleteReq(McGroupDeleteReq { mc_group_id: 2 })
+            ),
+            [
+                McEvent::ClassCEnd { id: 2 },
+                McEvent::GroupDeleted { id: 2 }
+            ]
+        );
+        assert!(m.session(2).is_none() && m.group(2).is_none());
     }
 }
