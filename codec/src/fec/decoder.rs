@@ -104,7 +104,7 @@ impl<E: fmt::Debug> fmt::Display for DecodeError<E> {
 
 impl<E: fmt::Debug> core::error::Error for DecodeError<E> {}
 
-/// Upper-triangular bit matrix: row `c` holds columns `c..l`.
+/// Upper-triangular bit matrix over `l` unknowns: row `c` holds columns `c..l`.
 #[derive(Debug)]
 struct Triangle<'w> {
     bits: &'w mut [u8],
@@ -192,12 +192,10 @@ pub struct DecoderState {
     complete: bool,
 }
 
-/// The workspace cut into its parts, with the scalars, for one call.
+/// The workspace cut into its parts, with the state, for one call. The state is borrowed,
+/// not copied in and out.
 struct Work<'w> {
-    version: Version,
-    m: usize,
-    frag_size: usize,
-    max_lost: usize,
+    s: &'w mut DecoderState,
     /// A bit per data fragment taken as such: before the first coded fragment every data
     /// fragment that arrived, after it only those (late arrivals are rows of the system).
     received: &'w mut [u8],
@@ -209,11 +207,6 @@ struct Work<'w> {
     parity: &'w mut [u8],
     buf_a: &'w mut [u8],
     buf_b: &'w mut [u8],
-    /// Number of unknowns, once the first coded fragment fixed them.
-    lost: Option<usize>,
-    received_data: usize,
-    kept_rows: usize,
-    complete: bool,
 }
 
 impl DecoderState {
@@ -267,37 +260,31 @@ impl DecoderState {
         })
     }
 
-    fn work<'w>(&self, workspace: &'w mut [u8]) -> Work<'w> {
+    /// The workspace cut into its parts; `None` if it is shorter than [`Self::workspace_len`]
+    /// (the parts add up to exactly that).
+    fn work<'w>(&'w mut self, workspace: &'w mut [u8]) -> Option<Work<'w>> {
         let (m, max_lost, frag_size) = (self.m, self.max_lost, self.frag_size);
-        let (received, rest) = workspace.split_at_mut(bitmap_len(m));
-        let (column_slot, rest) = rest.split_at_mut(2 * max_lost);
-        let (matrix, rest) = rest.split_at_mut(bitmap_len(max_lost * (max_lost + 1) / 2));
-        let (pivots, rest) = rest.split_at_mut(bitmap_len(max_lost));
-        let (row, rest) = rest.split_at_mut(bitmap_len(max_lost));
-        let (parity, rest) = rest.split_at_mut(bitmap_len(m));
-        let (buf_a, rest) = rest.split_at_mut(frag_size);
-        let (buf_b, _) = rest.split_at_mut(frag_size);
-        Work {
-            version: self.version,
-            m,
-            frag_size,
-            max_lost,
+        let (received, rest) = workspace.split_at_mut_checked(bitmap_len(m))?;
+        let (column_slot, rest) = rest.split_at_mut_checked(2 * max_lost)?;
+        let (matrix, rest) =
+            rest.split_at_mut_checked(bitmap_len(max_lost * (max_lost + 1) / 2))?;
+        let (pivots, rest) = rest.split_at_mut_checked(bitmap_len(max_lost))?;
+        let (row, rest) = rest.split_at_mut_checked(bitmap_len(max_lost))?;
+        let (parity, rest) = rest.split_at_mut_checked(bitmap_len(m))?;
+        let (buf_a, rest) = rest.split_at_mut_checked(frag_size)?;
+        let (buf_b, _) = rest.split_at_mut_checked(frag_size)?;
+        let l = self.l;
+        Some(Work {
+            s: self,
             received,
             column_slot,
-            matrix: Triangle {
-                bits: matrix,
-                l: self.l,
-            },
+            matrix: Triangle { bits: matrix, l },
             pivots,
             row,
             parity,
             buf_a,
             buf_b,
-            lost: self.lost,
-            received_data: self.received_data,
-            kept_rows: self.kept_rows,
-            complete: self.complete,
-        }
+        })
     }
 
     /// Takes fragment `n` (1-based: data for n <= M, coded above), with the workspace this
@@ -309,21 +296,15 @@ impl DecoderState {
         n: usize,
         payload: &[u8],
     ) -> Result<Progress, DecodeError<S::Error>> {
-        let needed = Self::workspace_len(self.m, self.max_lost, self.frag_size);
-        if workspace.len() < needed {
+        let got = workspace.len();
+        let Some(mut work) = self.work(workspace) else {
             return Err(DecodeError::Workspace {
-                needed,
-                got: workspace.len(),
+                needed: Self::workspace_len(self.m, self.max_lost, self.frag_size),
+                got,
             });
-        }
-        let mut work = self.work(workspace);
-        let result = work.push(store, n, payload);
-        self.l = work.matrix.l;
-        self.lost = work.lost;
-        self.received_data = work.received_data;
-        self.kept_rows = work.kept_rows;
-        self.complete = work.complete;
-        result.map(|()| self.progress())
+        };
+        work.push(store, n, payload)?;
+        Ok(self.progress())
     }
 
     /// M.
@@ -452,22 +433,22 @@ impl Work<'_> {
         n: usize,
         payload: &[u8],
     ) -> Result<(), DecodeError<S::Error>> {
-        if payload.len() != self.frag_size {
+        if payload.len() != self.s.frag_size {
             return Err(DecodeError::PayloadLength {
-                expected: self.frag_size,
+                expected: self.s.frag_size,
                 got: payload.len(),
             });
         }
         if n == 0 || n > MAX_NB_FRAG {
             return Err(DecodeError::FragmentNumber { n });
         }
-        if self.complete {
+        if self.s.complete {
             return Ok(());
         }
-        if n <= self.m {
+        if n <= self.s.m {
             self.push_data(store, n - 1, payload)
         } else {
-            self.push_coded(store, n - self.m, payload)
+            self.push_coded(store, n - self.s.m, payload)
         }
     }
 
@@ -480,13 +461,13 @@ impl Work<'_> {
         if bit(self.received, i) {
             return Ok(());
         }
-        match self.lost {
+        match self.s.lost {
             None => {
                 store.write_slot(i, payload).map_err(DecodeError::Store)?;
                 set_bit(self.received, i);
-                self.received_data += 1;
-                if self.received_data == self.m {
-                    self.complete = true;
+                self.s.received_data += 1;
+                if self.s.received_data == self.s.m {
+                    self.s.complete = true;
                 }
                 Ok(())
             }
@@ -523,24 +504,25 @@ impl Work<'_> {
 
     /// Fixes the unknowns: every data fragment not received so far.
     fn fix_unknowns<S: FragmentStore>(&mut self) -> Result<usize, DecodeError<S::Error>> {
-        let lost = self.m - self.received_data;
-        if lost > self.max_lost {
+        let lost = self.s.m - self.s.received_data;
+        if lost > self.s.max_lost {
             return Err(DecodeError::NotEnoughMatrixMemory {
                 lost,
-                max_lost: self.max_lost,
+                max_lost: self.s.max_lost,
             });
         }
         let mut column = 0;
-        for i in 0..self.m {
+        for i in 0..self.s.m {
             if !bit(self.received, i) {
                 put_u16(self.column_slot, column, i as u16);
                 column += 1;
             }
         }
         self.matrix.l = lost;
+        self.s.l = lost;
         self.matrix.bits.fill(0);
         self.pivots.fill(0);
-        self.lost = Some(lost);
+        self.s.lost = Some(lost);
         Ok(lost)
     }
 
@@ -550,20 +532,20 @@ impl Work<'_> {
         row_number: usize,
         payload: &[u8],
     ) -> Result<(), DecodeError<S::Error>> {
-        let l = match self.lost {
+        let l = match self.s.lost {
             Some(l) => l,
             None => self.fix_unknowns::<S>()?,
         };
-        parity::fill_row(self.version, row_number as u32, self.m, self.parity).ok_or(
+        parity::fill_row(self.s.version, row_number as u32, self.s.m, self.parity).ok_or(
             DecodeError::FragmentNumber {
-                n: row_number + self.m,
+                n: row_number + self.s.m,
             },
         )?;
         self.row[..bitmap_len(l)].fill(0);
         self.buf_a.copy_from_slice(payload);
         // The unknowns are the clear received bits, in order: count them on the way.
         let mut column = 0;
-        for i in 0..self.m {
+        for i in 0..self.s.m {
             let received = bit(self.received, i);
             if bit(self.parity, i) {
                 if received {
@@ -601,8 +583,8 @@ impl Work<'_> {
                     .map_err(DecodeError::Store)?;
                 self.matrix.store_row(c, self.row);
                 set_bit(self.pivots, c);
-                self.kept_rows += 1;
-                if self.kept_rows == l {
+                self.s.kept_rows += 1;
+                if self.s.kept_rows == l {
                     self.back_substitute(store)?;
                 }
                 return Ok(());
@@ -642,7 +624,7 @@ impl Work<'_> {
                     .map_err(DecodeError::Store)?;
             }
         }
-        self.complete = true;
+        self.s.complete = true;
         Ok(())
     }
 }
