@@ -46,6 +46,8 @@ impl Sha256 {
     /// Length of [`Sha256::to_state_bytes`].
     pub const STATE_LEN: usize = 105;
 
+    // Out of line: built in several places on a device, each inline copy larger than a call.
+    #[inline(never)]
     pub const fn new() -> Self {
         Self {
             state: H0,
