@@ -212,7 +212,8 @@ pub fn check_preamble<E>(
         }
         .into());
     }
-    let digest = signed_digest(preamble)?;
+    let mut digest = [0u8; 32];
+    signed_digest(preamble, &mut digest)?;
     let Ok(signature) = <&[u8; 64]>::try_from(&preamble[SIGNED_LEN..PREAMBLE_LEN]) else {
         return Err(ApplyError::BadSignature);
     };
@@ -224,13 +225,16 @@ pub fn check_preamble<E>(
     Ok(Verified(Manifest::parse(preamble)?))
 }
 
-/// The digest of the signed bytes, once the header and manifest parse. Out of line: the
-/// signature check that follows does not carry the parser's and hash's frames.
+/// The digest of the signed bytes into `digest`, once the header and manifest parse. Out of
+/// line: the signature check that follows does not carry the parser's and hash's frames. An
+/// out-parameter, not in the result: a digest inside a `Result` lies unaligned and costs
+/// code to move out.
 #[inline(never)]
-fn signed_digest(preamble: &[u8]) -> Result<[u8; 32], ContainerError> {
+fn signed_digest(preamble: &[u8], digest: &mut [u8; 32]) -> Result<(), ContainerError> {
     // Structure first, so a garbled file says "bad magic", not "bad signature".
     Manifest::parse(preamble)?;
-    Ok(Sha256::digest(&preamble[..SIGNED_LEN]))
+    *digest = Sha256::digest(&preamble[..SIGNED_LEN]);
+    Ok(())
 }
 
 /// Where an apply stands, saved by the device so that it can resume after power loss.
