@@ -82,25 +82,21 @@ pub fn fill_row(version: Version, n: u32, m: usize, row: &mut [u8]) -> Option<us
     row.fill(0);
     let target = m / 2;
     let mut draws = Draws::new(n, m as u32);
-    let mut set = 0;
-    match version {
-        Version::V1 => {
-            for _ in 0..target {
-                let p = draws.next_position() as usize;
-                if !bit(row, p) {
-                    set_bit(row, p);
-                    set += 1;
-                }
-            }
+    let (mut set, mut drawn) = (0, 0);
+    // One loop for both versions: v1 stops after `target` draws, v2 at `target` positions.
+    loop {
+        let done = match version {
+            Version::V1 => drawn,
+            Version::V2 => set,
+        };
+        if done >= target {
+            break;
         }
-        Version::V2 => {
-            while set < target {
-                let p = draws.next_position() as usize;
-                if !bit(row, p) {
-                    set_bit(row, p);
-                    set += 1;
-                }
-            }
+        drawn += 1;
+        let p = draws.next_position() as usize;
+        if !bit(row, p) {
+            set_bit(row, p);
+            set += 1;
         }
     }
     Some(set)
