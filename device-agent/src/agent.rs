@@ -998,7 +998,7 @@ fn follow_bytes(follow: Follow, b: &mut [u8; FOLLOW]) {
     b[7] = follow.boots;
 }
 
-fn follow_of(b: &[u8]) -> Follow {
+fn follow_of(b: &[u8; FOLLOW]) -> Follow {
     let mut bytes = [agent_report::CID_UPDATE_REPORT; agent_report::LEN];
     bytes[1..].copy_from_slice(&b[1..7]);
     Follow {
@@ -1055,7 +1055,7 @@ fn session_bytes(saved: Option<SavedSession>, b: &mut [u8; SESSION]) {
     put(b, 16, &p.mic);
 }
 
-fn session_of(b: &[u8]) -> Option<SavedSession> {
+fn session_of(b: &[u8; SESSION]) -> Option<SavedSession> {
     let flags = b[0];
     (flags & 1 == 1).then(|| SavedSession {
         params: SessionParams {
@@ -1094,7 +1094,7 @@ fn group_bytes(group: Option<&McGroup>, session: Option<&ClassCSession>, b: &mut
     }
 }
 
-fn group_of(b: &[u8]) -> (Option<McGroup>, Option<ClassCSession>) {
+fn group_of(b: &[u8; GROUP]) -> (Option<McGroup>, Option<ClassCSession>) {
     let group = (b[0] == 1).then(|| McGroup {
         addr: le32(b, 1),
         app_s_key: Key128::from_bytes(array(b, 5)),
@@ -1142,7 +1142,7 @@ fn update_bytes(update: Update, b: &mut [u8; UPDATE]) {
     put(b, 5, &v.build.to_le_bytes());
 }
 
-fn update_of(b: &[u8]) -> Update {
+fn update_of(b: &[u8; UPDATE]) -> Update {
     let version = || ImageVersion {
         major: b[1],
         minor: b[2],
@@ -1215,31 +1215,37 @@ impl<'b> Saved<'b> {
         }
     }
 
+    /// The `N`-byte section at `at`, if the record has it. The section readers take arrays:
+    /// their field reads need no bounds checks.
+    fn section<const N: usize>(self, at: usize) -> Option<&'b [u8; N]> {
+        self.0.get(at..)?.first_chunk()
+    }
+
     fn follow(self) -> Follow {
-        match self.0.get(Self::FOLLOW..) {
-            Some(b) if b.len() >= FOLLOW => follow_of(b),
-            _ => Follow::default(),
-        }
+        self.section(Self::FOLLOW)
+            .map_or_else(Follow::default, follow_of)
     }
 
     fn session_cnts(self) -> [Option<u16>; MAX_FRAG_SESSIONS] {
-        let b = self.0;
-        core::array::from_fn(|i| (b[1 + 3 * i] == 1).then(|| le16(b, 2 + 3 * i)))
+        let b = self.section::<HEAD>(0);
+        core::array::from_fn(|i| b.filter(|b| b[1 + 3 * i] == 1).map(|b| le16(b, 2 + 3 * i)))
     }
 
     /// Storage slot `slot`'s session; `None` past [`MAX_FRAG_SESSIONS`].
     fn session(self, slot: usize) -> Option<SavedSession> {
         (slot < MAX_FRAG_SESSIONS)
-            .then(|| session_of(&self.0[Self::SESSIONS + slot * SESSION..]))
+            .then(|| self.section(Self::SESSIONS + slot * SESSION))
             .flatten()
+            .and_then(session_of)
     }
 
     fn group(self, id: usize) -> (Option<McGroup>, Option<ClassCSession>) {
-        group_of(&self.0[Self::GROUPS + id * GROUP..])
+        self.section(Self::GROUPS + id * GROUP)
+            .map_or((None, None), group_of)
     }
 
     fn update(self) -> Update {
-        update_of(&self.0[Self::UPDATE..])
+        self.section(Self::UPDATE).map_or(Update::Idle, update_of)
     }
 }
 
@@ -1351,5 +1357,99 @@ mod tests {
         assert_eq!(back.follow, Follow::default());
         old[0] = 4;
         assert!(Snapshot::decode(&old).is_none());
+    }
+
+    /// Every field of a rich record, at its place: journals written before a change of the
+    /// code must read back the same after it.
+    #[test]
+    fn the_record_layout_is_frozen() {
+        let params = SessionParams {
+            frag_index: 1,
+            mc_group_bit_mask: 0b1010,
+            nb_frag: 0x0203,
+            frag_size: 0x44,
+            frag_algo: 0,
+            block_ack_delay: 5,
+            ack_reception: true,
+            padding: 0x66,
+            descriptor: [0x71, 0x72, 0x73, 0x74],
+            session_cnt: 0x0809,
+            mic: [0x91, 0x92, 0x93, 0x94],
+        };
+        let group = |n: u8| McGroup {
+            addr: 0x0102_0304 + u32::from(n),
+            app_s_key: Key128::from_bytes([0x10 + n; 16]),
+            nwk_s_key: Key128::from_bytes([0x20 + n; 16]),
+            min_fcount: 0x0a0b_0c0d,
+            max_fcount: 0x1a1b_1c1d,
+        };
+        let session = ClassCSession {
+            start_s: 0x3132_3334,
+            timeout_exp: 7,
+            freq_hz: 869_525_000,
+            dr: 3,
+            running: false,
+        };
+        let mut s = Snapshot {
+            last_session_cnt: [Some(0x0102), None, Some(3), Some(u16::MAX)],
+            sessions: [
+                Some(SavedSession {
+                    params,
+                    consumed: true,
+                    ack_pending: false,
+                }),
+                None,
+                None,
+                Some(SavedSession {
+                    params: SessionParams {
+                        ack_reception: false,
+                        ..params
+                    },
+                    consumed: false,
+                    ack_pending: true,
+                }),
+            ],
+            groups: [
+                (Some(group(0)), Some(session)),
+                (None, None),
+                (Some(group(2)), None),
+                (None, Some(session)),
+            ],
+            update: Update::Installing {
+                frag_index: 2,
+                checkpoint: Some(Checkpoint {
+                    target_sha256: core::array::from_fn(|i| i as u8),
+                    written: 0x0004_1000,
+                }),
+            },
+            follow: Follow {
+                report: Some(UpdateReport {
+                    outcome: Outcome::Deferred(Refusal::Busy),
+                    fw_version: 0x0102_0003,
+                }),
+                boots: 2,
+            },
+        };
+        let digest = |s: &Snapshot| {
+            let b = encoded(s);
+            let d = fuota_codec::sha256::Sha256::digest(&b);
+            d[..8]
+                .iter()
+                .map(|b| std::format!("{b:02x}"))
+                .collect::<std::string::String>()
+        };
+        let installing = digest(&s);
+        let back = Snapshot::decode(&encoded(&s)).unwrap();
+        assert_eq!(digest(&back), installing);
+        assert_eq!(back.sessions, s.sessions);
+        s.update = Update::SwapRequested(ImageVersion {
+            major: 1,
+            minor: 2,
+            revision: 0x0304,
+            build: 0x0506_0708,
+        });
+        let swap = digest(&s);
+        assert_eq!(Snapshot::decode(&encoded(&s)).unwrap().update, s.update);
+        assert_eq!([installing, swap], ["a2c9dc0cbf2f5746", "8ae4969df90f433c"]);
     }
 }
