@@ -324,6 +324,63 @@ fn from_bspatch<E>(e: BspatchError<ApplyError<E>>) -> ApplyError<E> {
     }
 }
 
+/// Where the payload's bytes go, for both kinds of payload: one type, so that the
+/// heatshrink loop and its call of the sink are in the code once, not once per kind.
+struct Out<'a, S: ?Sized, T: ?Sized> {
+    io: Io<'a, S, T>,
+    to: To<'a>,
+}
+
+enum To<'a> {
+    /// Through bspatch, which writes through `io`.
+    Delta(&'a mut Bspatch),
+    /// Straight to `io`, up to the manifest's target length; `written` follows `io.pos`.
+    Full {
+        written: &'a mut u32,
+        target_len: u32,
+    },
+}
+
+impl<S, T> Out<'_, S, T>
+where
+    S: SourceImage + ?Sized,
+    T: TargetImage<Error = S::Error> + ?Sized,
+{
+    fn emit(&mut self, bytes: &[u8]) -> Result<(), ApplyError<S::Error>> {
+        match &mut self.to {
+            To::Delta(bspatch) => bspatch.push(bytes, &mut self.io).map_err(from_bspatch),
+            To::Full {
+                written,
+                target_len,
+            } => {
+                let end = u64::from(self.io.pos) + bytes.len() as u64;
+                if end > u64::from(*target_len) {
+                    return Err(ApplyError::TargetLength {
+                        expected: *target_len,
+                        got: end.min(u64::from(u32::MAX)) as u32,
+                    });
+                }
+                self.io.emit(bytes)?;
+                **written = self.io.pos;
+                Ok(())
+            }
+        }
+    }
+
+    /// Decodes `input` (if compressed) into [`Out::emit`].
+    fn stream(
+        mut self,
+        decoder: Option<&mut DecoderState>,
+        window: &mut [u8],
+        input: &[u8],
+    ) -> Result<(), ApplyError<S::Error>> {
+        match decoder {
+            None => self.emit(input),
+            Some(decoder) => decoder.decode_in_window(window, input, |bytes| self.emit(bytes)),
+        }
+    }
+}
+
 impl Detools {
     fn new(source_len: u32, expect: Option<Expect>) -> Self {
         Self {
@@ -377,6 +434,28 @@ impl Detools {
         Ok(())
     }
 
+    /// Takes the header bytes at the front of `input` (dropping them from it); then gives the
+    /// body's decoder (`None`: uncompressed) and bspatch, or `None` while the header is short.
+    fn body<'s>(
+        &'s mut self,
+        window: &mut [u8],
+        input: &mut &[u8],
+    ) -> Result<Option<(Option<&'s mut DecoderState>, &'s mut Bspatch)>, PayloadError> {
+        while let DetoolsPhase::Header(reader) = &mut self.phase {
+            let Some((&byte, rest)) = input.split_first() else {
+                return Ok(None);
+            };
+            *input = rest;
+            if let Some(header) = reader.push(byte)? {
+                self.start_body(header, window)?;
+            }
+        }
+        match &mut self.phase {
+            DetoolsPhase::Body { decoder, bspatch } => Ok(Some((decoder.as_mut(), bspatch))),
+            DetoolsPhase::Header(_) => Ok(None),
+        }
+    }
+
     fn push<S, T>(
         &mut self,
         window: &mut [u8],
@@ -388,29 +467,20 @@ impl Detools {
         S: SourceImage + ?Sized,
         T: TargetImage<Error = S::Error> + ?Sized,
     {
-        while let DetoolsPhase::Header(reader) = &mut self.phase {
-            let Some((&byte, rest)) = input.split_first() else {
-                return Ok(());
-            };
-            input = rest;
-            if let Some(header) = reader.push(byte)? {
-                self.start_body(header, window)?;
-            }
-        }
-        let DetoolsPhase::Body { decoder, bspatch } = &mut self.phase else {
+        let Some((decoder, bspatch)) = self.body(window, &mut input)? else {
             return Ok(());
         };
-        let mut io = Io {
+        let pos = bspatch.target_pos();
+        let io = Io {
             source,
             target,
-            pos: bspatch.target_pos(),
+            pos,
         };
-        let Some(decoder) = decoder else {
-            return bspatch.push(input, &mut io).map_err(from_bspatch);
-        };
-        decoder.decode_in_window(window, input, |bytes| {
-            bspatch.push(bytes, &mut io).map_err(from_bspatch)
-        })
+        Out {
+            io,
+            to: To::Delta(bspatch),
+        }
+        .stream(decoder, window, input)
     }
 
     fn finish<E>(&self) -> Result<u32, ApplyError<E>> {
@@ -578,29 +648,33 @@ impl Payload {
             target,
             sink: &mut self.sink,
         };
-        match &mut self.stream {
-            Stream::Pending(_) => Err(ApplyError::Failed),
-            Stream::Delta(d) => d.push(window, input, source, &mut hashing),
-            Stream::Full(decoder, written) => {
-                let target_len = self.manifest.target_len;
-                let mut emit = |bytes: &[u8], written: &mut u32| {
-                    let end = u64::from(*written) + bytes.len() as u64;
-                    if end > u64::from(target_len) {
-                        return Err(ApplyError::TargetLength {
-                            expected: target_len,
-                            got: end.min(u64::from(u32::MAX)) as u32,
-                        });
-                    }
-                    hashing.write(*written, bytes).map_err(ApplyError::Target)?;
-                    *written = end as u32;
-                    Ok(())
+        let mut input = input;
+        let (decoder, to) = match &mut self.stream {
+            Stream::Pending(_) => return Err(ApplyError::Failed),
+            Stream::Delta(d) => {
+                let Some((decoder, bspatch)) = d.body(window, &mut input)? else {
+                    return Ok(());
                 };
-                let Some(decoder) = decoder else {
-                    return emit(input, written);
-                };
-                decoder.decode_in_window(window, input, |bytes| emit(bytes, written))
+                (decoder, To::Delta(bspatch))
             }
-        }
+            Stream::Full(decoder, written) => (
+                decoder.as_mut(),
+                To::Full {
+                    written,
+                    target_len: self.manifest.target_len,
+                },
+            ),
+        };
+        let pos = match &to {
+            To::Delta(bspatch) => bspatch.target_pos(),
+            To::Full { written, .. } => **written,
+        };
+        let io = Io {
+            source,
+            target: &mut hashing,
+            pos,
+        };
+        Out { io, to }.stream(decoder, window, input)
     }
 }
 
