@@ -100,10 +100,11 @@ impl FragLog {
             if rec.iter().all(|&b| b == 0xff) {
                 break;
             }
-            let body = 2 + frag_size;
-            let crc = u32::from_le_bytes([rec[body], rec[body + 1], rec[body + 2], rec[body + 3]]);
-            if crc32(&rec[..body]) == crc {
-                each(u16::from_le_bytes([rec[0], rec[1]]), &rec[2..body])?;
+            // Split once: one bounds check instead of one per byte of the CRC.
+            let (body, tail) = rec.split_at(2 + frag_size);
+            let crc = tail.first_chunk().map(|c| u32::from_le_bytes(*c));
+            if crc == Some(crc32(body)) {
+                each(u16::from_le_bytes([body[0], body[1]]), &body[2..])?;
             }
             at += len as u32;
         }
