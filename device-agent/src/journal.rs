@@ -252,15 +252,17 @@ impl<const SLOT: usize> Journal<SLOT> {
         w.put(&seq.to_le_bytes());
         w.put(&(len as u16).to_le_bytes());
         produce(&mut |bytes| w.put(bytes));
-        if w.written != HEADER + len {
-            let got = w.written - HEADER;
-            // Leaves the record without its CRC: invalid, the state unchanged.
-            w.finish().map_err(JournalError::Flash)?;
+        let got = w.written - HEADER;
+        // Of the wrong length, the record is left without its CRC: invalid, the state
+        // unchanged. Either way it is finished by the one call below.
+        if got == len {
+            let crc = !w.crc;
+            w.put(&crc.to_le_bytes());
+        }
+        w.finish().map_err(JournalError::Flash)?;
+        if got != len {
             return Err(JournalError::LengthMismatch { expected: len, got });
         }
-        let crc = !w.crc;
-        w.put(&crc.to_le_bytes());
-        w.finish().map_err(JournalError::Flash)?;
         self.head = Some(Head { slot, seq });
         Ok(())
     }
