@@ -108,15 +108,18 @@ fn read<F: NorFlash>(flash: &mut F, at: u32, buf: &mut [u8]) -> Result<(), Mcubo
     flash.read(at, buf).map_err(McubootError::Flash)
 }
 
-/// Walks one TLV area at `at`; calls `f(type, value offset, length)` for each TLV. Returns
-/// the area's total length.
+/// Walks one TLV area at `at`: reads the value of each TLV of type `kind` and length
+/// `value.len()` into `value` (the last one stays). Returns the area's total length and
+/// whether one was found. Both areas use it, so its loop is in the code once.
+#[inline(always)]
 fn walk_tlvs<F: NorFlash>(
     flash: &mut F,
     slot: Region,
     at: u32,
     magic: u16,
-    mut f: impl FnMut(&mut F, u16, u32, u16) -> Result<(), McubootError<F::Error>>,
-) -> Result<u32, McubootError<F::Error>> {
+    kind: u16,
+    value: &mut [u8],
+) -> Result<(u32, bool), McubootError<F::Error>> {
     let mut info = [0u8; 4];
     if at + 4 > slot.len {
         return Err(McubootError::Malformed("TLV info past the slot"));
@@ -129,6 +132,7 @@ fn walk_tlvs<F: NorFlash>(
     if total < 4 || at + total > slot.len {
         return Err(McubootError::Malformed("TLV area length"));
     }
+    let mut found = false;
     let mut off = 4;
     while off < total {
         if off + 4 > total {
@@ -136,15 +140,17 @@ fn walk_tlvs<F: NorFlash>(
         }
         let mut t = [0u8; 4];
         read(flash, slot.offset + at + off, &mut t)?;
-        let kind = u16::from_le_bytes([t[0], t[1]]);
         let len = u16::from_le_bytes([t[2], t[3]]);
         if off + 4 + u32::from(len) > total {
             return Err(McubootError::Malformed("TLV value past its area"));
         }
-        f(flash, kind, slot.offset + at + off + 4, len)?;
+        if u16::from_le_bytes([t[0], t[1]]) == kind && usize::from(len) == value.len() {
+            read(flash, slot.offset + at + off + 4, value)?;
+            found = true;
+        }
         off += 4 + u32::from(len);
     }
-    Ok(total)
+    Ok((total, found))
 }
 
 /// Checks the image in `slot` against its own SHA256 TLV, and reads its security counter.
@@ -190,34 +196,17 @@ fn inspect<F: NorFlash>(
     let mut security_counter = None;
     let mut at = u32::from(header.hdr_size) + header.img_size;
     if header.protect_tlv_size > 0 {
-        let total = walk_tlvs(
-            flash,
-            slot,
-            at,
-            TLV_PROT_INFO_MAGIC,
-            |flash, kind, v, len| {
-                if kind == TLV_SEC_CNT && len == 4 {
-                    let mut c = [0u8; 4];
-                    read(flash, v, &mut c)?;
-                    security_counter = Some(u32::from_le_bytes(c));
-                }
-                Ok(())
-            },
-        )?;
+        let mut c = [0u8; 4];
+        let (total, found) = walk_tlvs(flash, slot, at, TLV_PROT_INFO_MAGIC, TLV_SEC_CNT, &mut c)?;
         if total != u32::from(header.protect_tlv_size) {
             return Err(McubootError::Malformed("protected TLV size"));
         }
+        security_counter = found.then_some(u32::from_le_bytes(c));
         at += total;
     }
-    let mut hash_ok = None;
-    let total = walk_tlvs(flash, slot, at, TLV_INFO_MAGIC, |flash, kind, v, len| {
-        if kind == TLV_SHA256 && len == 32 {
-            let mut t = [0u8; 32];
-            read(flash, v, &mut t)?;
-            hash_ok = Some(t[..] == digest[..]);
-        }
-        Ok(())
-    })?;
+    let mut t = [0u8; 32];
+    let (total, found) = walk_tlvs(flash, slot, at, TLV_INFO_MAGIC, TLV_SHA256, &mut t)?;
+    let hash_ok = found.then_some(t == digest);
     match hash_ok {
         None => Err(McubootError::NoHash),
         Some(false) if check_hash => Err(McubootError::HashMismatch),
