@@ -65,12 +65,14 @@ impl<'a, const REPORT: bool> Reader<'a, REPORT> {
 
     pub(crate) fn bytes<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N], Stop> {
         let end = self.pos + N;
-        match self.bytes.get(self.pos..end) {
+        match self
+            .bytes
+            .get(self.pos..)
+            .and_then(<[u8]>::first_chunk::<N>)
+        {
             Some(s) => {
-                let mut out = [0u8; N];
-                out.copy_from_slice(s);
                 self.pos = end;
-                Ok(out)
+                Ok(*s)
             }
             None => Err(self.truncated(field, end)),
         }
