@@ -19,8 +19,10 @@ pub(crate) struct Stop(());
 /// error, and the code that would describe one is left out.
 pub(crate) struct Reader<'a, const REPORT: bool = true> {
     command: &'static str,
-    bytes: &'a [u8],
-    pos: usize,
+    /// The bytes not read yet: a field read is then one length check.
+    rest: &'a [u8],
+    /// The length of the body, for `Truncated`.
+    len: usize,
     /// The first error: field and kind.
     failed: Option<(&'static str, ErrorKind)>,
 }
@@ -31,8 +33,8 @@ impl<'a, const REPORT: bool> Reader<'a, REPORT> {
     pub(crate) fn new(command: &'static str, bytes: &'a [u8]) -> Self {
         Self {
             command: if REPORT { command } else { "" },
-            bytes,
-            pos: 0,
+            rest: bytes,
+            len: bytes.len(),
             failed: None,
         }
     }
@@ -45,7 +47,7 @@ impl<'a, const REPORT: bool> Reader<'a, REPORT> {
     }
 
     pub(crate) fn remaining(&self) -> &'a [u8] {
-        self.bytes.get(self.pos..).unwrap_or(&[])
+        self.rest
     }
 
     /// Records the error and stops (the parse returns at its first).
@@ -64,27 +66,22 @@ impl<'a, const REPORT: bool> Reader<'a, REPORT> {
     }
 
     pub(crate) fn bytes<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N], Stop> {
-        let end = self.pos + N;
-        match self
-            .bytes
-            .get(self.pos..)
-            .and_then(<[u8]>::first_chunk::<N>)
-        {
-            Some(s) => {
-                self.pos = end;
+        match self.rest.split_first_chunk::<N>() {
+            Some((s, rest)) => {
+                self.rest = rest;
                 Ok(*s)
             }
-            None => Err(self.truncated(field, end)),
+            None => Err(self.truncated(field, N)),
         }
     }
 
     // Out of line: one copy serves every field of every command.
     #[inline(never)]
-    fn truncated(&mut self, field: &'static str, end: usize) -> Stop {
+    fn truncated(&mut self, field: &'static str, n: usize) -> Stop {
         let kind = ErrorKind::Truncated {
             // +1 for the CID, which the caller already consumed.
-            needed: end + 1,
-            got: self.bytes.len() + 1,
+            needed: self.len - self.rest.len() + n + 1,
+            got: self.len + 1,
         };
         self.error(field, kind)
     }
