@@ -112,18 +112,17 @@ struct Triangle<'w> {
 }
 
 impl Triangle<'_> {
-    fn index(&self, row: usize, col: usize) -> usize {
-        // Rows before `row` hold l, l-1, ..., l-row+1 bits.
-        row * self.l - row * row.saturating_sub(1) / 2 + (col - row)
-    }
-
-    fn get(&self, row: usize, col: usize) -> bool {
-        bit(self.bits, self.index(row, col))
+    /// Where row `row` would hold column 0: its bits are consecutive, so column `col >= row`
+    /// is bit `start(row) + col`. (Rows before `row` hold l, l-1, ..., l-row+1 bits; never
+    /// negative for `row < l`.) A row's loop adds to this instead of working out each index.
+    fn start(&self, row: usize) -> usize {
+        row * self.l - row * row.saturating_sub(1) / 2 - row
     }
 
     fn store_row(&mut self, row: usize, from: &[u8]) {
+        let start = self.start(row);
         for col in row..self.l {
-            let i = self.index(row, col);
+            let i = start + col;
             if let Some(b) = self.bits.get_mut(i / 8) {
                 let mask = 1u8 << (i % 8);
                 if bit(from, col) {
@@ -137,8 +136,9 @@ impl Triangle<'_> {
 
     /// `into ^= row`.
     fn xor_row_into(&self, row: usize, into: &mut [u8]) {
+        let start = self.start(row);
         for col in row..self.l {
-            if self.get(row, col) {
+            if bit(self.bits, start + col) {
                 if let Some(b) = into.get_mut(col / 8) {
                     *b ^= 1 << (col % 8);
                 }
@@ -602,9 +602,10 @@ impl Work<'_> {
         let l = self.matrix.l;
         for c in (0..l).rev() {
             let slot = get_u16(self.column_slot, c) as usize;
+            let start = self.matrix.start(c);
             let mut dirty = false;
             for j in c + 1..l {
-                if self.matrix.get(c, j) {
+                if bit(self.matrix.bits, start + j) {
                     if !dirty {
                         store
                             .read_slot(slot, self.buf_a)
