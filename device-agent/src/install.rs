@@ -174,9 +174,13 @@ fn check<F: NorFlash, K: SignatureCheck>(
         return Err(InstallError::Window { len: window.len() });
     };
     patch.read_patch(0, preamble).map_err(InstallError::Patch)?;
-    let verified = check_preamble(preamble, &config.key).map_err(InstallError::Apply)?;
-    check_rollback(flash, config.primary, verified.manifest())?;
-    Ok(verified)
+    // Borrowed out of the result, which is then handed on whole: moving the manifest out
+    // and back into a result would copy it twice.
+    let checked = check_preamble(preamble, &config.key);
+    if let Ok(ref verified) = checked {
+        check_rollback(flash, config.primary, verified.manifest())?;
+    }
+    checked.map_err(InstallError::Apply)
 }
 
 /// The patch's version and security counter against the running image's. Out of line, like
@@ -187,8 +191,12 @@ fn check_rollback<F: NorFlash>(
     primary: Region,
     manifest: &Manifest,
 ) -> Result<(), InstallError<F::Error>> {
-    let running =
-        mcuboot::read_image(&mut *flash.borrow_mut(), primary).map_err(InstallError::Image)?;
+    // Borrowed out of the result, not copied out of it.
+    let read = mcuboot::read_image(&mut *flash.borrow_mut(), primary);
+    let running = match read {
+        Ok(ref running) => running,
+        Err(e) => return Err(InstallError::Image(e)),
+    };
     if manifest.version < running.header.version {
         return Err(InstallError::Rollback {
             running: running.header.version,
