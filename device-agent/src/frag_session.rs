@@ -287,10 +287,16 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
         };
         // The log is found again by the replay below.
         let log = FragLog::at_start(areas.log, frag_size);
-        let mut session = self.new_session(slot, params, store, log)?;
+        // Worked on inside the result, which goes to the slot whole: moved out of it, the
+        // session (some 250 bytes) would be copied twice.
+        let mut made = self.new_session(slot, params, store, log);
+        let session = match made {
+            Ok(ref mut session) => session,
+            Err(e) => return Err(e),
+        };
         let workspace = &mut *self.slots[slot].workspace;
         let mut progress = session.decoder.progress();
-        let Session { decoder, store, .. } = &mut session;
+        let Session { decoder, store, .. } = session;
         // One replay for both cases (its loop once in the code): a used block's fragments are
         // only counted.
         session.log = FragLog::replay(flash, areas.log, frag_size, |n, payload| {
@@ -306,24 +312,16 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
             }
             Ok(())
         })?;
+        session.received = received;
+        let mut event = None;
         if saved.consumed {
-            session.received = received;
             session.mic_ok = Some(true);
             session.consumed = true;
             session.ack_pending = saved.ack_pending;
-            self.slots[slot].session = Some(session);
-            return Ok(None);
+        } else if progress == Progress::Complete {
+            event = Some(complete(session, &self.data_block_int_key, self.version)?);
         }
-        session.received = received;
-        let mut event = None;
-        if progress == Progress::Complete {
-            event = Some(complete(
-                &mut session,
-                &self.data_block_int_key,
-                self.version,
-            )?);
-        }
-        self.slots[slot].session = Some(session);
+        self.slots[slot].session = made.ok();
         Ok(event)
     }
 
