@@ -178,7 +178,11 @@ fn inspect<F: NorFlash>(
 ) -> Result<ImageInfo, McubootError<F::Error>> {
     let mut h = [0u8; HEADER_LEN];
     read(flash, slot.offset, &mut h)?;
-    let header = ImageHeader::parse(&h).ok_or(McubootError::NoImage)?;
+    // Borrowed out of the option, not copied out of it.
+    let parsed = ImageHeader::parse(&h);
+    let Some(ref header) = parsed else {
+        return Err(McubootError::NoImage);
+    };
     let hashed = header.hashed_len();
     if usize::from(header.hdr_size) < HEADER_LEN || hashed > slot.len {
         return Err(McubootError::Malformed("header sizes"));
@@ -211,7 +215,7 @@ fn inspect<F: NorFlash>(
         None => Err(McubootError::NoHash),
         Some(false) if check_hash => Err(McubootError::HashMismatch),
         Some(_) => Ok(ImageInfo {
-            header,
+            header: *header,
             security_counter,
             len: at + total,
         }),
