@@ -41,13 +41,38 @@ pub enum Compression {
     Heatshrink(Params),
 }
 
-/// Target version, MCUboot style: `major.minor.revision+build`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
+/// Target version, MCUboot style: `major.minor.revision+build`. Ordered field by field,
+/// major first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct ImageVersion {
     pub major: u8,
     pub minor: u8,
     pub revision: u16,
     pub build: u32,
+}
+
+impl ImageVersion {
+    /// The fields in one number, major in the top bits: its order is the fields' order, in
+    /// one comparison (the derived one compares field by field, in more code).
+    #[inline(always)]
+    fn key(&self) -> u64 {
+        (u64::from(self.major) << 56)
+            | (u64::from(self.minor) << 48)
+            | (u64::from(self.revision) << 32)
+            | u64::from(self.build)
+    }
+}
+
+impl Ord for ImageVersion {
+    fn cmp(&self, other: &Self) -> core::cmp::Ordering {
+        self.key().cmp(&other.key())
+    }
+}
+
+impl PartialOrd for ImageVersion {
+    fn partial_cmp(&self, other: &Self) -> Option<core::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
 }
 
 impl core::fmt::Display for ImageVersion {
@@ -317,6 +342,34 @@ mod tests {
             payload_len: 77,
             payload_sha256: [3; 32],
             compression: Compression::Heatshrink(Params::new(9, 8).unwrap()),
+        }
+    }
+
+    #[test]
+    fn versions_order_field_by_field_major_first() {
+        let v = |major, minor, revision, build| ImageVersion {
+            major,
+            minor,
+            revision,
+            build,
+        };
+        let ascending = [
+            v(0, 0, 0, 0),
+            v(0, 0, 0, u32::MAX),
+            v(0, 0, 1, 0),
+            v(0, 0, u16::MAX, u32::MAX),
+            v(0, 1, 0, 0),
+            v(0, 255, 65535, 7),
+            v(1, 0, 0, 0),
+            v(255, 255, 65535, u32::MAX),
+        ];
+        for (i, a) in ascending.iter().enumerate() {
+            for (j, b) in ascending.iter().enumerate() {
+                let fields = (a.major, a.minor, a.revision, a.build);
+                let other = (b.major, b.minor, b.revision, b.build);
+                assert_eq!(a.cmp(b), i.cmp(&j));
+                assert_eq!(a.cmp(b), fields.cmp(&other));
+            }
         }
     }
 
