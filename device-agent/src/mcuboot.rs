@@ -284,17 +284,20 @@ pub fn read_trailer<F: NorFlash>(
 ) -> Result<TrailerState, McubootError<F::Error>> {
     let mut magic = [0u8; 16];
     read(flash, slot.offset + trailer.magic_off(), &mut magic)?;
-    let mut byte = |off: u32| -> Result<u8, McubootError<F::Error>> {
-        let mut b = [0u8; 1];
-        read(flash, slot.offset + off, &mut b)?;
-        Ok(b[0])
-    };
+    // image_ok, copy_done, swap_info: a field every `align` bytes down from image_ok, read
+    // in one loop.
+    let mut flags = [0u8; 3];
+    let mut off = trailer.image_ok_off();
+    for flag in &mut flags {
+        read(flash, slot.offset + off, core::slice::from_mut(flag))?;
+        off = off.wrapping_sub(trailer.align);
+    }
     Ok(TrailerState {
         // Byte by byte: smaller than the memcmp call an array comparison makes.
         magic_good: magic.iter().zip(trailer.magic()).all(|(a, b)| *a == b),
-        image_ok: byte(trailer.image_ok_off())? == FLAG_SET,
-        copy_done: byte(trailer.copy_done_off())? == FLAG_SET,
-        swap_info: byte(trailer.swap_info_off())?,
+        image_ok: flags[0] == FLAG_SET,
+        copy_done: flags[1] == FLAG_SET,
+        swap_info: flags[2],
     })
 }
 
