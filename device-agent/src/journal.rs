@@ -248,9 +248,10 @@ impl<const SLOT: usize> Journal<SLOT> {
             written: 0,
             error: None,
         };
-        w.put(&MAGIC);
-        w.put(&seq.to_le_bytes());
-        w.put(&(len as u16).to_le_bytes());
+        // The header in one piece (the word writer makes the same flash writes either way).
+        let [s0, s1, s2, s3] = seq.to_le_bytes();
+        let [l0, l1] = (len as u16).to_le_bytes();
+        w.put(&[MAGIC[0], MAGIC[1], s0, s1, s2, s3, l0, l1]);
         produce(&mut |bytes| w.put(bytes));
         let got = w.written - HEADER;
         // Of the wrong length, the record is left without its CRC: invalid, the state
