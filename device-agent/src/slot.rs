@@ -62,7 +62,11 @@ impl<E: core::fmt::Debug> core::fmt::Display for SlotError<E> {
 }
 
 fn within(region: Region, offset: u32, len: usize) -> bool {
-    (offset as u64) + (len as u64) <= u64::from(region.len)
+    // The room left after `offset`, in 32-bit arithmetic (no 64-bit sum).
+    region
+        .len
+        .checked_sub(offset)
+        .is_some_and(|room| len <= room as usize)
 }
 
 /// Reads a region at random; the applier's source image.
