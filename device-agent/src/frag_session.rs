@@ -223,23 +223,23 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
         }
     }
 
-    /// A session over `slot` with a fresh decoder.
+    /// A session over `slot` with a fresh decoder and a store over the slot's block and
+    /// spare areas, which the caller erased ([`FlashStore::erase`]). The store is built here,
+    /// in place: built by the caller, it would be copied in, out of a `Result`.
     fn new_session(
         &mut self,
         slot: usize,
         params: SessionParams,
-        store: Option<FlashStore<'a, F, SPARES>>,
         log: FragLog,
     ) -> Result<Session<'a, F, SPARES>, StoreError<F::Error>> {
-        let workspace = &mut *self
-            .slots
-            .get_mut(slot)
-            .ok_or(StoreError::OutOfRange)?
-            .workspace;
+        let Slot {
+            areas, workspace, ..
+        } = self.slots.get_mut(slot).ok_or(StoreError::OutOfRange)?;
+        let frag_size = usize::from(params.frag_size);
         let decoder = DecoderState::new(
             self.version,
             usize::from(params.nb_frag),
-            usize::from(params.frag_size),
+            frag_size,
             self.max_lost,
             workspace,
         )
@@ -247,7 +247,12 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
         Ok(Session {
             params,
             decoder,
-            store,
+            store: Some(FlashStore::erased(
+                self.flash,
+                areas.block,
+                areas.spare,
+                frag_size,
+            )),
             log,
             received: 0,
             mic_ok: None,
@@ -275,25 +280,22 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
         let flash = self.flash;
         let frag_size = usize::from(params.frag_size);
         let mut received = 0u16;
-        let store = match saved.consumed {
-            // A used block is not decoded again: no erase, no writes.
-            true => None,
-            false => Some(FlashStore::create(
-                flash,
-                areas.block,
-                areas.spare,
-                frag_size,
-            )?),
-        };
+        // A used block is not decoded again: no erase, no writes, no store (dropped below).
+        if !saved.consumed {
+            FlashStore::<F, SPARES>::erase(flash, areas.block, areas.spare, frag_size)?;
+        }
         // The log is found again by the replay below.
         let log = FragLog::at_start(areas.log, frag_size);
         // Worked on inside the result, which goes to the slot whole: moved out of it, the
         // session (some 250 bytes) would be copied twice.
-        let mut made = self.new_session(slot, params, store, log);
+        let mut made = self.new_session(slot, params, log);
         let session = match made {
             Ok(ref mut session) => session,
             Err(e) => return Err(e),
         };
+        if saved.consumed {
+            session.store = None;
+        }
         let workspace = &mut *self.slots[slot].workspace;
         let mut progress = session.decoder.progress();
         let Session { decoder, store, .. } = session;
@@ -517,9 +519,9 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
         // The old session goes first: if erasing fails, no half-open session remains.
         self.slots[slot].session = None;
         let areas = self.slots[slot].areas;
-        let store = FlashStore::create(self.flash, areas.block, areas.spare, frag_size)?;
+        FlashStore::<F, SPARES>::erase(self.flash, areas.block, areas.spare, frag_size)?;
         let log = FragLog::create(self.flash, areas.log, frag_size)?;
-        let session = self.new_session(slot, req, Some(store), log)?;
+        let session = self.new_session(slot, req, log)?;
         self.slots[slot].session = Some(session);
         Ok(ans)
     }

@@ -171,17 +171,37 @@ impl<'a, F: NorFlash, const SPARES: usize> FlashStore<'a, F, SPARES> {
         spare: Region,
         frag_size: usize,
     ) -> Result<Self, StoreError<F::Error>> {
+        Self::erase(flash, block, spare, frag_size)?;
+        Ok(Self::erased(flash, block, spare, frag_size))
+    }
+
+    /// The flash half of [`FlashStore::create`]: checks the fragment size and erases block
+    /// and spare areas. With [`FlashStore::erased`], a caller builds the store in place
+    /// instead of copying it out of a `Result`.
+    pub(crate) fn erase(
+        flash: &RefCell<F>,
+        block: Region,
+        spare: Region,
+        frag_size: usize,
+    ) -> Result<(), StoreError<F::Error>> {
         if frag_size == 0 || frag_size > MAX_FRAG_SIZE {
             return Err(StoreError::BadSize);
         }
-        {
-            let mut f = flash.borrow_mut();
-            f.erase(block.offset, block.end())
-                .map_err(StoreError::Flash)?;
-            f.erase(spare.offset, spare.end())
-                .map_err(StoreError::Flash)?;
-        }
-        Ok(Self {
+        let mut f = flash.borrow_mut();
+        f.erase(block.offset, block.end())
+            .map_err(StoreError::Flash)?;
+        f.erase(spare.offset, spare.end())
+            .map_err(StoreError::Flash)
+    }
+
+    /// The store over areas [`FlashStore::erase`] prepared (no flash access).
+    pub(crate) fn erased(
+        flash: &'a RefCell<F>,
+        block: Region,
+        spare: Region,
+        frag_size: usize,
+    ) -> Self {
+        Self {
             flash,
             block,
             spare,
@@ -189,7 +209,7 @@ impl<'a, F: NorFlash, const SPARES: usize> FlashStore<'a, F, SPARES> {
             pitch: frag_size.div_ceil(F::WRITE_SIZE) * F::WRITE_SIZE,
             moved: [0; SPARES],
             nb_moved: 0,
-        })
+        }
     }
 
     /// Data fragments the block area holds.
