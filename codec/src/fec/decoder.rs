@@ -476,7 +476,8 @@ impl Work<'_> {
                 let Some(column) = self.column_of(i, l) else {
                     return Ok(());
                 };
-                self.row[..bitmap_len(l)].fill(0);
+                // All of it: the bytes past the unknowns' are never read, and a cut costs a check.
+                self.row.fill(0);
                 set_bit(self.row, column);
                 self.buf_a.copy_from_slice(payload);
                 self.reduce(store)
@@ -532,8 +533,10 @@ impl Work<'_> {
         row_number: usize,
         payload: &[u8],
     ) -> Result<(), DecodeError<S::Error>> {
-        let l = match self.s.lost {
-            Some(l) => l,
+        // The unknowns are fixed at the first coded fragment (their count is not needed
+        // here; this form of the step is the smaller code).
+        let _lost = match self.s.lost {
+            Some(lost) => lost,
             None => self.fix_unknowns::<S>()?,
         };
         parity::fill_row(self.s.version, row_number as u32, self.s.m, self.parity).ok_or(
@@ -541,7 +544,7 @@ impl Work<'_> {
                 n: row_number + self.s.m,
             },
         )?;
-        self.row[..bitmap_len(l)].fill(0);
+        self.row.fill(0);
         self.buf_a.copy_from_slice(payload);
         // The unknowns are the clear received bits, in order: count them on the way.
         let mut column = 0;
