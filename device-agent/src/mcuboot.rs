@@ -111,7 +111,6 @@ fn read<F: NorFlash>(flash: &mut F, at: u32, buf: &mut [u8]) -> Result<(), Mcubo
 /// Walks one TLV area at `at`: reads the value of each TLV of type `kind` and length
 /// `value.len()` into `value` (the last one stays). Returns the area's total length and
 /// whether one was found. Both areas use it, so its loop is in the code once.
-#[inline(always)]
 fn walk_tlvs<F: NorFlash>(
     flash: &mut F,
     slot: Region,
@@ -199,17 +198,27 @@ fn inspect<F: NorFlash>(
     let digest = sha.finalize_reset();
     let mut security_counter = None;
     let mut at = u32::from(header.hdr_size) + header.img_size;
-    if header.protect_tlv_size > 0 {
-        let mut c = [0u8; 4];
-        let (total, found) = walk_tlvs(flash, slot, at, TLV_PROT_INFO_MAGIC, TLV_SEC_CNT, &mut c)?;
+    // The protected area (if any: its security counter), then the other (its SHA256), in one
+    // loop so that the walk is in the code once.
+    let mut c = [0u8; 4];
+    let mut t = [0u8; 32];
+    let mut protected = header.protect_tlv_size > 0;
+    let (total, found) = loop {
+        let (magic, kind, value): (_, _, &mut [u8]) = match protected {
+            true => (TLV_PROT_INFO_MAGIC, TLV_SEC_CNT, &mut c),
+            false => (TLV_INFO_MAGIC, TLV_SHA256, &mut t),
+        };
+        let (total, found) = walk_tlvs(flash, slot, at, magic, kind, value)?;
+        if !protected {
+            break (total, found);
+        }
         if total != u32::from(header.protect_tlv_size) {
             return Err(McubootError::Malformed("protected TLV size"));
         }
         security_counter = found.then_some(u32::from_le_bytes(c));
         at += total;
-    }
-    let mut t = [0u8; 32];
-    let (total, found) = walk_tlvs(flash, slot, at, TLV_INFO_MAGIC, TLV_SHA256, &mut t)?;
+        protected = false;
+    };
     let hash_ok = found.then_some(t == digest);
     match hash_ok {
         None => Err(McubootError::NoHash),
