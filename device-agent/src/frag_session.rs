@@ -120,7 +120,8 @@ const MIC_CHUNK: usize = 64;
 
 /// The answers of a group spread over 2^(BlockAckDelay + 4) seconds.
 fn ack_spread_ms(block_ack_delay: u8) -> u64 {
-    (1u64 << (u32::from(block_ack_delay & 7) + 4)) * 1000
+    // At most 2^11 s: a 32-bit shift, not a 64-bit shift and multiply.
+    u64::from(1000u32 << (u32::from(block_ack_delay & 7) + 4))
 }
 
 impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
