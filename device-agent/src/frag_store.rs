@@ -271,13 +271,15 @@ impl<F: NorFlash, const SPARES: usize> FragmentStore for FlashStore<'_, F, SPARE
         let target = if is_erased(&mut *f, here, self.pitch).map_err(StoreError::Flash)? {
             here
         } else {
-            if self.nb_moved == SPARES || (self.nb_moved + 1) * self.pitch > self.spare.len as usize
-            {
+            // `>=`, not `==` (the same, as it never exceeds SPARES): the index below then
+            // needs no bounds check.
+            let k = self.nb_moved;
+            if k >= SPARES || (k + 1) * self.pitch > self.spare.len as usize {
                 return Err(StoreError::NoSpare);
             }
-            self.moved[self.nb_moved] = slot as u16;
-            self.nb_moved += 1;
-            self.spare.offset + ((self.nb_moved - 1) * self.pitch) as u32
+            self.moved[k] = slot as u16;
+            self.nb_moved = k + 1;
+            self.spare.offset + (k * self.pitch) as u32
         };
         let mut words = WordWriter::new::<F>(target).ok_or(StoreError::BadSize)?;
         words.write(&mut *f, data).map_err(StoreError::Flash)?;
