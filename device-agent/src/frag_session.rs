@@ -118,6 +118,15 @@ pub struct Fragmentation<'a, F, const SPARES: usize, const SESSIONS: usize = 1> 
 /// Bytes of the data block read at once for the MIC.
 const MIC_CHUNK: usize = 64;
 
+/// Whether a command that came on `via` is for a session of the groups in `mask` (unicast
+/// is for every session).
+fn heard_on(via: Via, mask: u8) -> bool {
+    match via {
+        Via::Unicast => true,
+        Via::Multicast(g) => mask & (1 << (g & 3)) != 0,
+    }
+}
+
 /// The answers of a group spread over 2^(BlockAckDelay + 4) seconds.
 fn ack_spread_ms(block_ack_delay: u8) -> u64 {
     // At most 2^11 s: a 32-bit shift, not a 64-bit shift and multiply.
@@ -393,18 +402,18 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
                 })))
             }
             Downlink::FragSessionStatusReq(req) => {
-                if let (Via::Multicast(g), Some(p)) = (via, self.params(req.frag_index)) {
-                    if p.mc_group_bit_mask & (1 << (g & 3)) == 0 {
-                        return Ok(None);
-                    }
+                // The session looked up once for the group and the delay.
+                let params = self.params(req.frag_index);
+                if params.is_some_and(|p| !heard_on(via, p.mc_group_bit_mask)) {
+                    return Ok(None);
                 }
+                let delay_exp = params.map_or(0, |p| p.block_ack_delay);
                 let ans = self.status_of(req.frag_index);
                 // With Participants = 0 only devices still missing fragments answer.
                 let done = !ans.session_does_not_exist && ans.missing_frag == 0 && !ans.mic_error;
                 if !req.participants && (done || ans.session_does_not_exist) {
                     return Ok(None);
                 }
-                let delay_exp = self.params(req.frag_index).map_or(0, |p| p.block_ack_delay);
                 let spread_ms = ack_spread_ms(delay_exp);
                 self.pending_status[usize::from(req.frag_index & 3)] =
                     Some((now + rng.below(spread_ms), ans));
@@ -430,10 +439,8 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
                 else {
                     return Ok(None);
                 };
-                if let Via::Multicast(g) = via {
-                    if s.params.mc_group_bit_mask & (1 << (g & 3)) == 0 {
-                        return Ok(None);
-                    }
+                if !heard_on(via, s.params.mc_group_bit_mask) {
+                    return Ok(None);
                 }
                 let Some(store) = s.store.as_mut() else {
                     return Ok(None);
