@@ -291,14 +291,15 @@ impl Bspatch {
                             return Err(PayloadError::DataFormatUnsupported.into())
                         }
                         Step::DataFormatSize => Step::DiffSize,
-                        Step::DiffSize => match self.block_len(value)? {
-                            0 => Step::ExtraSize,
-                            left => Step::Diff { left },
-                        },
-                        Step::ExtraSize => match self.block_len(value)? {
-                            0 => Step::Adjustment,
-                            left => Step::Extra { left },
-                        },
+                        // Diff and extra sizes share the check (one copy of it).
+                        Step::DiffSize | Step::ExtraSize => {
+                            match (step == Step::DiffSize, self.block_len(value)?) {
+                                (true, 0) => Step::ExtraSize,
+                                (true, left) => Step::Diff { left },
+                                (false, 0) => Step::Adjustment,
+                                (false, left) => Step::Extra { left },
+                            }
+                        }
                         _ => {
                             // Adjustment: any i64 is fine until a diff reads with it.
                             self.source_pos = self.source_pos.saturating_add(value);
