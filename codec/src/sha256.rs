@@ -243,14 +243,16 @@ fn compress_compact(state: &mut [u32; 8], block: &[u8]) {
                 .wrapping_add(s1);
         }
         let big_s1 = e.rotate_right(6) ^ e.rotate_right(11) ^ e.rotate_right(25);
-        let ch = (e & f) ^ (!e & g);
+        // Ch and Maj in their short forms (FIPS 180-4's (e ∧ f) ⊕ (¬e ∧ g) and
+        // (a ∧ b) ⊕ (a ∧ c) ⊕ (b ∧ c)): the same bits in fewer operations.
+        let ch = g ^ (e & (f ^ g));
         let t1 = h
             .wrapping_add(big_s1)
             .wrapping_add(ch)
             .wrapping_add(*k)
             .wrapping_add(w[t % 16]);
         let big_s0 = a.rotate_right(2) ^ a.rotate_right(13) ^ a.rotate_right(22);
-        let maj = (a & b) ^ (a & c) ^ (b & c);
+        let maj = (a & b) | (c & (a | b));
         let t2 = big_s0.wrapping_add(maj);
         h = g;
         g = f;
