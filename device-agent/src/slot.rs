@@ -156,11 +156,11 @@ impl WordWriter {
     }
 
     fn write_pending<F: NorFlash>(&mut self, flash: &mut F) -> Result<(), F::Error> {
-        let word = self.pending;
-        flash.write(self.at, &word[..F::WRITE_SIZE])?;
+        flash.write(self.at, &self.pending[..F::WRITE_SIZE])?;
         self.at += F::WRITE_SIZE as u32;
         self.pending_len = 0;
-        self.pending = [0xff; MAX_WRITE_SIZE];
+        // Only the first word is ever written out: only it is padding again.
+        self.pending[..F::WRITE_SIZE].fill(0xff);
         Ok(())
     }
 
