@@ -197,10 +197,11 @@ fn inv_mix_columns(state: &mut [u8; 16]) {
 /// w[i] = w[i-4] ^ SubWord(RotWord(w[i-1])) ^ Rcon for the first word, w[i-4] ^ w[i-1] for the
 /// other three.
 fn next_round_key(key: &mut [u8; 16], rcon: u8) {
-    key[0] ^= SBOX[usize::from(key[13])] ^ rcon;
-    key[1] ^= SBOX[usize::from(key[14])];
-    key[2] ^= SBOX[usize::from(key[15])];
-    key[3] ^= SBOX[usize::from(key[12])];
+    // SubWord(RotWord(w[i-1])): byte i takes the S-box of byte 12 + (i + 1) mod 4.
+    for i in 0..4 {
+        key[i] ^= SBOX[usize::from(key[12 + (i + 1) % 4])];
+    }
+    key[0] ^= rcon;
     for i in 4..16 {
         key[i] ^= key[i - 4];
     }
