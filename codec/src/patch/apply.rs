@@ -964,16 +964,20 @@ impl<K: SignatureCheck> Core<K> {
         if p.payload_sha.finalize_reset() != p.manifest.payload_sha256 {
             return Err(ApplyError::PayloadMismatch);
         }
-        match &p.stream {
-            Stream::Pending(_) => {}
-            Stream::Delta(d) => {
-                d.finish()?;
-            }
-            Stream::Full(decoder, _) => {
-                if let Some(d) = decoder {
-                    d.finish().map_err(|e| ApplyError::Payload(e.into()))?;
-                }
-            }
+        // [`Detools::finish`]'s checks, with the full image's: one decoder check for both.
+        let (decoder, done) = match &p.stream {
+            Stream::Pending(_) => (None, true),
+            Stream::Delta(d) => match &d.phase {
+                DetoolsPhase::Header(_) => return Err(ApplyError::Truncated),
+                DetoolsPhase::Body { decoder, bspatch } => (decoder.as_ref(), bspatch.is_done()),
+            },
+            Stream::Full(decoder, _) => (decoder.as_ref(), true),
+        };
+        if let Some(d) = decoder {
+            d.finish().map_err(|e| ApplyError::Payload(e.into()))?;
+        }
+        if !done {
+            return Err(PayloadError::Truncated.into());
         }
         let written = p.written();
         if written != p.manifest.target_len {
