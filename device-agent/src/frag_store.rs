@@ -104,7 +104,9 @@ impl FragLog {
             let (body, tail) = rec.split_at(2 + frag_size);
             let crc = tail.first_chunk().map(|c| u32::from_le_bytes(*c));
             if crc == Some(crc32(body)) {
-                each(u16::from_le_bytes([body[0], body[1]]), &body[2..])?;
+                if let Some((n, payload)) = body.split_first_chunk() {
+                    each(u16::from_le_bytes(*n), payload)?;
+                }
             }
             at += len as u32;
         }
