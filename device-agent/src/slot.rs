@@ -234,15 +234,14 @@ impl<'a, F: NorFlash> SlotWriter<'a, F> {
     }
 
     /// Erases every sector a write up to region offset `end` (rounded up to a word) touches.
-    fn erase_through(&mut self, end: u32) -> Result<(), SlotError<F::Error>> {
+    /// Its only error is the driver's, returned as such: smaller at the call sites than a
+    /// [`SlotError`] to copy.
+    fn erase_through(&mut self, end: u32) -> Result<(), F::Error> {
         let end = end.div_ceil(F::WRITE_SIZE as u32) * F::WRITE_SIZE as u32;
         while self.erased_to < end {
             let from = self.region.offset + self.erased_to;
             let to = from + F::ERASE_SIZE as u32;
-            self.flash
-                .borrow_mut()
-                .erase(from, to)
-                .map_err(SlotError::Flash)?;
+            self.flash.borrow_mut().erase(from, to)?;
             self.erased_to += F::ERASE_SIZE as u32;
         }
         Ok(())
@@ -250,9 +249,8 @@ impl<'a, F: NorFlash> SlotWriter<'a, F> {
 
     /// Writes the unfinished word padded with 0xFF (the end of the image).
     pub fn flush(&mut self) -> Result<(), SlotError<F::Error>> {
-        self.erase_through(self.position())?;
-        self.words
-            .finish(&mut *self.flash.borrow_mut())
+        self.erase_through(self.position())
+            .and_then(|()| self.words.finish(&mut *self.flash.borrow_mut()))
             .map_err(SlotError::Flash)
     }
 }
@@ -275,9 +273,8 @@ impl<F: NorFlash> TargetImage for SlotWriter<'_, F> {
         }
         // Whole words of this write may reach flash now; the tail waits in the writer.
         let words_end = (offset + data.len() as u32) / F::WRITE_SIZE as u32 * F::WRITE_SIZE as u32;
-        self.erase_through(words_end)?;
-        self.words
-            .write(&mut *self.flash.borrow_mut(), data)
+        self.erase_through(words_end)
+            .and_then(|()| self.words.write(&mut *self.flash.borrow_mut(), data))
             .map_err(SlotError::Flash)
     }
 }
