@@ -291,14 +291,23 @@ pub fn read_trailer<F: NorFlash>(
     slot: Region,
     trailer: Trailer,
 ) -> Result<TrailerState, McubootError<F::Error>> {
+    trailer_state(flash, slot, trailer).map_err(McubootError::Flash)
+}
+
+/// [`read_trailer`], with the driver's error as such (its only one).
+fn trailer_state<F: NorFlash>(
+    flash: &mut F,
+    slot: Region,
+    trailer: Trailer,
+) -> Result<TrailerState, F::Error> {
     let mut magic = [0u8; 16];
-    read(flash, slot.offset + trailer.magic_off(), &mut magic)?;
+    flash.read(slot.offset + trailer.magic_off(), &mut magic)?;
     // image_ok, copy_done, swap_info: a field every `align` bytes down from image_ok, read
     // in one loop.
     let mut flags = [0u8; 3];
     let mut off = trailer.image_ok_off();
     for flag in &mut flags {
-        read(flash, slot.offset + off, core::slice::from_mut(flag))?;
+        flash.read(slot.offset + off, core::slice::from_mut(flag))?;
         off = off.wrapping_sub(trailer.align);
     }
     Ok(TrailerState {
@@ -310,17 +319,13 @@ pub fn read_trailer<F: NorFlash>(
     })
 }
 
-fn write_flag<F: NorFlash>(
-    flash: &mut F,
-    at: u32,
-    align: u32,
-    value: u8,
-) -> Result<(), McubootError<F::Error>> {
+// The flash-only helpers return the driver's error as such: smaller at the call sites than
+// an `McubootError` to copy; the callers map it once.
+
+fn write_flag<F: NorFlash>(flash: &mut F, at: u32, align: u32, value: u8) -> Result<(), F::Error> {
     let mut buf = [0xffu8; 32];
     buf[0] = value;
-    flash
-        .write(at, &buf[..align as usize])
-        .map_err(McubootError::Flash)
+    flash.write(at, &buf[..align as usize])
 }
 
 /// Offset of the first sector holding trailer fields (images must end before it).
@@ -333,10 +338,8 @@ fn erase_trailer<F: NorFlash>(
     flash: &mut F,
     slot: Region,
     trailer: Trailer,
-) -> Result<(), McubootError<F::Error>> {
-    flash
-        .erase(slot.offset + trailer_sectors::<F>(trailer), slot.end())
-        .map_err(McubootError::Flash)
+) -> Result<(), F::Error> {
+    flash.erase(slot.offset + trailer_sectors::<F>(trailer), slot.end())
 }
 
 /// Withdraws a swap request from `secondary` (before its image is overwritten, so that a
@@ -346,10 +349,12 @@ pub fn cancel_swap<F: NorFlash>(
     secondary: Region,
     trailer: Trailer,
 ) -> Result<(), McubootError<F::Error>> {
-    if read_trailer(flash, secondary, trailer)?.magic_good {
-        erase_trailer(flash, secondary, trailer)?;
-    }
-    Ok(())
+    trailer_state(flash, secondary, trailer)
+        .and_then(|state| match state.magic_good {
+            true => erase_trailer(flash, secondary, trailer),
+            false => Ok(()),
+        })
+        .map_err(McubootError::Flash)
 }
 
 /// Asks MCUboot to swap in the image of `secondary` at the next boot: for a test (reverted
@@ -368,17 +373,25 @@ pub fn request_swap<F: NorFlash>(
     if image_len > trailer_sectors::<F>(trailer) {
         return Err(McubootError::ImageOverlapsTrailer);
     }
+    write_request(flash, secondary, trailer, permanent).map_err(McubootError::Flash)
+}
+
+/// The flash half of [`request_swap`]: its only errors are the driver's.
+fn write_request<F: NorFlash>(
+    flash: &mut F,
+    secondary: Region,
+    trailer: Trailer,
+    permanent: bool,
+) -> Result<(), F::Error> {
     erase_trailer(flash, secondary, trailer)?;
     let mut magic = [0xffu8; 32];
     let magic_at = trailer.slot_len - trailer.align.max(16);
     magic[trailer.align.max(16) as usize - 16..trailer.align.max(16) as usize]
         .copy_from_slice(&trailer.magic());
-    flash
-        .write(
-            secondary.offset + magic_at,
-            &magic[..trailer.align.max(16) as usize],
-        )
-        .map_err(McubootError::Flash)?;
+    flash.write(
+        secondary.offset + magic_at,
+        &magic[..trailer.align.max(16) as usize],
+    )?;
     if permanent {
         write_flag(
             flash,
@@ -407,16 +420,17 @@ pub fn confirm<F: NorFlash>(
     primary: Region,
     trailer: Trailer,
 ) -> Result<(), McubootError<F::Error>> {
-    let state = read_trailer(flash, primary, trailer)?;
-    if state.image_ok {
-        return Ok(());
-    }
-    write_flag(
-        flash,
-        primary.offset + trailer.image_ok_off(),
-        trailer.align,
-        FLAG_SET,
-    )
+    trailer_state(flash, primary, trailer)
+        .and_then(|state| match state.image_ok {
+            true => Ok(()),
+            false => write_flag(
+                flash,
+                primary.offset + trailer.image_ok_off(),
+                trailer.align,
+                FLAG_SET,
+            ),
+        })
+        .map_err(McubootError::Flash)
 }
 
 #[cfg(all(test, feature = "sim-flash"))]
