@@ -180,12 +180,12 @@ impl Manifest {
     /// Parses the header and manifest (the first [`SIGNED_LEN`] bytes of a patch). The
     /// signature is not checked here: see [`super::apply::verify_preamble`].
     pub fn parse(signed: &[u8]) -> Result<Self, ContainerError> {
-        if signed.len() < SIGNED_LEN {
+        let Some(signed) = signed.first_chunk::<SIGNED_LEN>() else {
             return Err(ContainerError::Truncated {
                 needed: SIGNED_LEN,
                 got: signed.len(),
             });
-        }
+        };
         if signed[..4] != MAGIC {
             return Err(ContainerError::BadMagic);
         }
@@ -201,7 +201,11 @@ impl Manifest {
         if usize::from(manifest_len) != MANIFEST_LEN {
             return Err(ContainerError::ManifestLength(manifest_len));
         }
-        let m = &signed[HEADER_LEN..SIGNED_LEN];
+        // The manifest as an array, so that its field reads need no checks (always there:
+        // the signed bytes are the header and the manifest).
+        let Some(m) = signed.last_chunk::<MANIFEST_LEN>() else {
+            return Err(ContainerError::ManifestLength(manifest_len));
+        };
         if m[M_RESERVED..].iter().any(|&b| b != 0) {
             return Err(ContainerError::ReservedBytes);
         }
