@@ -133,6 +133,12 @@ fn ack_spread_ms(block_ack_delay: u8) -> u64 {
     u64::from(1000u32 << (u32::from(block_ack_delay & 7) + 4))
 }
 
+/// When an answer spread by `block_ack_delay` goes out: at a random point of the spread
+/// from `from`.
+fn ack_time(from: Millis, rng: &mut Rng, block_ack_delay: u8) -> Millis {
+    from + rng.below(ack_spread_ms(block_ack_delay))
+}
+
 impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
     Fragmentation<'a, F, SPARES, SESSIONS>
 {
@@ -414,9 +420,8 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
                 if !req.participants && (done || ans.session_does_not_exist) {
                     return Ok(None);
                 }
-                let spread_ms = ack_spread_ms(delay_exp);
                 self.pending_status[usize::from(req.frag_index & 3)] =
-                    Some((now + rng.below(spread_ms), ans));
+                    Some((ack_time(now, rng, delay_exp), ans));
                 Ok(None)
             }
             Downlink::FragDataBlockReceivedAns(ans) => {
@@ -462,8 +467,7 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
                         emit(event);
                         // Every device of a multicast group completes on the same fragment:
                         // the report waits a random BlockAckDelay, or they all collide.
-                        let spread = ack_spread_ms(s.params.block_ack_delay);
-                        s.ack_due = Some(now + rng.below(spread));
+                        s.ack_due = Some(ack_time(now, rng, s.params.block_ack_delay));
                         Ok(None)
                     }
                     Ok(Progress::NeedMore { .. }) => Ok(None),
@@ -553,8 +557,9 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
         if s.ack_tries >= MAX_ACK_TRIES {
             s.ack_pending = false;
         }
-        let spread = ack_spread_ms(s.params.block_ack_delay);
-        s.ack_due = Some(now + spread + rng.below(spread));
+        // Again a spread later: from the end of this spread.
+        let delay = s.params.block_ack_delay;
+        s.ack_due = Some(ack_time(now + ack_spread_ms(delay), rng, delay));
         Some(Uplink::FragDataBlockReceivedReq(FragDataBlockReceivedReq {
             frag_index: s.params.frag_index,
             mic_error: s.mic_ok == Some(false),
