@@ -477,13 +477,13 @@ mod tests {
             max_mc_fcount: 100,
         });
         let mut events = std::vec::Vec::new();
-        let mut run = |m: &mut Multicast, at: u32, cmd: Downlink| {
+        let run = |m: &mut Multicast, at: u32, cmd: Downlink| {
             let mut ev = std::vec::Vec::new();
             m.handle(at, cmd, |e| ev.push(e));
             m.handle_timeout(at, |e| ev.push(e));
             ev
         };
-        run(&mut m, 10, setup_req.clone());
+        run(&mut m, 10, setup_req);
         // Started, then a new session for the group: the running one ends, the new one waits.
         assert_eq!(run(&mut m, 10, session_req(2, 10)).len(), 1);
         assert!(m.is_receiving(2));
@@ -491,15 +491,12 @@ mod tests {
         assert_eq!(events, [McEvent::ClassCEnd { id: 2 }]);
         assert!(!m.is_receiving(2) && m.session(2).is_some_and(|s| s.start_s == 50));
         // A session not yet started ends silently with a new definition of its group.
-        assert_eq!(
-            run(&mut m, 12, setup_req.clone()),
-            [McEvent::GroupKeys { id: 2 }]
-        );
+        assert_eq!(run(&mut m, 12, setup_req), [McEvent::GroupKeys { id: 2 }]);
         assert!(m.session(2).is_none());
         // Running, then redefined; running, then deleted.
         run(&mut m, 13, session_req(2, 13));
         assert_eq!(
-            run(&mut m, 14, setup_req.clone()),
+            run(&mut m, 14, setup_req),
             [McEvent::ClassCEnd { id: 2 }, McEvent::GroupKeys { id: 2 }]
         );
         run(&mut m, 15, session_req(2, 15));
