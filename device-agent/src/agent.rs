@@ -581,13 +581,13 @@ impl<
             self.save();
             return Some((agent_report::PORT, n));
         }
-        let (port, len, data) = self.uplinks[0];
+        let (port, len, data) = &self.uplinks[0];
+        let (port, n) = (*port, (*len).min(buf.len()));
+        buf[..n].copy_from_slice(&data[..n]);
         for i in 1..self.nb_uplinks {
             self.uplinks[i - 1] = self.uplinks[i];
         }
         self.nb_uplinks -= 1;
-        let n = len.min(buf.len());
-        buf[..n].copy_from_slice(&data[..n]);
         Some((port, n))
     }
 
