@@ -1016,10 +1016,15 @@ fn follow_of(b: &[u8; FOLLOW]) -> Follow {
     }
 }
 
+// The field readers and `put` are inlined: on a section's array, at a constant offset, a
+// field is a load or store, with no bounds check left (out of line, each is a call and
+// checks; -256 B on the size probe).
+#[inline(always)]
 fn le16(b: &[u8], at: usize) -> u16 {
     u16::from_le_bytes([b[at], b[at + 1]])
 }
 
+#[inline(always)]
 fn le32(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
@@ -1030,9 +1035,8 @@ fn array<const N: usize>(b: &[u8], at: usize) -> [u8; N] {
     out
 }
 
-/// Writes `v` at `at`. Out of line: one copy of the bounds check and the copy serves every
-/// field of a record.
-#[inline(never)]
+/// Writes `v` at `at`.
+#[inline(always)]
 fn put(b: &mut [u8], at: usize, v: &[u8]) {
     b[at..at + v.len()].copy_from_slice(v);
 }
