@@ -396,15 +396,7 @@ impl<
             }
             Ok(_) | Err(_) => {
                 // Still (or again) the old image: a revert, or a swap that never happened.
-                let secondary_pending = {
-                    let mut f = self.flash.borrow_mut();
-                    mcuboot::read_trailer(
-                        &mut *f,
-                        self.config.layout.secondary,
-                        self.secondary_trailer,
-                    )
-                    .is_ok_and(|t| t.magic_good)
-                };
+                let secondary_pending = self.trailer(false).is_some_and(|t| t.magic_good);
                 if !secondary_pending {
                     self.update = Update::Idle;
                     self.reverted(wanted);
@@ -412,6 +404,18 @@ impl<
             }
         }
         self.save();
+    }
+
+    /// The primary or the secondary slot's trailer. Out of line: one copy of the borrow and
+    /// the read serves both slots.
+    #[inline(never)]
+    fn trailer(&self, primary: bool) -> Option<mcuboot::TrailerState> {
+        let (slot, trailer) = if primary {
+            (self.config.layout.primary, self.primary_trailer)
+        } else {
+            (self.config.layout.secondary, self.secondary_trailer)
+        };
+        mcuboot::read_trailer(&mut *self.flash.borrow_mut(), slot, trailer).ok()
     }
 
     /// TS006: what runs, and what waits in the secondary slot.
@@ -505,11 +509,7 @@ impl<
     /// image, now in the secondary slot, is swapped back in for good.
     fn revert(&mut self, version: ImageVersion, why: Outcome) {
         self.report(why, version);
-        let confirmed = {
-            let mut f = self.flash.borrow_mut();
-            mcuboot::read_trailer(&mut *f, self.config.layout.primary, self.primary_trailer)
-                .is_ok_and(|t| t.image_ok)
-        };
+        let confirmed = self.trailer(true).is_some_and(|t| t.image_ok);
         if confirmed {
             let mut f = self.flash.borrow_mut();
             let secondary = self.config.layout.secondary;
