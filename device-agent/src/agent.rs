@@ -389,19 +389,15 @@ impl<
                     self.push_event(Event::Booted { version: wanted });
                 }
             }
-            Ok(_) | Err(_) if on_test => {
-                // The test image was not confirmed before this reset: MCUboot went back.
+            // Not the new image. On test: it was not confirmed before this reset, MCUboot
+            // went back. Otherwise still (or again) the old image: a revert, unless the swap
+            // request is still in the secondary slot (one arm for both: -28 B).
+            Ok(_) | Err(_) if on_test || !self.trailer(false).is_some_and(|t| t.magic_good) => {
                 self.update = Update::Idle;
                 self.reverted(wanted);
             }
-            Ok(_) | Err(_) => {
-                // Still (or again) the old image: a revert, or a swap that never happened.
-                let secondary_pending = self.trailer(false).is_some_and(|t| t.magic_good);
-                if !secondary_pending {
-                    self.update = Update::Idle;
-                    self.reverted(wanted);
-                }
-            }
+            // A swap that has not happened yet.
+            Ok(_) | Err(_) => {}
         }
         self.save();
     }
