@@ -668,14 +668,22 @@ impl<
         else {
             return;
         };
-        let Some(params) = self.frag.params(frag_index).copied() else {
-            // The session was deleted before its install ran.
+        // The journal record for checkpoints: the state as it is now (only the checkpoint
+        // changes during the install), borrowed rather than copied.
+        let sessions = self.frag.saved();
+        let last_session_cnt = self.frag.last_session_cnt();
+        let block = self.frag.params(frag_index).copied().and_then(|params| {
+            let len =
+                u32::from(params.nb_frag) * u32::from(params.frag_size) - u32::from(params.padding);
+            self.frag.complete_block(frag_index).map(|b| (len, b))
+        });
+        // One way out (-40 B) for both misses.
+        let Some((len, (store, window))) = block else {
+            // The session was deleted before its install ran, or holds no complete block.
             self.update = Update::Idle;
             self.save();
             return;
         };
-        let len =
-            u32::from(params.nb_frag) * u32::from(params.frag_size) - u32::from(params.padding);
         let config = InstallConfig {
             primary: self.config.layout.primary,
             secondary: self.config.layout.secondary,
@@ -684,15 +692,6 @@ impl<
             permanent: self.config.permanent,
         };
         let flash = self.flash;
-        // The journal record for checkpoints: the state as it is now (only the checkpoint
-        // changes during the install), borrowed rather than copied.
-        let sessions = self.frag.saved();
-        let last_session_cnt = self.frag.last_session_cnt();
-        let Some((store, window)) = self.frag.complete_block(frag_index) else {
-            self.update = Update::Idle;
-            self.save();
-            return;
-        };
         let journal = &mut self.journal;
         let multicast = &self.multicast;
         let follow = self.follow;
