@@ -697,7 +697,11 @@ impl<
         let follow = self.follow;
         let save = |cp| {
             let state = (&last_session_cnt, &sessions[..], multicast, follow);
-            save_checkpoint(journal, flash, &state, frag_index, cp);
+            let update = Update::Installing {
+                frag_index,
+                checkpoint: Some(cp),
+            };
+            save_state(journal, flash, &state, update);
         };
         let result = install(flash, store, len, &config, window, resume, save);
         // Success or not, this block has been used: a reboot must not install it again.
@@ -726,14 +730,15 @@ impl<
     #[inline(never)]
     fn save(&mut self) {
         let sessions = self.frag.saved();
-        let record = Record {
-            last_session_cnt: self.frag.last_session_cnt(),
-            sessions: &sessions,
-            groups: &self.multicast,
-            update: self.update,
-            follow: self.follow,
-        };
-        append_record(&mut self.journal, self.flash, &record);
+        let state = (
+            &self.frag.last_session_cnt(),
+            &sessions[..],
+            &self.multicast,
+            self.follow,
+        );
+        // Through the checkpoints' function: one copy of the record's assembly (-40 B of
+        // code, for about 80 B more stack under a save).
+        save_state(&mut self.journal, self.flash, &state, self.update);
     }
 
     /// Handles a downlink on `port` that came `via` unicast or a multicast group.
@@ -883,10 +888,10 @@ fn append_record<F: NorFlash, G: GroupSource + ?Sized>(
     });
 }
 
-/// Journals the state of an install in progress. Out of line: the record would otherwise
-/// sit in the frame of the apply, under everything the apply calls.
+/// Journals the state with `update` (an install in progress: its checkpoint). Out of line:
+/// the record would otherwise sit in the frame of the apply, under everything the apply calls.
 #[inline(never)]
-fn save_checkpoint<F: NorFlash>(
+fn save_state<F: NorFlash>(
     journal: &mut Journal<JOURNAL_SLOT>,
     flash: &RefCell<F>,
     &(last_session_cnt, sessions, multicast, follow): &(
@@ -895,17 +900,13 @@ fn save_checkpoint<F: NorFlash>(
         &Multicast,
         Follow,
     ),
-    frag_index: u8,
-    checkpoint: Checkpoint,
+    update: Update,
 ) {
     let record = Record {
         last_session_cnt: *last_session_cnt,
         sessions,
         groups: multicast,
-        update: Update::Installing {
-            frag_index,
-            checkpoint: Some(checkpoint),
-        },
+        update,
         follow,
     };
     append_record(journal, flash, &record);
