@@ -484,19 +484,31 @@ impl Detools {
     }
 
     fn finish<E>(&self) -> Result<u32, ApplyError<E>> {
+        let (decoder, bspatch) = self.ending()?;
+        check_stream_end(decoder, bspatch.is_done())?;
+        Ok(bspatch.target_len())
+    }
+
+    /// The body's decoder (`None`: uncompressed) and bspatch, for the end checks; `Truncated`
+    /// while the header is still short.
+    fn ending<E>(&self) -> Result<(Option<&DecoderState>, &Bspatch), ApplyError<E>> {
         match &self.phase {
             DetoolsPhase::Header(_) => Err(ApplyError::Truncated),
-            DetoolsPhase::Body { decoder, bspatch } => {
-                if let Some(d) = decoder {
-                    d.finish().map_err(|e| ApplyError::Payload(e.into()))?;
-                }
-                if !bspatch.is_done() {
-                    return Err(PayloadError::Truncated.into());
-                }
-                Ok(bspatch.target_len())
-            }
+            DetoolsPhase::Body { decoder, bspatch } => Ok((decoder.as_ref(), bspatch)),
         }
     }
+}
+
+/// The end of a payload stream, delta or full: the decoder holds no partial input, and the
+/// body is whole (`done`).
+fn check_stream_end<E>(decoder: Option<&DecoderState>, done: bool) -> Result<(), ApplyError<E>> {
+    if let Some(d) = decoder {
+        d.finish().map_err(|e| ApplyError::Payload(e.into()))?;
+    }
+    if !done {
+        return Err(PayloadError::Truncated.into());
+    }
+    Ok(())
 }
 
 /// Streaming applier of a bare detools sequential patch (none or heatshrink compression),
@@ -964,21 +976,16 @@ impl<K: SignatureCheck> Core<K> {
         if p.payload_sha.finalize_reset() != p.manifest.payload_sha256 {
             return Err(ApplyError::PayloadMismatch);
         }
-        // [`Detools::finish`]'s checks, with the full image's: one decoder check for both.
+        // One call of the end checks for both kinds of payload: one copy of the decoder's.
         let (decoder, done) = match &p.stream {
             Stream::Pending(_) => (None, true),
-            Stream::Delta(d) => match &d.phase {
-                DetoolsPhase::Header(_) => return Err(ApplyError::Truncated),
-                DetoolsPhase::Body { decoder, bspatch } => (decoder.as_ref(), bspatch.is_done()),
-            },
+            Stream::Delta(d) => {
+                let (decoder, bspatch) = d.ending()?;
+                (decoder, bspatch.is_done())
+            }
             Stream::Full(decoder, _) => (decoder.as_ref(), true),
         };
-        if let Some(d) = decoder {
-            d.finish().map_err(|e| ApplyError::Payload(e.into()))?;
-        }
-        if !done {
-            return Err(PayloadError::Truncated.into());
-        }
+        check_stream_end(decoder, done)?;
         let written = p.written();
         if written != p.manifest.target_len {
             return Err(ApplyError::TargetLength {
