@@ -1127,7 +1127,9 @@ fn update_bytes(update: Update, b: &mut [u8; UPDATE]) {
             b[0] = 1;
             if let Some(c) = checkpoint {
                 b[1] = 1;
-                put(b, 2, &c.to_bytes());
+                // The checkpoint's fields where `to_bytes` puts them, without its copy.
+                put(b, 2, &c.target_sha256);
+                put(b, 34, &c.written.to_le_bytes());
             }
             b[38] = frag_index;
             return;
