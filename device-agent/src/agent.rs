@@ -1174,10 +1174,12 @@ impl<G: GroupSource + ?Sized> Record<'_, G> {
     fn encode(&self, out: &mut dyn FnMut(&[u8])) {
         let mut buf = [0u8; GROUP];
         buf[0] = SNAPSHOT_FORMAT;
-        for (i, cnt) in self.last_session_cnt.iter().enumerate() {
-            if let Some(c) = cnt {
-                buf[1 + 3 * i] = 1;
-                put(&mut buf, 2 + 3 * i, &c.to_le_bytes());
+        // By 3-byte chunks, not `put` at 2 + 3 * i: no bounds check left (-40 B).
+        let chunks = buf[1..HEAD].chunks_exact_mut(3);
+        for (cnt, b) in self.last_session_cnt.iter().zip(chunks) {
+            if let (Some(c), [flag, lo, hi]) = (cnt, b) {
+                let [l, h] = c.to_le_bytes();
+                (*flag, *lo, *hi) = (1, l, h);
             }
         }
         out(&buf[..HEAD]);
