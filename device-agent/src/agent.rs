@@ -557,16 +557,18 @@ impl<
         let mut b = [0u8; UPLINK_LEN];
         let before = self.frag.acks_pending();
         if let Some(u) = self.frag.poll_uplink(now, &mut self.rng) {
-            let n = u.write_into(version, &mut b).map_or(0, |x| x.len());
-            self.queue_uplink(fragmentation::PORT, &b[..n]);
+            if let Some(bytes) = u.write_into(version, &mut b) {
+                self.queue_uplink(fragmentation::PORT, bytes);
+            }
         }
         // The last try of a FragDataBlockReceivedReq: nothing to send again after a reboot.
         if self.frag.acks_pending() != before {
             self.save();
         }
         if let Some(u) = self.clock.poll_request(now, &mut self.rng) {
-            let n = u.write_into(version, &mut b).map_or(0, |x| x.len());
-            self.queue_uplink(clock_sync::PORT, &b[..n]);
+            if let Some(bytes) = u.write_into(version, &mut b) {
+                self.queue_uplink(clock_sync::PORT, bytes);
+            }
         }
         if self.nb_uplinks == 0 {
             // A report leaves the journal only once it is handed out.
