@@ -573,11 +573,9 @@ impl<
         if self.nb_uplinks == 0 {
             // A report leaves the journal only once it is handed out.
             let report = self.follow.report.take()?;
-            let bytes = report.to_bytes();
-            let n = bytes.len().min(buf.len());
-            buf[..n].copy_from_slice(&bytes[..n]);
+            // Handed out through the queue: one copy into `buf` for every uplink.
+            self.queue_uplink(agent_report::PORT, &report.to_bytes());
             self.save();
-            return Some((agent_report::PORT, n));
         }
         let (port, len, data) = &self.uplinks[0];
         let (port, n) = (*port, (*len).min(buf.len()));
