@@ -540,13 +540,16 @@ impl<
     }
 
     fn queue_uplink(&mut self, port: u8, payload: &[u8]) {
-        if payload.is_empty() || self.nb_uplinks == UPLINK_QUEUE {
+        // The next free slot, or none when the queue is full: one test, no index check.
+        let Some((p, len, buf)) = self.uplinks.get_mut(self.nb_uplinks) else {
+            return;
+        };
+        if payload.is_empty() {
             return;
         }
-        let (p, len, buf) = &mut self.uplinks[self.nb_uplinks];
-        *p = port;
-        *len = payload.len().min(UPLINK_LEN);
-        buf[..*len].copy_from_slice(&payload[..*len]);
+        let n = payload.len().min(UPLINK_LEN);
+        buf[..n].copy_from_slice(&payload[..n]);
+        (*p, *len) = (port, n);
         self.nb_uplinks += 1;
     }
 
