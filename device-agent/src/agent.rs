@@ -753,7 +753,7 @@ impl<
         let mut dirty = false;
         // Answers of one downlink go out together, in order.
         let append = |u: &dyn Fn(&mut [u8]) -> Option<usize>, out: &mut [u8], len: &mut usize| {
-            if let Some(n) = u(&mut out[*len..]) {
+            if let Some(n) = out.get_mut(*len..).and_then(u) {
                 *len += n;
             }
         };
