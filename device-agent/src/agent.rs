@@ -863,8 +863,9 @@ impl<
             }
             _ => {}
         }
-        if len > 0 {
-            self.queue_uplink(port, &out[..len]);
+        // queue_uplink ignores an empty payload.
+        if let Some(answers) = out.get(..len) {
+            self.queue_uplink(port, answers);
         }
         if dirty {
             self.save();
