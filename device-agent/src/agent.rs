@@ -775,17 +775,19 @@ impl<
                 let gps = gps_s(&self.clock, now);
                 let events = &mut self.events;
                 for cmd in multicast_setup::downlinks(version, bytes).valid() {
-                    // Setups, deletes and session requests change what must survive a
-                    // reboot, whether or not they raise an event (a scheduled session does not).
-                    dirty |= !matches!(
-                        cmd,
-                        multicast_setup::Downlink::PackageVersionReq(_)
-                            | multicast_setup::Downlink::McGroupStatusReq(_)
-                    );
                     let ans = self.multicast.handle(gps, cmd, |e| {
                         queue_event(events, Event::Multicast(e));
                     });
                     if let Some(u) = ans {
+                        // Setups, deletes and session requests change what must survive a
+                        // reboot, whether or not they raise an event (a scheduled session
+                        // does not). Told by the answer, one kind per request, whose kind is
+                        // known where it is made (the request's: -64 B).
+                        dirty |= !matches!(
+                            u,
+                            multicast_setup::Uplink::PackageVersionAns(_)
+                                | multicast_setup::Uplink::McGroupStatusAns(_)
+                        );
                         append(
                             &|b| u.write_into(version, b).map(|x| x.len()),
                             &mut out,
