@@ -704,7 +704,7 @@ impl<
                 frag_index,
                 checkpoint: Some(cp),
             };
-            save_state(journal, flash, &state, update);
+            save_state(journal, flash, &state, &update);
         };
         let result = install(flash, store, len, &config, window, resume, save);
         // Success or not, this block has been used: a reboot must not install it again.
@@ -741,7 +741,7 @@ impl<
         );
         // Through the checkpoints' function: one copy of the record's assembly (-40 B of
         // code, for about 80 B more stack under a save).
-        save_state(&mut self.journal, self.flash, &state, self.update);
+        save_state(&mut self.journal, self.flash, &state, &self.update);
     }
 
     /// Handles a downlink on `port` that came `via` unicast or a multicast group.
@@ -906,10 +906,10 @@ fn save_state<F: NorFlash>(
         &Multicast,
         Follow,
     ),
-    update: Update,
+    update: &Update,
 ) {
     let record = Record {
-        last_session_cnt: *last_session_cnt,
+        last_session_cnt,
         sessions,
         groups: multicast,
         update,
@@ -969,11 +969,11 @@ impl GroupSource for [(Option<McGroup>, Option<ClassCSession>); 4] {
 
 /// The state to journal, borrowed from where it lives: saving needs no copy of it.
 struct Record<'s, G: ?Sized> {
-    last_session_cnt: [Option<u16>; MAX_FRAG_SESSIONS],
+    last_session_cnt: &'s [Option<u16>; MAX_FRAG_SESSIONS],
     /// Per storage slot; slots past the end (up to [`MAX_FRAG_SESSIONS`]) are empty.
     sessions: &'s [Option<SavedSession>],
     groups: &'s G,
-    update: Update,
+    update: &'s Update,
     follow: Follow,
 }
 
@@ -1123,7 +1123,7 @@ fn group_of(b: &[u8; GROUP]) -> (Option<McGroup>, Option<ClassCSession>) {
     (group, session)
 }
 
-fn update_bytes(update: Update, b: &mut [u8; UPDATE]) {
+fn update_bytes(update: &Update, b: &mut [u8; UPDATE]) {
     let v = match update {
         Update::Idle => return,
         Update::Installing {
@@ -1137,7 +1137,7 @@ fn update_bytes(update: Update, b: &mut [u8; UPDATE]) {
                 put(b, 2, &c.target_sha256);
                 put(b, 34, &c.written.to_le_bytes());
             }
-            b[38] = frag_index;
+            b[38] = *frag_index;
             return;
         }
         Update::SwapRequested(v) => {
@@ -1269,10 +1269,10 @@ impl Snapshot {
     /// The record that encodes this state.
     fn record(&self) -> Record<'_, [(Option<McGroup>, Option<ClassCSession>); 4]> {
         Record {
-            last_session_cnt: self.last_session_cnt,
+            last_session_cnt: &self.last_session_cnt,
             sessions: &self.sessions,
             groups: &self.groups,
-            update: self.update,
+            update: &self.update,
             follow: self.follow,
         }
     }
