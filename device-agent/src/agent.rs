@@ -1043,7 +1043,7 @@ fn put(b: &mut [u8], at: usize, v: &[u8]) {
     b[at..at + v.len()].copy_from_slice(v);
 }
 
-fn session_bytes(saved: Option<SavedSession>, b: &mut [u8; SESSION]) {
+fn session_bytes(saved: Option<&SavedSession>, b: &mut [u8; SESSION]) {
     let Some(SavedSession {
         params: p,
         consumed,
@@ -1052,7 +1052,7 @@ fn session_bytes(saved: Option<SavedSession>, b: &mut [u8; SESSION]) {
     else {
         return;
     };
-    b[0] = 1 | u8::from(consumed) << 1 | u8::from(ack_pending) << 2;
+    b[0] = 1 | u8::from(*consumed) << 1 | u8::from(*ack_pending) << 2;
     b[1] = p.frag_index;
     b[2] = p.mc_group_bit_mask;
     put(b, 3, &p.nb_frag.to_le_bytes());
@@ -1191,7 +1191,7 @@ impl<G: GroupSource + ?Sized> Record<'_, G> {
         out(&buf[..HEAD]);
         for slot in 0..MAX_FRAG_SESSIONS {
             let mut b = [0u8; SESSION];
-            session_bytes(self.sessions.get(slot).copied().flatten(), &mut b);
+            session_bytes(self.sessions.get(slot).and_then(Option::as_ref), &mut b);
             out(&b);
         }
         for id in 0..4 {
