@@ -697,7 +697,7 @@ impl<
         let flash = self.flash;
         let journal = &mut self.journal;
         let multicast = &self.multicast;
-        let follow = self.follow;
+        let follow = &self.follow;
         let save = |cp| {
             let state = (&last_session_cnt, &sessions[..], multicast, follow);
             let update = Update::Installing {
@@ -737,7 +737,7 @@ impl<
             &self.frag.last_session_cnt(),
             &sessions[..],
             &self.multicast,
-            self.follow,
+            &self.follow,
         );
         // Through the checkpoints' function: one copy of the record's assembly (-40 B of
         // code, for about 80 B more stack under a save).
@@ -904,7 +904,7 @@ fn save_state<F: NorFlash>(
         &[Option<u16>; MAX_FRAG_SESSIONS],
         &[Option<SavedSession>],
         &Multicast,
-        Follow,
+        &Follow,
     ),
     update: &Update,
 ) {
@@ -974,7 +974,7 @@ struct Record<'s, G: ?Sized> {
     sessions: &'s [Option<SavedSession>],
     groups: &'s G,
     update: &'s Update,
-    follow: Follow,
+    follow: &'s Follow,
 }
 
 /// Format 3 adds the follow-up section (a report owed to the server, unconfirmed boots) to
@@ -997,7 +997,7 @@ const UPDATE: usize = 41;
 const FOLLOW: usize = 8;
 
 /// The follow-up section: present flag, the report's bytes after its CID, the boots.
-fn follow_bytes(follow: Follow, b: &mut [u8; FOLLOW]) {
+fn follow_bytes(follow: &Follow, b: &mut [u8; FOLLOW]) {
     if let Some(r) = follow.report {
         b[0] = 1;
         put(b, 1, &r.to_bytes()[1..]);
@@ -1273,7 +1273,7 @@ impl Snapshot {
             sessions: &self.sessions,
             groups: &self.groups,
             update: &self.update,
-            follow: self.follow,
+            follow: &self.follow,
         }
     }
 
