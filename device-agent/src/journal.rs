@@ -230,7 +230,10 @@ impl<const SLOT: usize> Journal<SLOT> {
         let slot = match target {
             Some(slot) => slot,
             None => {
-                let sector = self.head.map_or(0, |h| (h.slot / per + 1) % (count / per));
+                // The sector after the head's, wrapping round (a compare, not a division
+                // that could panic).
+                let sector = self.head.map_or(0, |h| h.slot / per + 1);
+                let sector = if sector < count / per { sector } else { 0 };
                 let from = self.region.offset + sector * F::ERASE_SIZE as u32;
                 flash
                     .erase(from, from + F::ERASE_SIZE as u32)
