@@ -278,24 +278,19 @@ impl<
                 needed: APPLY_WINDOW,
             });
         }
-        let journal = Journal::open(&mut *flash.borrow_mut(), config.layout.journal).map_err(
-            |e| match e {
-                crate::journal::JournalError::Flash(e) => AgentError::Flash(e),
-                _ => AgentError::Layout,
-            },
-        )?;
         // The newest record, read into the workspace: the decoders do not need it before
         // the sessions are restored, and what is taken out of the record is small.
         let Some(buf) = workspace.first_chunk_mut::<JOURNAL_SLOT>() else {
             return Err(AgentError::Layout);
         };
-        let saved = journal
-            .read(&mut *flash.borrow_mut(), buf)
-            .map_err(|e| match e {
-                crate::journal::JournalError::Flash(e) => AgentError::Flash(e),
-                _ => AgentError::Layout,
-            })?
-            .and_then(Saved::new);
+        let (journal, record) =
+            Journal::open_read(&mut *flash.borrow_mut(), config.layout.journal, buf).map_err(
+                |e| match e {
+                    crate::journal::JournalError::Flash(e) => AgentError::Flash(e),
+                    _ => AgentError::Layout,
+                },
+            )?;
+        let saved = record.and_then(Saved::new);
         let mut multicast = Multicast::new(config.version, config.mc_ke_key.clone(), config.limits);
         let mut sessions = [None; SESSIONS];
         let (mut last_session_cnt, mut update) = ([None; MAX_FRAG_SESSIONS], Update::Idle);

@@ -89,6 +89,9 @@ struct Head {
     seq: u32,
 }
 
+/// A journal just opened, and its newest record's payload (`None` when it is empty).
+pub type Opened<'b, const SLOT: usize> = (Journal<SLOT>, Option<&'b [u8]>);
+
 /// The journal over `region`; `SLOT` bytes per record slot.
 #[derive(Debug)]
 pub struct Journal<const SLOT: usize> {
@@ -118,6 +121,26 @@ impl<const SLOT: usize> Journal<SLOT> {
         flash: &mut F,
         region: Region,
     ) -> Result<Self, JournalError<F::Error>> {
+        Self::scan(flash, region, &mut [0u8; SLOT])
+    }
+
+    /// [`Journal::open`] and [`Journal::read`] in one: `buf` is the scan's buffer, then
+    /// holds the newest record (no second slot buffer on the stack).
+    pub fn open_read<'b, F: NorFlash>(
+        flash: &mut F,
+        region: Region,
+        buf: &'b mut [u8; SLOT],
+    ) -> Result<Opened<'b, SLOT>, JournalError<F::Error>> {
+        let journal = Self::scan(flash, region, buf)?;
+        let payload = journal.read(flash, buf)?;
+        Ok((journal, payload))
+    }
+
+    fn scan<F: NorFlash>(
+        flash: &mut F,
+        region: Region,
+        buf: &mut [u8; SLOT],
+    ) -> Result<Self, JournalError<F::Error>> {
         let sector = F::ERASE_SIZE as u32;
         if !region.is_aligned(sector)
             || region.len / sector < 2
@@ -129,12 +152,11 @@ impl<const SLOT: usize> Journal<SLOT> {
             return Err(JournalError::BadLayout);
         }
         let mut journal = Self { region, head: None };
-        let mut buf = [0u8; SLOT];
         for slot in 0..journal.slot_count::<F>() {
             flash
-                .read(journal.slot_offset::<F>(slot), &mut buf)
+                .read(journal.slot_offset::<F>(slot), buf)
                 .map_err(JournalError::Flash)?;
-            if let Some((seq, _)) = Self::decode(&buf) {
+            if let Some((seq, _)) = Self::decode(buf) {
                 if journal.head.is_none_or(|h| seq > h.seq) {
                     journal.head = Some(Head { slot, seq });
                 }
@@ -306,6 +328,20 @@ mod tests {
         // Nothing outside the region was touched.
         assert!(flash.as_bytes()[..256].iter().all(|&b| b == 0xff));
         assert!(flash.as_bytes()[768..].iter().all(|&b| b == 0xff));
+    }
+
+    #[test]
+    fn open_read_finds_what_open_and_read_find() {
+        let mut flash = Flash::new(4);
+        let mut buf = [0u8; 64];
+        let (mut j, none) = Journal::<64>::open_read(&mut flash, REGION, &mut buf).unwrap();
+        assert_eq!(none, None);
+        for i in 0..7u32 {
+            j.append(&mut flash, &i.to_le_bytes()).unwrap();
+        }
+        let (j, newest) = Journal::<64>::open_read(&mut flash, REGION, &mut buf).unwrap();
+        assert_eq!(newest, Some(&6u32.to_le_bytes()[..]));
+        assert_eq!(j.seq(), Some(6));
     }
 
     /// A power cut at every write or erase of a run of appends: after the reboot the journal
