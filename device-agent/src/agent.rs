@@ -428,8 +428,8 @@ impl<
                     let mut f = self.flash.borrow_mut();
                     mcuboot::verify_image(&mut *f, self.config.layout.secondary)
                 };
-                U::DevUpgradeImageAns(match (self.update, waiting) {
-                    (Update::SwapRequested(v), _) => UpImageStatus::Valid { firmware_id: fw(v) },
+                U::DevUpgradeImageAns(match (&self.update, waiting) {
+                    (Update::SwapRequested(v), _) => UpImageStatus::Valid { firmware_id: fw(*v) },
                     (_, Ok(info)) if running.is_none_or(|r| info.header.version > r) => {
                         UpImageStatus::Valid {
                             firmware_id: fw(info.header.version),
