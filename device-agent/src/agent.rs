@@ -429,7 +429,9 @@ impl<
                     mcuboot::verify_image(&mut *f, self.config.layout.secondary)
                 };
                 U::DevUpgradeImageAns(match (&self.update, waiting) {
-                    (Update::SwapRequested(v), _) => UpImageStatus::Valid { firmware_id: fw(*v) },
+                    (Update::SwapRequested(v), _) => UpImageStatus::Valid {
+                        firmware_id: fw(*v),
+                    },
                     (_, Ok(info)) if running.is_none_or(|r| info.header.version > r) => {
                         UpImageStatus::Valid {
                             firmware_id: fw(info.header.version),
@@ -991,24 +993,21 @@ const GROUP: usize = 45 + 11;
 const UPDATE: usize = 41;
 const FOLLOW: usize = 8;
 
-/// The follow-up section: present flag, the report's bytes after its CID, the boots.
+/// The follow-up section: present flag, the report's bytes after its CID, the boots. The
+/// flag is the report's CID (1), so the section starts with the report as it goes on the air.
 fn follow_bytes(follow: &Follow, b: &mut [u8; FOLLOW]) {
     if let Some(r) = follow.report {
-        b[0] = 1;
-        put(b, 1, &r.to_bytes()[1..]);
+        put(b, 0, &r.to_bytes());
     }
     b[7] = follow.boots;
 }
 
+const _: () = assert!(agent_report::CID_UPDATE_REPORT == 1 && agent_report::LEN == 7);
+
 fn follow_of(b: &[u8; FOLLOW]) -> Follow {
-    let mut bytes = [agent_report::CID_UPDATE_REPORT; agent_report::LEN];
-    bytes[1..].copy_from_slice(&b[1..7]);
     Follow {
-        report: if b[0] == 1 {
-            UpdateReport::parse(&bytes).ok()
-        } else {
-            None
-        },
+        // Parsed in place: without the flag (the CID) it is no report.
+        report: UpdateReport::parse(&b[..agent_report::LEN]).ok(),
         boots: b[7],
     }
 }
