@@ -307,20 +307,21 @@ impl<
             }
             (last_session_cnt, update) = (saved.session_cnts(), saved.update());
         }
-        let frag = Fragmentation::new(
-            config.version,
-            flash,
-            config.layout.fragments,
-            workspace,
-            config.max_lost,
-            config.data_block_int_key.clone(),
-            last_session_cnt,
-        );
         let mut agent = Self {
             primary_trailer,
             secondary_trailer,
             clock: ClockSync::new(config.version, now),
             rng: Rng::new(config.seed),
+            // Made in place (before `config` moves in), not in a local moved into it.
+            frag: Fragmentation::new(
+                config.version,
+                flash,
+                config.layout.fragments,
+                workspace,
+                config.max_lost,
+                config.data_block_int_key.clone(),
+                last_session_cnt,
+            ),
             config,
             hooks,
             follow,
@@ -330,7 +331,6 @@ impl<
             flash,
             journal,
             multicast,
-            frag,
             update,
             install_due: false,
             uplinks: [(0, 0, [0; UPLINK_LEN]); UPLINK_QUEUE],
