@@ -374,7 +374,9 @@ impl<
             mcuboot::read_image(&mut *f, self.config.layout.primary)
         };
         match running {
-            Ok(info) if info.header.version == wanted => {
+            // Through the order, one comparison shared with the rest of the agent (the
+            // derived `==` compares field by field inline: -32 B).
+            Ok(info) if info.header.version.cmp(&wanted).is_eq() => {
                 self.update = Update::Testing(wanted);
                 self.follow.boots = self.follow.boots.saturating_add(1);
                 if self.follow.boots > self.hooks.boot_limit() {
