@@ -194,8 +194,9 @@ impl<const SESSIONS: usize> Layout<SESSIONS> {
     /// Whether every region is whole sectors of a flash of `capacity` bytes and no two
     /// regions overlap.
     pub fn is_valid(&self, erase_size: u32, capacity: u32) -> bool {
-        let mut regions = [Region { offset: 0, len: 0 }; 3 + 3 * MAX_FRAG_SESSIONS];
-        regions[..3].copy_from_slice(&[self.primary, self.secondary, self.journal]);
+        // Filled with the primary slot, which is the first: no copy for it.
+        let mut regions = [self.primary; 3 + 3 * MAX_FRAG_SESSIONS];
+        (regions[1], regions[2]) = (self.secondary, self.journal);
         for (i, a) in self.fragments.iter().take(MAX_FRAG_SESSIONS).enumerate() {
             regions[3 + 3 * i..6 + 3 * i].copy_from_slice(&[a.log, a.block, a.spare]);
         }
