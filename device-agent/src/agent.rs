@@ -675,11 +675,11 @@ impl<
         // changes during the install), borrowed rather than copied.
         let sessions = self.frag.saved();
         let last_session_cnt = self.frag.last_session_cnt();
-        let block = self.frag.params(frag_index).copied().and_then(|params| {
-            let len =
-                u32::from(params.nb_frag) * u32::from(params.frag_size) - u32::from(params.padding);
-            self.frag.complete_block(frag_index).map(|b| (len, b))
-        });
+        let block = self
+            .frag
+            .params(frag_index)
+            .map(|p| u32::from(p.nb_frag) * u32::from(p.frag_size) - u32::from(p.padding))
+            .and_then(|len| self.frag.complete_block(frag_index).map(|b| (len, b)));
         // One way out (-40 B) for both misses.
         let Some((len, (store, window))) = block else {
             // The session was deleted before its install ran, or holds no complete block.
