@@ -1212,23 +1212,26 @@ impl<G: GroupSource + ?Sized> Record<'_, G> {
     }
 }
 
-/// A journal record read back: its sections, decoded on demand.
+/// A journal record read back: its sections, decoded on demand. Those of format 2 as an
+/// array, in which a section at a constant offset is found without a length check (-48 B),
+/// then format 3's follow-up section.
 #[derive(Clone, Copy)]
-struct Saved<'b>(&'b [u8]);
+struct Saved<'b>(&'b [u8; FORMAT_2_LEN], Option<&'b [u8; FOLLOW]>);
+
+/// Length of a format 2 record: all but the follow-up section.
+const FORMAT_2_LEN: usize = HEAD + MAX_FRAG_SESSIONS * SESSION + 4 * GROUP + UPDATE;
 
 impl<'b> Saved<'b> {
     const SESSIONS: usize = HEAD;
     const GROUPS: usize = Self::SESSIONS + MAX_FRAG_SESSIONS * SESSION;
     const UPDATE: usize = Self::GROUPS + 4 * GROUP;
 
-    /// `None` unless `b` is a whole record of this format.
-    const FOLLOW: usize = Self::UPDATE + UPDATE;
-
     /// `None` unless `b` is a whole record of this format or of format 2.
     fn new(b: &'b [u8]) -> Option<Self> {
-        match *b.first()? {
-            SNAPSHOT_FORMAT => b.get(..Record::<Multicast>::LEN).map(Self),
-            FORMAT_2 => b.get(..Self::FOLLOW).map(Self),
+        let (main, rest) = b.split_first_chunk()?;
+        match main[0] {
+            SNAPSHOT_FORMAT => Some(Self(main, Some(rest.first_chunk()?))),
+            FORMAT_2 => Some(Self(main, None)),
             _ => None,
         }
     }
@@ -1240,8 +1243,7 @@ impl<'b> Saved<'b> {
     }
 
     fn follow(self) -> Follow {
-        self.section(Self::FOLLOW)
-            .map_or_else(Follow::default, follow_of)
+        self.1.map_or_else(Follow::default, follow_of)
     }
 
     fn session_cnts(self) -> [Option<u16>; MAX_FRAG_SESSIONS] {
