@@ -1247,8 +1247,8 @@ impl<'b> Saved<'b> {
     }
 
     fn session_cnts(self) -> [Option<u16>; MAX_FRAG_SESSIONS] {
-        let b = self.section::<HEAD>(0);
-        core::array::from_fn(|i| b.filter(|b| b[1 + 3 * i] == 1).map(|b| le16(b, 2 + 3 * i)))
+        let b = self.0;
+        core::array::from_fn(|i| (b[1 + 3 * i] == 1).then(|| le16(b, 2 + 3 * i)))
     }
 
     /// Storage slot `slot`'s session; `None` past [`MAX_FRAG_SESSIONS`].
