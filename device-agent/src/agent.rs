@@ -35,6 +35,7 @@ pub const JOURNAL_SLOT: usize = 512;
 pub const APPLY_WINDOW: usize = 512;
 const UPLINK_LEN: usize = 64;
 const UPLINK_QUEUE: usize = 4;
+const _: () = assert!(UPLINK_LEN <= u8::MAX as usize);
 const EVENT_QUEUE: usize = 8;
 
 /// Flash layout, declared by the integrator: `SESSIONS` fragment storage areas, one per
@@ -168,7 +169,8 @@ pub struct Agent<
     rng: Rng,
     update: Update,
     install_due: bool,
-    uplinks: [(u8, usize, [u8; UPLINK_LEN]); UPLINK_QUEUE],
+    /// Port, length (a byte: at most `UPLINK_LEN`) and payload of each queued uplink.
+    uplinks: [(u8, u8, [u8; UPLINK_LEN]); UPLINK_QUEUE],
     nb_uplinks: usize,
     events: [Option<Event>; EVENT_QUEUE],
 }
@@ -549,7 +551,7 @@ impl<
         }
         let n = payload.len().min(UPLINK_LEN);
         buf[..n].copy_from_slice(&payload[..n]);
-        (*p, *len) = (port, n);
+        (*p, *len) = (port, n as u8);
         self.nb_uplinks += 1;
     }
 
@@ -581,7 +583,7 @@ impl<
             self.save();
         }
         let (port, len, data) = &self.uplinks[0];
-        let (port, n) = (*port, (*len).min(buf.len()));
+        let (port, n) = (*port, usize::from(*len).min(buf.len()));
         buf[..n].copy_from_slice(&data[..n]);
         for i in 1..self.nb_uplinks {
             self.uplinks[i - 1] = self.uplinks[i];
