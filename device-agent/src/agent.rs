@@ -300,9 +300,9 @@ impl<
         let mut follow = Follow::default();
         if let Some(saved) = saved {
             follow = saved.follow();
-            for id in 0..4 {
-                if let (Some(g), session) = saved.group(id) {
-                    multicast.restore(id as u8, g, session);
+            for (id, group) in (0..4).zip(saved.groups()) {
+                if let (Some(g), session) = group {
+                    multicast.restore(id, g, session);
                 }
             }
             for (slot, s) in sessions.iter_mut().enumerate() {
@@ -1261,9 +1261,16 @@ impl<'b> Saved<'b> {
             .and_then(session_of)
     }
 
+    /// The four groups, in order: by chunks, with no offset computed per group.
+    fn groups(self) -> impl Iterator<Item = (Option<McGroup>, Option<ClassCSession>)> + 'b {
+        self.0[Self::GROUPS..Self::UPDATE]
+            .chunks_exact(GROUP)
+            .map(|b| b.try_into().map_or((None, None), group_of))
+    }
+
+    #[cfg(test)]
     fn group(self, id: usize) -> (Option<McGroup>, Option<ClassCSession>) {
-        self.section(Self::GROUPS + id * GROUP)
-            .map_or((None, None), group_of)
+        self.groups().nth(id).unwrap_or((None, None))
     }
 
     fn update(self) -> Update {
