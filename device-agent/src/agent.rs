@@ -305,8 +305,8 @@ impl<
                     multicast.restore(id, g, session);
                 }
             }
-            for (slot, s) in sessions.iter_mut().enumerate() {
-                *s = saved.session(slot);
+            for (s, saved) in sessions.iter_mut().zip(saved.sessions()) {
+                *s = saved;
             }
             (last_session_cnt, update) = (saved.session_cnts(), saved.update());
         }
@@ -1253,12 +1253,17 @@ impl<'b> Saved<'b> {
         core::array::from_fn(|i| (b[1 + 3 * i] == 1).then(|| le16(b, 2 + 3 * i)))
     }
 
+    /// The storage slots' sessions, in order (as [`Saved::groups`]).
+    fn sessions(self) -> impl Iterator<Item = Option<SavedSession>> + 'b {
+        self.0[Self::SESSIONS..Self::GROUPS]
+            .chunks_exact(SESSION)
+            .map(|b| b.try_into().ok().and_then(session_of))
+    }
+
     /// Storage slot `slot`'s session; `None` past [`MAX_FRAG_SESSIONS`].
+    #[cfg(test)]
     fn session(self, slot: usize) -> Option<SavedSession> {
-        (slot < MAX_FRAG_SESSIONS)
-            .then(|| self.section(Self::SESSIONS + slot * SESSION))
-            .flatten()
-            .and_then(session_of)
+        self.sessions().nth(slot).flatten()
     }
 
     /// The four groups, in order: by chunks, with no offset computed per group.
