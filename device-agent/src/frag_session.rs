@@ -239,47 +239,6 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
         }
     }
 
-    /// A session over `slot` with a fresh decoder and a store over the slot's block and
-    /// spare areas, which the caller erased ([`FlashStore::erase`]). The store is built here,
-    /// in place: built by the caller, it would be copied in, out of a `Result`.
-    fn new_session(
-        &mut self,
-        slot: usize,
-        params: SessionParams,
-        log: FragLog,
-    ) -> Result<Session<'a, F, SPARES>, StoreError<F::Error>> {
-        let Slot {
-            areas, workspace, ..
-        } = self.slots.get_mut(slot).ok_or(StoreError::OutOfRange)?;
-        let frag_size = usize::from(params.frag_size);
-        let decoder = DecoderState::new(
-            self.version,
-            usize::from(params.nb_frag),
-            frag_size,
-            self.max_lost,
-            workspace,
-        )
-        .map_err(|_| StoreError::BadSize)?;
-        Ok(Session {
-            params,
-            decoder,
-            store: Some(FlashStore::erased(
-                self.flash,
-                areas.block,
-                areas.spare,
-                frag_size,
-            )),
-            log,
-            received: 0,
-            mic_ok: None,
-            memory_error: false,
-            ack_pending: false,
-            ack_due: None,
-            ack_tries: 0,
-            consumed: false,
-        })
-    }
-
     /// After a reboot: reopens the session of `slot` with its saved setup and replays its
     /// log into a new decode. The event says whether the block was complete. A session whose
     /// block was used already is only counted, not decoded again (no erase, no writes).
@@ -289,58 +248,27 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
         saved: SavedSession,
     ) -> Result<Option<FragEvent>, StoreError<F::Error>> {
         let params = saved.params;
-        let areas = self.slots.get(slot).ok_or(StoreError::OutOfRange)?.areas;
+        let frag_size = usize::from(params.frag_size);
         if self.find(params.frag_index).is_some() {
             return Err(StoreError::OutOfRange);
         }
-        let flash = self.flash;
-        let frag_size = usize::from(params.frag_size);
-        let mut received = 0u16;
+        let (flash, version, max_lost) = (self.flash, self.version, self.max_lost);
+        let key = &self.data_block_int_key;
+        let place = self.slots.get_mut(slot).ok_or(StoreError::OutOfRange)?;
+        let areas = place.areas;
         // A used block is not decoded again: no erase, no writes, no store (dropped below).
         if !saved.consumed {
             FlashStore::<F, SPARES>::erase(flash, areas.block, areas.spare, frag_size)?;
         }
         // The log is found again by the replay below.
         let log = FragLog::at_start(areas.log, frag_size);
-        // Worked on inside the result, which goes to the slot whole: moved out of it, the
-        // session (some 250 bytes) would be copied twice.
-        let mut made = self.new_session(slot, params, log);
-        let session = match made {
-            Ok(ref mut session) => session,
-            Err(e) => return Err(e),
-        };
-        if saved.consumed {
-            session.store = None;
+        let (session, workspace) = place.open(flash, version, max_lost, params, log)?;
+        let event = replay(session, workspace, flash, areas.log, key, version, saved);
+        // A session that could not be brought back is not kept.
+        if event.is_err() {
+            place.session = None;
         }
-        let workspace = &mut *self.slots[slot].workspace;
-        let mut progress = session.decoder.progress();
-        let Session { decoder, store, .. } = session;
-        // One replay for both cases (its loop once in the code): a used block's fragments are
-        // only counted.
-        session.log = FragLog::replay(flash, areas.log, frag_size, |n, payload| {
-            received = received.saturating_add(1);
-            let Some(store) = store else { return Ok(()) };
-            if progress != Progress::Complete {
-                progress = decoder
-                    .push(workspace, store, usize::from(n), payload)
-                    .or_else(|e| match e {
-                        DecodeError::Store(e) => Err(e),
-                        _ => Ok(progress),
-                    })?;
-            }
-            Ok(())
-        })?;
-        session.received = received;
-        let mut event = None;
-        if saved.consumed {
-            session.mic_ok = Some(true);
-            session.consumed = true;
-            session.ack_pending = saved.ack_pending;
-        } else if progress == Progress::Complete {
-            event = Some(complete(session, &self.data_block_int_key, self.version)?);
-        }
-        self.slots[slot].session = made.ok();
-        Ok(event)
+        event
     }
 
     fn status_of(&self, frag_index: u8) -> FragSessionStatusAns {
@@ -533,8 +461,8 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
         let areas = self.slots[slot].areas;
         FlashStore::<F, SPARES>::erase(self.flash, areas.block, areas.spare, frag_size)?;
         let log = FragLog::create(self.flash, areas.log, frag_size)?;
-        let session = self.new_session(slot, req, log)?;
-        self.slots[slot].session = Some(session);
+        let (flash, version, max_lost) = (self.flash, self.version, self.max_lost);
+        self.slots[slot].open(flash, version, max_lost, req, log)?;
         Ok(ans)
     }
 
@@ -610,6 +538,97 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
             return None;
         }
         Some((s.store.as_mut()?, &mut **workspace))
+    }
+}
+
+/// A session just opened in its slot, with the slot's share of the workspace.
+type Opened<'s, 'a, F, const SPARES: usize> = (&'s mut Session<'a, F, SPARES>, &'s mut [u8]);
+
+impl<'a, F: NorFlash, const SPARES: usize> Slot<'a, F, SPARES> {
+    /// Opens a session here with a fresh decoder and a store over the slot's block and spare
+    /// areas, which the caller erased ([`FlashStore::erase`]). The session is built in place:
+    /// built elsewhere, it (some 250 bytes) would be copied in, out of a `Result`.
+    fn open(
+        &mut self,
+        flash: &'a RefCell<F>,
+        version: Version,
+        max_lost: usize,
+        params: SessionParams,
+        log: FragLog,
+    ) -> Result<Opened<'_, 'a, F, SPARES>, StoreError<F::Error>> {
+        let frag_size = usize::from(params.frag_size);
+        let decoder = DecoderState::new(
+            version,
+            usize::from(params.nb_frag),
+            frag_size,
+            max_lost,
+            self.workspace,
+        )
+        .map_err(|_| StoreError::BadSize)?;
+        let session = self.session.insert(Session {
+            params,
+            decoder,
+            store: Some(FlashStore::erased(
+                flash,
+                self.areas.block,
+                self.areas.spare,
+                frag_size,
+            )),
+            log,
+            received: 0,
+            mic_ok: None,
+            memory_error: false,
+            ack_pending: false,
+            ack_due: None,
+            ack_tries: 0,
+            consumed: false,
+        });
+        Ok((session, &mut *self.workspace))
+    }
+}
+
+/// The replay of [`Fragmentation::restore`] into the session just opened.
+fn replay<F: NorFlash, const SPARES: usize>(
+    session: &mut Session<'_, F, SPARES>,
+    workspace: &mut [u8],
+    flash: &RefCell<F>,
+    log: Region,
+    key: &Key128,
+    version: Version,
+    saved: SavedSession,
+) -> Result<Option<FragEvent>, StoreError<F::Error>> {
+    let frag_size = usize::from(saved.params.frag_size);
+    if saved.consumed {
+        session.store = None;
+    }
+    let mut received = 0u16;
+    let mut progress = session.decoder.progress();
+    let Session { decoder, store, .. } = session;
+    // One replay for both cases (its loop once in the code): a used block's fragments are
+    // only counted.
+    session.log = FragLog::replay(flash, log, frag_size, |n, payload| {
+        received = received.saturating_add(1);
+        let Some(store) = store else { return Ok(()) };
+        if progress != Progress::Complete {
+            progress = decoder
+                .push(workspace, store, usize::from(n), payload)
+                .or_else(|e| match e {
+                    DecodeError::Store(e) => Err(e),
+                    _ => Ok(progress),
+                })?;
+        }
+        Ok(())
+    })?;
+    session.received = received;
+    if saved.consumed {
+        session.mic_ok = Some(true);
+        session.consumed = true;
+        session.ack_pending = saved.ack_pending;
+        Ok(None)
+    } else if progress == Progress::Complete {
+        complete(session, key, version).map(Some)
+    } else {
+        Ok(None)
     }
 }
 
