@@ -20,7 +20,7 @@ use fuota_codec::keys::{DataBlockMic, Key128};
 use fuota_codec::Version;
 
 use crate::clock::Millis;
-use crate::frag_store::{FlashStore, FragLog, StoreError, MAX_FRAG_SIZE};
+use crate::frag_store::{erase_regions, FlashStore, FragLog, StoreError, MAX_FRAG_SIZE};
 use crate::rng::Rng;
 use crate::slot::Region;
 
@@ -257,8 +257,9 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
         let place = self.slots.get_mut(slot).ok_or(StoreError::OutOfRange)?;
         let areas = place.areas;
         // A used block is not decoded again: no erase, no writes, no store (dropped below).
+        // The fragment size is checked by the decoder and the replay.
         if !saved.consumed {
-            FlashStore::<F, SPARES>::erase(flash, areas.block, areas.spare, frag_size)?;
+            erase_regions(flash, &[areas.block, areas.spare])?;
         }
         // The log is found again by the replay below.
         let log = FragLog::at_start(areas.log, frag_size);
@@ -459,8 +460,9 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
         // The old session goes first: if erasing fails, no half-open session remains.
         self.slots[slot].session = None;
         let areas = self.slots[slot].areas;
-        FlashStore::<F, SPARES>::erase(self.flash, areas.block, areas.spare, frag_size)?;
-        let log = FragLog::create(self.flash, areas.log, frag_size)?;
+        // The fragment size was checked above (NotEnoughMemory).
+        erase_regions(self.flash, &[areas.block, areas.spare, areas.log])?;
+        let log = FragLog::at_start(areas.log, frag_size);
         let (flash, version, max_lost) = (self.flash, self.version, self.max_lost);
         self.slots[slot].open(flash, version, max_lost, req, log)?;
         Ok(ans)
@@ -546,7 +548,7 @@ type Opened<'s, 'a, F, const SPARES: usize> = (&'s mut Session<'a, F, SPARES>, &
 
 impl<'a, F: NorFlash, const SPARES: usize> Slot<'a, F, SPARES> {
     /// Opens a session here with a fresh decoder and a store over the slot's block and spare
-    /// areas, which the caller erased ([`FlashStore::erase`]). The session is built in place:
+    /// areas, which the caller erased ([`erase_regions`]). The session is built in place:
     /// built elsewhere, it (some 250 bytes) would be copied in, out of a `Result`.
     fn open(
         &mut self,

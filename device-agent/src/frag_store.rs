@@ -152,6 +152,18 @@ impl FragLog {
     }
 }
 
+/// Erases `regions`, in order: a session's areas, erased in one call for a new session.
+pub(crate) fn erase_regions<F: NorFlash>(
+    flash: &RefCell<F>,
+    regions: &[Region],
+) -> Result<(), StoreError<F::Error>> {
+    let mut f = flash.borrow_mut();
+    for r in regions {
+        f.erase(r.offset, r.end()).map_err(StoreError::Flash)?;
+    }
+    Ok(())
+}
+
 /// The decoder's slots in flash: `block` holds slot i at `i * pitch`, `spare` the rewrites.
 #[derive(Debug)]
 pub struct FlashStore<'a, F, const SPARES: usize> {
@@ -173,30 +185,16 @@ impl<'a, F: NorFlash, const SPARES: usize> FlashStore<'a, F, SPARES> {
         spare: Region,
         frag_size: usize,
     ) -> Result<Self, StoreError<F::Error>> {
-        Self::erase(flash, block, spare, frag_size)?;
-        Ok(Self::erased(flash, block, spare, frag_size))
-    }
-
-    /// The flash half of [`FlashStore::create`]: checks the fragment size and erases block
-    /// and spare areas. With [`FlashStore::erased`], a caller builds the store in place
-    /// instead of copying it out of a `Result`.
-    pub(crate) fn erase(
-        flash: &RefCell<F>,
-        block: Region,
-        spare: Region,
-        frag_size: usize,
-    ) -> Result<(), StoreError<F::Error>> {
         if frag_size == 0 || frag_size > MAX_FRAG_SIZE {
             return Err(StoreError::BadSize);
         }
-        let mut f = flash.borrow_mut();
-        f.erase(block.offset, block.end())
-            .map_err(StoreError::Flash)?;
-        f.erase(spare.offset, spare.end())
-            .map_err(StoreError::Flash)
+        erase_regions(flash, &[block, spare])?;
+        Ok(Self::erased(flash, block, spare, frag_size))
     }
 
-    /// The store over areas [`FlashStore::erase`] prepared (no flash access).
+    /// The store over block and spare areas already erased ([`erase_regions`]), with a
+    /// fragment size already checked: [`FlashStore::create`] without the flash access, for
+    /// a caller that builds the store in place instead of copying it out of a `Result`.
     pub(crate) fn erased(
         flash: &'a RefCell<F>,
         block: Region,
