@@ -58,12 +58,14 @@ pub const fn bitmap_len(m: usize) -> usize {
     m.div_ceil(8)
 }
 
-#[inline]
+// Out of line, both: the decoder reads and sets bits in a dozen places, and a call is
+// smaller than the bounds-checked access inlined each time.
+#[inline(never)]
 pub(crate) fn bit(map: &[u8], i: usize) -> bool {
     map.get(i / 8).is_some_and(|b| b & (1 << (i % 8)) != 0)
 }
 
-#[inline]
+#[inline(never)]
 pub(crate) fn set_bit(map: &mut [u8], i: usize) {
     if let Some(b) = map.get_mut(i / 8) {
         *b |= 1 << (i % 8);
