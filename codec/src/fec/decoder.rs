@@ -119,17 +119,13 @@ impl Triangle<'_> {
         row * self.l - row * row.saturating_sub(1) / 2 - row
     }
 
+    /// Row `row` takes the bits of `from`. Only set bits are written: the matrix is cleared
+    /// when the unknowns are fixed, and each row is stored once (when its pivot is taken).
     fn store_row(&mut self, row: usize, from: &[u8]) {
         let start = self.start(row);
         for col in row..self.l {
-            let i = start + col;
-            if let Some(b) = self.bits.get_mut(i / 8) {
-                let mask = 1u8 << (i % 8);
-                if bit(from, col) {
-                    *b |= mask;
-                } else {
-                    *b &= !mask;
-                }
+            if bit(from, col) {
+                set_bit(self.bits, start + col);
             }
         }
     }
