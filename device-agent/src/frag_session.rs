@@ -647,11 +647,12 @@ fn complete<F: NorFlash, const SPARES: usize>(
         let mut at = 0;
         while at < len {
             let n = ((len - at) as usize).min(MIC_CHUNK);
+            let chunk = &mut buf[..n];
             s.store
                 .as_mut()
                 .ok_or(StoreError::OutOfRange)?
-                .read_block(at, &mut buf[..n])?;
-            mic.update(&buf[..n]);
+                .read_block(at, chunk)?;
+            mic.update(chunk);
             at += n as u32;
         }
         mic.finalize().is_ok_and(|m| m == p.mic)
