@@ -183,6 +183,8 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
     }
 
     /// Each slot's session, to persist and give back to [`Fragmentation::restore`].
+    // Out of line: the agent's journal save and its install both take it.
+    #[inline(never)]
     pub fn saved(&self) -> [Option<SavedSession>; SESSIONS] {
         core::array::from_fn(|i| {
             self.slots[i].session.as_ref().map(|s| SavedSession {
@@ -195,6 +197,8 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
 
     /// A bit per slot whose session still has a FragDataBlockReceivedReq to send: the part
     /// of [`Fragmentation::saved`] that [`Fragmentation::poll_uplink`] can change.
+    // Out of line: the agent asks before and after each poll.
+    #[inline(never)]
     pub fn acks_pending(&self) -> u8 {
         self.slots.iter().enumerate().fold(0, |bits, (i, slot)| {
             let pending = slot.session.as_ref().is_some_and(|s| s.ack_pending);
