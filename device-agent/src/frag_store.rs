@@ -217,17 +217,19 @@ impl<'a, F: NorFlash, const SPARES: usize> FlashStore<'a, F, SPARES> {
         self.block.len as usize / self.pitch
     }
 
-    fn location(&self, slot: usize) -> Result<u32, StoreError<F::Error>> {
+    /// Where slot `slot` is now; `None` outside the block. (An `Option`, not a `Result`: it
+    /// comes back in registers.)
+    fn location(&self, slot: usize) -> Option<u32> {
         if slot >= self.capacity() {
-            return Err(StoreError::OutOfRange);
+            return None;
         }
         // The latest move wins.
         match self.moved[..self.nb_moved]
             .iter()
             .rposition(|&s| usize::from(s) == slot)
         {
-            Some(k) => Ok(self.spare.offset + (k * self.pitch) as u32),
-            None => Ok(self.block.offset + (slot * self.pitch) as u32),
+            Some(k) => Some(self.spare.offset + (k * self.pitch) as u32),
+            None => Some(self.block.offset + (slot * self.pitch) as u32),
         }
     }
 
@@ -239,7 +241,7 @@ impl<'a, F: NorFlash, const SPARES: usize> FlashStore<'a, F, SPARES> {
             let slot = at / self.frag_size;
             let within = at % self.frag_size;
             let n = (self.frag_size - within).min(buf.len() - done);
-            let loc = self.location(slot)?;
+            let loc = self.location(slot).ok_or(StoreError::OutOfRange)?;
             self.flash
                 .borrow_mut()
                 .read(loc + within as u32, &mut buf[done..done + n])
@@ -265,7 +267,7 @@ impl<F: NorFlash, const SPARES: usize> FragmentStore for FlashStore<'_, F, SPARE
         if data.len() != self.frag_size {
             return Err(StoreError::BadSize);
         }
-        let here = self.location(slot)?;
+        let here = self.location(slot).ok_or(StoreError::OutOfRange)?;
         let mut f = self.flash.borrow_mut();
         let target = if is_erased(&mut *f, here, self.pitch).map_err(StoreError::Flash)? {
             here
