@@ -223,8 +223,12 @@ impl<'a, F: NorFlash, const SPARES: usize> FlashStore<'a, F, SPARES> {
         if slot >= self.capacity() {
             return None;
         }
-        // The latest move wins.
-        match self.moved[..self.nb_moved]
+        // The latest move wins. (`get`: `nb_moved` never exceeds SPARES, but an index would
+        // keep a panic path.)
+        match self
+            .moved
+            .get(..self.nb_moved)
+            .unwrap_or_default()
             .iter()
             .rposition(|&s| usize::from(s) == slot)
         {
