@@ -8,6 +8,7 @@
 //! decoder after a reboot by replaying the log.
 
 use core::cell::RefCell;
+use core::num::NonZeroUsize;
 
 use embedded_storage::nor_flash::NorFlash;
 use fuota_codec::fec::decoder::{DecodeError, DecoderState};
@@ -562,11 +563,12 @@ impl<'a, F: NorFlash, const SPARES: usize> Slot<'a, F, SPARES> {
         params: SessionParams,
         log: FragLog,
     ) -> Result<Opened<'_, 'a, F, SPARES>, StoreError<F::Error>> {
-        let frag_size = usize::from(params.frag_size);
+        let frag_size =
+            NonZeroUsize::new(usize::from(params.frag_size)).ok_or(StoreError::BadSize)?;
         let decoder = DecoderState::new(
             version,
             usize::from(params.nb_frag),
-            frag_size,
+            frag_size.get(),
             max_lost,
             self.workspace,
         )

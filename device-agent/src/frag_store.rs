@@ -8,6 +8,7 @@
 //! which a small table in RAM remembers. Slots are padded to the flash's write size.
 
 use core::cell::RefCell;
+use core::num::NonZeroUsize;
 
 use embedded_storage::nor_flash::NorFlash;
 use fuota_codec::fec::FragmentStore;
@@ -170,8 +171,9 @@ pub struct FlashStore<'a, F, const SPARES: usize> {
     flash: &'a RefCell<F>,
     block: Region,
     spare: Region,
-    frag_size: usize,
-    pitch: usize,
+    // Non-zero, both: divisions by them need no zero check.
+    frag_size: NonZeroUsize,
+    pitch: NonZeroUsize,
     /// `moved[k]`: the slot whose current contents sit in spare slot k.
     moved: [u16; SPARES],
     nb_moved: usize,
@@ -185,9 +187,9 @@ impl<'a, F: NorFlash, const SPARES: usize> FlashStore<'a, F, SPARES> {
         spare: Region,
         frag_size: usize,
     ) -> Result<Self, StoreError<F::Error>> {
-        if frag_size == 0 || frag_size > MAX_FRAG_SIZE {
-            return Err(StoreError::BadSize);
-        }
+        let frag_size = NonZeroUsize::new(frag_size)
+            .filter(|f| f.get() <= MAX_FRAG_SIZE)
+            .ok_or(StoreError::BadSize)?;
         erase_regions(flash, &[block, spare])?;
         Ok(Self::erased(flash, block, spare, frag_size))
     }
@@ -199,14 +201,16 @@ impl<'a, F: NorFlash, const SPARES: usize> FlashStore<'a, F, SPARES> {
         flash: &'a RefCell<F>,
         block: Region,
         spare: Region,
-        frag_size: usize,
+        frag_size: NonZeroUsize,
     ) -> Self {
+        // Never zero (the fragment size rounded up to the write size): the fallback is not used.
+        let pitch = frag_size.get().div_ceil(F::WRITE_SIZE) * F::WRITE_SIZE;
         Self {
             flash,
             block,
             spare,
             frag_size,
-            pitch: frag_size.div_ceil(F::WRITE_SIZE) * F::WRITE_SIZE,
+            pitch: NonZeroUsize::new(pitch).unwrap_or(frag_size),
             moved: [0; SPARES],
             nb_moved: 0,
         }
@@ -232,8 +236,8 @@ impl<'a, F: NorFlash, const SPARES: usize> FlashStore<'a, F, SPARES> {
             .iter()
             .rposition(|&s| usize::from(s) == slot)
         {
-            Some(k) => Some(self.spare.offset + (k * self.pitch) as u32),
-            None => Some(self.block.offset + (slot * self.pitch) as u32),
+            Some(k) => Some(self.spare.offset + (k * self.pitch.get()) as u32),
+            None => Some(self.block.offset + (slot * self.pitch.get()) as u32),
         }
     }
 
@@ -244,7 +248,7 @@ impl<'a, F: NorFlash, const SPARES: usize> FlashStore<'a, F, SPARES> {
             let at = offset as usize + done;
             let slot = at / self.frag_size;
             let within = at % self.frag_size;
-            let n = (self.frag_size - within).min(buf.len() - done);
+            let n = (self.frag_size.get() - within).min(buf.len() - done);
             let loc = self.location(slot).ok_or(StoreError::OutOfRange)?;
             self.flash
                 .borrow_mut()
@@ -262,29 +266,29 @@ impl<F: NorFlash, const SPARES: usize> FragmentStore for FlashStore<'_, F, SPARE
     fn read_slot(&mut self, slot: usize, buf: &mut [u8]) -> Result<(), Self::Error> {
         // A block read of the slot's bytes (one read loop in the code). An offset past the
         // block, saturated, is out of range there too.
-        let at = u32::try_from(slot.saturating_mul(self.frag_size)).unwrap_or(u32::MAX);
-        let n = self.frag_size.min(buf.len());
+        let at = u32::try_from(slot.saturating_mul(self.frag_size.get())).unwrap_or(u32::MAX);
+        let n = self.frag_size.get().min(buf.len());
         self.read_block(at, &mut buf[..n])
     }
 
     fn write_slot(&mut self, slot: usize, data: &[u8]) -> Result<(), Self::Error> {
-        if data.len() != self.frag_size {
+        if data.len() != self.frag_size.get() {
             return Err(StoreError::BadSize);
         }
         let here = self.location(slot).ok_or(StoreError::OutOfRange)?;
         let mut f = self.flash.borrow_mut();
-        let target = if is_erased(&mut *f, here, self.pitch).map_err(StoreError::Flash)? {
+        let target = if is_erased(&mut *f, here, self.pitch.get()).map_err(StoreError::Flash)? {
             here
         } else {
             // `>=`, not `==` (the same, as it never exceeds SPARES): the index below then
             // needs no bounds check.
             let k = self.nb_moved;
-            if k >= SPARES || (k + 1) * self.pitch > self.spare.len as usize {
+            if k >= SPARES || (k + 1) * self.pitch.get() > self.spare.len as usize {
                 return Err(StoreError::NoSpare);
             }
             self.moved[k] = slot as u16;
             self.nb_moved = k + 1;
-            self.spare.offset + (k * self.pitch) as u32
+            self.spare.offset + (k * self.pitch.get()) as u32
         };
         let mut words = WordWriter::new::<F>(target).ok_or(StoreError::BadSize)?;
         words.write(&mut *f, data).map_err(StoreError::Flash)?;
