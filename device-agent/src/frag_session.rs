@@ -610,22 +610,17 @@ fn replay<F: NorFlash, const SPARES: usize>(
         session.store = None;
     }
     let mut received = 0u16;
-    let mut progress = session.decoder.progress();
     let Session { decoder, store, .. } = session;
     // One replay for both cases (its loop once in the code): a used block's fragments are
-    // only counted.
+    // only counted. A complete decoder takes no more fragments (and never touches the store
+    // for them), and only a store failure ends the replay.
     session.log = FragLog::replay(flash, log, frag_size, |n, payload| {
         received = received.saturating_add(1);
         let Some(store) = store else { return Ok(()) };
-        if progress != Progress::Complete {
-            progress = decoder
-                .push(workspace, store, usize::from(n), payload)
-                .or_else(|e| match e {
-                    DecodeError::Store(e) => Err(e),
-                    _ => Ok(progress),
-                })?;
+        match decoder.push(workspace, store, usize::from(n), payload) {
+            Err(DecodeError::Store(e)) => Err(e),
+            _ => Ok(()),
         }
-        Ok(())
     })?;
     session.received = received;
     if saved.consumed {
@@ -633,7 +628,7 @@ fn replay<F: NorFlash, const SPARES: usize>(
         session.consumed = true;
         session.ack_pending = saved.ack_pending;
         Ok(None)
-    } else if progress == Progress::Complete {
+    } else if session.decoder.is_complete() {
         complete(session, key, version).map(Some)
     } else {
         Ok(None)
