@@ -476,29 +476,36 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
     /// A FragSessionStatusAns whose delay is over, or a FragDataBlockReceivedReq due (sent
     /// again, a BlockAckDelay spread apart, until answered or [`MAX_ACK_TRIES`] times).
     pub fn poll_uplink(&mut self, now: Millis, rng: &mut Rng) -> Option<Uplink> {
-        if let Some(due) = self
-            .pending_status
-            .iter_mut()
-            .find(|p| p.is_some_and(|(due, _)| now >= due))
-        {
-            return due.take().map(|(_, ans)| Uplink::FragSessionStatusAns(ans));
+        // Plain loops, as in poll_timeout: smaller than `find` and a second look at the find.
+        for pending in &mut self.pending_status {
+            if let Some((due, ans)) = *pending {
+                if now >= due {
+                    *pending = None;
+                    return Some(Uplink::FragSessionStatusAns(ans));
+                }
+            }
         }
-        let s = self
+        for s in self
             .slots
             .iter_mut()
             .filter_map(|slot| slot.session.as_mut())
-            .find(|s| s.ack_pending && s.ack_due.is_none_or(|due| now >= due))?;
-        s.ack_tries += 1;
-        if s.ack_tries >= MAX_ACK_TRIES {
-            s.ack_pending = false;
+        {
+            if !s.ack_pending || s.ack_due.is_some_and(|due| now < due) {
+                continue;
+            }
+            s.ack_tries += 1;
+            if s.ack_tries >= MAX_ACK_TRIES {
+                s.ack_pending = false;
+            }
+            // Again a spread later: from the end of this spread.
+            let delay = s.params.block_ack_delay;
+            s.ack_due = Some(ack_time(now + ack_spread_ms(delay), rng, delay));
+            return Some(Uplink::FragDataBlockReceivedReq(FragDataBlockReceivedReq {
+                frag_index: s.params.frag_index,
+                mic_error: s.mic_ok == Some(false),
+            }));
         }
-        // Again a spread later: from the end of this spread.
-        let delay = s.params.block_ack_delay;
-        s.ack_due = Some(ack_time(now + ack_spread_ms(delay), rng, delay));
-        Some(Uplink::FragDataBlockReceivedReq(FragDataBlockReceivedReq {
-            frag_index: s.params.frag_index,
-            mic_error: s.mic_ok == Some(false),
-        }))
+        None
     }
 
     /// When [`Fragmentation::poll_uplink`] has something.
