@@ -91,9 +91,11 @@ impl FragLog {
         }
         let len = record_len::<F>(frag_size);
         let mut buf = [0u8; RECORD_BUF];
+        // Never too long for the buffer with a fragment size in range (an error, not a
+        // panic, if a flash's write size made it so).
+        let rec = buf.get_mut(..len).ok_or(StoreError::BadSize)?;
         let mut at = 0u32;
         while at as usize + len <= region.len as usize {
-            let rec = &mut buf[..len];
             flash
                 .borrow_mut()
                 .read(region.offset + at, rec)
