@@ -87,8 +87,8 @@ struct Session<'a, F, const SPARES: usize> {
     memory_error: bool,
     /// v2: FragDataBlockReceivedReq still to be acknowledged.
     ack_pending: bool,
-    /// When it goes out next (`None`: at the next poll, after a reboot).
-    ack_due: Option<Millis>,
+    /// When it goes out next (0: at the next poll, after a reboot).
+    ack_due: Millis,
     ack_tries: u8,
     consumed: bool,
 }
@@ -404,7 +404,7 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
                         emit(event);
                         // Every device of a multicast group completes on the same fragment:
                         // the report waits a random BlockAckDelay, or they all collide.
-                        s.ack_due = Some(ack_time(now, rng, s.params.block_ack_delay));
+                        s.ack_due = ack_time(now, rng, s.params.block_ack_delay);
                         Ok(None)
                     }
                     Ok(Progress::NeedMore { .. }) => Ok(None),
@@ -493,7 +493,7 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
             .iter_mut()
             .filter_map(|slot| slot.session.as_mut())
         {
-            if !s.ack_pending || s.ack_due.is_some_and(|due| now < due) {
+            if !s.ack_pending || now < s.ack_due {
                 continue;
             }
             s.ack_tries += 1;
@@ -502,7 +502,7 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
             }
             // Again a spread later: from the end of this spread.
             let delay = s.params.block_ack_delay;
-            s.ack_due = Some(ack_time(now + ack_spread_ms(delay), rng, delay));
+            s.ack_due = ack_time(now + ack_spread_ms(delay), rng, delay);
             return Some(Uplink::FragDataBlockReceivedReq(FragDataBlockReceivedReq {
                 frag_index: s.params.frag_index,
                 mic_error: s.mic_ok == Some(false),
@@ -521,7 +521,7 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
         }
         for s in self.slots.iter().filter_map(|slot| slot.session.as_ref()) {
             if s.ack_pending {
-                due(s.ack_due.unwrap_or(0));
+                due(s.ack_due);
             }
         }
         earliest
@@ -597,7 +597,7 @@ impl<'a, F: NorFlash, const SPARES: usize> Slot<'a, F, SPARES> {
             mic_ok: None,
             memory_error: false,
             ack_pending: false,
-            ack_due: None,
+            ack_due: 0,
             ack_tries: 0,
             consumed: false,
         });
