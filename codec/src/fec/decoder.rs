@@ -180,9 +180,10 @@ pub struct DecoderState {
     m: usize,
     frag_size: usize,
     max_lost: usize,
-    /// Unknowns in the matrix (0 until the first coded fragment).
+    /// Unknowns in the matrix: 0 until the first coded fragment fixes them, never 0 after
+    /// (a coded fragment is only taken while data fragments are missing), so it also says
+    /// whether they are fixed.
     l: usize,
-    lost: Option<usize>,
     received_data: usize,
     kept_rows: usize,
     complete: bool,
@@ -249,7 +250,6 @@ impl DecoderState {
             frag_size,
             max_lost,
             l: 0,
-            lost: None,
             received_data: 0,
             kept_rows: 0,
             complete: false,
@@ -322,15 +322,15 @@ impl DecoderState {
         if self.complete {
             return 0;
         }
-        match self.lost {
-            None => self.m - self.received_data,
-            Some(l) => l - self.kept_rows,
+        match self.l {
+            0 => self.m - self.received_data,
+            l => l - self.kept_rows,
         }
     }
 
     /// Data fragments lost when the first coded fragment arrived, if one has.
     pub fn lost(&self) -> Option<usize> {
-        self.lost
+        (self.l > 0).then_some(self.l)
     }
 
     pub fn is_complete(&self) -> bool {
@@ -457,8 +457,8 @@ impl Work<'_> {
         if bit(self.received, i) {
             return Ok(());
         }
-        match self.s.lost {
-            None => {
+        match self.s.l {
+            0 => {
                 store.write_slot(i, payload).map_err(DecodeError::Store)?;
                 set_bit(self.received, i);
                 self.s.received_data += 1;
@@ -467,7 +467,7 @@ impl Work<'_> {
                 }
                 Ok(())
             }
-            Some(l) => {
+            l => {
                 // A late data fragment: a row with one bit, in the unknowns' system.
                 let Some(column) = self.column_of(i, l) else {
                     return Ok(());
@@ -500,7 +500,7 @@ impl Work<'_> {
     }
 
     /// Fixes the unknowns: every data fragment not received so far.
-    fn fix_unknowns<S: FragmentStore>(&mut self) -> Result<usize, DecodeError<S::Error>> {
+    fn fix_unknowns<S: FragmentStore>(&mut self) -> Result<(), DecodeError<S::Error>> {
         let lost = self.s.m - self.s.received_data;
         if lost > self.s.max_lost {
             return Err(DecodeError::NotEnoughMatrixMemory {
@@ -519,8 +519,7 @@ impl Work<'_> {
         self.s.l = lost;
         self.matrix.bits.fill(0);
         self.pivots.fill(0);
-        self.s.lost = Some(lost);
-        Ok(lost)
+        Ok(())
     }
 
     fn push_coded<S: FragmentStore>(
@@ -529,12 +528,10 @@ impl Work<'_> {
         row_number: usize,
         payload: &[u8],
     ) -> Result<(), DecodeError<S::Error>> {
-        // The unknowns are fixed at the first coded fragment (their count is not needed
-        // here; this form of the step is the smaller code).
-        let _lost = match self.s.lost {
-            Some(lost) => lost,
-            None => self.fix_unknowns::<S>()?,
-        };
+        // The unknowns are fixed at the first coded fragment.
+        if self.s.l == 0 {
+            self.fix_unknowns::<S>()?;
+        }
         parity::fill_row(self.s.version, row_number as u32, self.s.m, self.parity).ok_or(
             DecodeError::FragmentNumber {
                 n: row_number + self.s.m,
