@@ -268,7 +268,17 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
         }
         // The log is found again by the replay below.
         let log = FragLog::at_start(areas.log, frag_size);
-        let (session, workspace) = place.open(flash, version, max_lost, params, log)?;
+        place.open(flash, version, max_lost, params, log)?;
+        // Taken apart here, not handed back by `open`: a unit result comes back in a register.
+        let Slot {
+            workspace,
+            session: Some(session),
+            ..
+        } = place
+        else {
+            // Just opened: not reached.
+            return Err(StoreError::OutOfRange);
+        };
         let event = replay(session, workspace, flash, areas.log, key, version, saved);
         // A session that could not be brought back is not kept.
         if event.is_err() {
@@ -558,9 +568,6 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
     }
 }
 
-/// A session just opened in its slot, with the slot's share of the workspace.
-type Opened<'s, 'a, F, const SPARES: usize> = (&'s mut Session<'a, F, SPARES>, &'s mut [u8]);
-
 impl<'a, F: NorFlash, const SPARES: usize> Slot<'a, F, SPARES> {
     /// Opens a session here with a fresh decoder and a store over the slot's block and spare
     /// areas, which the caller erased ([`erase_regions`]). The session is built in place:
@@ -572,7 +579,7 @@ impl<'a, F: NorFlash, const SPARES: usize> Slot<'a, F, SPARES> {
         max_lost: usize,
         params: SessionParams,
         log: FragLog,
-    ) -> Result<Opened<'_, 'a, F, SPARES>, StoreError<F::Error>> {
+    ) -> Result<(), StoreError<F::Error>> {
         let frag_size =
             NonZeroUsize::new(usize::from(params.frag_size)).ok_or(StoreError::BadSize)?;
         let decoder = DecoderState::new(
@@ -583,7 +590,7 @@ impl<'a, F: NorFlash, const SPARES: usize> Slot<'a, F, SPARES> {
             self.workspace,
         )
         .map_err(|_| StoreError::BadSize)?;
-        let session = self.session.insert(Session {
+        self.session = Some(Session {
             params,
             decoder,
             store: Some(FlashStore::erased(
@@ -601,7 +608,7 @@ impl<'a, F: NorFlash, const SPARES: usize> Slot<'a, F, SPARES> {
             ack_tries: 0,
             consumed: false,
         });
-        Ok((session, &mut *self.workspace))
+        Ok(())
     }
 }
 
