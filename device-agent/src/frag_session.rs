@@ -410,8 +410,8 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
                     .push(workspace, store, usize::from(f.n), f.payload)
                 {
                     Ok(Progress::Complete) => {
-                        let event = complete(s, &self.data_block_int_key, version)?;
-                        emit(event);
+                        complete(s, &self.data_block_int_key, version)?;
+                        emit(s.event());
                         // Every device of a multicast group completes on the same fragment:
                         // the report waits a random BlockAckDelay, or they all collide.
                         s.ack_due = ack_time(now, rng, s.params.block_ack_delay);
@@ -646,19 +646,38 @@ fn replay<F: NorFlash, const SPARES: usize>(
         session.ack_pending = saved.ack_pending;
         Ok(None)
     } else if session.decoder.is_complete() {
-        complete(session, key, version).map(Some)
+        complete(session, key, version)?;
+        Ok(Some(session.event()))
     } else {
         Ok(None)
     }
 }
 
+/// The length of a session's block: its fragments less the padding.
+fn block_len(p: &SessionParams) -> u32 {
+    u32::from(p.nb_frag) * u32::from(p.frag_size) - u32::from(p.padding)
+}
+
+impl<F, const SPARES: usize> Session<'_, F, SPARES> {
+    /// The event of a block [`complete`] checked.
+    fn event(&self) -> FragEvent {
+        FragEvent::BlockComplete {
+            frag_index: self.params.frag_index,
+            len: block_len(&self.params),
+            mic_ok: self.mic_ok == Some(true),
+        }
+    }
+}
+
+/// Checks the MIC of a complete block and records the outcome in the session (its event is
+/// then [`Session::event`]: a unit result comes back in a register, an event would not).
 fn complete<F: NorFlash, const SPARES: usize>(
     s: &mut Session<'_, F, SPARES>,
     key: &Key128,
     version: Version,
-) -> Result<FragEvent, StoreError<F::Error>> {
+) -> Result<(), StoreError<F::Error>> {
     let p = s.params;
-    let len = u32::from(p.nb_frag) * u32::from(p.frag_size) - u32::from(p.padding);
+    let len = block_len(&p);
     let mic_ok = if version == Version::V2 {
         let mut mic = DataBlockMic::new(key, p.session_cnt, p.frag_index, p.descriptor, len);
         let mut buf = [0u8; MIC_CHUNK];
@@ -679,11 +698,7 @@ fn complete<F: NorFlash, const SPARES: usize>(
     };
     s.mic_ok = Some(mic_ok);
     s.ack_pending = version == Version::V2 && p.ack_reception;
-    Ok(FragEvent::BlockComplete {
-        frag_index: p.frag_index,
-        len,
-        mic_ok,
-    })
+    Ok(())
 }
 
 #[cfg(all(test, feature = "sim-flash"))]
