@@ -113,10 +113,11 @@ struct Triangle<'w> {
 
 impl Triangle<'_> {
     /// Where row `row` would hold column 0: its bits are consecutive, so column `col >= row`
-    /// is bit `start(row) + col`. (Rows before `row` hold l, l-1, ..., l-row+1 bits; never
-    /// negative for `row < l`.) A row's loop adds to this instead of working out each index.
+    /// is bit `start(row) + col`. (Rows before `row` hold l, l-1, ..., l-row+1 bits, that is
+    /// row·l - row(row-1)/2, less `row`; never negative for `row < l`.) A row's loop adds to
+    /// this instead of working out each index.
     fn start(&self, row: usize) -> usize {
-        row * self.l - row * row.saturating_sub(1) / 2 - row
+        row * self.l - row * (row + 1) / 2
     }
 
     /// Row `row` takes the bits of `from`. Only set bits are written: the matrix is cleared
