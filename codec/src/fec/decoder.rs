@@ -244,7 +244,10 @@ impl DecoderState {
                 got: workspace.len(),
             });
         }
-        workspace[..bitmap_len(m)].fill(0);
+        // Within the length checked above (`get`: an index would keep a panic path).
+        if let Some(received) = workspace.get_mut(..bitmap_len(m)) {
+            received.fill(0);
+        }
         Ok(Self {
             version,
             m,
