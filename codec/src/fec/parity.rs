@@ -77,10 +77,10 @@ pub(crate) fn set_bit(map: &mut [u8], i: usize) {
 /// returns the number of positions set, or `None` when `m` is 0 or `row` is too short.
 pub fn fill_row(version: Version, n: u32, m: usize, row: &mut [u8]) -> Option<usize> {
     let len = bitmap_len(m);
-    if m == 0 || m > u32::MAX as usize / 2 || row.len() < len {
+    if m == 0 || m > u32::MAX as usize / 2 {
         return None;
     }
-    let row = &mut row[..len];
+    let row = row.get_mut(..len)?;
     row.fill(0);
     let target = m / 2;
     let mut draws = Draws::new(n, m as u32);
