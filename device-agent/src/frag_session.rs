@@ -684,7 +684,8 @@ fn complete<F: NorFlash, const SPARES: usize>(
         let mut at = 0;
         while at < len {
             let n = ((len - at) as usize).min(MIC_CHUNK);
-            let chunk = &mut buf[..n];
+            // `get` (never short: `n` is at most the buffer): an index keeps a panic path.
+            let chunk = buf.get_mut(..n).unwrap_or_default();
             s.store
                 .as_mut()
                 .ok_or(StoreError::OutOfRange)?
