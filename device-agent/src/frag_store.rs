@@ -270,7 +270,8 @@ impl<F: NorFlash, const SPARES: usize> FragmentStore for FlashStore<'_, F, SPARE
         // block, saturated, is out of range there too.
         let at = u32::try_from(slot.saturating_mul(self.frag_size.get())).unwrap_or(u32::MAX);
         let n = self.frag_size.get().min(buf.len());
-        self.read_block(at, &mut buf[..n])
+        // `get` (never short: `n` is at most the buffer): an index keeps a panic path.
+        self.read_block(at, buf.get_mut(..n).unwrap_or_default())
     }
 
     fn write_slot(&mut self, slot: usize, data: &[u8]) -> Result<(), Self::Error> {
