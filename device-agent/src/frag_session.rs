@@ -253,7 +253,6 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
         saved: SavedSession,
     ) -> Result<Option<FragEvent>, StoreError<F::Error>> {
         let params = saved.params;
-        let frag_size = usize::from(params.frag_size);
         if self.find(params.frag_index).is_some() {
             return Err(StoreError::OutOfRange);
         }
@@ -267,8 +266,7 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
             erase_regions(flash, &[areas.block, areas.spare])?;
         }
         // The log is found again by the replay below.
-        let log = FragLog::at_start(areas.log, frag_size);
-        place.open(flash, version, max_lost, params, log)?;
+        place.open(flash, version, max_lost, params)?;
         // Taken apart here, not handed back by `open`: a unit result comes back in a register.
         let Slot {
             workspace,
@@ -480,9 +478,8 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
         let areas = self.slots[slot].areas;
         // The fragment size was checked above (NotEnoughMemory).
         erase_regions(self.flash, &[areas.block, areas.spare, areas.log])?;
-        let log = FragLog::at_start(areas.log, frag_size);
         let (flash, version, max_lost) = (self.flash, self.version, self.max_lost);
-        self.slots[slot].open(flash, version, max_lost, req, log)?;
+        self.slots[slot].open(flash, version, max_lost, req)?;
         Ok(ans)
     }
 
@@ -569,8 +566,9 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
 }
 
 impl<'a, F: NorFlash, const SPARES: usize> Slot<'a, F, SPARES> {
-    /// Opens a session here with a fresh decoder and a store over the slot's block and spare
-    /// areas, which the caller erased ([`erase_regions`]). The session is built in place:
+    /// Opens a session here with a fresh decoder, a store over the slot's block and spare
+    /// areas, which the caller erased ([`erase_regions`]), and the log from the start of its
+    /// area (erased too, or replayed by the caller next). The session is built in place:
     /// built elsewhere, it (some 250 bytes) would be copied in, out of a `Result`.
     fn open(
         &mut self,
@@ -578,7 +576,6 @@ impl<'a, F: NorFlash, const SPARES: usize> Slot<'a, F, SPARES> {
         version: Version,
         max_lost: usize,
         params: SessionParams,
-        log: FragLog,
     ) -> Result<(), StoreError<F::Error>> {
         let frag_size =
             NonZeroUsize::new(usize::from(params.frag_size)).ok_or(StoreError::BadSize)?;
@@ -599,7 +596,7 @@ impl<'a, F: NorFlash, const SPARES: usize> Slot<'a, F, SPARES> {
                 self.areas.spare,
                 frag_size,
             )),
-            log,
+            log: FragLog::at_start(self.areas.log, frag_size.get()),
             received: 0,
             mic_ok: None,
             memory_error: false,
