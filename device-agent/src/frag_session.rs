@@ -36,6 +36,22 @@ pub struct FragAreas {
     pub spare: Region,
 }
 
+impl FragAreas {
+    /// Erases the block and spare areas, then the log too if `log` (for a new session). The
+    /// list of regions is built here once, not at each caller.
+    fn erase<F: NorFlash>(
+        &self,
+        flash: &RefCell<F>,
+        log: bool,
+    ) -> Result<(), StoreError<F::Error>> {
+        let regions = [self.block, self.spare, self.log];
+        erase_regions(
+            flash,
+            regions.get(..2 + usize::from(log)).unwrap_or_default(),
+        )
+    }
+}
+
 /// How a downlink reached the device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Via {
@@ -263,7 +279,7 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
         // A used block is not decoded again: no erase, no writes, no store (dropped below).
         // The fragment size is checked by the decoder and the replay.
         if !saved.consumed {
-            erase_regions(flash, &[areas.block, areas.spare])?;
+            areas.erase(flash, false)?;
         }
         // The log is found again by the replay below.
         place.open(flash, version, max_lost, params)?;
@@ -477,7 +493,7 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
         self.slots[slot].session = None;
         let areas = self.slots[slot].areas;
         // The fragment size was checked above (NotEnoughMemory).
-        erase_regions(self.flash, &[areas.block, areas.spare, areas.log])?;
+        areas.erase(self.flash, true)?;
         let (flash, version, max_lost) = (self.flash, self.version, self.max_lost);
         self.slots[slot].open(flash, version, max_lost, req)?;
         Ok(ans)
