@@ -317,10 +317,10 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
             Some(s) => FragSessionStatusAns {
                 frag_index,
                 nb_frag_received: s.received & 0x3fff,
-                missing_frag: if s.consumed {
-                    0
-                } else {
-                    s.decoder.missing().min(255) as u8
+                // Through `progress`, which the decoder has out of line anyway.
+                missing_frag: match s.decoder.progress() {
+                    Progress::NeedMore { missing } if !s.consumed => missing.min(255) as u8,
+                    _ => 0,
                 },
                 memory_error: s.memory_error,
                 mic_error: s.mic_ok == Some(false),
