@@ -462,8 +462,8 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
             .or_else(|| self.slots.iter().position(|s| s.session.is_none()));
         let frag_size = usize::from(req.frag_size);
         let m = usize::from(req.nb_frag);
-        let pitch = frag_size.div_ceil(F::WRITE_SIZE) * F::WRITE_SIZE;
-        let record = (2 + frag_size + 4).div_ceil(F::WRITE_SIZE) * F::WRITE_SIZE;
+        let pitch = frag_size.next_multiple_of(F::WRITE_SIZE);
+        let record = (2 + frag_size + 4).next_multiple_of(F::WRITE_SIZE);
         ans.not_enough_memory = match slot.and_then(|i| self.slots.get(i)) {
             None => true,
             Some(s) => {

@@ -36,7 +36,7 @@ pub enum StoreError<E> {
 }
 
 fn record_len<F: NorFlash>(frag_size: usize) -> usize {
-    (2 + frag_size + 4).div_ceil(F::WRITE_SIZE) * F::WRITE_SIZE
+    (2 + frag_size + 4).next_multiple_of(F::WRITE_SIZE)
 }
 
 /// Append-only log of received fragments: `n u16 LE, payload, crc32`, padded.
@@ -206,7 +206,7 @@ impl<'a, F: NorFlash, const SPARES: usize> FlashStore<'a, F, SPARES> {
         frag_size: NonZeroUsize,
     ) -> Self {
         // Never zero (the fragment size rounded up to the write size): the fallback is not used.
-        let pitch = frag_size.get().div_ceil(F::WRITE_SIZE) * F::WRITE_SIZE;
+        let pitch = frag_size.get().next_multiple_of(F::WRITE_SIZE);
         Self {
             flash,
             block,
