@@ -8,6 +8,7 @@
 //! decoder after a reboot by replaying the log.
 
 use core::cell::RefCell;
+use core::num::NonZeroUsize;
 
 use embedded_storage::nor_flash::NorFlash;
 use fuota_codec::fec::decoder::{DecodeError, DecoderState};
@@ -20,7 +21,7 @@ use fuota_codec::keys::{DataBlockMic, Key128};
 use fuota_codec::Version;
 
 use crate::clock::Millis;
-use crate::frag_store::{FlashStore, FragLog, StoreError, MAX_FRAG_SIZE};
+use crate::frag_store::{erase_regions, FlashStore, FragLog, StoreError, MAX_FRAG_SIZE};
 use crate::rng::Rng;
 use crate::slot::Region;
 
@@ -33,6 +34,22 @@ pub struct FragAreas {
     pub log: Region,
     pub block: Region,
     pub spare: Region,
+}
+
+impl FragAreas {
+    /// Erases the block and spare areas, then the log too if `log` (for a new session). The
+    /// list of regions is built here once, not at each caller.
+    fn erase<F: NorFlash>(
+        &self,
+        flash: &RefCell<F>,
+        log: bool,
+    ) -> Result<(), StoreError<F::Error>> {
+        let regions = [self.block, self.spare, self.log];
+        erase_regions(
+            flash,
+            regions.get(..2 + usize::from(log)).unwrap_or_default(),
+        )
+    }
 }
 
 /// How a downlink reached the device.
@@ -86,8 +103,8 @@ struct Session<'a, F, const SPARES: usize> {
     memory_error: bool,
     /// v2: FragDataBlockReceivedReq still to be acknowledged.
     ack_pending: bool,
-    /// When it goes out next (`None`: at the next poll, after a reboot).
-    ack_due: Option<Millis>,
+    /// When it goes out next (0: at the next poll, after a reboot).
+    ack_due: Millis,
     ack_tries: u8,
     consumed: bool,
 }
@@ -183,6 +200,8 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
     }
 
     /// Each slot's session, to persist and give back to [`Fragmentation::restore`].
+    // Out of line: the agent's journal save and its install both take it.
+    #[inline(never)]
     pub fn saved(&self) -> [Option<SavedSession>; SESSIONS] {
         core::array::from_fn(|i| {
             self.slots[i].session.as_ref().map(|s| SavedSession {
@@ -195,6 +214,8 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
 
     /// A bit per slot whose session still has a FragDataBlockReceivedReq to send: the part
     /// of [`Fragmentation::saved`] that [`Fragmentation::poll_uplink`] can change.
+    // Out of line: the agent asks before and after each poll.
+    #[inline(never)]
     pub fn acks_pending(&self) -> u8 {
         self.slots.iter().enumerate().fold(0, |bits, (i, slot)| {
             let pending = slot.session.as_ref().is_some_and(|s| s.ack_pending);
@@ -239,47 +260,6 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
         }
     }
 
-    /// A session over `slot` with a fresh decoder and a store over the slot's block and
-    /// spare areas, which the caller erased ([`FlashStore::erase`]). The store is built here,
-    /// in place: built by the caller, it would be copied in, out of a `Result`.
-    fn new_session(
-        &mut self,
-        slot: usize,
-        params: SessionParams,
-        log: FragLog,
-    ) -> Result<Session<'a, F, SPARES>, StoreError<F::Error>> {
-        let Slot {
-            areas, workspace, ..
-        } = self.slots.get_mut(slot).ok_or(StoreError::OutOfRange)?;
-        let frag_size = usize::from(params.frag_size);
-        let decoder = DecoderState::new(
-            self.version,
-            usize::from(params.nb_frag),
-            frag_size,
-            self.max_lost,
-            workspace,
-        )
-        .map_err(|_| StoreError::BadSize)?;
-        Ok(Session {
-            params,
-            decoder,
-            store: Some(FlashStore::erased(
-                self.flash,
-                areas.block,
-                areas.spare,
-                frag_size,
-            )),
-            log,
-            received: 0,
-            mic_ok: None,
-            memory_error: false,
-            ack_pending: false,
-            ack_due: None,
-            ack_tries: 0,
-            consumed: false,
-        })
-    }
-
     /// After a reboot: reopens the session of `slot` with its saved setup and replays its
     /// log into a new decode. The event says whether the block was complete. A session whose
     /// block was used already is only counted, not decoded again (no erase, no writes).
@@ -289,60 +269,41 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
         saved: SavedSession,
     ) -> Result<Option<FragEvent>, StoreError<F::Error>> {
         let params = saved.params;
-        let areas = self.slots.get(slot).ok_or(StoreError::OutOfRange)?.areas;
         if self.find(params.frag_index).is_some() {
             return Err(StoreError::OutOfRange);
         }
-        let flash = self.flash;
-        let frag_size = usize::from(params.frag_size);
-        let mut received = 0u16;
+        let (flash, version, max_lost) = (self.flash, self.version, self.max_lost);
+        let key = &self.data_block_int_key;
+        let place = self.slots.get_mut(slot).ok_or(StoreError::OutOfRange)?;
+        let areas = place.areas;
         // A used block is not decoded again: no erase, no writes, no store (dropped below).
+        // The fragment size is checked by the decoder and the replay.
         if !saved.consumed {
-            FlashStore::<F, SPARES>::erase(flash, areas.block, areas.spare, frag_size)?;
+            areas.erase(flash, false)?;
         }
         // The log is found again by the replay below.
-        let log = FragLog::at_start(areas.log, frag_size);
-        // Worked on inside the result, which goes to the slot whole: moved out of it, the
-        // session (some 250 bytes) would be copied twice.
-        let mut made = self.new_session(slot, params, log);
-        let session = match made {
-            Ok(ref mut session) => session,
-            Err(e) => return Err(e),
+        place.open(flash, version, max_lost, params)?;
+        // Taken apart here, not handed back by `open`: a unit result comes back in a register.
+        let Slot {
+            workspace,
+            session: Some(session),
+            ..
+        } = place
+        else {
+            // Just opened: not reached.
+            return Err(StoreError::OutOfRange);
         };
-        if saved.consumed {
-            session.store = None;
+        let event = replay(session, workspace, flash, areas.log, key, version, saved);
+        // A session that could not be brought back is not kept.
+        if event.is_err() {
+            place.session = None;
         }
-        let workspace = &mut *self.slots[slot].workspace;
-        let mut progress = session.decoder.progress();
-        let Session { decoder, store, .. } = session;
-        // One replay for both cases (its loop once in the code): a used block's fragments are
-        // only counted.
-        session.log = FragLog::replay(flash, areas.log, frag_size, |n, payload| {
-            received = received.saturating_add(1);
-            let Some(store) = store else { return Ok(()) };
-            if progress != Progress::Complete {
-                progress = decoder
-                    .push(workspace, store, usize::from(n), payload)
-                    .or_else(|e| match e {
-                        DecodeError::Store(e) => Err(e),
-                        _ => Ok(progress),
-                    })?;
-            }
-            Ok(())
-        })?;
-        session.received = received;
-        let mut event = None;
-        if saved.consumed {
-            session.mic_ok = Some(true);
-            session.consumed = true;
-            session.ack_pending = saved.ack_pending;
-        } else if progress == Progress::Complete {
-            event = Some(complete(session, &self.data_block_int_key, self.version)?);
-        }
-        self.slots[slot].session = made.ok();
-        Ok(event)
+        event
     }
 
+    // Out of line: inlined, it is built in the large frame `handle` shares with the agent's
+    // downlink handling (measured: 12 bytes more).
+    #[inline(never)]
     fn status_of(&self, frag_index: u8) -> FragSessionStatusAns {
         match self.session(frag_index) {
             None => FragSessionStatusAns {
@@ -356,10 +317,10 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
             Some(s) => FragSessionStatusAns {
                 frag_index,
                 nb_frag_received: s.received & 0x3fff,
-                missing_frag: if s.consumed {
-                    0
-                } else {
-                    s.decoder.missing().min(255) as u8
+                // Through `progress`, which the decoder has out of line anyway.
+                missing_frag: match s.decoder.progress() {
+                    Progress::NeedMore { missing } if !s.consumed => missing.min(255) as u8,
+                    _ => 0,
                 },
                 memory_error: s.memory_error,
                 mic_error: s.mic_ok == Some(false),
@@ -463,11 +424,11 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
                     .push(workspace, store, usize::from(f.n), f.payload)
                 {
                     Ok(Progress::Complete) => {
-                        let event = complete(s, &self.data_block_int_key, version)?;
-                        emit(event);
+                        complete(s, &self.data_block_int_key, version)?;
+                        emit(s.event());
                         // Every device of a multicast group completes on the same fragment:
                         // the report waits a random BlockAckDelay, or they all collide.
-                        s.ack_due = Some(ack_time(now, rng, s.params.block_ack_delay));
+                        s.ack_due = ack_time(now, rng, s.params.block_ack_delay);
                         Ok(None)
                     }
                     Ok(Progress::NeedMore { .. }) => Ok(None),
@@ -501,8 +462,8 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
             .or_else(|| self.slots.iter().position(|s| s.session.is_none()));
         let frag_size = usize::from(req.frag_size);
         let m = usize::from(req.nb_frag);
-        let pitch = frag_size.div_ceil(F::WRITE_SIZE) * F::WRITE_SIZE;
-        let record = (2 + frag_size + 4).div_ceil(F::WRITE_SIZE) * F::WRITE_SIZE;
+        let pitch = frag_size.next_multiple_of(F::WRITE_SIZE);
+        let record = (2 + frag_size + 4).next_multiple_of(F::WRITE_SIZE);
         ans.not_enough_memory = match slot.and_then(|i| self.slots.get(i)) {
             None => true,
             Some(s) => {
@@ -531,39 +492,46 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
         // The old session goes first: if erasing fails, no half-open session remains.
         self.slots[slot].session = None;
         let areas = self.slots[slot].areas;
-        FlashStore::<F, SPARES>::erase(self.flash, areas.block, areas.spare, frag_size)?;
-        let log = FragLog::create(self.flash, areas.log, frag_size)?;
-        let session = self.new_session(slot, req, log)?;
-        self.slots[slot].session = Some(session);
+        // The fragment size was checked above (NotEnoughMemory).
+        areas.erase(self.flash, true)?;
+        let (flash, version, max_lost) = (self.flash, self.version, self.max_lost);
+        self.slots[slot].open(flash, version, max_lost, req)?;
         Ok(ans)
     }
 
     /// A FragSessionStatusAns whose delay is over, or a FragDataBlockReceivedReq due (sent
     /// again, a BlockAckDelay spread apart, until answered or [`MAX_ACK_TRIES`] times).
     pub fn poll_uplink(&mut self, now: Millis, rng: &mut Rng) -> Option<Uplink> {
-        if let Some(due) = self
-            .pending_status
-            .iter_mut()
-            .find(|p| p.is_some_and(|(due, _)| now >= due))
-        {
-            return due.take().map(|(_, ans)| Uplink::FragSessionStatusAns(ans));
+        // Plain loops, as in poll_timeout: smaller than `find` and a second look at the find.
+        for pending in &mut self.pending_status {
+            if let Some((due, ans)) = *pending {
+                if now >= due {
+                    *pending = None;
+                    return Some(Uplink::FragSessionStatusAns(ans));
+                }
+            }
         }
-        let s = self
+        for s in self
             .slots
             .iter_mut()
             .filter_map(|slot| slot.session.as_mut())
-            .find(|s| s.ack_pending && s.ack_due.is_none_or(|due| now >= due))?;
-        s.ack_tries += 1;
-        if s.ack_tries >= MAX_ACK_TRIES {
-            s.ack_pending = false;
+        {
+            if !s.ack_pending || now < s.ack_due {
+                continue;
+            }
+            s.ack_tries += 1;
+            if s.ack_tries >= MAX_ACK_TRIES {
+                s.ack_pending = false;
+            }
+            // Again a spread later: from the end of this spread.
+            let delay = s.params.block_ack_delay;
+            s.ack_due = ack_time(now + ack_spread_ms(delay), rng, delay);
+            return Some(Uplink::FragDataBlockReceivedReq(FragDataBlockReceivedReq {
+                frag_index: s.params.frag_index,
+                mic_error: s.mic_ok == Some(false),
+            }));
         }
-        // Again a spread later: from the end of this spread.
-        let delay = s.params.block_ack_delay;
-        s.ack_due = Some(ack_time(now + ack_spread_ms(delay), rng, delay));
-        Some(Uplink::FragDataBlockReceivedReq(FragDataBlockReceivedReq {
-            frag_index: s.params.frag_index,
-            mic_error: s.mic_ok == Some(false),
-        }))
+        None
     }
 
     /// When [`Fragmentation::poll_uplink`] has something.
@@ -576,7 +544,7 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
         }
         for s in self.slots.iter().filter_map(|slot| slot.session.as_ref()) {
             if s.ack_pending {
-                due(s.ack_due.unwrap_or(0));
+                due(s.ack_due);
             }
         }
         earliest
@@ -613,24 +581,129 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
     }
 }
 
+impl<'a, F: NorFlash, const SPARES: usize> Slot<'a, F, SPARES> {
+    /// Opens a session here with a fresh decoder, a store over the slot's block and spare
+    /// areas, which the caller erased ([`erase_regions`]), and the log from the start of its
+    /// area (erased too, or replayed by the caller next). The session is built in place:
+    /// built elsewhere, it (some 250 bytes) would be copied in, out of a `Result`.
+    fn open(
+        &mut self,
+        flash: &'a RefCell<F>,
+        version: Version,
+        max_lost: usize,
+        params: SessionParams,
+    ) -> Result<(), StoreError<F::Error>> {
+        let frag_size =
+            NonZeroUsize::new(usize::from(params.frag_size)).ok_or(StoreError::BadSize)?;
+        let decoder = DecoderState::new(
+            version,
+            usize::from(params.nb_frag),
+            frag_size.get(),
+            max_lost,
+            self.workspace,
+        )
+        .map_err(|_| StoreError::BadSize)?;
+        self.session = Some(Session {
+            params,
+            decoder,
+            store: Some(FlashStore::erased(
+                flash,
+                self.areas.block,
+                self.areas.spare,
+                frag_size,
+            )),
+            log: FragLog::at_start(self.areas.log, frag_size.get()),
+            received: 0,
+            mic_ok: None,
+            memory_error: false,
+            ack_pending: false,
+            ack_due: 0,
+            ack_tries: 0,
+            consumed: false,
+        });
+        Ok(())
+    }
+}
+
+/// The replay of [`Fragmentation::restore`] into the session just opened.
+fn replay<F: NorFlash, const SPARES: usize>(
+    session: &mut Session<'_, F, SPARES>,
+    workspace: &mut [u8],
+    flash: &RefCell<F>,
+    log: Region,
+    key: &Key128,
+    version: Version,
+    saved: SavedSession,
+) -> Result<Option<FragEvent>, StoreError<F::Error>> {
+    let frag_size = usize::from(saved.params.frag_size);
+    if saved.consumed {
+        session.store = None;
+    }
+    let mut received = 0u16;
+    let Session { decoder, store, .. } = session;
+    // One replay for both cases (its loop once in the code): a used block's fragments are
+    // only counted. A complete decoder takes no more fragments (and never touches the store
+    // for them), and only a store failure ends the replay.
+    session.log = FragLog::replay(flash, log, frag_size, |n, payload| {
+        received = received.saturating_add(1);
+        let Some(store) = store else { return Ok(()) };
+        match decoder.push(workspace, store, usize::from(n), payload) {
+            Err(DecodeError::Store(e)) => Err(e),
+            _ => Ok(()),
+        }
+    })?;
+    session.received = received;
+    if saved.consumed {
+        session.mic_ok = Some(true);
+        session.consumed = true;
+        session.ack_pending = saved.ack_pending;
+        Ok(None)
+    } else if session.decoder.is_complete() {
+        complete(session, key, version)?;
+        Ok(Some(session.event()))
+    } else {
+        Ok(None)
+    }
+}
+
+/// The length of a session's block: its fragments less the padding.
+fn block_len(p: &SessionParams) -> u32 {
+    u32::from(p.nb_frag) * u32::from(p.frag_size) - u32::from(p.padding)
+}
+
+impl<F, const SPARES: usize> Session<'_, F, SPARES> {
+    /// The event of a block [`complete`] checked.
+    fn event(&self) -> FragEvent {
+        FragEvent::BlockComplete {
+            frag_index: self.params.frag_index,
+            len: block_len(&self.params),
+            mic_ok: self.mic_ok == Some(true),
+        }
+    }
+}
+
+/// Checks the MIC of a complete block and records the outcome in the session (its event is
+/// then [`Session::event`]: a unit result comes back in a register, an event would not).
 fn complete<F: NorFlash, const SPARES: usize>(
     s: &mut Session<'_, F, SPARES>,
     key: &Key128,
     version: Version,
-) -> Result<FragEvent, StoreError<F::Error>> {
+) -> Result<(), StoreError<F::Error>> {
     let p = s.params;
-    let len = u32::from(p.nb_frag) * u32::from(p.frag_size) - u32::from(p.padding);
+    let len = block_len(&p);
     let mic_ok = if version == Version::V2 {
         let mut mic = DataBlockMic::new(key, p.session_cnt, p.frag_index, p.descriptor, len);
         let mut buf = [0u8; MIC_CHUNK];
         let mut at = 0;
         while at < len {
             let n = ((len - at) as usize).min(MIC_CHUNK);
+            // `get` (never short: `n` is at most the buffer): an index keeps a panic path.
+            let chunk = buf.get_mut(..n).unwrap_or_default();
             s.store
                 .as_mut()
                 .ok_or(StoreError::OutOfRange)?
-                .read_block(at, &mut buf[..n])?;
-            mic.update(&buf[..n]);
+                .read_block(at, chunk)?;
+            mic.update(chunk);
             at += n as u32;
         }
         mic.finalize().is_ok_and(|m| m == p.mic)
@@ -639,11 +712,7 @@ fn complete<F: NorFlash, const SPARES: usize>(
     };
     s.mic_ok = Some(mic_ok);
     s.ack_pending = version == Version::V2 && p.ack_reception;
-    Ok(FragEvent::BlockComplete {
-        frag_index: p.frag_index,
-        len,
-        mic_ok,
-    })
+    Ok(())
 }
 
 #[cfg(all(test, feature = "sim-flash"))]

@@ -8,6 +8,7 @@
 //! which a small table in RAM remembers. Slots are padded to the flash's write size.
 
 use core::cell::RefCell;
+use core::num::NonZeroUsize;
 
 use embedded_storage::nor_flash::NorFlash;
 use fuota_codec::fec::FragmentStore;
@@ -35,7 +36,7 @@ pub enum StoreError<E> {
 }
 
 fn record_len<F: NorFlash>(frag_size: usize) -> usize {
-    (2 + frag_size + 4).div_ceil(F::WRITE_SIZE) * F::WRITE_SIZE
+    (2 + frag_size + 4).next_multiple_of(F::WRITE_SIZE)
 }
 
 /// Append-only log of received fragments: `n u16 LE, payload, crc32`, padded.
@@ -90,9 +91,11 @@ impl FragLog {
         }
         let len = record_len::<F>(frag_size);
         let mut buf = [0u8; RECORD_BUF];
+        // Never too long for the buffer with a fragment size in range (an error, not a
+        // panic, if a flash's write size made it so).
+        let rec = buf.get_mut(..len).ok_or(StoreError::BadSize)?;
         let mut at = 0u32;
         while at as usize + len <= region.len as usize {
-            let rec = &mut buf[..len];
             flash
                 .borrow_mut()
                 .read(region.offset + at, rec)
@@ -152,14 +155,27 @@ impl FragLog {
     }
 }
 
+/// Erases `regions`, in order: a session's areas, erased in one call for a new session.
+pub(crate) fn erase_regions<F: NorFlash>(
+    flash: &RefCell<F>,
+    regions: &[Region],
+) -> Result<(), StoreError<F::Error>> {
+    let mut f = flash.borrow_mut();
+    for r in regions {
+        f.erase(r.offset, r.end()).map_err(StoreError::Flash)?;
+    }
+    Ok(())
+}
+
 /// The decoder's slots in flash: `block` holds slot i at `i * pitch`, `spare` the rewrites.
 #[derive(Debug)]
 pub struct FlashStore<'a, F, const SPARES: usize> {
     flash: &'a RefCell<F>,
     block: Region,
     spare: Region,
-    frag_size: usize,
-    pitch: usize,
+    // Non-zero, both: divisions by them need no zero check.
+    frag_size: NonZeroUsize,
+    pitch: NonZeroUsize,
     /// `moved[k]`: the slot whose current contents sit in spare slot k.
     moved: [u16; SPARES],
     nb_moved: usize,
@@ -173,42 +189,30 @@ impl<'a, F: NorFlash, const SPARES: usize> FlashStore<'a, F, SPARES> {
         spare: Region,
         frag_size: usize,
     ) -> Result<Self, StoreError<F::Error>> {
-        Self::erase(flash, block, spare, frag_size)?;
+        let frag_size = NonZeroUsize::new(frag_size)
+            .filter(|f| f.get() <= MAX_FRAG_SIZE)
+            .ok_or(StoreError::BadSize)?;
+        erase_regions(flash, &[block, spare])?;
         Ok(Self::erased(flash, block, spare, frag_size))
     }
 
-    /// The flash half of [`FlashStore::create`]: checks the fragment size and erases block
-    /// and spare areas. With [`FlashStore::erased`], a caller builds the store in place
-    /// instead of copying it out of a `Result`.
-    pub(crate) fn erase(
-        flash: &RefCell<F>,
-        block: Region,
-        spare: Region,
-        frag_size: usize,
-    ) -> Result<(), StoreError<F::Error>> {
-        if frag_size == 0 || frag_size > MAX_FRAG_SIZE {
-            return Err(StoreError::BadSize);
-        }
-        let mut f = flash.borrow_mut();
-        f.erase(block.offset, block.end())
-            .map_err(StoreError::Flash)?;
-        f.erase(spare.offset, spare.end())
-            .map_err(StoreError::Flash)
-    }
-
-    /// The store over areas [`FlashStore::erase`] prepared (no flash access).
+    /// The store over block and spare areas already erased ([`erase_regions`]), with a
+    /// fragment size already checked: [`FlashStore::create`] without the flash access, for
+    /// a caller that builds the store in place instead of copying it out of a `Result`.
     pub(crate) fn erased(
         flash: &'a RefCell<F>,
         block: Region,
         spare: Region,
-        frag_size: usize,
+        frag_size: NonZeroUsize,
     ) -> Self {
+        // Never zero (the fragment size rounded up to the write size): the fallback is not used.
+        let pitch = frag_size.get().next_multiple_of(F::WRITE_SIZE);
         Self {
             flash,
             block,
             spare,
             frag_size,
-            pitch: frag_size.div_ceil(F::WRITE_SIZE) * F::WRITE_SIZE,
+            pitch: NonZeroUsize::new(pitch).unwrap_or(frag_size),
             moved: [0; SPARES],
             nb_moved: 0,
         }
@@ -219,17 +223,23 @@ impl<'a, F: NorFlash, const SPARES: usize> FlashStore<'a, F, SPARES> {
         self.block.len as usize / self.pitch
     }
 
-    fn location(&self, slot: usize) -> Result<u32, StoreError<F::Error>> {
+    /// Where slot `slot` is now; `None` outside the block. (An `Option`, not a `Result`: it
+    /// comes back in registers.)
+    fn location(&self, slot: usize) -> Option<u32> {
         if slot >= self.capacity() {
-            return Err(StoreError::OutOfRange);
+            return None;
         }
-        // The latest move wins.
-        match self.moved[..self.nb_moved]
+        // The latest move wins. (`get`: `nb_moved` never exceeds SPARES, but an index would
+        // keep a panic path.)
+        match self
+            .moved
+            .get(..self.nb_moved)
+            .unwrap_or_default()
             .iter()
             .rposition(|&s| usize::from(s) == slot)
         {
-            Some(k) => Ok(self.spare.offset + (k * self.pitch) as u32),
-            None => Ok(self.block.offset + (slot * self.pitch) as u32),
+            Some(k) => Some(self.spare.offset + (k * self.pitch.get()) as u32),
+            None => Some(self.block.offset + (slot * self.pitch.get()) as u32),
         }
     }
 
@@ -240,8 +250,8 @@ impl<'a, F: NorFlash, const SPARES: usize> FlashStore<'a, F, SPARES> {
             let at = offset as usize + done;
             let slot = at / self.frag_size;
             let within = at % self.frag_size;
-            let n = (self.frag_size - within).min(buf.len() - done);
-            let loc = self.location(slot)?;
+            let n = (self.frag_size.get() - within).min(buf.len() - done);
+            let loc = self.location(slot).ok_or(StoreError::OutOfRange)?;
             self.flash
                 .borrow_mut()
                 .read(loc + within as u32, &mut buf[done..done + n])
@@ -256,32 +266,32 @@ impl<F: NorFlash, const SPARES: usize> FragmentStore for FlashStore<'_, F, SPARE
     type Error = StoreError<F::Error>;
 
     fn read_slot(&mut self, slot: usize, buf: &mut [u8]) -> Result<(), Self::Error> {
-        let loc = self.location(slot)?;
-        let n = self.frag_size.min(buf.len());
-        self.flash
-            .borrow_mut()
-            .read(loc, &mut buf[..n])
-            .map_err(StoreError::Flash)
+        // A block read of the slot's bytes (one read loop in the code). An offset past the
+        // block, saturated, is out of range there too.
+        let at = u32::try_from(slot.saturating_mul(self.frag_size.get())).unwrap_or(u32::MAX);
+        let n = self.frag_size.get().min(buf.len());
+        // `get` (never short: `n` is at most the buffer): an index keeps a panic path.
+        self.read_block(at, buf.get_mut(..n).unwrap_or_default())
     }
 
     fn write_slot(&mut self, slot: usize, data: &[u8]) -> Result<(), Self::Error> {
-        if data.len() != self.frag_size {
+        if data.len() != self.frag_size.get() {
             return Err(StoreError::BadSize);
         }
-        let here = self.location(slot)?;
+        let here = self.location(slot).ok_or(StoreError::OutOfRange)?;
         let mut f = self.flash.borrow_mut();
-        let target = if is_erased(&mut *f, here, self.pitch).map_err(StoreError::Flash)? {
+        let target = if is_erased(&mut *f, here, self.pitch.get()).map_err(StoreError::Flash)? {
             here
         } else {
             // `>=`, not `==` (the same, as it never exceeds SPARES): the index below then
             // needs no bounds check.
             let k = self.nb_moved;
-            if k >= SPARES || (k + 1) * self.pitch > self.spare.len as usize {
+            if k >= SPARES || (k + 1) * self.pitch.get() > self.spare.len as usize {
                 return Err(StoreError::NoSpare);
             }
             self.moved[k] = slot as u16;
             self.nb_moved = k + 1;
-            self.spare.offset + (k * self.pitch) as u32
+            self.spare.offset + (k * self.pitch.get()) as u32
         };
         let mut words = WordWriter::new::<F>(target).ok_or(StoreError::BadSize)?;
         words.write(&mut *f, data).map_err(StoreError::Flash)?;

@@ -113,23 +113,20 @@ struct Triangle<'w> {
 
 impl Triangle<'_> {
     /// Where row `row` would hold column 0: its bits are consecutive, so column `col >= row`
-    /// is bit `start(row) + col`. (Rows before `row` hold l, l-1, ..., l-row+1 bits; never
-    /// negative for `row < l`.) A row's loop adds to this instead of working out each index.
+    /// is bit `start(row) + col`. (Rows before `row` hold l, l-1, ..., l-row+1 bits, that is
+    /// row·l - row(row-1)/2, less `row`; never negative for `row < l`.) A row's loop adds to
+    /// this instead of working out each index.
     fn start(&self, row: usize) -> usize {
-        row * self.l - row * row.saturating_sub(1) / 2 - row
+        row * self.l - row * (row + 1) / 2
     }
 
+    /// Row `row` takes the bits of `from`. Only set bits are written: the matrix is cleared
+    /// when the unknowns are fixed, and each row is stored once (when its pivot is taken).
     fn store_row(&mut self, row: usize, from: &[u8]) {
         let start = self.start(row);
         for col in row..self.l {
-            let i = start + col;
-            if let Some(b) = self.bits.get_mut(i / 8) {
-                let mask = 1u8 << (i % 8);
-                if bit(from, col) {
-                    *b |= mask;
-                } else {
-                    *b &= !mask;
-                }
+            if bit(from, col) {
+                set_bit(self.bits, start + col);
             }
         }
     }
@@ -184,9 +181,10 @@ pub struct DecoderState {
     m: usize,
     frag_size: usize,
     max_lost: usize,
-    /// Unknowns in the matrix (0 until the first coded fragment).
+    /// Unknowns in the matrix: 0 until the first coded fragment fixes them, never 0 after
+    /// (a coded fragment is only taken while data fragments are missing), so it also says
+    /// whether they are fixed.
     l: usize,
-    lost: Option<usize>,
     received_data: usize,
     kept_rows: usize,
     complete: bool,
@@ -246,14 +244,16 @@ impl DecoderState {
                 got: workspace.len(),
             });
         }
-        workspace[..bitmap_len(m)].fill(0);
+        // Within the length checked above (`get`: an index would keep a panic path).
+        if let Some(received) = workspace.get_mut(..bitmap_len(m)) {
+            received.fill(0);
+        }
         Ok(Self {
             version,
             m,
             frag_size,
             max_lost,
             l: 0,
-            lost: None,
             received_data: 0,
             kept_rows: 0,
             complete: false,
@@ -326,15 +326,15 @@ impl DecoderState {
         if self.complete {
             return 0;
         }
-        match self.lost {
-            None => self.m - self.received_data,
-            Some(l) => l - self.kept_rows,
+        match self.l {
+            0 => self.m - self.received_data,
+            l => l - self.kept_rows,
         }
     }
 
     /// Data fragments lost when the first coded fragment arrived, if one has.
     pub fn lost(&self) -> Option<usize> {
-        self.lost
+        (self.l > 0).then_some(self.l)
     }
 
     pub fn is_complete(&self) -> bool {
@@ -461,8 +461,8 @@ impl Work<'_> {
         if bit(self.received, i) {
             return Ok(());
         }
-        match self.s.lost {
-            None => {
+        match self.s.l {
+            0 => {
                 store.write_slot(i, payload).map_err(DecodeError::Store)?;
                 set_bit(self.received, i);
                 self.s.received_data += 1;
@@ -471,7 +471,7 @@ impl Work<'_> {
                 }
                 Ok(())
             }
-            Some(l) => {
+            l => {
                 // A late data fragment: a row with one bit, in the unknowns' system.
                 let Some(column) = self.column_of(i, l) else {
                     return Ok(());
@@ -504,7 +504,7 @@ impl Work<'_> {
     }
 
     /// Fixes the unknowns: every data fragment not received so far.
-    fn fix_unknowns<S: FragmentStore>(&mut self) -> Result<usize, DecodeError<S::Error>> {
+    fn fix_unknowns<S: FragmentStore>(&mut self) -> Result<(), DecodeError<S::Error>> {
         let lost = self.s.m - self.s.received_data;
         if lost > self.s.max_lost {
             return Err(DecodeError::NotEnoughMatrixMemory {
@@ -523,8 +523,7 @@ impl Work<'_> {
         self.s.l = lost;
         self.matrix.bits.fill(0);
         self.pivots.fill(0);
-        self.s.lost = Some(lost);
-        Ok(lost)
+        Ok(())
     }
 
     fn push_coded<S: FragmentStore>(
@@ -533,12 +532,10 @@ impl Work<'_> {
         row_number: usize,
         payload: &[u8],
     ) -> Result<(), DecodeError<S::Error>> {
-        // The unknowns are fixed at the first coded fragment (their count is not needed
-        // here; this form of the step is the smaller code).
-        let _lost = match self.s.lost {
-            Some(lost) => lost,
-            None => self.fix_unknowns::<S>()?,
-        };
+        // The unknowns are fixed at the first coded fragment.
+        if self.s.l == 0 {
+            self.fix_unknowns::<S>()?;
+        }
         parity::fill_row(self.s.version, row_number as u32, self.s.m, self.parity).ok_or(
             DecodeError::FragmentNumber {
                 n: row_number + self.s.m,

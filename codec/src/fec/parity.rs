@@ -58,12 +58,14 @@ pub const fn bitmap_len(m: usize) -> usize {
     m.div_ceil(8)
 }
 
-#[inline]
+// Out of line, both: the decoder reads and sets bits in a dozen places, and a call is
+// smaller than the bounds-checked access inlined each time.
+#[inline(never)]
 pub(crate) fn bit(map: &[u8], i: usize) -> bool {
     map.get(i / 8).is_some_and(|b| b & (1 << (i % 8)) != 0)
 }
 
-#[inline]
+#[inline(never)]
 pub(crate) fn set_bit(map: &mut [u8], i: usize) {
     if let Some(b) = map.get_mut(i / 8) {
         *b |= 1 << (i % 8);
@@ -75,10 +77,10 @@ pub(crate) fn set_bit(map: &mut [u8], i: usize) {
 /// returns the number of positions set, or `None` when `m` is 0 or `row` is too short.
 pub fn fill_row(version: Version, n: u32, m: usize, row: &mut [u8]) -> Option<usize> {
     let len = bitmap_len(m);
-    if m == 0 || m > u32::MAX as usize / 2 || row.len() < len {
+    if m == 0 || m > u32::MAX as usize / 2 {
         return None;
     }
-    let row = &mut row[..len];
+    let row = row.get_mut(..len)?;
     row.fill(0);
     let target = m / 2;
     let mut draws = Draws::new(n, m as u32);
