@@ -596,9 +596,9 @@ impl<T: TargetImage + ?Sized> TargetImage for Hashing<'_, T> {
 
 #[derive(Clone)]
 enum Stream {
-    /// The preamble is verified; the checkpoint to resume from (if any) and the source are
-    /// checked at the first push.
-    Pending(Option<Checkpoint>),
+    /// The preamble is verified; the resume point (the sink's) and the source are checked
+    /// at the first push.
+    Pending,
     Delta(Detools),
     /// A full image; `None`: uncompressed. The count is bytes produced.
     Full(Option<DecoderState>, u32),
@@ -614,12 +614,13 @@ struct Payload {
 }
 
 impl Payload {
+    /// `resume` is for this manifest's target: its callers have checked that.
     fn new(manifest: Manifest, resume: Option<Checkpoint>) -> Self {
         Self {
             manifest,
             received: 0,
             payload_sha: Sha256::new(),
-            stream: Stream::Pending(resume),
+            stream: Stream::Pending,
             sink: Sink {
                 resume_from: resume.map_or(0, |c| c.written),
                 sha: Sha256::new(),
@@ -629,7 +630,7 @@ impl Payload {
 
     fn written(&self) -> u32 {
         match &self.stream {
-            Stream::Pending(_) => 0,
+            Stream::Pending => 0,
             Stream::Delta(d) => d.written(),
             Stream::Full(_, n) => *n,
         }
@@ -662,7 +663,7 @@ impl Payload {
         };
         let mut input = input;
         let (decoder, to) = match &mut self.stream {
-            Stream::Pending(_) => return Err(ApplyError::Failed),
+            Stream::Pending => return Err(ApplyError::Failed),
             Stream::Delta(d) => {
                 let Some((decoder, bspatch)) = d.body(window, &mut input)? else {
                     return Ok(());
@@ -719,7 +720,7 @@ impl<K> core::fmt::Debug for Core<K> {
         match &self.phase {
             Phase::Preamble { len, .. } => write!(f, "Applier(preamble, {len} bytes)"),
             Phase::Payload(Payload {
-                stream: Stream::Pending(_),
+                stream: Stream::Pending,
                 ..
             }) => f.write_str("Applier(verified)"),
             Phase::Payload(p) => write!(f, "Applier(payload, {} bytes in)", p.received),
@@ -786,7 +787,7 @@ impl<K: SignatureCheck> Core<K> {
     fn checkpoint(&self) -> Option<Checkpoint> {
         match &self.phase {
             Phase::Payload(Payload {
-                stream: Stream::Pending(_),
+                stream: Stream::Pending,
                 ..
             }) => None,
             Phase::Payload(p) => Some(Checkpoint {
@@ -868,7 +869,7 @@ impl<K: SignatureCheck> Core<K> {
         T: TargetImage<Error = S::Error> + ?Sized,
     {
         if let Phase::Payload(Payload {
-            stream: Stream::Pending(_),
+            stream: Stream::Pending,
             ..
         }) = self.phase
         {
@@ -897,6 +898,9 @@ impl<K: SignatureCheck> Core<K> {
         if *len == PREAMBLE_LEN {
             let manifest = verify_preamble(&buf[..], &self.key)?;
             let resume = *resume;
+            if resume.is_some_and(|c| c.target_sha256 != manifest.target_sha256) {
+                return Err(ApplyError::CheckpointMismatch);
+            }
             self.phase = Phase::Payload(Payload::new(manifest, resume));
         }
         Ok(&input[n..])
@@ -913,13 +917,13 @@ impl<K: SignatureCheck> Core<K> {
         let Phase::Payload(p) = &mut self.phase else {
             return Err(ApplyError::Failed);
         };
-        let (manifest, Stream::Pending(resume)) = (&p.manifest, &p.stream) else {
+        let (manifest, Stream::Pending) = (&p.manifest, &p.stream) else {
             return Err(ApplyError::Failed);
         };
-        if let Some(cp) = resume {
-            if cp.target_sha256 != manifest.target_sha256 || cp.written > manifest.target_len {
-                return Err(ApplyError::CheckpointMismatch);
-            }
+        // The checkpoint's target is this manifest's (checked when the payload state was
+        // made); its count must fit that target.
+        if p.sink.resume_from > manifest.target_len {
+            return Err(ApplyError::CheckpointMismatch);
         }
         p.stream = match manifest.kind {
             Kind::Delta => {
@@ -964,7 +968,7 @@ impl<K: SignatureCheck> Core<K> {
             Phase::Failed => return Err(ApplyError::Failed),
             Phase::Preamble { .. }
             | Phase::Payload(Payload {
-                stream: Stream::Pending(_),
+                stream: Stream::Pending,
                 ..
             }) => return Err(ApplyError::Truncated),
             Phase::Payload(p) => p,
@@ -978,7 +982,7 @@ impl<K: SignatureCheck> Core<K> {
         }
         // One call of the end checks for both kinds of payload: one copy of the decoder's.
         let (decoder, done) = match &p.stream {
-            Stream::Pending(_) => (None, true),
+            Stream::Pending => (None, true),
             Stream::Delta(d) => {
                 let (decoder, bspatch) = d.ending()?;
                 (decoder, bspatch.is_done())
