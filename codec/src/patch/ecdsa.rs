@@ -55,16 +55,17 @@ const N: Modulus = Modulus {
     inv: 0xee00_bc4f,
 };
 
-/// The curve's b (y² = x³ - 3x + b).
-const B: Limbs = [
-    0x27d2_604b,
-    0x3bce_3c3e,
-    0xcc53_b0f6,
-    0x651d_06b0,
-    0x7698_86bc,
-    0xb3eb_bd55,
-    0xaa3a_93e7,
-    0x5ac6_35d8,
+/// The curve's b (y² = x³ - 3x + b) in Montgomery form (b·2²⁵⁶ mod p), as the curve
+/// equation uses it: a constant rather than a conversion. The tests check it against b.
+const B_MONTGOMERY: Limbs = [
+    0x29c4_bddf,
+    0xd89c_df62,
+    0x7884_3090,
+    0xacf0_05cd,
+    0xf721_2ed6,
+    0xe5a2_20ab,
+    0x0487_4834,
+    0xdc30_061d,
 ];
 
 /// The generator in Jacobian coordinates, Montgomery form (each coordinate times 2²⁵⁶ mod p;
@@ -450,7 +451,7 @@ fn mul_add(r: &mut Regs, u1: &Limbs, u2: &Limbs, q: &Point) {
 fn curve_rhs(x: &Limbs) -> Limbs {
     let x3 = P.mul(&P.mul(x, x), x);
     let rhs = P.sub(&P.sub(&P.sub(&x3, x), x), x);
-    P.add(&rhs, &P.to_montgomery(&B))
+    P.add(&rhs, &B_MONTGOMERY)
 }
 
 /// Why bytes are not a P-256 public key.
@@ -562,6 +563,18 @@ mod tests {
 
     const INFINITY: Point = [ZERO; 3];
 
+    /// The curve's b (SEC 2, FIPS 186).
+    const B: Limbs = [
+        0x27d2_604b,
+        0x3bce_3c3e,
+        0xcc53_b0f6,
+        0x651d_06b0,
+        0x7698_86bc,
+        0xb3eb_bd55,
+        0xaa3a_93e7,
+        0x5ac6_35d8,
+    ];
+
     /// The generator's standard coordinates (SEC 2, FIPS 186).
     const GX: Limbs = [
         0xd898_c296,
@@ -654,6 +667,7 @@ mod tests {
     fn generator_is_on_the_curve() {
         assert_eq!(generator(), G);
         assert_eq!(ONE_MONTGOMERY, P.to_montgomery(&ONE));
+        assert_eq!(B_MONTGOMERY, P.to_montgomery(&B));
         let g = generator();
         assert_eq!(P.mul(&g[1], &g[1]), curve_rhs(&g[0]));
     }
