@@ -353,11 +353,13 @@ where
                 written,
                 target_len,
             } => {
-                let end = u64::from(self.io.pos) + bytes.len() as u64;
-                if end > u64::from(*target_len) {
+                // `bytes` is at most the payload's length, a u32: the sum saturates where
+                // the u64 one went past u32::MAX.
+                let end = self.io.pos.saturating_add(bytes.len() as u32);
+                if end > *target_len {
                     return Err(ApplyError::TargetLength {
                         expected: *target_len,
-                        got: end.min(u64::from(u32::MAX)) as u32,
+                        got: end,
                     });
                 }
                 self.io.emit(bytes)?;
