@@ -150,8 +150,8 @@ fn less(a: &Limbs, b: &Limbs) -> bool {
 /// A big-endian byte string (32 bytes) as limbs.
 fn from_be(bytes: &[u8]) -> Limbs {
     let mut r = ZERO;
-    for (limb, c) in r.iter_mut().zip(bytes.rchunks_exact(4)) {
-        *limb = u32::from_be_bytes([c[0], c[1], c[2], c[3]]);
+    for (i, &b) in bytes.iter().rev().enumerate().take(32) {
+        r[i / 4] |= u32::from(b) << (i % 4 * 8);
     }
     r
 }
