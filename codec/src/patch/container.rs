@@ -210,12 +210,11 @@ impl Manifest {
             return Err(ContainerError::ReservedBytes);
         }
         let source_len = u32_at(m, M_SOURCE_LEN);
-        let source_sha256 = array32(m, M_SOURCE_SHA);
         match kind {
             Kind::Full if source_len != 0 => {
                 return Err(ContainerError::InvalidField("source_size"))
             }
-            Kind::Full if source_sha256 != [0; 32] => {
+            Kind::Full if m[M_SOURCE_SHA..M_SOURCE_SHA + 32].iter().any(|&b| b != 0) => {
                 return Err(ContainerError::InvalidField("source_sha256"))
             }
             Kind::Delta if source_len == 0 => {
@@ -242,7 +241,7 @@ impl Manifest {
         Ok(Self {
             kind,
             source_len,
-            source_sha256,
+            source_sha256: array32(m, M_SOURCE_SHA),
             target_len,
             target_sha256: array32(m, M_TARGET_SHA),
             version: ImageVersion {
