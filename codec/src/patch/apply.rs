@@ -1179,10 +1179,10 @@ fn check_source<S: SourceImage + ?Sized>(
     let mut offset = 0u32;
     while offset < manifest.source_len {
         let n = ((manifest.source_len - offset) as usize).min(buf.len());
-        source
-            .read(offset, &mut buf[..n])
-            .map_err(ApplyError::Source)?;
-        sha.update(&buf[..n]);
+        // One slice for the read and the hash: one bounds check.
+        let chunk = &mut buf[..n];
+        source.read(offset, chunk).map_err(ApplyError::Source)?;
+        sha.update(chunk);
         offset += n as u32;
     }
     if sha.finalize_reset() != manifest.source_sha256 {
