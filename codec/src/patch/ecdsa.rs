@@ -147,6 +147,11 @@ fn less(a: &Limbs, b: &Limbs) -> bool {
     sbb(&mut t, b)
 }
 
+/// Whether `x` is in [1, n-1], as a signature's r and s must be.
+fn is_scalar(x: &Limbs) -> bool {
+    *x != ZERO && less(x, &N.m)
+}
+
 /// A big-endian byte string (32 bytes) as limbs.
 fn from_be(bytes: &[u8]) -> Limbs {
     let mut r = ZERO;
@@ -528,7 +533,7 @@ impl VerifyingKey {
     pub fn verify_prehash(&self, digest: &[u8; 32], signature: &[u8; 64]) -> bool {
         let r = from_be(&signature[..32]);
         let s = from_be(&signature[32..]);
-        if r == ZERO || s == ZERO || !less(&r, &N.m) || !less(&s, &N.m) {
+        if !is_scalar(&r) || !is_scalar(&s) {
             return false;
         }
         // w = s⁻¹ in Montgomery form, so that multiplying a plain number by it gives a plain
