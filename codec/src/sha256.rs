@@ -219,12 +219,13 @@ fn compress(state: &mut [u32; 8], block: &[u8; 64]) {
 #[cfg_attr(feature = "accelerated", allow(dead_code))]
 fn compress_compact(state: &mut [u32; 8], block: &[u8; 64]) {
     let mut w = [0u32; 16];
-    for (word, b) in w.iter_mut().zip(block.chunks_exact(4)) {
-        *word = u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
-    }
     let [mut a, mut b, mut c, mut d, mut e, mut f, mut g, mut h] = *state;
     for (t, k) in K.iter().enumerate() {
-        if t >= 16 {
+        if t < 16 {
+            // The first 16 rounds take the block's words as they come: no loop of its own.
+            let i = 4 * t;
+            w[t] = u32::from_be_bytes([block[i], block[i + 1], block[i + 2], block[i + 3]]);
+        } else {
             // W[t] = σ1(W[t-2]) + W[t-7] + σ0(W[t-15]) + W[t-16]
             let w15 = w[(t + 1) % 16];
             let w2 = w[(t + 14) % 16];
