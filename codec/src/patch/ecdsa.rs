@@ -189,8 +189,10 @@ impl Modulus {
     /// same pass). `a` may be any 256-bit number as long as `b` < m: the result is below 2m
     /// before the last subtraction either way.
     fn mul(&self, a: &Limbs, b: &Limbs) -> Limbs {
-        // t < a + m < 2²⁵⁷ throughout, so its ninth word is 0 or 1.
-        let mut t = [0u32; 9];
+        // t + 2²⁵⁶·top < a + m < 2²⁵⁷ throughout, so `top` is 0 or 1. The result is built
+        // in `t` itself: no copy at the end.
+        let mut t = ZERO;
+        let mut top = 0u32;
         for &bi in b {
             let mut carry_ab = 0u64;
             let mut carry_qm = 0u64;
@@ -208,14 +210,12 @@ impl Modulus {
                     t[j - 1] = s as u32;
                 }
             }
-            let s = u64::from(t[8]) + carry_ab + carry_qm;
+            let s = u64::from(top) + carry_ab + carry_qm;
             t[7] = s as u32;
-            t[8] = (s >> 32) as u32;
+            top = (s >> 32) as u32;
         }
-        let mut r = ZERO;
-        r.copy_from_slice(&t[..8]);
-        self.reduce(&mut r, t[8] != 0);
-        r
+        self.reduce(&mut t, top != 0);
+        t
     }
 
     /// a·R mod m (into Montgomery form), by doubling 256 times: slower than a multiplication
