@@ -588,9 +588,10 @@ impl<T: TargetImage + ?Sized> TargetImage for Hashing<'_, T> {
     type Error = T::Error;
     fn write(&mut self, offset: u32, data: &[u8]) -> Result<(), T::Error> {
         self.sink.sha.update(data);
-        let skip = (self.sink.resume_from.saturating_sub(offset) as usize).min(data.len());
-        if skip < data.len() {
-            self.target.write(offset + skip as u32, &data[skip..])?;
+        // The bytes past the resume point, if any.
+        let skip = self.sink.resume_from.saturating_sub(offset) as usize;
+        if let Some(rest @ [_, ..]) = data.get(skip..) {
+            self.target.write(offset + skip as u32, rest)?;
         }
         Ok(())
     }
