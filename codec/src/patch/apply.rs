@@ -984,16 +984,16 @@ impl<K: SignatureCheck> Core<K> {
             return Err(ApplyError::PayloadMismatch);
         }
         // One call of the end checks for both kinds of payload: one copy of the decoder's.
-        let (decoder, done) = match &p.stream {
-            Stream::Pending => (None, true),
+        // The bytes written come from the same match: one look at the stream.
+        let (decoder, done, written) = match &p.stream {
+            Stream::Pending => (None, true, 0),
             Stream::Delta(d) => {
                 let (decoder, bspatch) = d.ending()?;
-                (decoder, bspatch.is_done())
+                (decoder, bspatch.is_done(), bspatch.target_pos())
             }
-            Stream::Full(decoder, _) => (decoder.as_ref(), true),
+            Stream::Full(decoder, n) => (decoder.as_ref(), true, *n),
         };
         check_stream_end(decoder, done)?;
-        let written = p.written();
         if written != p.manifest.target_len {
             return Err(ApplyError::TargetLength {
                 expected: p.manifest.target_len,
