@@ -436,7 +436,8 @@ fn add_points(r: &mut Regs, b: &Point) {
 fn mul_add(r: &mut Regs, u1: &Limbs, u2: &Limbs, q: &Point) {
     load(r, &G);
     add_points(r, q);
-    let gq = [r[0], r[1], r[2]];
+    // A's coordinates, one at a time (a loop of copies is smaller than three of them).
+    let gq: Point = core::array::from_fn(|i| r[i]);
     r[2] = ZERO;
     for (a, b) in u1.iter().zip(u2).rev() {
         for k in (0..32).rev() {
