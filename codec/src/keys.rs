@@ -128,12 +128,14 @@ impl DataBlockMic {
         descriptor: [u8; 4],
         block_len: u32,
     ) -> Self {
-        let mut b0 = [0u8; 16];
-        b0[0] = 0x49;
-        b0[1..3].copy_from_slice(&session_cnt.to_le_bytes());
-        b0[3] = frag_index;
-        b0[4..8].copy_from_slice(&descriptor);
-        b0[12..16].copy_from_slice(&block_len.to_le_bytes());
+        // B0 = 49 | SessionCnt LE | FragIndex | Descriptor | 0^4 | block length LE, written
+        // out whole: no range copies.
+        let [c0, c1] = session_cnt.to_le_bytes();
+        let [d0, d1, d2, d3] = descriptor;
+        let [l0, l1, l2, l3] = block_len.to_le_bytes();
+        let b0 = [
+            0x49, c0, c1, frag_index, d0, d1, d2, d3, 0, 0, 0, 0, l0, l1, l2, l3,
+        ];
         let mut mac = Cmac::new(data_block_int_key.as_bytes());
         mac.update(&b0);
         Self {
@@ -146,7 +148,8 @@ impl DataBlockMic {
     /// Feeds the next piece of the block.
     pub fn update(&mut self, chunk: &[u8]) {
         self.mac.update(chunk);
-        self.fed = self.fed.saturating_add(chunk.len() as u64);
+        // Wrapping: 2^64 bytes are never fed, and the add needs no saturation code.
+        self.fed = self.fed.wrapping_add(chunk.len() as u64);
     }
 
     /// The 4-byte MIC. Fails with `InvalidValue` on `DataBlockMic.BlockLength` when the bytes

@@ -353,11 +353,13 @@ where
                 written,
                 target_len,
             } => {
-                let end = u64::from(self.io.pos) + bytes.len() as u64;
-                if end > u64::from(*target_len) {
+                // `bytes` is at most the payload's length, a u32: the sum saturates where
+                // the u64 one went past u32::MAX.
+                let end = self.io.pos.saturating_add(bytes.len() as u32);
+                if end > *target_len {
                     return Err(ApplyError::TargetLength {
                         expected: *target_len,
-                        got: end.min(u64::from(u32::MAX)) as u32,
+                        got: end,
                     });
                 }
                 self.io.emit(bytes)?;
@@ -586,9 +588,10 @@ impl<T: TargetImage + ?Sized> TargetImage for Hashing<'_, T> {
     type Error = T::Error;
     fn write(&mut self, offset: u32, data: &[u8]) -> Result<(), T::Error> {
         self.sink.sha.update(data);
-        let skip = (self.sink.resume_from.saturating_sub(offset) as usize).min(data.len());
-        if skip < data.len() {
-            self.target.write(offset + skip as u32, &data[skip..])?;
+        // The bytes past the resume point, if any.
+        let skip = self.sink.resume_from.saturating_sub(offset) as usize;
+        if let Some(rest @ [_, ..]) = data.get(skip..) {
+            self.target.write(offset + skip as u32, rest)?;
         }
         Ok(())
     }
@@ -596,9 +599,9 @@ impl<T: TargetImage + ?Sized> TargetImage for Hashing<'_, T> {
 
 #[derive(Clone)]
 enum Stream {
-    /// The preamble is verified; the checkpoint to resume from (if any) and the source are
-    /// checked at the first push.
-    Pending(Option<Checkpoint>),
+    /// The preamble is verified; the resume point (the sink's) and the source are checked
+    /// at the first push.
+    Pending,
     Delta(Detools),
     /// A full image; `None`: uncompressed. The count is bytes produced.
     Full(Option<DecoderState>, u32),
@@ -614,12 +617,13 @@ struct Payload {
 }
 
 impl Payload {
+    /// `resume` is for this manifest's target: its callers have checked that.
     fn new(manifest: Manifest, resume: Option<Checkpoint>) -> Self {
         Self {
             manifest,
             received: 0,
             payload_sha: Sha256::new(),
-            stream: Stream::Pending(resume),
+            stream: Stream::Pending,
             sink: Sink {
                 resume_from: resume.map_or(0, |c| c.written),
                 sha: Sha256::new(),
@@ -629,7 +633,7 @@ impl Payload {
 
     fn written(&self) -> u32 {
         match &self.stream {
-            Stream::Pending(_) => 0,
+            Stream::Pending => 0,
             Stream::Delta(d) => d.written(),
             Stream::Full(_, n) => *n,
         }
@@ -662,7 +666,7 @@ impl Payload {
         };
         let mut input = input;
         let (decoder, to) = match &mut self.stream {
-            Stream::Pending(_) => return Err(ApplyError::Failed),
+            Stream::Pending => return Err(ApplyError::Failed),
             Stream::Delta(d) => {
                 let Some((decoder, bspatch)) = d.body(window, &mut input)? else {
                     return Ok(());
@@ -719,7 +723,7 @@ impl<K> core::fmt::Debug for Core<K> {
         match &self.phase {
             Phase::Preamble { len, .. } => write!(f, "Applier(preamble, {len} bytes)"),
             Phase::Payload(Payload {
-                stream: Stream::Pending(_),
+                stream: Stream::Pending,
                 ..
             }) => f.write_str("Applier(verified)"),
             Phase::Payload(p) => write!(f, "Applier(payload, {} bytes in)", p.received),
@@ -786,7 +790,7 @@ impl<K: SignatureCheck> Core<K> {
     fn checkpoint(&self) -> Option<Checkpoint> {
         match &self.phase {
             Phase::Payload(Payload {
-                stream: Stream::Pending(_),
+                stream: Stream::Pending,
                 ..
             }) => None,
             Phase::Payload(p) => Some(Checkpoint {
@@ -868,7 +872,7 @@ impl<K: SignatureCheck> Core<K> {
         T: TargetImage<Error = S::Error> + ?Sized,
     {
         if let Phase::Payload(Payload {
-            stream: Stream::Pending(_),
+            stream: Stream::Pending,
             ..
         }) = self.phase
         {
@@ -897,6 +901,9 @@ impl<K: SignatureCheck> Core<K> {
         if *len == PREAMBLE_LEN {
             let manifest = verify_preamble(&buf[..], &self.key)?;
             let resume = *resume;
+            if resume.is_some_and(|c| c.target_sha256 != manifest.target_sha256) {
+                return Err(ApplyError::CheckpointMismatch);
+            }
             self.phase = Phase::Payload(Payload::new(manifest, resume));
         }
         Ok(&input[n..])
@@ -913,13 +920,13 @@ impl<K: SignatureCheck> Core<K> {
         let Phase::Payload(p) = &mut self.phase else {
             return Err(ApplyError::Failed);
         };
-        let (manifest, Stream::Pending(resume)) = (&p.manifest, &p.stream) else {
+        let (manifest, Stream::Pending) = (&p.manifest, &p.stream) else {
             return Err(ApplyError::Failed);
         };
-        if let Some(cp) = resume {
-            if cp.target_sha256 != manifest.target_sha256 || cp.written > manifest.target_len {
-                return Err(ApplyError::CheckpointMismatch);
-            }
+        // The checkpoint's target is this manifest's (checked when the payload state was
+        // made); its count must fit that target.
+        if p.sink.resume_from > manifest.target_len {
+            return Err(ApplyError::CheckpointMismatch);
         }
         p.stream = match manifest.kind {
             Kind::Delta => {
@@ -964,7 +971,7 @@ impl<K: SignatureCheck> Core<K> {
             Phase::Failed => return Err(ApplyError::Failed),
             Phase::Preamble { .. }
             | Phase::Payload(Payload {
-                stream: Stream::Pending(_),
+                stream: Stream::Pending,
                 ..
             }) => return Err(ApplyError::Truncated),
             Phase::Payload(p) => p,
@@ -977,16 +984,16 @@ impl<K: SignatureCheck> Core<K> {
             return Err(ApplyError::PayloadMismatch);
         }
         // One call of the end checks for both kinds of payload: one copy of the decoder's.
-        let (decoder, done) = match &p.stream {
-            Stream::Pending(_) => (None, true),
+        // The bytes written come from the same match: one look at the stream.
+        let (decoder, done, written) = match &p.stream {
+            Stream::Pending => (None, true, 0),
             Stream::Delta(d) => {
                 let (decoder, bspatch) = d.ending()?;
-                (decoder, bspatch.is_done())
+                (decoder, bspatch.is_done(), bspatch.target_pos())
             }
-            Stream::Full(decoder, _) => (decoder.as_ref(), true),
+            Stream::Full(decoder, n) => (decoder.as_ref(), true, *n),
         };
         check_stream_end(decoder, done)?;
-        let written = p.written();
         if written != p.manifest.target_len {
             return Err(ApplyError::TargetLength {
                 expected: p.manifest.target_len,
@@ -1173,10 +1180,10 @@ fn check_source<S: SourceImage + ?Sized>(
     let mut offset = 0u32;
     while offset < manifest.source_len {
         let n = ((manifest.source_len - offset) as usize).min(buf.len());
-        source
-            .read(offset, &mut buf[..n])
-            .map_err(ApplyError::Source)?;
-        sha.update(&buf[..n]);
+        // One slice for the read and the hash: one bounds check.
+        let chunk = &mut buf[..n];
+        source.read(offset, chunk).map_err(ApplyError::Source)?;
+        sha.update(chunk);
         offset += n as u32;
     }
     if sha.finalize_reset() != manifest.source_sha256 {

@@ -175,6 +175,8 @@ const M_COMPRESSION: usize = 120;
 const M_WINDOW: usize = 121;
 const M_LOOKAHEAD: usize = 122;
 const M_RESERVED: usize = 123;
+// Read as a word and a byte by `Manifest::parse`.
+const _: () = assert!(MANIFEST_LEN - M_RESERVED == 5);
 
 impl Manifest {
     /// Parses the header and manifest (the first [`SIGNED_LEN`] bytes of a patch). The
@@ -206,16 +208,16 @@ impl Manifest {
         let Some(m) = signed.last_chunk::<MANIFEST_LEN>() else {
             return Err(ContainerError::ManifestLength(manifest_len));
         };
-        if m[M_RESERVED..].iter().any(|&b| b != 0) {
+        // The five reserved bytes as one word and a byte: no loop.
+        if u32_at(m, M_RESERVED) != 0 || m[M_RESERVED + 4] != 0 {
             return Err(ContainerError::ReservedBytes);
         }
         let source_len = u32_at(m, M_SOURCE_LEN);
-        let source_sha256 = array32(m, M_SOURCE_SHA);
         match kind {
             Kind::Full if source_len != 0 => {
                 return Err(ContainerError::InvalidField("source_size"))
             }
-            Kind::Full if source_sha256 != [0; 32] => {
+            Kind::Full if m[M_SOURCE_SHA..M_SOURCE_SHA + 32].iter().any(|&b| b != 0) => {
                 return Err(ContainerError::InvalidField("source_sha256"))
             }
             Kind::Delta if source_len == 0 => {
@@ -242,7 +244,7 @@ impl Manifest {
         Ok(Self {
             kind,
             source_len,
-            source_sha256,
+            source_sha256: array32(m, M_SOURCE_SHA),
             target_len,
             target_sha256: array32(m, M_TARGET_SHA),
             version: ImageVersion {
@@ -394,6 +396,10 @@ mod tests {
         assert_eq!(bad(4, 2), ContainerError::UnsupportedFormatVersion(2));
         assert_eq!(bad(5, 7), ContainerError::InvalidField("kind"));
         assert_eq!(bad(6, 95), ContainerError::ManifestLength(95));
+        assert_eq!(
+            bad(HEADER_LEN + M_RESERVED, 1),
+            ContainerError::ReservedBytes
+        );
         assert_eq!(bad(HEADER_LEN + 127, 1), ContainerError::ReservedBytes);
         assert_eq!(
             bad(HEADER_LEN + M_COMPRESSION, 5),

@@ -55,16 +55,17 @@ const N: Modulus = Modulus {
     inv: 0xee00_bc4f,
 };
 
-/// The curve's b (y² = x³ - 3x + b).
-const B: Limbs = [
-    0x27d2_604b,
-    0x3bce_3c3e,
-    0xcc53_b0f6,
-    0x651d_06b0,
-    0x7698_86bc,
-    0xb3eb_bd55,
-    0xaa3a_93e7,
-    0x5ac6_35d8,
+/// The curve's b (y² = x³ - 3x + b) in Montgomery form (b·2²⁵⁶ mod p), as the curve
+/// equation uses it: a constant rather than a conversion. The tests check it against b.
+const B_MONTGOMERY: Limbs = [
+    0x29c4_bddf,
+    0xd89c_df62,
+    0x7884_3090,
+    0xacf0_05cd,
+    0xf721_2ed6,
+    0xe5a2_20ab,
+    0x0487_4834,
+    0xdc30_061d,
 ];
 
 /// The generator in Jacobian coordinates, Montgomery form (each coordinate times 2²⁵⁶ mod p;
@@ -146,11 +147,16 @@ fn less(a: &Limbs, b: &Limbs) -> bool {
     sbb(&mut t, b)
 }
 
+/// Whether `x` is in [1, n-1], as a signature's r and s must be.
+fn is_scalar(x: &Limbs) -> bool {
+    *x != ZERO && less(x, &N.m)
+}
+
 /// A big-endian byte string (32 bytes) as limbs.
 fn from_be(bytes: &[u8]) -> Limbs {
     let mut r = ZERO;
-    for (limb, c) in r.iter_mut().zip(bytes.rchunks_exact(4)) {
-        *limb = u32::from_be_bytes([c[0], c[1], c[2], c[3]]);
+    for (i, &b) in bytes.iter().rev().enumerate().take(32) {
+        r[i / 4] |= u32::from(b) << (i % 4 * 8);
     }
     r
 }
@@ -183,8 +189,10 @@ impl Modulus {
     /// same pass). `a` may be any 256-bit number as long as `b` < m: the result is below 2m
     /// before the last subtraction either way.
     fn mul(&self, a: &Limbs, b: &Limbs) -> Limbs {
-        // t < a + m < 2²⁵⁷ throughout, so its ninth word is 0 or 1.
-        let mut t = [0u32; 9];
+        // t + 2²⁵⁶·top < a + m < 2²⁵⁷ throughout, so `top` is 0 or 1. The result is built
+        // in `t` itself: no copy at the end.
+        let mut t = ZERO;
+        let mut top = 0u32;
         for &bi in b {
             let mut carry_ab = 0u64;
             let mut carry_qm = 0u64;
@@ -202,14 +210,12 @@ impl Modulus {
                     t[j - 1] = s as u32;
                 }
             }
-            let s = u64::from(t[8]) + carry_ab + carry_qm;
+            let s = u64::from(top) + carry_ab + carry_qm;
             t[7] = s as u32;
-            t[8] = (s >> 32) as u32;
+            top = (s >> 32) as u32;
         }
-        let mut r = ZERO;
-        r.copy_from_slice(&t[..8]);
-        self.reduce(&mut r, t[8] != 0);
-        r
+        self.reduce(&mut t, top != 0);
+        t
     }
 
     /// a·R mod m (into Montgomery form), by doubling 256 times: slower than a multiplication
@@ -430,7 +436,8 @@ fn add_points(r: &mut Regs, b: &Point) {
 fn mul_add(r: &mut Regs, u1: &Limbs, u2: &Limbs, q: &Point) {
     load(r, &G);
     add_points(r, q);
-    let gq = [r[0], r[1], r[2]];
+    // A's coordinates, one at a time (a loop of copies is smaller than three of them).
+    let gq: Point = core::array::from_fn(|i| r[i]);
     r[2] = ZERO;
     for (a, b) in u1.iter().zip(u2).rev() {
         for k in (0..32).rev() {
@@ -450,7 +457,7 @@ fn mul_add(r: &mut Regs, u1: &Limbs, u2: &Limbs, q: &Point) {
 fn curve_rhs(x: &Limbs) -> Limbs {
     let x3 = P.mul(&P.mul(x, x), x);
     let rhs = P.sub(&P.sub(&P.sub(&x3, x), x), x);
-    P.add(&rhs, &P.to_montgomery(&B))
+    P.add(&rhs, &B_MONTGOMERY)
 }
 
 /// Why bytes are not a P-256 public key.
@@ -527,7 +534,7 @@ impl VerifyingKey {
     pub fn verify_prehash(&self, digest: &[u8; 32], signature: &[u8; 64]) -> bool {
         let r = from_be(&signature[..32]);
         let s = from_be(&signature[32..]);
-        if r == ZERO || s == ZERO || !less(&r, &N.m) || !less(&s, &N.m) {
+        if !is_scalar(&r) || !is_scalar(&s) {
             return false;
         }
         // w = s⁻¹ in Montgomery form, so that multiplying a plain number by it gives a plain
@@ -561,6 +568,18 @@ mod tests {
     }
 
     const INFINITY: Point = [ZERO; 3];
+
+    /// The curve's b (SEC 2, FIPS 186).
+    const B: Limbs = [
+        0x27d2_604b,
+        0x3bce_3c3e,
+        0xcc53_b0f6,
+        0x651d_06b0,
+        0x7698_86bc,
+        0xb3eb_bd55,
+        0xaa3a_93e7,
+        0x5ac6_35d8,
+    ];
 
     /// The generator's standard coordinates (SEC 2, FIPS 186).
     const GX: Limbs = [
@@ -654,6 +673,7 @@ mod tests {
     fn generator_is_on_the_curve() {
         assert_eq!(generator(), G);
         assert_eq!(ONE_MONTGOMERY, P.to_montgomery(&ONE));
+        assert_eq!(B_MONTGOMERY, P.to_montgomery(&B));
         let g = generator();
         assert_eq!(P.mul(&g[1], &g[1]), curve_rhs(&g[0]));
     }

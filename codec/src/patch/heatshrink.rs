@@ -164,8 +164,12 @@ impl DecoderState {
     /// `(consumed, from, produced)`; it stops early only at the window's end or when the
     /// input is used up. `window` is exactly the stream's window.
     fn run(&mut self, window: &mut [u8], input: &[u8], limit: usize) -> (usize, usize, usize) {
-        let mask = (1u32 << self.window_bits) - 1;
-        let from = (self.head & mask) as usize;
+        // The mask from the window's length (2^W), so that indices masked with it are seen
+        // to be in the window: no bounds checks.
+        let Some(mask) = window.len().checked_sub(1) else {
+            return (0, 0, 0);
+        };
+        let from = self.head as usize & mask;
         let limit = limit.min(window.len() - from);
         let mut pos = 0;
         let mut produced = 0;
@@ -182,8 +186,8 @@ impl DecoderState {
                     for _ in 0..n {
                         // Before the start of the output the C window holds zeros; so does
                         // ours, since slots past `head` are still unwritten when head < offset.
-                        let byte = window[(self.head.wrapping_sub(offset) & mask) as usize];
-                        window[(self.head & mask) as usize] = byte;
+                        let byte = window[self.head.wrapping_sub(offset) as usize & mask];
+                        window[self.head as usize & mask] = byte;
                         self.head = self.head.wrapping_add(1);
                     }
                     produced += n;
@@ -206,7 +210,7 @@ impl DecoderState {
                 State::Tag if value == 1 => State::Literal,
                 State::Tag => State::Offset,
                 State::Literal => {
-                    window[(self.head & mask) as usize] = value as u8;
+                    window[self.head as usize & mask] = value as u8;
                     self.head = self.head.wrapping_add(1);
                     produced += 1;
                     State::Tag
