@@ -87,8 +87,10 @@ pub struct Multicast {
     sessions: [Option<ClassCSession>; MAX_GROUPS],
 }
 
-fn wrapping_secs(a: u32, b: u32) -> i64 {
-    i64::from(a.wrapping_sub(b) as i32)
+/// `a - b` in seconds, both mod 2^32: in 32 bits, as no two times of interest lie 68 years
+/// apart (and 64-bit compares cost twice the code).
+fn wrapping_secs(a: u32, b: u32) -> i32 {
+    a.wrapping_sub(b) as i32
 }
 
 impl Multicast {
@@ -223,8 +225,8 @@ impl Multicast {
                     return Some(Uplink::McClassCSessionAns(ans));
                 }
                 let until = wrapping_secs(req.session_time, gps_s);
-                let end = i64::from(req.session_time) + (1i64 << req.time_out);
-                let ended = wrapping_secs(end as u32, gps_s) <= 0;
+                let end = req.session_time.wrapping_add(1u32 << req.time_out);
+                let ended = wrapping_secs(end, gps_s) <= 0;
                 if until < 0 && (self.version == Version::V2 || ended) {
                     // v2 says so; v1 has no bit for it and starts late unless it is over.
                     ans.start_missed = self.version == Version::V2;
@@ -303,7 +305,7 @@ impl Multicast {
 
     /// When, on the caller's clock, a GPS second falls, given the current offset.
     pub fn at(gps_s: u32, now: Millis, gps_now_ms: i64) -> Millis {
-        let delta_ms = wrapping_secs(gps_s, crate::clock::seconds_of(gps_now_ms)) * 1000;
+        let delta_ms = i64::from(wrapping_secs(gps_s, crate::clock::seconds_of(gps_now_ms))) * 1000;
         (now as i64 + delta_ms).max(now as i64) as Millis
     }
 }
