@@ -45,7 +45,7 @@ pub enum McubootError<E> {
     /// No MCUboot image header at the start of the slot.
     NoImage,
     /// The header, or the TLV areas, are inconsistent or run past the slot.
-    Malformed(&'static str),
+    Malformed(Malformation),
     /// The image has no SHA256 TLV.
     NoHash,
     /// The image's SHA-256 differs from its SHA256 TLV.
@@ -54,6 +54,27 @@ pub enum McubootError<E> {
     ImageOverlapsTrailer,
     /// BOOT_MAX_ALIGN not a power of two from 8 to 32, or below the flash's write size.
     BadAlign,
+}
+
+/// Which of an image's sizes or magics is wrong ([`McubootError::Malformed`]). A code, not
+/// a text: the texts would be flash that only a debugger reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Malformation {
+    /// The header is shorter than 32 bytes, or header, image and protected TLVs run past the
+    /// slot.
+    HeaderSizes,
+    /// A TLV area's info runs past the slot.
+    TlvInfoPastSlot,
+    /// A TLV area's info has the wrong magic.
+    TlvInfoMagic,
+    /// A TLV area's length is below its info's or runs past the slot.
+    TlvAreaLength,
+    /// A TLV's type and length run past its area.
+    TlvHeaderPastArea,
+    /// A TLV's value runs past its area.
+    TlvValuePastArea,
+    /// The protected TLV area's length differs from the header's.
+    ProtectedTlvSize,
 }
 
 /// The 32-byte image header.
@@ -121,27 +142,27 @@ fn walk_tlvs<F: NorFlash>(
 ) -> Result<(u32, bool), McubootError<F::Error>> {
     let mut info = [0u8; 4];
     if at + 4 > slot.len {
-        return Err(McubootError::Malformed("TLV info past the slot"));
+        return Err(McubootError::Malformed(Malformation::TlvInfoPastSlot));
     }
     read(flash, slot.offset + at, &mut info)?;
     if u16::from_le_bytes([info[0], info[1]]) != magic {
-        return Err(McubootError::Malformed("TLV info magic"));
+        return Err(McubootError::Malformed(Malformation::TlvInfoMagic));
     }
     let total = u32::from(u16::from_le_bytes([info[2], info[3]]));
     if total < 4 || at + total > slot.len {
-        return Err(McubootError::Malformed("TLV area length"));
+        return Err(McubootError::Malformed(Malformation::TlvAreaLength));
     }
     let mut found = false;
     let mut off = 4;
     while off < total {
         if off + 4 > total {
-            return Err(McubootError::Malformed("TLV header past its area"));
+            return Err(McubootError::Malformed(Malformation::TlvHeaderPastArea));
         }
         let mut t = [0u8; 4];
         read(flash, slot.offset + at + off, &mut t)?;
         let len = u16::from_le_bytes([t[2], t[3]]);
         if off + 4 + u32::from(len) > total {
-            return Err(McubootError::Malformed("TLV value past its area"));
+            return Err(McubootError::Malformed(Malformation::TlvValuePastArea));
         }
         if u16::from_le_bytes([t[0], t[1]]) == kind && usize::from(len) == value.len() {
             read(flash, slot.offset + at + off + 4, value)?;
@@ -184,7 +205,7 @@ fn inspect<F: NorFlash>(
     };
     let hashed = header.hashed_len();
     if usize::from(header.hdr_size) < HEADER_LEN || hashed > slot.len {
-        return Err(McubootError::Malformed("header sizes"));
+        return Err(McubootError::Malformed(Malformation::HeaderSizes));
     }
     let mut sha = Sha256::new();
     let mut buf = [0u8; 128];
@@ -213,7 +234,7 @@ fn inspect<F: NorFlash>(
             break (total, found);
         }
         if total != u32::from(header.protect_tlv_size) {
-            return Err(McubootError::Malformed("protected TLV size"));
+            return Err(McubootError::Malformed(Malformation::ProtectedTlvSize));
         }
         security_counter = found.then_some(u32::from_le_bytes(c));
         at += total;
