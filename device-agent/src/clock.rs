@@ -24,22 +24,26 @@ pub type Millis = u64;
 /// with 32-bit divisions, which Cortex-M has in hardware: a 64-bit division would link a
 /// library routine of about 2 KB.
 pub(crate) fn seconds_of(ms: i64) -> u32 {
-    fn div_1000(x: u64) -> u64 {
-        let mut q = 0u64;
+    // Only the quotient's low 32 bits are kept, so it is built in a u32 (its high digits
+    // shift out); the digits come off the top of `x` by constant shifts, which need no
+    // library routine.
+    fn div_1000(mut x: u64) -> u32 {
+        let mut q = 0u32;
         let mut r = 0u32;
-        for shift in [48, 32, 16, 0] {
-            let cur = (r << 16) | ((x >> shift) as u32 & 0xffff);
-            q = (q << 16) | u64::from(cur / 1000);
+        for _ in 0..4 {
+            let cur = (r << 16) | (x >> 48) as u32;
+            q = (q << 16) | (cur / 1000);
             r = cur % 1000;
+            x <<= 16;
         }
         q
     }
     if ms >= 0 {
-        div_1000(ms as u64) as u32
+        div_1000(ms as u64)
     } else {
         // floor(-a / 1000) = -ceil(a / 1000) for a = -ms > 0 (i64::MIN included: a = 2^63).
         let a = ms.unsigned_abs();
-        (div_1000(a - 1) + 1).wrapping_neg() as u32
+        div_1000(a - 1).wrapping_add(1).wrapping_neg()
     }
 }
 
