@@ -90,12 +90,15 @@ pub struct ImageHeader {
 
 impl ImageHeader {
     pub fn parse(b: &[u8; HEADER_LEN]) -> Option<Self> {
+        has_magic(b).then(|| Self::fields(b))
+    }
+
+    /// The fields, magic unchecked. Inlined: a few loads where it is used.
+    #[inline(always)]
+    fn fields(b: &[u8; HEADER_LEN]) -> Self {
         let u32_at = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
         let u16_at = |i: usize| u16::from_le_bytes([b[i], b[i + 1]]);
-        if u32_at(0) != IMAGE_MAGIC {
-            return None;
-        }
-        Some(Self {
+        Self {
             load_addr: u32_at(4),
             hdr_size: u16_at(8),
             protect_tlv_size: u16_at(10),
@@ -107,13 +110,17 @@ impl ImageHeader {
                 revision: u16_at(22),
                 build: u32_at(24),
             },
-        })
+        }
     }
 
     /// Bytes the SHA256 TLV covers.
     pub fn hashed_len(&self) -> u32 {
         u32::from(self.hdr_size) + self.img_size + u32::from(self.protect_tlv_size)
     }
+}
+
+fn has_magic(b: &[u8; HEADER_LEN]) -> bool {
+    u32::from_le_bytes([b[0], b[1], b[2], b[3]]) == IMAGE_MAGIC
 }
 
 /// What a verified image says about itself.
@@ -198,11 +205,10 @@ fn inspect<F: NorFlash>(
 ) -> Result<ImageInfo, McubootError<F::Error>> {
     let mut h = [0u8; HEADER_LEN];
     read(flash, slot.offset, &mut h)?;
-    // Borrowed out of the option, not copied out of it.
-    let parsed = ImageHeader::parse(&h);
-    let Some(ref header) = parsed else {
+    if !has_magic(&h) {
         return Err(McubootError::NoImage);
-    };
+    }
+    let header = ImageHeader::fields(&h);
     let hashed = header.hashed_len();
     if usize::from(header.hdr_size) < HEADER_LEN || hashed > slot.len {
         return Err(McubootError::Malformed(Malformation::HeaderSizes));
@@ -245,7 +251,9 @@ fn inspect<F: NorFlash>(
         None => Err(McubootError::NoHash),
         Some(false) if check_hash => Err(McubootError::HashMismatch),
         Some(_) => Ok(ImageInfo {
-            header: *header,
+            // Read from the header's bytes again, which are still at hand: smaller than
+            // keeping every field aside through the hash and the TLV walk.
+            header: ImageHeader::fields(&h),
             security_counter,
             len: at + total,
         }),
