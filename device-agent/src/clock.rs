@@ -161,11 +161,14 @@ impl ClockSync {
         }
         self.next_request = if self.resync_left > 0 {
             now + RESYNC_SPACING_MS
-        } else if !self.is_synced() {
-            let wait = (UNSYNCED_RETRY_MS << self.unanswered.min(16)).min(self.period_ms());
-            now + wait + rng.below(JITTER_MS)
         } else {
-            now + self.period_ms() + rng.below(JITTER_MS)
+            // The period, or less while unsynchronized; jittered either way.
+            let period = self.period_ms();
+            let wait = match self.is_synced() {
+                true => period,
+                false => (UNSYNCED_RETRY_MS << self.unanswered.min(16)).min(period),
+            };
+            now + wait + rng.below(JITTER_MS)
         };
         self.unanswered = self.unanswered.saturating_add(1);
         let token = self.token;
