@@ -285,17 +285,19 @@ impl Multicast {
 
     /// GPS second of the next session start or end after `gps_s`, for the agent's timer.
     pub fn next_deadline_s(&self, gps_s: u32) -> Option<u32> {
-        self.sessions
-            .iter()
-            .flatten()
-            .map(|s| {
-                if s.running {
-                    s.start_s.wrapping_add(1u32 << s.timeout_exp)
-                } else {
-                    s.start_s
-                }
-            })
-            .min_by_key(|&t| wrapping_secs(t, gps_s))
+        // The smallest distance from `gps_s`, then the second it leads to.
+        let mut soonest: Option<i32> = None;
+        for s in self.sessions.iter().flatten() {
+            let t = match s.running {
+                true => s.start_s.wrapping_add(1u32 << s.timeout_exp),
+                false => s.start_s,
+            };
+            let d = wrapping_secs(t, gps_s);
+            if soonest.is_none_or(|m| d < m) {
+                soonest = Some(d);
+            }
+        }
+        soonest.map(|d| gps_s.wrapping_add(d as u32))
     }
 
     /// A running session's group, to route class C downlinks (and refuse the rest).
@@ -515,5 +517,34 @@ mod tests {
             ]
         );
         assert!(m.session(2).is_none() && m.group(2).is_none());
+    }
+
+    #[test]
+    fn the_next_deadline_is_the_soonest_start_or_end_across_the_wrap() {
+        let (mut m, ke) = setup();
+        for id in [0, 1] {
+            m.handle(
+                0,
+                Downlink::McGroupSetupReq(McGroupSetupReq {
+                    mc_group_id: id,
+                    mc_addr: u32::from(id),
+                    mc_key_encrypted: encrypt_mc_key(&ke, &Key128::from_bytes([3; 16])),
+                    min_mc_fcount: 0,
+                    max_mc_fcount: 10,
+                }),
+                |_| {},
+            );
+        }
+        assert_eq!(m.next_deadline_s(0), None);
+        // Group 0 starts 10 s from now, past the wrap of GPS seconds; group 1 now, for 16 s.
+        let now = u32::MAX - 5;
+        m.handle(now, session_req(0, now.wrapping_add(10)), |_| {});
+        m.handle(now, session_req(1, now), |_| {});
+        assert_eq!(m.next_deadline_s(now), Some(now));
+        // Group 1 runs: its end is after group 0's start.
+        m.handle_timeout(now, |_| {});
+        assert_eq!(m.next_deadline_s(now), Some(now.wrapping_add(10)));
+        m.handle_timeout(now.wrapping_add(10), |_| {});
+        assert_eq!(m.next_deadline_s(now), Some(now.wrapping_add(16)));
     }
 }
