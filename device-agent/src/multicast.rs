@@ -307,8 +307,9 @@ impl Multicast {
 
     /// When, on the caller's clock, a GPS second falls, given the current offset.
     pub fn at(gps_s: u32, now: Millis, gps_now_ms: i64) -> Millis {
-        let delta_ms = i64::from(wrapping_secs(gps_s, crate::clock::seconds_of(gps_now_ms))) * 1000;
-        (now as i64 + delta_ms).max(now as i64) as Millis
+        let ahead_s = wrapping_secs(gps_s, crate::clock::seconds_of(gps_now_ms));
+        // A second already past is due now. Unsigned from here on: no 64-bit signed compare.
+        now + u64::from(ahead_s.max(0) as u32) * 1000
     }
 }
 
