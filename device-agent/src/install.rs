@@ -113,7 +113,7 @@ pub fn install<F: NorFlash, K: SignatureCheck>(
     config: &InstallConfig<K>,
     window: &mut [u8],
     resume: Option<Checkpoint>,
-    save: impl FnMut(Checkpoint),
+    mut save: impl FnMut(Checkpoint),
 ) -> Result<Installed, InstallError<F::Error>> {
     // Borrowed out of the result: moving it out would copy the manifest on the stack.
     let checked = check(flash, patch, patch_len, config, window);
@@ -122,7 +122,7 @@ pub fn install<F: NorFlash, K: SignatureCheck>(
         Err(e) => return Err(e),
     };
     apply(
-        flash, patch, patch_len, config, window, verified, resume, save,
+        flash, patch, patch_len, config, window, verified, resume, &mut save,
     )?;
     request_swap(flash, config, verified.manifest())
 }
@@ -225,7 +225,9 @@ fn apply<F: NorFlash, K: SignatureCheck>(
     window: &mut [u8],
     verified: &Verified,
     resume: Option<Checkpoint>,
-    mut save: impl FnMut(Checkpoint),
+    // A `dyn` borrow: the closure's captures stay behind it, instead of each being set
+    // aside in this frame for the loop (smaller).
+    save: &mut dyn FnMut(Checkpoint),
 ) -> Result<(), InstallError<F::Error>> {
     let manifest = verified.manifest();
     // A checkpoint is only good on a sector boundary the writer can restart from, and only
