@@ -111,14 +111,15 @@ impl<'a> Command<'a> for Downlink {
         Downlink::parse(bytes)
     }
 
-    fn parse_valid(_version: Version, bytes: &'a [u8]) -> Option<(Self, usize)> {
-        let cmd = match bytes.first()? {
+    fn parse_valid(_version: Version, bytes: &'a [u8]) -> Option<(Self, &'a [u8])> {
+        let (cid, rest) = bytes.split_first()?;
+        let cmd = match cid {
             0x00 => Downlink::PackageVersionReq,
             0x01 => Downlink::DevVersionReq,
             0x04 => Downlink::DevUpgradeImageReq,
             _ => return None,
         };
-        Some((cmd, 1))
+        Some((cmd, rest))
     }
 }
 

@@ -104,27 +104,31 @@ impl ClockSync {
 
     /// Handles one downlink command; returns the answer to send, if any.
     pub fn handle(&mut self, now: Millis, cmd: Downlink, rng: &mut Rng) -> Option<Uplink> {
-        match cmd {
-            Downlink::PackageVersionReq(_) => Some(Uplink::PackageVersionAns(PackageVersionAns {
-                package_identifier: PACKAGE_ID,
-                package_version: self.version.number(),
-            })),
+        // The commands that restart the period fall through to one restart below.
+        let answer = match cmd {
+            Downlink::PackageVersionReq(_) => {
+                return Some(Uplink::PackageVersionAns(PackageVersionAns {
+                    package_identifier: PACKAGE_ID,
+                    package_version: self.version.number(),
+                }))
+            }
             Downlink::AppTimeAns(ans) => {
-                if self.outstanding & (1 << (ans.token_ans & 0x0f)) != 0 {
-                    let base = self.offset_ms.unwrap_or(0);
-                    self.offset_ms = Some(base + i64::from(ans.time_correction) * 1000);
-                    // Answers to the other requests were computed against the old clock.
-                    self.outstanding = 0;
-                    self.unanswered = 0;
-                    if self.resync_left == 0 {
-                        self.next_request = now + self.period_ms() + rng.below(JITTER_MS);
-                    }
+                if self.outstanding & (1 << (ans.token_ans & 0x0f)) == 0 {
+                    return None;
+                }
+                let base = self.offset_ms.unwrap_or(0);
+                self.offset_ms = Some(base + i64::from(ans.time_correction) * 1000);
+                // Answers to the other requests were computed against the old clock.
+                self.outstanding = 0;
+                self.unanswered = 0;
+                // A forced resync keeps its own spacing; otherwise the period restarts.
+                if self.resync_left > 0 {
+                    return None;
                 }
                 None
             }
             Downlink::DeviceAppTimePeriodicityReq(req) => {
                 self.period = req.period & 0x0f;
-                self.next_request = now + self.period_ms() + rng.below(JITTER_MS);
                 Some(Uplink::DeviceAppTimePeriodicityAns(
                     DeviceAppTimePeriodicityAns {
                         not_supported: false,
@@ -137,9 +141,11 @@ impl ClockSync {
                 if self.resync_left > 0 {
                     self.next_request = now;
                 }
-                None
+                return None;
             }
-        }
+        };
+        self.next_request = now + self.period_ms() + rng.below(JITTER_MS);
+        answer
     }
 
     fn period_ms(&self) -> u64 {
