@@ -260,7 +260,8 @@ fn inspect<F: NorFlash>(
     }
 }
 
-/// Trailer offsets for a slot of `slot_len` bytes and BOOT_MAX_ALIGN `align`.
+/// Trailer offsets for a slot of `slot_len` bytes and BOOT_MAX_ALIGN `align`. Made by
+/// [`Trailer::new`], whose checks on `align` the offsets rely on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Trailer {
     pub slot_len: u32,
@@ -288,7 +289,8 @@ impl Trailer {
     }
 
     pub fn image_ok_off(&self) -> u32 {
-        self.slot_len - 16u32.div_ceil(self.align) * self.align - self.align
+        // align_up(16, A) is max(16, A) for the powers of two that `new` admits: no division.
+        self.slot_len - self.align.max(16) - self.align
     }
 
     pub fn copy_done_off(&self) -> u32 {
