@@ -233,15 +233,15 @@ impl<'a, F: NorFlash> SlotWriter<'a, F> {
         self.words.durable() - self.region.offset
     }
 
-    /// Erases every sector a write up to region offset `end` (rounded up to a word) touches.
-    /// Its only error is the driver's, returned as such: smaller at the call sites than a
+    /// Erases every sector a write up to region offset `end` (rounded up to a word) touches,
+    /// on the flash its caller borrowed once for the erase and the write after it. Its only
+    /// error is the driver's, returned as such: smaller at the call sites than a
     /// [`SlotError`] to copy.
-    fn erase_through(&mut self, end: u32) -> Result<(), F::Error> {
+    fn erase_through(&mut self, flash: &mut F, end: u32) -> Result<(), F::Error> {
         let end = end.div_ceil(F::WRITE_SIZE as u32) * F::WRITE_SIZE as u32;
         while self.erased_to < end {
             let from = self.region.offset + self.erased_to;
-            let to = from + F::ERASE_SIZE as u32;
-            self.flash.borrow_mut().erase(from, to)?;
+            flash.erase(from, from + F::ERASE_SIZE as u32)?;
             self.erased_to += F::ERASE_SIZE as u32;
         }
         Ok(())
@@ -249,8 +249,9 @@ impl<'a, F: NorFlash> SlotWriter<'a, F> {
 
     /// Writes the unfinished word padded with 0xFF (the end of the image).
     pub fn flush(&mut self) -> Result<(), SlotError<F::Error>> {
-        self.erase_through(self.position())
-            .and_then(|()| self.words.finish(&mut *self.flash.borrow_mut()))
+        let mut flash = self.flash.borrow_mut();
+        self.erase_through(&mut flash, self.position())
+            .and_then(|()| self.words.finish(&mut *flash))
             .map_err(SlotError::Flash)
     }
 }
@@ -273,8 +274,9 @@ impl<F: NorFlash> TargetImage for SlotWriter<'_, F> {
         }
         // Whole words of this write may reach flash now; the tail waits in the writer.
         let words_end = (offset + data.len() as u32) / F::WRITE_SIZE as u32 * F::WRITE_SIZE as u32;
-        self.erase_through(words_end)
-            .and_then(|()| self.words.write(&mut *self.flash.borrow_mut(), data))
+        let mut flash = self.flash.borrow_mut();
+        self.erase_through(&mut flash, words_end)
+            .and_then(|()| self.words.write(&mut *flash, data))
             .map_err(SlotError::Flash)
     }
 }
