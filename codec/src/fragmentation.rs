@@ -684,17 +684,14 @@ impl Uplink {
                     | (u8::from(c.session_does_not_exist) << 2);
                 let received = index_and_count(c.frag_index, c.nb_frag_received);
                 w.u8(self.cid());
-                match version {
-                    Version::V1 => {
-                        w.u16(received);
-                        w.u8(c.missing_frag);
-                        w.u8(status);
-                    }
-                    Version::V2 => {
-                        w.u8(status);
-                        w.u16(received);
-                        w.u8(c.missing_frag);
-                    }
+                // v2 moves Status from last to first.
+                if version == Version::V2 {
+                    w.u8(status);
+                }
+                w.u16(received);
+                w.u8(c.missing_frag);
+                if version == Version::V1 {
+                    w.u8(status);
                 }
             }
             Uplink::FragSessionSetupAns(c) => {
