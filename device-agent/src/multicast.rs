@@ -109,10 +109,11 @@ impl Multicast {
     pub fn restore(&mut self, id: u8, group: McGroup, session: Option<ClassCSession>) {
         if let Some(slot) = self.groups.get_mut(usize::from(id)) {
             *slot = Some(group);
-            self.sessions[usize::from(id)] = session.map(|s| ClassCSession {
-                running: false,
-                ..s
-            });
+            let s = &mut self.sessions[usize::from(id)];
+            *s = session;
+            if let Some(s) = s {
+                s.running = false;
+            }
         }
     }
 
