@@ -125,15 +125,18 @@ impl Multicast {
         self.sessions.get(usize::from(id)).and_then(Option::as_ref)
     }
 
-    /// Replaces group `id`'s class C session (`id` is in range), ending the old one if it
-    /// runs.
-    fn end_session(&mut self, id: u8, next: Option<ClassCSession>, emit: &mut impl FnMut(McEvent)) {
-        let Some(slot) = self.sessions.get_mut(usize::from(id)) else {
-            return;
-        };
-        if core::mem::replace(slot, next).is_some_and(|s| s.running) {
+    /// Drops group `id`'s class C session (`id` is in range), ending it if it runs; gives
+    /// back the emptied slot.
+    fn end_session(
+        &mut self,
+        id: u8,
+        emit: &mut impl FnMut(McEvent),
+    ) -> Option<&mut Option<ClassCSession>> {
+        let slot = self.sessions.get_mut(usize::from(id))?;
+        if slot.take().is_some_and(|s| s.running) {
             emit(McEvent::ClassCEnd { id });
         }
+        Some(slot)
     }
 
     /// Handles one command; `gps_s` is the device's GPS time in seconds. Events go to `emit`.
@@ -188,7 +191,7 @@ impl Multicast {
                 };
                 *slot = Some(group);
                 // A new definition ends any session of the old one.
-                self.end_session(id, None, &mut emit);
+                self.end_session(id, &mut emit);
                 emit(McEvent::GroupKeys { id });
                 Some(Uplink::McGroupSetupAns(McGroupSetupAns {
                     mc_group_id: id,
@@ -203,7 +206,7 @@ impl Multicast {
                     .and_then(Option::take)
                     .is_some();
                 if existed {
-                    self.end_session(id, None, &mut emit);
+                    self.end_session(id, &mut emit);
                     emit(McEvent::GroupDeleted { id });
                 }
                 Some(Uplink::McGroupDeleteAns(McGroupDeleteAns {
@@ -242,7 +245,9 @@ impl Multicast {
                     dr: req.dr,
                     running: false,
                 };
-                self.end_session(id, Some(session), &mut emit);
+                if let Some(slot) = self.end_session(id, &mut emit) {
+                    *slot = Some(session);
+                }
                 ans.time_to_start = Some(until.clamp(0, 0x00ff_ffff) as u32);
                 Some(Uplink::McClassCSessionAns(ans))
             }
