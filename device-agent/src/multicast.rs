@@ -217,6 +217,7 @@ impl Multicast {
             Downlink::McClassCSessionReq(req) => {
                 let id = req.mc_group_id;
                 let freq_hz = req.dl_frequ.hz();
+                let until = wrapping_secs(req.session_time, gps_s);
                 let mut ans = McSessionAns {
                     mc_group_id: id,
                     dr_error: req.dr > self.limits.max_dr,
@@ -225,30 +226,24 @@ impl Multicast {
                     start_missed: false,
                     time_to_start: None,
                 };
-                if ans.dr_error || ans.freq_error || ans.mc_group_undefined {
-                    return Some(Uplink::McClassCSessionAns(ans));
+                if !(ans.dr_error || ans.freq_error || ans.mc_group_undefined) {
+                    // v2 says so; v1 has no bit for it and takes the session late (one
+                    // already over ends, unannounced, at the next timeout).
+                    ans.start_missed = until < 0 && self.version == Version::V2;
                 }
-                let until = wrapping_secs(req.session_time, gps_s);
-                let end = req.session_time.wrapping_add(1u32 << req.time_out);
-                let ended = wrapping_secs(end, gps_s) <= 0;
-                if until < 0 && (self.version == Version::V2 || ended) {
-                    // v2 says so; v1 has no bit for it and starts late unless it is over.
-                    ans.start_missed = self.version == Version::V2;
-                    if ans.start_missed {
-                        return Some(Uplink::McClassCSessionAns(ans));
+                if !(ans.dr_error || ans.freq_error || ans.mc_group_undefined || ans.start_missed) {
+                    let session = ClassCSession {
+                        start_s: req.session_time,
+                        timeout_exp: req.time_out,
+                        freq_hz,
+                        dr: req.dr,
+                        running: false,
+                    };
+                    if let Some(slot) = self.end_session(id, &mut emit) {
+                        *slot = Some(session);
                     }
+                    ans.time_to_start = Some(until.clamp(0, 0x00ff_ffff) as u32);
                 }
-                let session = ClassCSession {
-                    start_s: req.session_time,
-                    timeout_exp: req.time_out,
-                    freq_hz,
-                    dr: req.dr,
-                    running: false,
-                };
-                if let Some(slot) = self.end_session(id, &mut emit) {
-                    *slot = Some(session);
-                }
-                ans.time_to_start = Some(until.clamp(0, 0x00ff_ffff) as u32);
                 Some(Uplink::McClassCSessionAns(ans))
             }
             Downlink::McClassBSessionReq(req) => {
@@ -553,5 +548,35 @@ mod tests {
         assert_eq!(m.next_deadline_s(now), Some(now.wrapping_add(10)));
         m.handle_timeout(now.wrapping_add(10), |_| {});
         assert_eq!(m.next_deadline_s(now), Some(now.wrapping_add(16)));
+    }
+
+    #[test]
+    fn v1_takes_a_late_session_and_drops_it_unannounced_once_over() {
+        let ke = mc_ke_key(&mc_root_key_lorawan_1_1(&Key128::from_bytes([1; 16])));
+        let mut m = Multicast::new(Version::V1, ke.clone(), RadioLimits::EU868);
+        m.handle(
+            0,
+            Downlink::McGroupSetupReq(McGroupSetupReq {
+                mc_group_id: 0,
+                mc_addr: 1,
+                mc_key_encrypted: encrypt_mc_key(&ke, &Key128::from_bytes([3; 16])),
+                min_mc_fcount: 0,
+                max_mc_fcount: 10,
+            }),
+            |_| {},
+        );
+        // Started 5 s ago, 16 s long: taken, starting now.
+        let Some(Uplink::McClassCSessionAns(a)) = m.handle(105, session_req(0, 100), |_| {}) else {
+            panic!()
+        };
+        assert!(!a.start_missed && a.time_to_start == Some(0));
+        // Over already: taken all the same, then dropped at the timeout without an event.
+        let Some(Uplink::McClassCSessionAns(a)) = m.handle(200, session_req(0, 100), |_| {}) else {
+            panic!()
+        };
+        assert!(!a.start_missed && a.time_to_start == Some(0));
+        let mut events = std::vec::Vec::new();
+        m.handle_timeout(200, |e| events.push(e));
+        assert!(events.is_empty() && m.session(0).is_none());
     }
 }
