@@ -154,15 +154,18 @@ impl Multicast {
             Downlink::McGroupStatusReq(req) => {
                 let mut ans = McGroupStatusAns {
                     ans_group_mask: 0,
-                    nb_total_groups: self.groups.iter().flatten().count() as u8,
+                    nb_total_groups: 0,
                     items: [McGroupStatusItem {
                         mc_group_id: 0,
                         mc_addr: 0,
                     }; MAX_GROUPS],
                 };
+                // One pass counts the groups and lists those asked for.
                 let mut n = 0;
                 for (id, g) in self.groups.iter().enumerate() {
-                    if let Some(g) = g.as_ref().filter(|_| req.req_group_mask & (1 << id) != 0) {
+                    let Some(g) = g else { continue };
+                    ans.nb_total_groups += 1;
+                    if req.req_group_mask & (1 << id) != 0 {
                         ans.ans_group_mask |= 1 << id;
                         ans.items[n] = McGroupStatusItem {
                             mc_group_id: id as u8,
