@@ -135,23 +135,23 @@ impl WordWriter {
     pub fn write<F: NorFlash>(&mut self, flash: &mut F, mut data: &[u8]) -> Result<(), F::Error> {
         let w = F::WRITE_SIZE;
         if self.pending_len > 0 {
-            let n = (w - self.pending_len).min(data.len());
-            self.pending[self.pending_len..self.pending_len + n].copy_from_slice(&data[..n]);
-            self.pending_len += n;
-            data = &data[n..];
+            // Split off, not sliced: lengths known to fit need no check.
+            let (head, rest) = data.split_at((w - self.pending_len).min(data.len()));
+            self.pending[self.pending_len..self.pending_len + head.len()].copy_from_slice(head);
+            self.pending_len += head.len();
+            data = rest;
             if self.pending_len < w {
                 return Ok(());
             }
             self.write_pending(flash)?;
         }
-        let whole = data.len() / w * w;
-        if whole > 0 {
-            flash.write(self.at, &data[..whole])?;
-            self.at += whole as u32;
-            data = &data[whole..];
+        let (whole, tail) = data.split_at(data.len() / w * w);
+        if !whole.is_empty() {
+            flash.write(self.at, whole)?;
+            self.at += whole.len() as u32;
         }
-        self.pending[..data.len()].copy_from_slice(data);
-        self.pending_len = data.len();
+        self.pending[..tail.len()].copy_from_slice(tail);
+        self.pending_len = tail.len();
         Ok(())
     }
 
