@@ -25,6 +25,8 @@ pub const TLV_PROT_INFO_MAGIC: u16 = 0x6908;
 pub const TLV_SHA256: u16 = 0x10;
 pub const TLV_SEC_CNT: u16 = 0x50;
 pub const HEADER_LEN: usize = 32;
+/// Image bytes read at once (stack) for the hash.
+const HASH_CHUNK: usize = 128;
 
 const MAGIC_8: [u8; 16] = [
     0x77, 0xc2, 0x95, 0xf3, 0x60, 0xd2, 0xef, 0x7f, 0x35, 0x52, 0x50, 0x0f, 0x2c, 0xb6, 0x79, 0x80,
@@ -214,13 +216,14 @@ fn inspect<F: NorFlash>(
         return Err(McubootError::Malformed(Malformation::HeaderSizes));
     }
     let mut sha = Sha256::new();
-    let mut buf = [0u8; 128];
+    let mut buf = [0u8; HASH_CHUNK];
     let mut off = if check_hash { 0 } else { hashed };
     while off < hashed {
-        let n = ((hashed - off) as usize).min(buf.len());
-        read(flash, slot.offset + off, &mut buf[..n])?;
-        sha.update(&buf[..n]);
-        off += n as u32;
+        // One slice for the read and the hash: its length is checked once.
+        let chunk = &mut buf[..((hashed - off) as usize).min(HASH_CHUNK)];
+        read(flash, slot.offset + off, chunk)?;
+        sha.update(chunk);
+        off += chunk.len() as u32;
     }
     let digest = sha.finalize_reset();
     let mut security_counter = None;
