@@ -229,13 +229,13 @@ fn inspect<F: NorFlash>(
     let mut security_counter = None;
     let mut at = u32::from(header.hdr_size) + header.img_size;
     // The protected area (if any: its security counter), then the other (its SHA256), in one
-    // loop so that the walk is in the code once.
-    let mut c = [0u8; 4];
+    // loop so that the walk is in the code once. One buffer takes both values: the counter
+    // is taken from it before the hash is read.
     let mut t = [0u8; 32];
     let mut protected = header.protect_tlv_size > 0;
     let (total, found) = loop {
         let (magic, kind, value): (_, _, &mut [u8]) = match protected {
-            true => (TLV_PROT_INFO_MAGIC, TLV_SEC_CNT, &mut c),
+            true => (TLV_PROT_INFO_MAGIC, TLV_SEC_CNT, &mut t[..4]),
             false => (TLV_INFO_MAGIC, TLV_SHA256, &mut t),
         };
         let (total, found) = walk_tlvs(flash, slot, at, magic, kind, value)?;
@@ -245,7 +245,7 @@ fn inspect<F: NorFlash>(
         if total != u32::from(header.protect_tlv_size) {
             return Err(McubootError::Malformed(Malformation::ProtectedTlvSize));
         }
-        security_counter = found.then_some(u32::from_le_bytes(c));
+        security_counter = found.then_some(u32::from_le_bytes([t[0], t[1], t[2], t[3]]));
         at += total;
         protected = false;
     };
