@@ -345,8 +345,7 @@ fn trailer_state<F: NorFlash>(
         off = off.wrapping_sub(trailer.align);
     }
     Ok(TrailerState {
-        // Byte by byte: smaller than the memcmp call an array comparison makes.
-        magic_good: magic.iter().zip(trailer.magic()).all(|(a, b)| *a == b),
+        magic_good: magic == trailer.magic(),
         image_ok: flags[0] == FLAG_SET,
         copy_done: flags[1] == FLAG_SET,
         swap_info: flags[2],
