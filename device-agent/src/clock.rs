@@ -53,7 +53,7 @@ const JITTER_MS: u64 = 30_000;
 /// Spacing of the AppTimeReq a ForceDeviceResync asks for.
 const RESYNC_SPACING_MS: u64 = 10_000;
 /// First wait before asking again while unsynchronized (then doubled each time).
-const UNSYNCED_RETRY_MS: u64 = 60_000;
+const UNSYNCED_RETRY_MS: u32 = 60_000;
 
 /// Device side of TS003.
 #[derive(Debug, Clone)]
@@ -149,7 +149,8 @@ impl ClockSync {
     }
 
     fn period_ms(&self) -> u64 {
-        128_000u64 << self.period
+        // At most 128 s * 2^15, which fits 32 bits: a 32-bit shift, not a 64-bit one.
+        u64::from(128_000u32 << self.period)
     }
 
     /// When the next AppTimeReq is due.
@@ -172,7 +173,8 @@ impl ClockSync {
             let period = self.period_ms();
             let wait = match self.is_synced() {
                 true => period,
-                false => (UNSYNCED_RETRY_MS << self.unanswered.min(16)).min(period),
+                // At most 60 s * 2^16, in 32 bits like the period.
+                false => u64::from(UNSYNCED_RETRY_MS << self.unanswered.min(16)).min(period),
             };
             now + wait + rng.below(JITTER_MS)
         };
