@@ -16,7 +16,9 @@ pub const PACKAGE_ID: u8 = 4;
 /// The only version of the package.
 pub const PACKAGE_VERSION: u8 = 1;
 
-/// The FWversion of an image version (the build number is not carried).
+/// The FWversion of an image version (the build number is not carried). Out of line: a
+/// device builds it in several places.
+#[inline(never)]
 pub const fn fw_version(major: u8, minor: u8, revision: u16) -> u32 {
     (major as u32) << 24 | (minor as u32) << 16 | revision as u32
 }
