@@ -178,12 +178,13 @@ pub fn is_erased<F: NorFlash>(flash: &mut F, at: u32, len: usize) -> Result<bool
     let mut buf = [0u8; MAX_WRITE_SIZE];
     let mut done = 0;
     while done < len {
-        let n = (len - done).min(MAX_WRITE_SIZE);
-        flash.read(at + done as u32, &mut buf[..n])?;
-        if buf[..n].iter().any(|&b| b != 0xff) {
+        // One slice for the read and the check: its length is checked once.
+        let chunk = &mut buf[..(len - done).min(MAX_WRITE_SIZE)];
+        flash.read(at + done as u32, chunk)?;
+        if chunk.iter().any(|&b| b != 0xff) {
             return Ok(false);
         }
-        done += n;
+        done += chunk.len();
     }
     Ok(true)
 }
