@@ -222,11 +222,12 @@ impl<'a> Command<'a> for Downlink {
         Downlink::parse(version, bytes)
     }
 
-    fn parse_valid(version: Version, bytes: &'a [u8]) -> Option<(Self, usize)> {
+    fn parse_valid(version: Version, bytes: &'a [u8]) -> Option<(Self, &'a [u8])> {
         let (&cid, body) = bytes.split_first()?;
-        let cmd =
-            Self::parse_body(version, cid, &mut Reader::<false>::new("payload", body)).ok()?;
-        Some((cmd, cmd.len(version)))
+        let mut r = Reader::<false>::new("payload", body);
+        let cmd = Self::parse_body(version, cid, &mut r).ok()?;
+        // Each command's fields are exactly its length: the reader stops at the next one.
+        Some((cmd, r.remaining()))
     }
 }
 

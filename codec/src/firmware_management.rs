@@ -16,7 +16,9 @@ pub const PACKAGE_ID: u8 = 4;
 /// The only version of the package.
 pub const PACKAGE_VERSION: u8 = 1;
 
-/// The FWversion of an image version (the build number is not carried).
+/// The FWversion of an image version (the build number is not carried). Out of line: a
+/// device builds it in several places.
+#[inline(never)]
 pub const fn fw_version(major: u8, minor: u8, revision: u16) -> u32 {
     (major as u32) << 24 | (minor as u32) << 16 | revision as u32
 }
@@ -111,14 +113,15 @@ impl<'a> Command<'a> for Downlink {
         Downlink::parse(bytes)
     }
 
-    fn parse_valid(_version: Version, bytes: &'a [u8]) -> Option<(Self, usize)> {
-        let cmd = match bytes.first()? {
+    fn parse_valid(_version: Version, bytes: &'a [u8]) -> Option<(Self, &'a [u8])> {
+        let (cid, rest) = bytes.split_first()?;
+        let cmd = match cid {
             0x00 => Downlink::PackageVersionReq,
             0x01 => Downlink::DevVersionReq,
             0x04 => Downlink::DevUpgradeImageReq,
             _ => return None,
         };
-        Some((cmd, 1))
+        Some((cmd, rest))
     }
 }
 

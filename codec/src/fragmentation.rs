@@ -411,7 +411,7 @@ impl<'a> Downlink<'a> {
                 Downlink::DataFragment(DataFragment {
                     frag_index,
                     n,
-                    payload: r.remaining(),
+                    payload: r.take_rest(),
                 })
             }
             other => return Err(r.error("CID", ErrorKind::UnknownCid(other))),
@@ -499,11 +499,12 @@ impl<'a> Command<'a> for Downlink<'a> {
         Downlink::parse(version, bytes)
     }
 
-    fn parse_valid(version: Version, bytes: &'a [u8]) -> Option<(Self, usize)> {
+    fn parse_valid(version: Version, bytes: &'a [u8]) -> Option<(Self, &'a [u8])> {
         let (&cid, body) = bytes.split_first()?;
-        let cmd =
-            Self::parse_body(version, cid, &mut Reader::<false>::new("payload", body)).ok()?;
-        Some((cmd, cmd.len(version)))
+        let mut r = Reader::<false>::new("payload", body);
+        let cmd = Self::parse_body(version, cid, &mut r).ok()?;
+        // Each command's fields are exactly its length: the reader stops at the next one.
+        Some((cmd, r.remaining()))
     }
 }
 
@@ -683,17 +684,14 @@ impl Uplink {
                     | (u8::from(c.session_does_not_exist) << 2);
                 let received = index_and_count(c.frag_index, c.nb_frag_received);
                 w.u8(self.cid());
-                match version {
-                    Version::V1 => {
-                        w.u16(received);
-                        w.u8(c.missing_frag);
-                        w.u8(status);
-                    }
-                    Version::V2 => {
-                        w.u8(status);
-                        w.u16(received);
-                        w.u8(c.missing_frag);
-                    }
+                // v2 moves Status from last to first.
+                if version == Version::V2 {
+                    w.u8(status);
+                }
+                w.u16(received);
+                w.u8(c.missing_frag);
+                if version == Version::V1 {
+                    w.u8(status);
                 }
             }
             Uplink::FragSessionSetupAns(c) => {

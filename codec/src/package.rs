@@ -97,9 +97,12 @@ pub trait Command<'a>: Sized {
     fn parse_one(version: Version, bytes: &'a [u8]) -> Result<(Self, usize), crate::Error>;
 
     /// [`Command::parse_one`] without the error: for a caller that only stops at one (a
-    /// device), so that no error value is made at all.
-    fn parse_valid(version: Version, bytes: &'a [u8]) -> Option<(Self, usize)> {
-        Self::parse_one(version, bytes).ok()
+    /// device), so that no error value is made at all. Gives the bytes after the command
+    /// instead of its length: a parser that read the command's fields exactly has them at
+    /// hand, without working out its length again.
+    fn parse_valid(version: Version, bytes: &'a [u8]) -> Option<(Self, &'a [u8])> {
+        let (command, used) = Self::parse_one(version, bytes).ok()?;
+        Some((command, bytes.get(used..).unwrap_or(&[])))
     }
 }
 
@@ -143,8 +146,8 @@ impl<'a, C: Command<'a>> Iterator for Valid<'a, C> {
             return None;
         }
         match C::parse_valid(c.version, c.rest) {
-            Some((command, used)) => {
-                c.rest = c.rest.get(used..).unwrap_or(&[]);
+            Some((command, rest)) => {
+                c.rest = rest;
                 Some(command)
             }
             None => {

@@ -50,6 +50,11 @@ impl<'a, const REPORT: bool> Reader<'a, REPORT> {
         self.rest
     }
 
+    /// The bytes not read yet, all of them read now (a field that takes the rest).
+    pub(crate) fn take_rest(&mut self) -> &'a [u8] {
+        core::mem::take(&mut self.rest)
+    }
+
     /// Records the error and stops (the parse returns at its first).
     pub(crate) fn error(&mut self, field: &'static str, kind: ErrorKind) -> Stop {
         if REPORT {

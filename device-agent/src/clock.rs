@@ -24,22 +24,26 @@ pub type Millis = u64;
 /// with 32-bit divisions, which Cortex-M has in hardware: a 64-bit division would link a
 /// library routine of about 2 KB.
 pub(crate) fn seconds_of(ms: i64) -> u32 {
-    fn div_1000(x: u64) -> u64 {
-        let mut q = 0u64;
+    // Only the quotient's low 32 bits are kept, so it is built in a u32 (its high digits
+    // shift out); the digits come off the top of `x` by constant shifts, which need no
+    // library routine.
+    fn div_1000(mut x: u64) -> u32 {
+        let mut q = 0u32;
         let mut r = 0u32;
-        for shift in [48, 32, 16, 0] {
-            let cur = (r << 16) | ((x >> shift) as u32 & 0xffff);
-            q = (q << 16) | u64::from(cur / 1000);
+        for _ in 0..4 {
+            let cur = (r << 16) | (x >> 48) as u32;
+            q = (q << 16) | (cur / 1000);
             r = cur % 1000;
+            x <<= 16;
         }
         q
     }
     if ms >= 0 {
-        div_1000(ms as u64) as u32
+        div_1000(ms as u64)
     } else {
         // floor(-a / 1000) = -ceil(a / 1000) for a = -ms > 0 (i64::MIN included: a = 2^63).
         let a = ms.unsigned_abs();
-        (div_1000(a - 1) + 1).wrapping_neg() as u32
+        div_1000(a - 1).wrapping_add(1).wrapping_neg()
     }
 }
 
@@ -49,7 +53,7 @@ const JITTER_MS: u64 = 30_000;
 /// Spacing of the AppTimeReq a ForceDeviceResync asks for.
 const RESYNC_SPACING_MS: u64 = 10_000;
 /// First wait before asking again while unsynchronized (then doubled each time).
-const UNSYNCED_RETRY_MS: u64 = 60_000;
+const UNSYNCED_RETRY_MS: u32 = 60_000;
 
 /// Device side of TS003.
 #[derive(Debug, Clone)]
@@ -100,27 +104,31 @@ impl ClockSync {
 
     /// Handles one downlink command; returns the answer to send, if any.
     pub fn handle(&mut self, now: Millis, cmd: Downlink, rng: &mut Rng) -> Option<Uplink> {
-        match cmd {
-            Downlink::PackageVersionReq(_) => Some(Uplink::PackageVersionAns(PackageVersionAns {
-                package_identifier: PACKAGE_ID,
-                package_version: self.version.number(),
-            })),
+        // The commands that restart the period fall through to one restart below.
+        let answer = match cmd {
+            Downlink::PackageVersionReq(_) => {
+                return Some(Uplink::PackageVersionAns(PackageVersionAns {
+                    package_identifier: PACKAGE_ID,
+                    package_version: self.version.number(),
+                }))
+            }
             Downlink::AppTimeAns(ans) => {
-                if self.outstanding & (1 << (ans.token_ans & 0x0f)) != 0 {
-                    let base = self.offset_ms.unwrap_or(0);
-                    self.offset_ms = Some(base + i64::from(ans.time_correction) * 1000);
-                    // Answers to the other requests were computed against the old clock.
-                    self.outstanding = 0;
-                    self.unanswered = 0;
-                    if self.resync_left == 0 {
-                        self.next_request = now + self.period_ms() + rng.below(JITTER_MS);
-                    }
+                if self.outstanding & (1 << (ans.token_ans & 0x0f)) == 0 {
+                    return None;
+                }
+                let base = self.offset_ms.unwrap_or(0);
+                self.offset_ms = Some(base + i64::from(ans.time_correction) * 1000);
+                // Answers to the other requests were computed against the old clock.
+                self.outstanding = 0;
+                self.unanswered = 0;
+                // A forced resync keeps its own spacing; otherwise the period restarts.
+                if self.resync_left > 0 {
+                    return None;
                 }
                 None
             }
             Downlink::DeviceAppTimePeriodicityReq(req) => {
                 self.period = req.period & 0x0f;
-                self.next_request = now + self.period_ms() + rng.below(JITTER_MS);
                 Some(Uplink::DeviceAppTimePeriodicityAns(
                     DeviceAppTimePeriodicityAns {
                         not_supported: false,
@@ -133,13 +141,16 @@ impl ClockSync {
                 if self.resync_left > 0 {
                     self.next_request = now;
                 }
-                None
+                return None;
             }
-        }
+        };
+        self.next_request = now + self.period_ms() + rng.below(JITTER_MS);
+        answer
     }
 
     fn period_ms(&self) -> u64 {
-        128_000u64 << self.period
+        // At most 128 s * 2^15, which fits 32 bits: a 32-bit shift, not a 64-bit one.
+        u64::from(128_000u32 << self.period)
     }
 
     /// When the next AppTimeReq is due.
@@ -157,11 +168,15 @@ impl ClockSync {
         }
         self.next_request = if self.resync_left > 0 {
             now + RESYNC_SPACING_MS
-        } else if !self.is_synced() {
-            let wait = (UNSYNCED_RETRY_MS << self.unanswered.min(16)).min(self.period_ms());
-            now + wait + rng.below(JITTER_MS)
         } else {
-            now + self.period_ms() + rng.below(JITTER_MS)
+            // The period, or less while unsynchronized; jittered either way.
+            let period = self.period_ms();
+            let wait = match self.is_synced() {
+                true => period,
+                // At most 60 s * 2^16, in 32 bits like the period.
+                false => u64::from(UNSYNCED_RETRY_MS << self.unanswered.min(16)).min(period),
+            };
+            now + wait + rng.below(JITTER_MS)
         };
         self.unanswered = self.unanswered.saturating_add(1);
         let token = self.token;

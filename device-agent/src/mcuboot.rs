@@ -25,6 +25,8 @@ pub const TLV_PROT_INFO_MAGIC: u16 = 0x6908;
 pub const TLV_SHA256: u16 = 0x10;
 pub const TLV_SEC_CNT: u16 = 0x50;
 pub const HEADER_LEN: usize = 32;
+/// Image bytes read at once (stack) for the hash.
+const HASH_CHUNK: usize = 128;
 
 const MAGIC_8: [u8; 16] = [
     0x77, 0xc2, 0x95, 0xf3, 0x60, 0xd2, 0xef, 0x7f, 0x35, 0x52, 0x50, 0x0f, 0x2c, 0xb6, 0x79, 0x80,
@@ -45,7 +47,7 @@ pub enum McubootError<E> {
     /// No MCUboot image header at the start of the slot.
     NoImage,
     /// The header, or the TLV areas, are inconsistent or run past the slot.
-    Malformed(&'static str),
+    Malformed(Malformation),
     /// The image has no SHA256 TLV.
     NoHash,
     /// The image's SHA-256 differs from its SHA256 TLV.
@@ -54,6 +56,27 @@ pub enum McubootError<E> {
     ImageOverlapsTrailer,
     /// BOOT_MAX_ALIGN not a power of two from 8 to 32, or below the flash's write size.
     BadAlign,
+}
+
+/// Which of an image's sizes or magics is wrong ([`McubootError::Malformed`]). A code, not
+/// a text: the texts would be flash that only a debugger reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Malformation {
+    /// The header is shorter than 32 bytes, or header, image and protected TLVs run past the
+    /// slot.
+    HeaderSizes,
+    /// A TLV area's info runs past the slot.
+    TlvInfoPastSlot,
+    /// A TLV area's info has the wrong magic.
+    TlvInfoMagic,
+    /// A TLV area's length is below its info's or runs past the slot.
+    TlvAreaLength,
+    /// A TLV's type and length run past its area.
+    TlvHeaderPastArea,
+    /// A TLV's value runs past its area.
+    TlvValuePastArea,
+    /// The protected TLV area's length differs from the header's.
+    ProtectedTlvSize,
 }
 
 /// The 32-byte image header.
@@ -69,12 +92,15 @@ pub struct ImageHeader {
 
 impl ImageHeader {
     pub fn parse(b: &[u8; HEADER_LEN]) -> Option<Self> {
+        has_magic(b).then(|| Self::fields(b))
+    }
+
+    /// The fields, magic unchecked. Inlined: a few loads where it is used.
+    #[inline(always)]
+    fn fields(b: &[u8; HEADER_LEN]) -> Self {
         let u32_at = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
         let u16_at = |i: usize| u16::from_le_bytes([b[i], b[i + 1]]);
-        if u32_at(0) != IMAGE_MAGIC {
-            return None;
-        }
-        Some(Self {
+        Self {
             load_addr: u32_at(4),
             hdr_size: u16_at(8),
             protect_tlv_size: u16_at(10),
@@ -86,13 +112,17 @@ impl ImageHeader {
                 revision: u16_at(22),
                 build: u32_at(24),
             },
-        })
+        }
     }
 
     /// Bytes the SHA256 TLV covers.
     pub fn hashed_len(&self) -> u32 {
         u32::from(self.hdr_size) + self.img_size + u32::from(self.protect_tlv_size)
     }
+}
+
+fn has_magic(b: &[u8; HEADER_LEN]) -> bool {
+    u32::from_le_bytes([b[0], b[1], b[2], b[3]]) == IMAGE_MAGIC
 }
 
 /// What a verified image says about itself.
@@ -121,27 +151,27 @@ fn walk_tlvs<F: NorFlash>(
 ) -> Result<(u32, bool), McubootError<F::Error>> {
     let mut info = [0u8; 4];
     if at + 4 > slot.len {
-        return Err(McubootError::Malformed("TLV info past the slot"));
+        return Err(McubootError::Malformed(Malformation::TlvInfoPastSlot));
     }
     read(flash, slot.offset + at, &mut info)?;
     if u16::from_le_bytes([info[0], info[1]]) != magic {
-        return Err(McubootError::Malformed("TLV info magic"));
+        return Err(McubootError::Malformed(Malformation::TlvInfoMagic));
     }
     let total = u32::from(u16::from_le_bytes([info[2], info[3]]));
     if total < 4 || at + total > slot.len {
-        return Err(McubootError::Malformed("TLV area length"));
+        return Err(McubootError::Malformed(Malformation::TlvAreaLength));
     }
     let mut found = false;
     let mut off = 4;
     while off < total {
         if off + 4 > total {
-            return Err(McubootError::Malformed("TLV header past its area"));
+            return Err(McubootError::Malformed(Malformation::TlvHeaderPastArea));
         }
         let mut t = [0u8; 4];
         read(flash, slot.offset + at + off, &mut t)?;
         let len = u16::from_le_bytes([t[2], t[3]]);
         if off + 4 + u32::from(len) > total {
-            return Err(McubootError::Malformed("TLV value past its area"));
+            return Err(McubootError::Malformed(Malformation::TlvValuePastArea));
         }
         if u16::from_le_bytes([t[0], t[1]]) == kind && usize::from(len) == value.len() {
             read(flash, slot.offset + at + off + 4, value)?;
@@ -177,35 +207,35 @@ fn inspect<F: NorFlash>(
 ) -> Result<ImageInfo, McubootError<F::Error>> {
     let mut h = [0u8; HEADER_LEN];
     read(flash, slot.offset, &mut h)?;
-    // Borrowed out of the option, not copied out of it.
-    let parsed = ImageHeader::parse(&h);
-    let Some(ref header) = parsed else {
+    if !has_magic(&h) {
         return Err(McubootError::NoImage);
-    };
+    }
+    let header = ImageHeader::fields(&h);
     let hashed = header.hashed_len();
     if usize::from(header.hdr_size) < HEADER_LEN || hashed > slot.len {
-        return Err(McubootError::Malformed("header sizes"));
+        return Err(McubootError::Malformed(Malformation::HeaderSizes));
     }
     let mut sha = Sha256::new();
-    let mut buf = [0u8; 128];
+    let mut buf = [0u8; HASH_CHUNK];
     let mut off = if check_hash { 0 } else { hashed };
     while off < hashed {
-        let n = ((hashed - off) as usize).min(buf.len());
-        read(flash, slot.offset + off, &mut buf[..n])?;
-        sha.update(&buf[..n]);
-        off += n as u32;
+        // One slice for the read and the hash: its length is checked once.
+        let chunk = &mut buf[..((hashed - off) as usize).min(HASH_CHUNK)];
+        read(flash, slot.offset + off, chunk)?;
+        sha.update(chunk);
+        off += chunk.len() as u32;
     }
     let digest = sha.finalize_reset();
     let mut security_counter = None;
     let mut at = u32::from(header.hdr_size) + header.img_size;
     // The protected area (if any: its security counter), then the other (its SHA256), in one
-    // loop so that the walk is in the code once.
-    let mut c = [0u8; 4];
+    // loop so that the walk is in the code once. One buffer takes both values: the counter
+    // is taken from it before the hash is read.
     let mut t = [0u8; 32];
     let mut protected = header.protect_tlv_size > 0;
     let (total, found) = loop {
         let (magic, kind, value): (_, _, &mut [u8]) = match protected {
-            true => (TLV_PROT_INFO_MAGIC, TLV_SEC_CNT, &mut c),
+            true => (TLV_PROT_INFO_MAGIC, TLV_SEC_CNT, &mut t[..4]),
             false => (TLV_INFO_MAGIC, TLV_SHA256, &mut t),
         };
         let (total, found) = walk_tlvs(flash, slot, at, magic, kind, value)?;
@@ -213,9 +243,9 @@ fn inspect<F: NorFlash>(
             break (total, found);
         }
         if total != u32::from(header.protect_tlv_size) {
-            return Err(McubootError::Malformed("protected TLV size"));
+            return Err(McubootError::Malformed(Malformation::ProtectedTlvSize));
         }
-        security_counter = found.then_some(u32::from_le_bytes(c));
+        security_counter = found.then_some(u32::from_le_bytes([t[0], t[1], t[2], t[3]]));
         at += total;
         protected = false;
     };
@@ -224,14 +254,17 @@ fn inspect<F: NorFlash>(
         None => Err(McubootError::NoHash),
         Some(false) if check_hash => Err(McubootError::HashMismatch),
         Some(_) => Ok(ImageInfo {
-            header: *header,
+            // Read from the header's bytes again, which are still at hand: smaller than
+            // keeping every field aside through the hash and the TLV walk.
+            header: ImageHeader::fields(&h),
             security_counter,
             len: at + total,
         }),
     }
 }
 
-/// Trailer offsets for a slot of `slot_len` bytes and BOOT_MAX_ALIGN `align`.
+/// Trailer offsets for a slot of `slot_len` bytes and BOOT_MAX_ALIGN `align`. Made by
+/// [`Trailer::new`], whose checks on `align` the offsets rely on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Trailer {
     pub slot_len: u32,
@@ -259,7 +292,8 @@ impl Trailer {
     }
 
     pub fn image_ok_off(&self) -> u32 {
-        self.slot_len - 16u32.div_ceil(self.align) * self.align - self.align
+        // align_up(16, A) is max(16, A) for the powers of two that `new` admits: no division.
+        self.slot_len - self.align.max(16) - self.align
     }
 
     pub fn copy_done_off(&self) -> u32 {
@@ -311,8 +345,7 @@ fn trailer_state<F: NorFlash>(
         off = off.wrapping_sub(trailer.align);
     }
     Ok(TrailerState {
-        // Byte by byte: smaller than the memcmp call an array comparison makes.
-        magic_good: magic.iter().zip(trailer.magic()).all(|(a, b)| *a == b),
+        magic_good: magic == trailer.magic(),
         image_ok: flags[0] == FLAG_SET,
         copy_done: flags[1] == FLAG_SET,
         swap_info: flags[2],

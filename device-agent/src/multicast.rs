@@ -87,8 +87,10 @@ pub struct Multicast {
     sessions: [Option<ClassCSession>; MAX_GROUPS],
 }
 
-fn wrapping_secs(a: u32, b: u32) -> i64 {
-    i64::from(a.wrapping_sub(b) as i32)
+/// `a - b` in seconds, both mod 2^32: in 32 bits, as no two times of interest lie 68 years
+/// apart (and 64-bit compares cost twice the code).
+fn wrapping_secs(a: u32, b: u32) -> i32 {
+    a.wrapping_sub(b) as i32
 }
 
 impl Multicast {
@@ -107,10 +109,11 @@ impl Multicast {
     pub fn restore(&mut self, id: u8, group: McGroup, session: Option<ClassCSession>) {
         if let Some(slot) = self.groups.get_mut(usize::from(id)) {
             *slot = Some(group);
-            self.sessions[usize::from(id)] = session.map(|s| ClassCSession {
-                running: false,
-                ..s
-            });
+            let s = &mut self.sessions[usize::from(id)];
+            *s = session;
+            if let Some(s) = s {
+                s.running = false;
+            }
         }
     }
 
@@ -122,15 +125,18 @@ impl Multicast {
         self.sessions.get(usize::from(id)).and_then(Option::as_ref)
     }
 
-    /// Replaces group `id`'s class C session (`id` is in range), ending the old one if it
-    /// runs.
-    fn end_session(&mut self, id: u8, next: Option<ClassCSession>, emit: &mut impl FnMut(McEvent)) {
-        let Some(slot) = self.sessions.get_mut(usize::from(id)) else {
-            return;
-        };
-        if core::mem::replace(slot, next).is_some_and(|s| s.running) {
+    /// Drops group `id`'s class C session (`id` is in range), ending it if it runs; gives
+    /// back the emptied slot.
+    fn end_session(
+        &mut self,
+        id: u8,
+        emit: &mut impl FnMut(McEvent),
+    ) -> Option<&mut Option<ClassCSession>> {
+        let slot = self.sessions.get_mut(usize::from(id))?;
+        if slot.take().is_some_and(|s| s.running) {
             emit(McEvent::ClassCEnd { id });
         }
+        Some(slot)
     }
 
     /// Handles one command; `gps_s` is the device's GPS time in seconds. Events go to `emit`.
@@ -148,15 +154,18 @@ impl Multicast {
             Downlink::McGroupStatusReq(req) => {
                 let mut ans = McGroupStatusAns {
                     ans_group_mask: 0,
-                    nb_total_groups: self.groups.iter().flatten().count() as u8,
+                    nb_total_groups: 0,
                     items: [McGroupStatusItem {
                         mc_group_id: 0,
                         mc_addr: 0,
                     }; MAX_GROUPS],
                 };
+                // One pass counts the groups and lists those asked for.
                 let mut n = 0;
                 for (id, g) in self.groups.iter().enumerate() {
-                    if let Some(g) = g.as_ref().filter(|_| req.req_group_mask & (1 << id) != 0) {
+                    let Some(g) = g else { continue };
+                    ans.nb_total_groups += 1;
+                    if req.req_group_mask & (1 << id) != 0 {
                         ans.ans_group_mask |= 1 << id;
                         ans.items[n] = McGroupStatusItem {
                             mc_group_id: id as u8,
@@ -185,7 +194,7 @@ impl Multicast {
                 };
                 *slot = Some(group);
                 // A new definition ends any session of the old one.
-                self.end_session(id, None, &mut emit);
+                self.end_session(id, &mut emit);
                 emit(McEvent::GroupKeys { id });
                 Some(Uplink::McGroupSetupAns(McGroupSetupAns {
                     mc_group_id: id,
@@ -200,7 +209,7 @@ impl Multicast {
                     .and_then(Option::take)
                     .is_some();
                 if existed {
-                    self.end_session(id, None, &mut emit);
+                    self.end_session(id, &mut emit);
                     emit(McEvent::GroupDeleted { id });
                 }
                 Some(Uplink::McGroupDeleteAns(McGroupDeleteAns {
@@ -211,6 +220,7 @@ impl Multicast {
             Downlink::McClassCSessionReq(req) => {
                 let id = req.mc_group_id;
                 let freq_hz = req.dl_frequ.hz();
+                let until = wrapping_secs(req.session_time, gps_s);
                 let mut ans = McSessionAns {
                     mc_group_id: id,
                     dr_error: req.dr > self.limits.max_dr,
@@ -219,28 +229,24 @@ impl Multicast {
                     start_missed: false,
                     time_to_start: None,
                 };
-                if ans.dr_error || ans.freq_error || ans.mc_group_undefined {
-                    return Some(Uplink::McClassCSessionAns(ans));
+                if !(ans.dr_error || ans.freq_error || ans.mc_group_undefined) {
+                    // v2 says so; v1 has no bit for it and takes the session late (one
+                    // already over ends, unannounced, at the next timeout).
+                    ans.start_missed = until < 0 && self.version == Version::V2;
                 }
-                let until = wrapping_secs(req.session_time, gps_s);
-                let end = i64::from(req.session_time) + (1i64 << req.time_out);
-                let ended = wrapping_secs(end as u32, gps_s) <= 0;
-                if until < 0 && (self.version == Version::V2 || ended) {
-                    // v2 says so; v1 has no bit for it and starts late unless it is over.
-                    ans.start_missed = self.version == Version::V2;
-                    if ans.start_missed {
-                        return Some(Uplink::McClassCSessionAns(ans));
+                if !(ans.dr_error || ans.freq_error || ans.mc_group_undefined || ans.start_missed) {
+                    let session = ClassCSession {
+                        start_s: req.session_time,
+                        timeout_exp: req.time_out,
+                        freq_hz,
+                        dr: req.dr,
+                        running: false,
+                    };
+                    if let Some(slot) = self.end_session(id, &mut emit) {
+                        *slot = Some(session);
                     }
+                    ans.time_to_start = Some(until.clamp(0, 0x00ff_ffff) as u32);
                 }
-                let session = ClassCSession {
-                    start_s: req.session_time,
-                    timeout_exp: req.time_out,
-                    freq_hz,
-                    dr: req.dr,
-                    running: false,
-                };
-                self.end_session(id, Some(session), &mut emit);
-                ans.time_to_start = Some(until.clamp(0, 0x00ff_ffff) as u32);
                 Some(Uplink::McClassCSessionAns(ans))
             }
             Downlink::McClassBSessionReq(req) => {
@@ -283,17 +289,19 @@ impl Multicast {
 
     /// GPS second of the next session start or end after `gps_s`, for the agent's timer.
     pub fn next_deadline_s(&self, gps_s: u32) -> Option<u32> {
-        self.sessions
-            .iter()
-            .flatten()
-            .map(|s| {
-                if s.running {
-                    s.start_s.wrapping_add(1u32 << s.timeout_exp)
-                } else {
-                    s.start_s
-                }
-            })
-            .min_by_key(|&t| wrapping_secs(t, gps_s))
+        // The smallest distance from `gps_s`, then the second it leads to.
+        let mut soonest: Option<i32> = None;
+        for s in self.sessions.iter().flatten() {
+            let t = match s.running {
+                true => s.start_s.wrapping_add(1u32 << s.timeout_exp),
+                false => s.start_s,
+            };
+            let d = wrapping_secs(t, gps_s);
+            if soonest.is_none_or(|m| d < m) {
+                soonest = Some(d);
+            }
+        }
+        soonest.map(|d| gps_s.wrapping_add(d as u32))
     }
 
     /// A running session's group, to route class C downlinks (and refuse the rest).
@@ -303,8 +311,9 @@ impl Multicast {
 
     /// When, on the caller's clock, a GPS second falls, given the current offset.
     pub fn at(gps_s: u32, now: Millis, gps_now_ms: i64) -> Millis {
-        let delta_ms = wrapping_secs(gps_s, crate::clock::seconds_of(gps_now_ms)) * 1000;
-        (now as i64 + delta_ms).max(now as i64) as Millis
+        let ahead_s = wrapping_secs(gps_s, crate::clock::seconds_of(gps_now_ms));
+        // A second already past is due now. Unsigned from here on: no 64-bit signed compare.
+        now + u64::from(ahead_s.max(0) as u32) * 1000
     }
 }
 
@@ -513,5 +522,64 @@ mod tests {
             ]
         );
         assert!(m.session(2).is_none() && m.group(2).is_none());
+    }
+
+    #[test]
+    fn the_next_deadline_is_the_soonest_start_or_end_across_the_wrap() {
+        let (mut m, ke) = setup();
+        for id in [0, 1] {
+            m.handle(
+                0,
+                Downlink::McGroupSetupReq(McGroupSetupReq {
+                    mc_group_id: id,
+                    mc_addr: u32::from(id),
+                    mc_key_encrypted: encrypt_mc_key(&ke, &Key128::from_bytes([3; 16])),
+                    min_mc_fcount: 0,
+                    max_mc_fcount: 10,
+                }),
+                |_| {},
+            );
+        }
+        assert_eq!(m.next_deadline_s(0), None);
+        // Group 0 starts 10 s from now, past the wrap of GPS seconds; group 1 now, for 16 s.
+        let now = u32::MAX - 5;
+        m.handle(now, session_req(0, now.wrapping_add(10)), |_| {});
+        m.handle(now, session_req(1, now), |_| {});
+        assert_eq!(m.next_deadline_s(now), Some(now));
+        // Group 1 runs: its end is after group 0's start.
+        m.handle_timeout(now, |_| {});
+        assert_eq!(m.next_deadline_s(now), Some(now.wrapping_add(10)));
+        m.handle_timeout(now.wrapping_add(10), |_| {});
+        assert_eq!(m.next_deadline_s(now), Some(now.wrapping_add(16)));
+    }
+
+    #[test]
+    fn v1_takes_a_late_session_and_drops_it_unannounced_once_over() {
+        let ke = mc_ke_key(&mc_root_key_lorawan_1_1(&Key128::from_bytes([1; 16])));
+        let mut m = Multicast::new(Version::V1, ke.clone(), RadioLimits::EU868);
+        m.handle(
+            0,
+            Downlink::McGroupSetupReq(McGroupSetupReq {
+                mc_group_id: 0,
+                mc_addr: 1,
+                mc_key_encrypted: encrypt_mc_key(&ke, &Key128::from_bytes([3; 16])),
+                min_mc_fcount: 0,
+                max_mc_fcount: 10,
+            }),
+            |_| {},
+        );
+        // Started 5 s ago, 16 s long: taken, starting now.
+        let Some(Uplink::McClassCSessionAns(a)) = m.handle(105, session_req(0, 100), |_| {}) else {
+            panic!()
+        };
+        assert!(!a.start_missed && a.time_to_start == Some(0));
+        // Over already: taken all the same, then dropped at the timeout without an event.
+        let Some(Uplink::McClassCSessionAns(a)) = m.handle(200, session_req(0, 100), |_| {}) else {
+            panic!()
+        };
+        assert!(!a.start_missed && a.time_to_start == Some(0));
+        let mut events = std::vec::Vec::new();
+        m.handle_timeout(200, |e| events.push(e));
+        assert!(events.is_empty() && m.session(0).is_none());
     }
 }

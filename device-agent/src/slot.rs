@@ -135,23 +135,23 @@ impl WordWriter {
     pub fn write<F: NorFlash>(&mut self, flash: &mut F, mut data: &[u8]) -> Result<(), F::Error> {
         let w = F::WRITE_SIZE;
         if self.pending_len > 0 {
-            let n = (w - self.pending_len).min(data.len());
-            self.pending[self.pending_len..self.pending_len + n].copy_from_slice(&data[..n]);
-            self.pending_len += n;
-            data = &data[n..];
+            // Split off, not sliced: lengths known to fit need no check.
+            let (head, rest) = data.split_at((w - self.pending_len).min(data.len()));
+            self.pending[self.pending_len..self.pending_len + head.len()].copy_from_slice(head);
+            self.pending_len += head.len();
+            data = rest;
             if self.pending_len < w {
                 return Ok(());
             }
             self.write_pending(flash)?;
         }
-        let whole = data.len() / w * w;
-        if whole > 0 {
-            flash.write(self.at, &data[..whole])?;
-            self.at += whole as u32;
-            data = &data[whole..];
+        let (whole, tail) = data.split_at(data.len() / w * w);
+        if !whole.is_empty() {
+            flash.write(self.at, whole)?;
+            self.at += whole.len() as u32;
         }
-        self.pending[..data.len()].copy_from_slice(data);
-        self.pending_len = data.len();
+        self.pending[..tail.len()].copy_from_slice(tail);
+        self.pending_len = tail.len();
         Ok(())
     }
 
@@ -178,12 +178,13 @@ pub fn is_erased<F: NorFlash>(flash: &mut F, at: u32, len: usize) -> Result<bool
     let mut buf = [0u8; MAX_WRITE_SIZE];
     let mut done = 0;
     while done < len {
-        let n = (len - done).min(MAX_WRITE_SIZE);
-        flash.read(at + done as u32, &mut buf[..n])?;
-        if buf[..n].iter().any(|&b| b != 0xff) {
+        // One slice for the read and the check: its length is checked once.
+        let chunk = &mut buf[..(len - done).min(MAX_WRITE_SIZE)];
+        flash.read(at + done as u32, chunk)?;
+        if chunk.iter().any(|&b| b != 0xff) {
             return Ok(false);
         }
-        done += n;
+        done += chunk.len();
     }
     Ok(true)
 }
@@ -233,15 +234,15 @@ impl<'a, F: NorFlash> SlotWriter<'a, F> {
         self.words.durable() - self.region.offset
     }
 
-    /// Erases every sector a write up to region offset `end` (rounded up to a word) touches.
-    /// Its only error is the driver's, returned as such: smaller at the call sites than a
+    /// Erases every sector a write up to region offset `end` (rounded up to a word) touches,
+    /// on the flash its caller borrowed once for the erase and the write after it. Its only
+    /// error is the driver's, returned as such: smaller at the call sites than a
     /// [`SlotError`] to copy.
-    fn erase_through(&mut self, end: u32) -> Result<(), F::Error> {
+    fn erase_through(&mut self, flash: &mut F, end: u32) -> Result<(), F::Error> {
         let end = end.div_ceil(F::WRITE_SIZE as u32) * F::WRITE_SIZE as u32;
         while self.erased_to < end {
             let from = self.region.offset + self.erased_to;
-            let to = from + F::ERASE_SIZE as u32;
-            self.flash.borrow_mut().erase(from, to)?;
+            flash.erase(from, from + F::ERASE_SIZE as u32)?;
             self.erased_to += F::ERASE_SIZE as u32;
         }
         Ok(())
@@ -249,8 +250,9 @@ impl<'a, F: NorFlash> SlotWriter<'a, F> {
 
     /// Writes the unfinished word padded with 0xFF (the end of the image).
     pub fn flush(&mut self) -> Result<(), SlotError<F::Error>> {
-        self.erase_through(self.position())
-            .and_then(|()| self.words.finish(&mut *self.flash.borrow_mut()))
+        let mut flash = self.flash.borrow_mut();
+        self.erase_through(&mut flash, self.position())
+            .and_then(|()| self.words.finish(&mut *flash))
             .map_err(SlotError::Flash)
     }
 }
@@ -273,8 +275,9 @@ impl<F: NorFlash> TargetImage for SlotWriter<'_, F> {
         }
         // Whole words of this write may reach flash now; the tail waits in the writer.
         let words_end = (offset + data.len() as u32) / F::WRITE_SIZE as u32 * F::WRITE_SIZE as u32;
-        self.erase_through(words_end)
-            .and_then(|()| self.words.write(&mut *self.flash.borrow_mut(), data))
+        let mut flash = self.flash.borrow_mut();
+        self.erase_through(&mut flash, words_end)
+            .and_then(|()| self.words.write(&mut *flash, data))
             .map_err(SlotError::Flash)
     }
 }

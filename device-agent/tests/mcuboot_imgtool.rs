@@ -8,8 +8,8 @@ use std::process::Command;
 
 use embedded_storage::nor_flash::NorFlash;
 use fuota_device_agent::mcuboot::{
-    read_image, read_trailer, request_swap, verify_image, McubootError, Trailer, SWAP_TYPE_PERM,
-    SWAP_TYPE_TEST,
+    read_image, read_trailer, request_swap, verify_image, Malformation, McubootError, Trailer,
+    SWAP_TYPE_PERM, SWAP_TYPE_TEST,
 };
 use fuota_device_agent::sim_flash::SimFlash;
 use fuota_device_agent::slot::Region;
@@ -124,7 +124,7 @@ fn imgtool_images_verify_and_damage_is_caught() {
     let (mut flash, slot) = load(&broken);
     assert_eq!(
         read_image(&mut flash, slot),
-        Err(McubootError::Malformed("TLV info magic"))
+        Err(McubootError::Malformed(Malformation::TlvInfoMagic))
     );
 }
 
