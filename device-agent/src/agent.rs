@@ -216,10 +216,6 @@ impl<const SESSIONS: usize> Layout<SESSIONS> {
     }
 }
 
-fn gps_s(clock: &ClockSync, now: Millis) -> u32 {
-    crate::clock::seconds_of(clock.gps_ms(now).unwrap_or(now as i64))
-}
-
 impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize, K: SignatureCheck>
     Agent<'a, F, SPARES, SESSIONS, K, NoHooks>
 {
@@ -607,18 +603,19 @@ impl<
         if self.follow.report.is_some() {
             t = now;
         }
-        if let (Some(gps_ms), Some(next)) = (
-            self.clock.gps_ms(now),
-            self.multicast.next_deadline_s(gps_s(&self.clock, now)),
-        ) {
-            t = t.min(Multicast::at(next, now, gps_ms));
+        // Sessions are timed on GPS seconds: none is due before the clock is synchronized.
+        if let Some(gps_ms) = self.clock.gps_ms(now) {
+            let gps = crate::clock::seconds_of(gps_ms);
+            if let Some(next) = self.multicast.next_deadline_s(gps) {
+                t = t.min(Multicast::at(next, now, gps_ms));
+            }
         }
         t
     }
 
     /// Runs what is due: class C session changes, and an install of a complete block.
     pub fn handle_timeout(&mut self, now: Millis) {
-        let gps = gps_s(&self.clock, now);
+        let gps = self.clock.device_time(now);
         let events = &mut self.events;
         let mut changed = false;
         self.multicast.handle_timeout(gps, |e| {
@@ -774,7 +771,7 @@ impl<
                 }
             }
             multicast_setup::PORT if via == Via::Unicast => {
-                let gps = gps_s(&self.clock, now);
+                let gps = self.clock.device_time(now);
                 let events = &mut self.events;
                 for cmd in multicast_setup::downlinks(version, bytes).valid() {
                     let ans = self.multicast.handle(gps, cmd, |e| {

@@ -94,7 +94,7 @@ impl ClockSync {
 
     /// GPS time in seconds as the packages carry it (mod 2^32), or the uncorrected local
     /// clock before the first answer.
-    fn device_time(&self, now: Millis) -> u32 {
+    pub(crate) fn device_time(&self, now: Millis) -> u32 {
         seconds_of(self.gps_ms(now).unwrap_or(now as i64))
     }
 
