@@ -332,9 +332,11 @@ impl<
             multicast,
             update,
             install_due: false,
-            uplinks: [(0, 0, [0; UPLINK_LEN]); UPLINK_QUEUE],
+            // The empty queues as constants: filled in place, not built in a temporary and
+            // copied in (-48 B).
+            uplinks: const { [(0, 0, [0; UPLINK_LEN]); UPLINK_QUEUE] },
             nb_uplinks: 0,
-            events: [const { None }; EVENT_QUEUE],
+            events: const { [const { None }; EVENT_QUEUE] },
         };
         for (slot, saved) in sessions.iter().enumerate() {
             let Some(saved) = saved else { continue };
