@@ -172,7 +172,7 @@ pub struct Agent<
     /// Port, length (a byte: at most `UPLINK_LEN`) and payload of each queued uplink.
     uplinks: [(u8, u8, [u8; UPLINK_LEN]); UPLINK_QUEUE],
     nb_uplinks: usize,
-    events: [Option<Event>; EVENT_QUEUE],
+    events: Events,
 }
 
 /// Why the agent could not start.
@@ -336,7 +336,10 @@ impl<
             // copied in (-48 B).
             uplinks: const { [(0, 0, [0; UPLINK_LEN]); UPLINK_QUEUE] },
             nb_uplinks: 0,
-            events: const { [const { None }; EVENT_QUEUE] },
+            events: Events {
+                slots: const { [const { None }; EVENT_QUEUE] },
+                first: 0,
+            },
         };
         for (slot, saved) in sessions.iter().enumerate() {
             let Some(saved) = saved else { continue };
@@ -526,17 +529,12 @@ impl<
     }
 
     fn push_event(&mut self, e: Event) {
-        queue_event(&mut self.events, e);
+        self.events.push(e);
     }
 
     /// The next event, oldest first.
     pub fn poll_event(&mut self) -> Option<Event> {
-        let e = self.events[0].take();
-        // Shifted one by one: `rotate_left` would link a general rotation (about 2 KB).
-        for i in 1..EVENT_QUEUE {
-            self.events[i - 1] = self.events[i].take();
-        }
-        e
+        self.events.pop()
     }
 
     fn queue_uplink(&mut self, port: u8, payload: &[u8]) {
@@ -621,7 +619,7 @@ impl<
         let events = &mut self.events;
         let mut changed = false;
         self.multicast.handle_timeout(gps, |e| {
-            queue_event(events, Event::Multicast(e));
+            events.push(Event::Multicast(e));
             changed = true;
         });
         if changed {
@@ -777,7 +775,7 @@ impl<
                 let events = &mut self.events;
                 for cmd in multicast_setup::downlinks(version, bytes).valid() {
                     let ans = self.multicast.handle(gps, cmd, |e| {
-                        queue_event(events, Event::Multicast(e));
+                        events.push(Event::Multicast(e));
                     });
                     if let Some(u) = ans {
                         // Setups, deletes and session requests change what must survive a
@@ -876,10 +874,31 @@ impl<
     }
 }
 
-/// Queues an event; when the queue is full the event is dropped.
-fn queue_event(events: &mut [Option<Event>; EVENT_QUEUE], e: Event) {
-    if let Some(slot) = events.iter_mut().find(|s| s.is_none()) {
-        *slot = Some(e);
+/// The events not yet taken, a ring: the oldest at `first`, the others after it without a
+/// gap, so that taking the oldest moves none of the rest (shifting them cost more code).
+#[derive(Debug)]
+struct Events {
+    slots: [Option<Event>; EVENT_QUEUE],
+    first: usize,
+}
+
+impl Events {
+    /// Queues an event after the others; when the queue is full the event is dropped.
+    fn push(&mut self, e: Event) {
+        for k in 0..EVENT_QUEUE {
+            if let slot @ None = &mut self.slots[(self.first + k) % EVENT_QUEUE] {
+                *slot = Some(e);
+                return;
+            }
+        }
+    }
+
+    fn pop(&mut self) -> Option<Event> {
+        let e = self.slots[self.first % EVENT_QUEUE].take();
+        if e.is_some() {
+            self.first = (self.first + 1) % EVENT_QUEUE;
+        }
+        e
     }
 }
 
@@ -1319,6 +1338,27 @@ mod tests {
     }
 
     const LEN: usize = Record::<[(Option<McGroup>, Option<ClassCSession>); 4]>::LEN;
+
+    #[test]
+    fn events_leave_in_order_and_a_full_queue_drops_the_newest() {
+        let mut q = Events {
+            slots: [const { None }; EVENT_QUEUE],
+            first: 0,
+        };
+        let ev = |len| Event::BlockComplete { len };
+        // From every starting slot of the ring.
+        for round in 0..EVENT_QUEUE as u32 {
+            for i in 0..EVENT_QUEUE as u32 + 2 {
+                q.push(ev(100 * round + i));
+            }
+            for i in 0..EVENT_QUEUE as u32 {
+                assert_eq!(q.pop(), Some(ev(100 * round + i)));
+            }
+            assert_eq!(q.pop(), None);
+            q.push(ev(1));
+            assert_eq!(q.pop(), Some(ev(1)));
+        }
+    }
 
     #[test]
     fn a_snapshot_has_its_fixed_length_and_decodes_back() {
