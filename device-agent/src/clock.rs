@@ -59,8 +59,10 @@ const UNSYNCED_RETRY_MS: u32 = 60_000;
 #[derive(Debug, Clone)]
 pub struct ClockSync {
     version: Version,
-    /// GPS milliseconds minus `now`; `None` until the first valid AppTimeAns.
-    offset_ms: Option<i64>,
+    /// GPS milliseconds minus `now`; 0 until the first valid AppTimeAns (`synced`), so
+    /// that the device time is the local clock until then without a case of its own.
+    offset_ms: i64,
+    synced: bool,
     /// Token of the next AppTimeReq (4 bits).
     token: u8,
     /// Tokens of the requests sent since the last correction (bit per token).
@@ -77,7 +79,8 @@ impl ClockSync {
     pub fn new(version: Version, now: Millis) -> Self {
         Self {
             version,
-            offset_ms: None,
+            offset_ms: 0,
+            synced: false,
             token: 0,
             outstanding: 0,
             period: DEFAULT_PERIOD,
@@ -89,17 +92,17 @@ impl ClockSync {
 
     /// GPS time in milliseconds, once synchronized.
     pub fn gps_ms(&self, now: Millis) -> Option<i64> {
-        self.offset_ms.map(|o| now as i64 + o)
+        self.synced.then(|| now as i64 + self.offset_ms)
     }
 
     /// GPS time in seconds as the packages carry it (mod 2^32), or the uncorrected local
     /// clock before the first answer.
     pub(crate) fn device_time(&self, now: Millis) -> u32 {
-        seconds_of(self.gps_ms(now).unwrap_or(now as i64))
+        seconds_of(now as i64 + self.offset_ms)
     }
 
     pub fn is_synced(&self) -> bool {
-        self.offset_ms.is_some()
+        self.synced
     }
 
     /// Handles one downlink command; returns the answer to send, if any.
@@ -119,8 +122,8 @@ impl ClockSync {
                 if self.outstanding & (1 << (ans.token_ans & 0x0f)) == 0 {
                     return None;
                 }
-                let base = self.offset_ms.unwrap_or(0);
-                self.offset_ms = Some(base + i64::from(ans.time_correction) * 1000);
+                self.offset_ms += i64::from(ans.time_correction) * 1000;
+                self.synced = true;
                 // Answers to the other requests were computed against the old clock.
                 self.outstanding = 0;
                 self.unanswered = 0;
