@@ -199,20 +199,30 @@ impl<const SESSIONS: usize> Layout<SESSIONS> {
         // Filled with the primary slot, which is the first: no copy for it.
         let mut regions = [self.primary; 3 + 3 * MAX_FRAG_SESSIONS];
         (regions[1], regions[2]) = (self.secondary, self.journal);
-        for (i, a) in self.fragments.iter().take(MAX_FRAG_SESSIONS).enumerate() {
-            regions[3 + 3 * i..6 + 3 * i].copy_from_slice(&[a.log, a.block, a.spare]);
+        // By chunks of three: no range to check per session.
+        for (a, r) in self.fragments.iter().zip(regions[3..].chunks_exact_mut(3)) {
+            if let [log, block, spare] = r {
+                (*log, *block, *spare) = (a.log, a.block, a.spare);
+            }
         }
-        let used = &regions[..3 + 3 * SESSIONS.min(MAX_FRAG_SESSIONS)];
-        SESSIONS <= MAX_FRAG_SESSIONS
-            && used.iter().enumerate().all(|(i, r)| {
-                r.len > 0
-                    && erase_size > 0
-                    && r.is_aligned(erase_size)
-                    && r.offset
-                        .checked_add(r.len)
-                        .is_some_and(|end| end <= capacity)
-                    && used[i + 1..].iter().all(|o| !r.overlaps(o))
-            })
+        if SESSIONS > MAX_FRAG_SESSIONS {
+            return false;
+        }
+        // Each region, then against those after it: taken off the front, with no index.
+        let mut rest = &regions[..3 + 3 * SESSIONS];
+        while let [r, others @ ..] = rest {
+            let fits = r.len > 0
+                && erase_size > 0
+                && r.is_aligned(erase_size)
+                && r.offset
+                    .checked_add(r.len)
+                    .is_some_and(|end| end <= capacity);
+            if !fits || others.iter().any(|o| r.overlaps(o)) {
+                return false;
+            }
+            rest = others;
+        }
+        true
     }
 }
 
