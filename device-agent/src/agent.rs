@@ -1194,7 +1194,12 @@ fn update_of(b: &[u8; UPDATE]) -> Update {
     };
     match b[0] {
         1 => Update::Installing {
-            checkpoint: (b[1] == 1).then(|| Checkpoint::from_bytes(&array(b, 2))),
+            // The checkpoint's fields read where `update_bytes` puts them: no copy of its
+            // bytes for `from_bytes` to copy again.
+            checkpoint: (b[1] == 1).then(|| Checkpoint {
+                target_sha256: array(b, 2),
+                written: le32(b, 34),
+            }),
             frag_index: b[38],
         },
         2 => Update::SwapRequested(version()),
