@@ -351,9 +351,10 @@ impl<
                 first: 0,
             },
         };
-        for (slot, saved) in sessions.iter().enumerate() {
+        // By value: each session handed to `restore` without a copy of its own.
+        for (slot, saved) in sessions.into_iter().enumerate() {
             let Some(saved) = saved else { continue };
-            match agent.frag.restore(slot, *saved) {
+            match agent.frag.restore(slot, saved) {
                 // A block that completed just before the power went, not yet handed over.
                 Ok(Some(FragEvent::BlockComplete {
                     frag_index,
