@@ -24,19 +24,14 @@ pub type Millis = u64;
 /// with 32-bit divisions, which Cortex-M has in hardware: a 64-bit division would link a
 /// library routine of about 2 KB.
 pub(crate) fn seconds_of(ms: i64) -> u32 {
-    // Only the quotient's low 32 bits are kept, so it is built in a u32 (its high digits
-    // shift out); the digits come off the top of `x` by constant shifts, which need no
-    // library routine.
-    fn div_1000(mut x: u64) -> u32 {
-        let mut q = 0u32;
-        let mut r = 0u32;
-        for _ in 0..4 {
-            let cur = (r << 16) | (x >> 48) as u32;
-            q = (q << 16) | (cur / 1000);
-            r = cur % 1000;
-            x <<= 16;
-        }
-        q
+    // Only the quotient's low 32 bits are kept: the high word's own quotient shifts out of
+    // them, and only its remainder counts. What is left, below 1000 * 2^32, is divided in
+    // two 16-bit digits.
+    fn div_1000(x: u64) -> u32 {
+        let (hi, lo) = ((x >> 32) as u32, x as u32);
+        let cur = ((hi % 1000) << 16) | (lo >> 16);
+        let cur_low = ((cur % 1000) << 16) | (lo & 0xffff);
+        ((cur / 1000) << 16) | (cur_low / 1000)
     }
     if ms >= 0 {
         div_1000(ms as u64)
