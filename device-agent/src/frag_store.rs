@@ -245,18 +245,21 @@ impl<'a, F: NorFlash, const SPARES: usize> FlashStore<'a, F, SPARES> {
 
     /// Reads `buf.len()` bytes of the data block at `offset` (fragments laid end to end).
     pub fn read_block(&mut self, offset: u32, buf: &mut [u8]) -> Result<(), StoreError<F::Error>> {
-        let mut done = 0;
-        while done < buf.len() {
-            let at = offset as usize + done;
+        let mut at = offset as usize;
+        let mut rest = buf;
+        while !rest.is_empty() {
             let slot = at / self.frag_size;
             let within = at % self.frag_size;
-            let n = (self.frag_size.get() - within).min(buf.len() - done);
             let loc = self.location(slot).ok_or(StoreError::OutOfRange)?;
+            // Cut at most the rest: the split needs no panic path.
+            let n = (self.frag_size.get() - within).min(rest.len());
+            let (chunk, tail) = rest.split_at_mut(n);
             self.flash
                 .borrow_mut()
-                .read(loc + within as u32, &mut buf[done..done + n])
+                .read(loc + within as u32, chunk)
                 .map_err(StoreError::Flash)?;
-            done += n;
+            at += n;
+            rest = tail;
         }
         Ok(())
     }
