@@ -103,12 +103,14 @@ impl FragLog {
             if rec.iter().all(|&b| b == 0xff) {
                 break;
             }
-            // Split once: one bounds check instead of one per byte of the CRC.
-            let (body, tail) = rec.split_at(2 + frag_size);
-            let crc = tail.first_chunk().map(|c| u32::from_le_bytes(*c));
-            if crc == Some(crc32(body)) {
-                if let Some((n, payload)) = body.split_first_chunk() {
-                    each(u16::from_le_bytes(*n), payload)?;
+            // Split once: one bounds check instead of one per byte of the CRC. (Checked: the
+            // record is never shorter, but `split_at` would keep a panic path.)
+            if let Some((body, tail)) = rec.split_at_checked(2 + frag_size) {
+                let crc = tail.first_chunk().map(|c| u32::from_le_bytes(*c));
+                if crc == Some(crc32(body)) {
+                    if let Some((n, payload)) = body.split_first_chunk() {
+                        each(u16::from_le_bytes(*n), payload)?;
+                    }
                 }
             }
             at += len as u32;
