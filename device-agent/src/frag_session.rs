@@ -413,7 +413,8 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
                 };
                 if s.mic_ok.is_some()
                     || s.memory_error
-                    || f.payload.len() != usize::from(s.params.frag_size)
+                    // The log's size (the setup's), so that its own check folds into this one.
+                    || f.payload.len() != s.log.frag_size()
                 {
                     return Ok(None);
                 }

@@ -151,6 +151,11 @@ impl FragLog {
         words.finish(&mut *f).map_err(StoreError::Flash)
     }
 
+    /// The payload size of its records.
+    pub fn frag_size(&self) -> usize {
+        self.frag_size
+    }
+
     /// Fragments the log can still take.
     pub fn room<F: NorFlash>(&self) -> usize {
         (self.region.len - self.next) as usize / record_len::<F>(self.frag_size)
