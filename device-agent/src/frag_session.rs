@@ -537,18 +537,19 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
 
     /// When [`Fragmentation::poll_uplink`] has something.
     pub fn poll_timeout(&self) -> Option<Millis> {
-        // Plain loops: smaller code than an iterator chain over both tables.
-        let mut earliest = None;
-        let mut due = |t: Millis| earliest = Some(earliest.map_or(t, |e: Millis| e.min(t)));
+        // Plain loops: smaller code than an iterator chain over both tables. The minimum
+        // starts at the end of time, not at `None`: one compare per time. (A time at the end
+        // of time is never due: the agent takes the minimum with its own times anyway.)
+        let mut earliest = Millis::MAX;
         for (t, _) in self.pending_status.iter().flatten() {
-            due(*t);
+            earliest = earliest.min(*t);
         }
         for s in self.slots.iter().filter_map(|slot| slot.session.as_ref()) {
             if s.ack_pending {
-                due(s.ack_due);
+                earliest = earliest.min(s.ack_due);
             }
         }
-        earliest
+        (earliest < Millis::MAX).then_some(earliest)
     }
 
     /// The complete block of `frag_index` (MIC checked), for the installer.
