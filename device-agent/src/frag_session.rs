@@ -304,8 +304,8 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
     // Out of line: inlined, it is built in the large frame `handle` shares with the agent's
     // downlink handling (measured: 12 bytes more).
     #[inline(never)]
-    fn status_of(&self, frag_index: u8) -> FragSessionStatusAns {
-        match self.session(frag_index) {
+    fn status_of(session: Option<&Session<'a, F, SPARES>>, frag_index: u8) -> FragSessionStatusAns {
+        match session {
             None => FragSessionStatusAns {
                 frag_index,
                 nb_frag_received: 0,
@@ -369,13 +369,13 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
                 })))
             }
             Downlink::FragSessionStatusReq(req) => {
-                // The session looked up once for the group and the delay.
-                let params = self.params(req.frag_index);
-                if params.is_some_and(|p| !heard_on(via, p.mc_group_bit_mask)) {
+                // The session looked up once for the group, the delay and the answer.
+                let session = self.session(req.frag_index);
+                if session.is_some_and(|s| !heard_on(via, s.params.mc_group_bit_mask)) {
                     return Ok(None);
                 }
-                let delay_exp = params.map_or(0, |p| p.block_ack_delay);
-                let ans = self.status_of(req.frag_index);
+                let delay_exp = session.map_or(0, |s| s.params.block_ack_delay);
+                let ans = Self::status_of(session, req.frag_index);
                 // With Participants = 0 only devices still missing fragments answer.
                 let done = !ans.session_does_not_exist && ans.missing_frag == 0 && !ans.mic_error;
                 if !req.participants && (done || ans.session_does_not_exist) {
