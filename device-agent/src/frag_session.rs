@@ -484,19 +484,22 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
             || ans.not_enough_memory
             || ans.frag_session_index_not_supported
             || ans.session_cnt_replay;
-        let Some(slot) = slot.filter(|_| !refused) else {
+        let (flash, version, max_lost) = (self.flash, self.version, self.max_lost);
+        // The slot taken once (`get_mut`: it was found above, an index would keep a check).
+        let Some(place) = slot
+            .filter(|_| !refused)
+            .and_then(|i| self.slots.get_mut(i))
+        else {
             return Ok(ans);
         };
-        if self.version == Version::V2 {
+        if version == Version::V2 {
             *last = Some(req.session_cnt);
         }
         // The old session goes first: if erasing fails, no half-open session remains.
-        self.slots[slot].session = None;
-        let areas = self.slots[slot].areas;
+        place.session = None;
         // The fragment size was checked above (NotEnoughMemory).
-        areas.erase(self.flash, true)?;
-        let (flash, version, max_lost) = (self.flash, self.version, self.max_lost);
-        self.slots[slot].open(flash, version, max_lost, req)?;
+        place.areas.erase(flash, true)?;
+        place.open(flash, version, max_lost, req)?;
         Ok(ans)
     }
 
