@@ -426,10 +426,10 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
                 {
                     Ok(Progress::Complete) => {
                         complete(s, &self.data_block_int_key, version)?;
-                        emit(s.event());
                         // Every device of a multicast group completes on the same fragment:
                         // the report waits a random BlockAckDelay, or they all collide.
                         s.ack_due = ack_time(now, rng, s.params.block_ack_delay);
+                        emit(s.event());
                         Ok(None)
                     }
                     Ok(Progress::NeedMore { .. }) => Ok(None),
