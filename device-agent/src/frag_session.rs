@@ -304,8 +304,8 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
     // Out of line: inlined, it is built in the large frame `handle` shares with the agent's
     // downlink handling (measured: 12 bytes more).
     #[inline(never)]
-    fn status_of(&self, frag_index: u8) -> FragSessionStatusAns {
-        match self.session(frag_index) {
+    fn status_of(session: Option<&Session<'a, F, SPARES>>, frag_index: u8) -> FragSessionStatusAns {
+        match session {
             None => FragSessionStatusAns {
                 frag_index,
                 nb_frag_received: 0,
@@ -369,13 +369,13 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
                 })))
             }
             Downlink::FragSessionStatusReq(req) => {
-                // The session looked up once for the group and the delay.
-                let params = self.params(req.frag_index);
-                if params.is_some_and(|p| !heard_on(via, p.mc_group_bit_mask)) {
+                // The session looked up once for the group, the delay and the answer.
+                let session = self.session(req.frag_index);
+                if session.is_some_and(|s| !heard_on(via, s.params.mc_group_bit_mask)) {
                     return Ok(None);
                 }
-                let delay_exp = params.map_or(0, |p| p.block_ack_delay);
-                let ans = self.status_of(req.frag_index);
+                let delay_exp = session.map_or(0, |s| s.params.block_ack_delay);
+                let ans = Self::status_of(session, req.frag_index);
                 // With Participants = 0 only devices still missing fragments answer.
                 let done = !ans.session_does_not_exist && ans.missing_frag == 0 && !ans.mic_error;
                 if !req.participants && (done || ans.session_does_not_exist) {
@@ -413,7 +413,8 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
                 };
                 if s.mic_ok.is_some()
                     || s.memory_error
-                    || f.payload.len() != usize::from(s.params.frag_size)
+                    // The log's size (the setup's), so that its own check folds into this one.
+                    || f.payload.len() != s.log.frag_size()
                 {
                     return Ok(None);
                 }
@@ -425,10 +426,10 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
                 {
                     Ok(Progress::Complete) => {
                         complete(s, &self.data_block_int_key, version)?;
-                        emit(s.event());
                         // Every device of a multicast group completes on the same fragment:
                         // the report waits a random BlockAckDelay, or they all collide.
                         s.ack_due = ack_time(now, rng, s.params.block_ack_delay);
+                        emit(s.event());
                         Ok(None)
                     }
                     Ok(Progress::NeedMore { .. }) => Ok(None),
@@ -483,19 +484,22 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
             || ans.not_enough_memory
             || ans.frag_session_index_not_supported
             || ans.session_cnt_replay;
-        let Some(slot) = slot.filter(|_| !refused) else {
+        let (flash, version, max_lost) = (self.flash, self.version, self.max_lost);
+        // The slot taken once (`get_mut`: it was found above, an index would keep a check).
+        let Some(place) = slot
+            .filter(|_| !refused)
+            .and_then(|i| self.slots.get_mut(i))
+        else {
             return Ok(ans);
         };
-        if self.version == Version::V2 {
+        if version == Version::V2 {
             *last = Some(req.session_cnt);
         }
         // The old session goes first: if erasing fails, no half-open session remains.
-        self.slots[slot].session = None;
-        let areas = self.slots[slot].areas;
+        place.session = None;
         // The fragment size was checked above (NotEnoughMemory).
-        areas.erase(self.flash, true)?;
-        let (flash, version, max_lost) = (self.flash, self.version, self.max_lost);
-        self.slots[slot].open(flash, version, max_lost, req)?;
+        place.areas.erase(flash, true)?;
+        place.open(flash, version, max_lost, req)?;
         Ok(ans)
     }
 
@@ -536,18 +540,19 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
 
     /// When [`Fragmentation::poll_uplink`] has something.
     pub fn poll_timeout(&self) -> Option<Millis> {
-        // Plain loops: smaller code than an iterator chain over both tables.
-        let mut earliest = None;
-        let mut due = |t: Millis| earliest = Some(earliest.map_or(t, |e: Millis| e.min(t)));
+        // Plain loops: smaller code than an iterator chain over both tables. The minimum
+        // starts at the end of time, not at `None`: one compare per time. (A time at the end
+        // of time is never due: the agent takes the minimum with its own times anyway.)
+        let mut earliest = Millis::MAX;
         for (t, _) in self.pending_status.iter().flatten() {
-            due(*t);
+            earliest = earliest.min(*t);
         }
         for s in self.slots.iter().filter_map(|slot| slot.session.as_ref()) {
             if s.ack_pending {
-                due(s.ack_due);
+                earliest = earliest.min(s.ack_due);
             }
         }
-        earliest
+        (earliest < Millis::MAX).then_some(earliest)
     }
 
     /// The complete block of `frag_index` (MIC checked), for the installer.

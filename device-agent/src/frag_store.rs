@@ -103,12 +103,14 @@ impl FragLog {
             if rec.iter().all(|&b| b == 0xff) {
                 break;
             }
-            // Split once: one bounds check instead of one per byte of the CRC.
-            let (body, tail) = rec.split_at(2 + frag_size);
-            let crc = tail.first_chunk().map(|c| u32::from_le_bytes(*c));
-            if crc == Some(crc32(body)) {
-                if let Some((n, payload)) = body.split_first_chunk() {
-                    each(u16::from_le_bytes(*n), payload)?;
+            // Split once: one bounds check instead of one per byte of the CRC. (Checked: the
+            // record is never shorter, but `split_at` would keep a panic path.)
+            if let Some((body, tail)) = rec.split_at_checked(2 + frag_size) {
+                let crc = tail.first_chunk().map(|c| u32::from_le_bytes(*c));
+                if crc == Some(crc32(body)) {
+                    if let Some((n, payload)) = body.split_first_chunk() {
+                        each(u16::from_le_bytes(*n), payload)?;
+                    }
                 }
             }
             at += len as u32;
@@ -147,6 +149,11 @@ impl FragLog {
             .write(&mut *f, &crc.to_le_bytes())
             .map_err(StoreError::Flash)?;
         words.finish(&mut *f).map_err(StoreError::Flash)
+    }
+
+    /// The payload size of its records.
+    pub fn frag_size(&self) -> usize {
+        self.frag_size
     }
 
     /// Fragments the log can still take.
@@ -245,18 +252,21 @@ impl<'a, F: NorFlash, const SPARES: usize> FlashStore<'a, F, SPARES> {
 
     /// Reads `buf.len()` bytes of the data block at `offset` (fragments laid end to end).
     pub fn read_block(&mut self, offset: u32, buf: &mut [u8]) -> Result<(), StoreError<F::Error>> {
-        let mut done = 0;
-        while done < buf.len() {
-            let at = offset as usize + done;
+        let mut at = offset as usize;
+        let mut rest = buf;
+        while !rest.is_empty() {
             let slot = at / self.frag_size;
             let within = at % self.frag_size;
-            let n = (self.frag_size.get() - within).min(buf.len() - done);
             let loc = self.location(slot).ok_or(StoreError::OutOfRange)?;
+            // Cut at most the rest: the split needs no panic path.
+            let n = (self.frag_size.get() - within).min(rest.len());
+            let (chunk, tail) = rest.split_at_mut(n);
             self.flash
                 .borrow_mut()
-                .read(loc + within as u32, &mut buf[done..done + n])
+                .read(loc + within as u32, chunk)
                 .map_err(StoreError::Flash)?;
-            done += n;
+            at += n;
+            rest = tail;
         }
         Ok(())
     }
