@@ -273,47 +273,48 @@ const BY: u8 = 7;
 const BZ: u8 = 8;
 type Regs = [Limbs; 6];
 
-#[derive(Clone, Copy)]
-enum Op {
-    Add,
-    Sub,
-    Mul,
-}
+/// A step's operation, in its top nibble.
+const OP_ADD: u16 = 0;
+const OP_SUB: u16 = 1;
+const OP_MUL: u16 = 2;
 
-/// `dst = a op b`, mod p.
+/// `dst = a op b`, mod p: the op and the three registers in the nibbles of a half-word (two
+/// bytes a step in the tables, not four).
 #[derive(Clone, Copy)]
-struct Step {
-    op: Op,
-    dst: u8,
-    a: u8,
-    b: u8,
+struct Step(u16);
+
+impl Step {
+    const fn new(op: u16, dst: u8, a: u8, b: u8) -> Self {
+        Step(op << 12 | (dst as u16) << 8 | (a as u16) << 4 | b as u16)
+    }
+
+    fn op(self) -> u16 {
+        self.0 >> 12
+    }
+
+    fn dst(self) -> usize {
+        usize::from(self.0 >> 8 & 0xf)
+    }
+
+    fn a(self) -> usize {
+        usize::from(self.0 >> 4 & 0xf)
+    }
+
+    fn b(self) -> usize {
+        usize::from(self.0 & 0xf)
+    }
 }
 
 const fn add(dst: u8, a: u8, b: u8) -> Step {
-    Step {
-        op: Op::Add,
-        dst,
-        a,
-        b,
-    }
+    Step::new(OP_ADD, dst, a, b)
 }
 
 const fn sub(dst: u8, a: u8, b: u8) -> Step {
-    Step {
-        op: Op::Sub,
-        dst,
-        a,
-        b,
-    }
+    Step::new(OP_SUB, dst, a, b)
 }
 
 const fn mul(dst: u8, a: u8, b: u8) -> Step {
-    Step {
-        op: Op::Mul,
-        dst,
-        a,
-        b,
-    }
+    Step::new(OP_MUL, dst, a, b)
 }
 
 /// A = 2A, for a = -3 (dbl-2001-b). Infinity doubles to infinity (Z stays 0); no point of
@@ -376,24 +377,21 @@ const ADD_TAIL: [Step; 13] = [
 ];
 
 fn run(r: &mut Regs, b: &Point, program: &[Step]) {
-    for step in program {
+    for &step in program {
         let v = {
             // Every index in the tables is a register; `get` keeps the bounds checks from
             // being panics.
-            let reg = |i: u8| {
-                let i = usize::from(i);
-                r.get(i).or_else(|| b.get(i.wrapping_sub(r.len())))
-            };
-            let (Some(x), Some(y)) = (reg(step.a), reg(step.b)) else {
+            let reg = |i: usize| r.get(i).or_else(|| b.get(i.wrapping_sub(r.len())));
+            let (Some(x), Some(y)) = (reg(step.a()), reg(step.b())) else {
                 continue;
             };
-            match step.op {
-                Op::Add => P.add(x, y),
-                Op::Sub => P.sub(x, y),
-                Op::Mul => P.mul(x, y),
+            match step.op() {
+                OP_ADD => P.add(x, y),
+                OP_SUB => P.sub(x, y),
+                _ => P.mul(x, y),
             }
         };
-        if let Some(d) = r.get_mut(usize::from(step.dst)) {
+        if let Some(d) = r.get_mut(step.dst()) {
             *d = v;
         }
     }
