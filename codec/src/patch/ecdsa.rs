@@ -147,9 +147,15 @@ fn less(a: &Limbs, b: &Limbs) -> bool {
     sbb(&mut t, b)
 }
 
+/// Whether `x` is 0: its limbs ORed together, not a comparison with a zero constant in
+/// flash through the memory functions.
+fn is_zero(x: &Limbs) -> bool {
+    x.iter().fold(0, |acc, &w| acc | w) == 0
+}
+
 /// Whether `x` is in [1, n-1], as a signature's r and s must be.
 fn is_scalar(x: &Limbs) -> bool {
-    *x != ZERO && less(x, &N.m)
+    !is_zero(x) && less(x, &N.m)
 }
 
 /// A big-endian byte string (32 bytes) as limbs.
@@ -407,18 +413,18 @@ fn load(r: &mut Regs, p: &Point) {
 /// A = A + B for any two points: infinity on either side, A = B (a doubling), A = -B
 /// (infinity).
 fn add_points(r: &mut Regs, b: &Point) {
-    if r[2] == ZERO {
+    if is_zero(&r[2]) {
         load(r, b);
         return;
     }
-    if b[2] == ZERO {
+    if is_zero(&b[2]) {
         return;
     }
     run(r, b, &ADD_HEAD);
-    if r[usize::from(T1)] == ZERO {
+    if is_zero(&r[usize::from(T1)]) {
         // The same x: the same point, or its negative (the sum is infinity). The head has
         // overwritten A's X and Y, but A is B then.
-        if r[usize::from(T0)] == ZERO {
+        if is_zero(&r[usize::from(T0)]) {
             load(r, b);
             run(r, b, &DOUBLE);
         } else {
@@ -546,7 +552,7 @@ impl VerifyingKey {
         // Q with Z = 1 (G's Z).
         mul_add(&mut sum, &u1, &u2, &[self.x, self.y, G[2]]);
         let [x, _, z, ..] = &sum;
-        if *z == ZERO {
+        if is_zero(z) {
             return false;
         }
         // x = X/Z², out of Montgomery form, then mod n: x < p < 2n, one subtraction at most.
