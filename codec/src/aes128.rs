@@ -105,7 +105,8 @@ impl Aes128 {
         let mut round_key = self.key;
         add_round_key(block, &round_key);
         let mut rcon = 1;
-        for round in 1..=10 {
+        // A half-open range: an inclusive one carries an "exhausted" flag through the loop.
+        for round in 1..11 {
             sub_bytes_shift_rows(block);
             if round != 10 {
                 mix_columns(block);

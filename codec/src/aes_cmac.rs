@@ -62,7 +62,7 @@ impl Cmac {
             self.x[fill] ^= 0x80;
             double(&mut subkey);
         }
-        for (x, k) in self.x.iter_mut().zip(subkey) {
+        for (x, k) in self.x.iter_mut().zip(&subkey) {
             *x ^= k;
         }
         self.cipher.encrypt_block(&mut self.x);

@@ -257,8 +257,9 @@ fn compress_compact(state: &mut [u32; 8], block: &[u8; 64]) {
         b = a;
         a = t1.wrapping_add(t2);
     }
-    for (s, v) in state.iter_mut().zip([a, b, c, d, e, f, g, h]) {
-        *s = s.wrapping_add(v);
+    // By reference: a by-value array would be copied out first.
+    for (s, v) in state.iter_mut().zip(&[a, b, c, d, e, f, g, h]) {
+        *s = s.wrapping_add(*v);
     }
 }
 

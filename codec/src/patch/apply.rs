@@ -954,19 +954,15 @@ impl<K: SignatureCheck> Core<K> {
     }
 
     fn finish<E>(&mut self) -> Result<Applied, ApplyError<E>> {
-        self.check_end()?;
-        match &self.phase {
-            Phase::Payload(p) => Ok(Applied {
-                manifest: p.manifest,
-            }),
-            _ => Err(ApplyError::Failed),
-        }
+        let manifest = *self.check_end()?;
+        Ok(Applied { manifest })
     }
 
-    /// The checks of [`Core::finish`]. Out of line, and without the manifest in its result:
-    /// a caller that drops the [`Applied`] has no room for one in its frame.
+    /// The checks of [`Core::finish`], giving the manifest they passed (so that the phase
+    /// is not looked at again). Out of line, and with a reference, not the manifest, in its
+    /// result: a caller that drops the [`Applied`] has no room for one in its frame.
     #[inline(never)]
-    fn check_end<E>(&mut self) -> Result<(), ApplyError<E>> {
+    fn check_end<E>(&mut self) -> Result<&Manifest, ApplyError<E>> {
         let p = match &mut self.phase {
             Phase::Failed => return Err(ApplyError::Failed),
             Phase::Preamble { .. }
@@ -1003,7 +999,7 @@ impl<K: SignatureCheck> Core<K> {
         if p.sink.sha.finalize_reset() != p.manifest.target_sha256 {
             return Err(ApplyError::TargetMismatch);
         }
-        Ok(())
+        Ok(&p.manifest)
     }
 }
 

@@ -115,12 +115,48 @@ pub enum ContainerError {
     UnsupportedFormatVersion(u8),
     /// The manifest length in the header is not the one of this format version.
     ManifestLength(u16),
-    /// A field holds a value the format does not allow; the name says which.
-    InvalidField(&'static str),
+    /// A field holds a value the format does not allow.
+    InvalidField(Field),
     /// Reserved manifest bytes are not zero.
     ReservedBytes,
     /// The payload is not exactly `payload_len` bytes.
     PayloadLength { expected: u32, got: usize },
+}
+
+/// A manifest field (or the signature) that [`ContainerError::InvalidField`] names. A code,
+/// not the name itself: a device that never prints the error carries no names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    Kind,
+    SourceSize,
+    SourceSha256,
+    TargetSize,
+    HeatshrinkWindow,
+    Compression,
+    PayloadSize,
+    Signature,
+}
+
+impl Field {
+    /// The field's name in the format specification.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Field::Kind => "kind",
+            Field::SourceSize => "source_size",
+            Field::SourceSha256 => "source_sha256",
+            Field::TargetSize => "target_size",
+            Field::HeatshrinkWindow => "heatshrink_window",
+            Field::Compression => "compression",
+            Field::PayloadSize => "payload_size",
+            Field::Signature => "signature",
+        }
+    }
+}
+
+impl core::fmt::Display for Field {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 impl core::fmt::Display for ContainerError {
@@ -197,7 +233,7 @@ impl Manifest {
         let kind = match signed[5] {
             0 => Kind::Delta,
             1 => Kind::Full,
-            _ => return Err(ContainerError::InvalidField("kind")),
+            _ => return Err(ContainerError::InvalidField(Field::Kind)),
         };
         let manifest_len = u16_at(signed, 6);
         if usize::from(manifest_len) != MANIFEST_LEN {
@@ -215,31 +251,31 @@ impl Manifest {
         let source_len = u32_at(m, M_SOURCE_LEN);
         match kind {
             Kind::Full if source_len != 0 => {
-                return Err(ContainerError::InvalidField("source_size"))
+                return Err(ContainerError::InvalidField(Field::SourceSize))
             }
             Kind::Full if m[M_SOURCE_SHA..M_SOURCE_SHA + 32].iter().any(|&b| b != 0) => {
-                return Err(ContainerError::InvalidField("source_sha256"))
+                return Err(ContainerError::InvalidField(Field::SourceSha256))
             }
             Kind::Delta if source_len == 0 => {
-                return Err(ContainerError::InvalidField("source_size"))
+                return Err(ContainerError::InvalidField(Field::SourceSize))
             }
             _ => {}
         }
         let target_len = u32_at(m, M_TARGET_LEN);
         if target_len == 0 {
-            return Err(ContainerError::InvalidField("target_size"));
+            return Err(ContainerError::InvalidField(Field::TargetSize));
         }
         let compression = match (m[M_COMPRESSION], m[M_WINDOW], m[M_LOOKAHEAD]) {
             (0, 0, 0) => Compression::None,
             (1, w, l) => Compression::Heatshrink(
-                Params::new(w, l).ok_or(ContainerError::InvalidField("heatshrink_window"))?,
+                Params::new(w, l).ok_or(ContainerError::InvalidField(Field::HeatshrinkWindow))?,
             ),
-            (0, _, _) => return Err(ContainerError::InvalidField("heatshrink_window")),
-            _ => return Err(ContainerError::InvalidField("compression")),
+            (0, _, _) => return Err(ContainerError::InvalidField(Field::HeatshrinkWindow)),
+            _ => return Err(ContainerError::InvalidField(Field::Compression)),
         };
         let payload_len = u32_at(m, M_PAYLOAD_LEN);
         if payload_len == 0 {
-            return Err(ContainerError::InvalidField("payload_size"));
+            return Err(ContainerError::InvalidField(Field::PayloadSize));
         }
         Ok(Self {
             kind,
@@ -311,7 +347,7 @@ impl<'a> Container<'a> {
         let (signature, payload) = rest.split_at(SIGNATURE_LEN);
         let signature = signature
             .try_into()
-            .map_err(|_| ContainerError::InvalidField("signature"))?;
+            .map_err(|_| ContainerError::InvalidField(Field::Signature))?;
         if payload.len() != manifest.payload_len as usize {
             return Err(ContainerError::PayloadLength {
                 expected: manifest.payload_len,
@@ -394,7 +430,7 @@ mod tests {
         };
         assert_eq!(bad(0, b'X'), ContainerError::BadMagic);
         assert_eq!(bad(4, 2), ContainerError::UnsupportedFormatVersion(2));
-        assert_eq!(bad(5, 7), ContainerError::InvalidField("kind"));
+        assert_eq!(bad(5, 7), ContainerError::InvalidField(Field::Kind));
         assert_eq!(bad(6, 95), ContainerError::ManifestLength(95));
         assert_eq!(
             bad(HEADER_LEN + M_RESERVED, 1),
@@ -403,19 +439,19 @@ mod tests {
         assert_eq!(bad(HEADER_LEN + 127, 1), ContainerError::ReservedBytes);
         assert_eq!(
             bad(HEADER_LEN + M_COMPRESSION, 5),
-            ContainerError::InvalidField("compression")
+            ContainerError::InvalidField(Field::Compression)
         );
         assert_eq!(
             bad(HEADER_LEN + M_LOOKAHEAD, 9),
-            ContainerError::InvalidField("heatshrink_window")
+            ContainerError::InvalidField(Field::HeatshrinkWindow)
         );
         // A full image must not name a source.
-        assert_eq!(bad(5, 1), ContainerError::InvalidField("source_size"));
+        assert_eq!(bad(5, 1), ContainerError::InvalidField(Field::SourceSize));
         let mut zero_target = b;
         zero_target[HEADER_LEN + M_TARGET_LEN..HEADER_LEN + M_TARGET_LEN + 4].fill(0);
         assert_eq!(
             Manifest::parse(&zero_target),
-            Err(ContainerError::InvalidField("target_size"))
+            Err(ContainerError::InvalidField(Field::TargetSize))
         );
         assert_eq!(
             Manifest::parse(&b[..100]),

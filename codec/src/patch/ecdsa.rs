@@ -147,9 +147,15 @@ fn less(a: &Limbs, b: &Limbs) -> bool {
     sbb(&mut t, b)
 }
 
+/// Whether `x` is 0: its limbs ORed together, not a comparison with a zero constant in
+/// flash through the memory functions.
+fn is_zero(x: &Limbs) -> bool {
+    x.iter().fold(0, |acc, &w| acc | w) == 0
+}
+
 /// Whether `x` is in [1, n-1], as a signature's r and s must be.
 fn is_scalar(x: &Limbs) -> bool {
-    *x != ZERO && less(x, &N.m)
+    !is_zero(x) && less(x, &N.m)
 }
 
 /// A big-endian byte string (32 bytes) as limbs.
@@ -273,47 +279,48 @@ const BY: u8 = 7;
 const BZ: u8 = 8;
 type Regs = [Limbs; 6];
 
-#[derive(Clone, Copy)]
-enum Op {
-    Add,
-    Sub,
-    Mul,
-}
+/// A step's operation, in its top nibble.
+const OP_ADD: u16 = 0;
+const OP_SUB: u16 = 1;
+const OP_MUL: u16 = 2;
 
-/// `dst = a op b`, mod p.
+/// `dst = a op b`, mod p: the op and the three registers in the nibbles of a half-word (two
+/// bytes a step in the tables, not four).
 #[derive(Clone, Copy)]
-struct Step {
-    op: Op,
-    dst: u8,
-    a: u8,
-    b: u8,
+struct Step(u16);
+
+impl Step {
+    const fn new(op: u16, dst: u8, a: u8, b: u8) -> Self {
+        Step(op << 12 | (dst as u16) << 8 | (a as u16) << 4 | b as u16)
+    }
+
+    fn op(self) -> u16 {
+        self.0 >> 12
+    }
+
+    fn dst(self) -> usize {
+        usize::from(self.0 >> 8 & 0xf)
+    }
+
+    fn a(self) -> usize {
+        usize::from(self.0 >> 4 & 0xf)
+    }
+
+    fn b(self) -> usize {
+        usize::from(self.0 & 0xf)
+    }
 }
 
 const fn add(dst: u8, a: u8, b: u8) -> Step {
-    Step {
-        op: Op::Add,
-        dst,
-        a,
-        b,
-    }
+    Step::new(OP_ADD, dst, a, b)
 }
 
 const fn sub(dst: u8, a: u8, b: u8) -> Step {
-    Step {
-        op: Op::Sub,
-        dst,
-        a,
-        b,
-    }
+    Step::new(OP_SUB, dst, a, b)
 }
 
 const fn mul(dst: u8, a: u8, b: u8) -> Step {
-    Step {
-        op: Op::Mul,
-        dst,
-        a,
-        b,
-    }
+    Step::new(OP_MUL, dst, a, b)
 }
 
 /// A = 2A, for a = -3 (dbl-2001-b). Infinity doubles to infinity (Z stays 0); no point of
@@ -376,24 +383,21 @@ const ADD_TAIL: [Step; 13] = [
 ];
 
 fn run(r: &mut Regs, b: &Point, program: &[Step]) {
-    for step in program {
+    for &step in program {
         let v = {
             // Every index in the tables is a register; `get` keeps the bounds checks from
             // being panics.
-            let reg = |i: u8| {
-                let i = usize::from(i);
-                r.get(i).or_else(|| b.get(i.wrapping_sub(r.len())))
-            };
-            let (Some(x), Some(y)) = (reg(step.a), reg(step.b)) else {
+            let reg = |i: usize| r.get(i).or_else(|| b.get(i.wrapping_sub(r.len())));
+            let (Some(x), Some(y)) = (reg(step.a()), reg(step.b())) else {
                 continue;
             };
-            match step.op {
-                Op::Add => P.add(x, y),
-                Op::Sub => P.sub(x, y),
-                Op::Mul => P.mul(x, y),
+            match step.op() {
+                OP_ADD => P.add(x, y),
+                OP_SUB => P.sub(x, y),
+                _ => P.mul(x, y),
             }
         };
-        if let Some(d) = r.get_mut(usize::from(step.dst)) {
+        if let Some(d) = r.get_mut(step.dst()) {
             *d = v;
         }
     }
@@ -409,18 +413,18 @@ fn load(r: &mut Regs, p: &Point) {
 /// A = A + B for any two points: infinity on either side, A = B (a doubling), A = -B
 /// (infinity).
 fn add_points(r: &mut Regs, b: &Point) {
-    if r[2] == ZERO {
+    if is_zero(&r[2]) {
         load(r, b);
         return;
     }
-    if b[2] == ZERO {
+    if is_zero(&b[2]) {
         return;
     }
     run(r, b, &ADD_HEAD);
-    if r[usize::from(T1)] == ZERO {
+    if is_zero(&r[usize::from(T1)]) {
         // The same x: the same point, or its negative (the sum is infinity). The head has
         // overwritten A's X and Y, but A is B then.
-        if r[usize::from(T0)] == ZERO {
+        if is_zero(&r[usize::from(T0)]) {
             load(r, b);
             run(r, b, &DOUBLE);
         } else {
@@ -548,7 +552,7 @@ impl VerifyingKey {
         // Q with Z = 1 (G's Z).
         mul_add(&mut sum, &u1, &u2, &[self.x, self.y, G[2]]);
         let [x, _, z, ..] = &sum;
-        if *z == ZERO {
+        if is_zero(z) {
             return false;
         }
         // x = X/Z², out of Montgomery form, then mod n: x < p < 2n, one subtraction at most.
