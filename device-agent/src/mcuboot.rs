@@ -417,13 +417,16 @@ fn write_request<F: NorFlash>(
     permanent: bool,
 ) -> Result<(), F::Error> {
     erase_trailer(flash, secondary, trailer)?;
+    // The magic ends its field of align_up(16, A) bytes, after 0xFF padding: built at the
+    // end of a 32-byte buffer whose last `field` bytes are written.
+    let field = trailer.align.max(16);
     let mut magic = [0xffu8; 32];
-    let magic_at = trailer.slot_len - trailer.align.max(16);
-    magic[trailer.align.max(16) as usize - 16..trailer.align.max(16) as usize]
-        .copy_from_slice(&trailer.magic());
+    if let Some(end) = magic.last_chunk_mut::<16>() {
+        *end = trailer.magic();
+    }
     flash.write(
-        secondary.offset + magic_at,
-        &magic[..trailer.align.max(16) as usize],
+        secondary.offset + (trailer.slot_len - field),
+        &magic[32 - field as usize..],
     )?;
     if permanent {
         write_flag(
