@@ -219,8 +219,9 @@ fn inspect<F: NorFlash>(
     let mut buf = [0u8; HASH_CHUNK];
     let mut off = if check_hash { 0 } else { hashed };
     while off < hashed {
-        // One slice for the read and the hash: its length is checked once.
-        let chunk = &mut buf[..((hashed - off) as usize).min(HASH_CHUNK)];
+        // One slice for the read and the hash, split off: a length known to fit needs no
+        // check (slicing it would call the checked index).
+        let (chunk, _) = buf.split_at_mut(((hashed - off) as usize).min(HASH_CHUNK));
         read(flash, slot.offset + off, chunk)?;
         sha.update(chunk);
         off += chunk.len() as u32;
@@ -235,7 +236,8 @@ fn inspect<F: NorFlash>(
     let mut protected = header.protect_tlv_size > 0;
     let (total, found) = loop {
         let (magic, kind, value): (_, _, &mut [u8]) = match protected {
-            true => (TLV_PROT_INFO_MAGIC, TLV_SEC_CNT, &mut t[..4]),
+            // Split off, not sliced: no call to the checked index.
+            true => (TLV_PROT_INFO_MAGIC, TLV_SEC_CNT, t.split_at_mut(4).0),
             false => (TLV_INFO_MAGIC, TLV_SHA256, &mut t),
         };
         let (total, found) = walk_tlvs(flash, slot, at, magic, kind, value)?;
