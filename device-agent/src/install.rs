@@ -232,13 +232,14 @@ fn apply<F: NorFlash, K: SignatureCheck>(
     // A checkpoint is only good on a sector boundary the writer can restart from, and only
     // for this patch's target.
     let sector = F::ERASE_SIZE as u32;
-    let resume = match resume {
-        Some(c) if c.target_sha256 == manifest.target_sha256 => Some(Checkpoint {
-            written: c.written / sector * sector,
-            ..c
-        }),
-        _ => None,
-    };
+    let mut resume = resume;
+    match &mut resume {
+        // Rounded down where it lies, not copied into a new checkpoint.
+        Some(c) if c.target_sha256 == manifest.target_sha256 => {
+            c.written = c.written / sector * sector
+        }
+        _ => resume = None,
+    }
     let start = resume.map_or(0, |c| c.written);
     if resume.is_none() {
         mcuboot::cancel_swap(&mut *flash.borrow_mut(), config.secondary, config.trailer)
