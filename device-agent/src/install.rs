@@ -137,7 +137,7 @@ fn request_swap<F: NorFlash, K>(
 ) -> Result<Installed, InstallError<F::Error>> {
     let mut f = flash.borrow_mut();
     let image = mcuboot::verify_image(&mut *f, config.secondary).map_err(InstallError::Image)?;
-    if image.header.version != manifest.version {
+    if version_words(&image.header.version) != version_words(&manifest.version) {
         return Err(InstallError::VersionMismatch {
             manifest: manifest.version,
             image: image.header.version,
@@ -155,6 +155,14 @@ fn request_swap<F: NorFlash, K>(
         version: manifest.version,
         image_len: image.len,
     })
+}
+
+/// A version as two words (an injective packing), compared in two steps instead of the
+/// derived `==`'s four; packed in the order rustc lays the fields out, so that each word
+/// loads at once.
+fn version_words(v: &ImageVersion) -> (u32, u32) {
+    let low = u32::from(v.revision) | u32::from(v.major) << 16 | u32::from(v.minor) << 24;
+    (low, v.build)
 }
 
 /// Signature, then anti-rollback against the running image, before anything is written.
