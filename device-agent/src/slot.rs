@@ -150,7 +150,11 @@ impl WordWriter {
             flash.write(self.at, whole)?;
             self.at += whole.len() as u32;
         }
-        self.pending[..tail.len()].copy_from_slice(tail);
+        // Split off, not sliced: the tail is shorter than a word, no check needed.
+        self.pending
+            .split_at_mut(tail.len())
+            .0
+            .copy_from_slice(tail);
         self.pending_len = tail.len();
         Ok(())
     }
