@@ -239,17 +239,22 @@ impl<'a> Iterator for ValidDownlinks<'a> {
         if self.failed {
             return None;
         }
-        let cmd = self.inner.next()?;
-        if matches!(cmd, Downlink::DataFragment(_)) && self.seen_command {
+        // A DataFragment after another command ends the payload: told by its CID before it
+        // is parsed (a byte compare, not a test of the parsed command it would be).
+        if self.seen_command && self.inner.rest().first() == Some(&DATA_FRAGMENT_CID) {
             self.failed = true;
             return None;
         }
+        let cmd = self.inner.next()?;
         self.seen_command = true;
         Some(cmd)
     }
 }
 
 impl core::iter::FusedIterator for ValidDownlinks<'_> {}
+
+/// DataFragment's CID, the one command that must come alone.
+const DATA_FRAGMENT_CID: u8 = 0x08;
 
 fn missing_cid() -> Error {
     Error::new("payload", "CID", ErrorKind::Truncated { needed: 1, got: 0 })
