@@ -149,15 +149,16 @@ fn walk_tlvs<F: NorFlash>(
     kind: u16,
     value: &mut [u8],
 ) -> Result<(u32, bool), McubootError<F::Error>> {
-    let mut info = [0u8; 4];
+    // The area's info, then each TLV's type and length: one buffer, cleared once.
+    let mut head = [0u8; 4];
     if at + 4 > slot.len {
         return Err(McubootError::Malformed(Malformation::TlvInfoPastSlot));
     }
-    read(flash, slot.offset + at, &mut info)?;
-    if u16::from_le_bytes([info[0], info[1]]) != magic {
+    read(flash, slot.offset + at, &mut head)?;
+    if u16::from_le_bytes([head[0], head[1]]) != magic {
         return Err(McubootError::Malformed(Malformation::TlvInfoMagic));
     }
-    let total = u32::from(u16::from_le_bytes([info[2], info[3]]));
+    let total = u32::from(u16::from_le_bytes([head[2], head[3]]));
     if total < 4 || at + total > slot.len {
         return Err(McubootError::Malformed(Malformation::TlvAreaLength));
     }
@@ -167,13 +168,12 @@ fn walk_tlvs<F: NorFlash>(
         if off + 4 > total {
             return Err(McubootError::Malformed(Malformation::TlvHeaderPastArea));
         }
-        let mut t = [0u8; 4];
-        read(flash, slot.offset + at + off, &mut t)?;
-        let len = u16::from_le_bytes([t[2], t[3]]);
+        read(flash, slot.offset + at + off, &mut head)?;
+        let len = u16::from_le_bytes([head[2], head[3]]);
         if off + 4 + u32::from(len) > total {
             return Err(McubootError::Malformed(Malformation::TlvValuePastArea));
         }
-        if u16::from_le_bytes([t[0], t[1]]) == kind && usize::from(len) == value.len() {
+        if u16::from_le_bytes([head[0], head[1]]) == kind && usize::from(len) == value.len() {
             read(flash, slot.offset + at + off + 4, value)?;
             found = true;
         }
