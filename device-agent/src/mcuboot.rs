@@ -231,14 +231,15 @@ fn inspect<F: NorFlash>(
     let mut at = u32::from(header.hdr_size) + header.img_size;
     // The protected area (if any: its security counter), then the other (its SHA256), in one
     // loop so that the walk is in the code once. One buffer takes both values: the counter
-    // is taken from it before the hash is read.
-    let mut t = [0u8; 32];
+    // is taken from it before the hash is read. It is the start of the hash's buffer, done
+    // with by now: no third buffer to clear.
+    let (t, _) = buf.split_at_mut(32);
     let mut protected = header.protect_tlv_size > 0;
     let (total, found) = loop {
         let (magic, kind, value): (_, _, &mut [u8]) = match protected {
             // Split off, not sliced: no call to the checked index.
             true => (TLV_PROT_INFO_MAGIC, TLV_SEC_CNT, t.split_at_mut(4).0),
-            false => (TLV_INFO_MAGIC, TLV_SHA256, &mut t),
+            false => (TLV_INFO_MAGIC, TLV_SHA256, &mut *t),
         };
         let (total, found) = walk_tlvs(flash, slot, at, magic, kind, value)?;
         if !protected {
@@ -251,7 +252,7 @@ fn inspect<F: NorFlash>(
         at += total;
         protected = false;
     };
-    let hash_ok = found.then_some(t == digest);
+    let hash_ok = found.then_some(*t == digest);
     match hash_ok {
         None => Err(McubootError::NoHash),
         Some(false) if check_hash => Err(McubootError::HashMismatch),
