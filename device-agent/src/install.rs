@@ -262,11 +262,11 @@ fn apply<F: NorFlash, K: SignatureCheck>(
     let mut at = PREAMBLE_LEN as u32;
     while at < patch_len {
         let n = ((patch_len - at) as usize).min(CHUNK);
-        patch
-            .read_patch(at, &mut buf[..n])
-            .map_err(InstallError::Patch)?;
+        // Split off, not sliced: a length known to fit needs no call to the checked index.
+        let (chunk, _) = buf.split_at_mut(n);
+        patch.read_patch(at, chunk).map_err(InstallError::Patch)?;
         applier
-            .push(&buf[..n], &mut source, &mut target)
+            .push(chunk, &mut source, &mut target)
             .map_err(InstallError::Apply)?;
         at += n as u32;
         let durable = target.durable() / sector * sector;
