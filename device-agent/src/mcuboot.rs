@@ -337,18 +337,19 @@ fn trailer_state<F: NorFlash>(
     slot: Region,
     trailer: Trailer,
 ) -> Result<TrailerState, F::Error> {
-    let mut magic = [0u8; 16];
-    flash.read(slot.offset + trailer.magic_off(), &mut magic)?;
+    let mut buf = [0u8; 16];
+    flash.read(slot.offset + trailer.magic_off(), &mut buf)?;
+    let magic_good = buf == trailer.magic();
     // image_ok, copy_done, swap_info: a field every `align` bytes down from image_ok, read
-    // in one loop.
-    let mut flags = [0u8; 3];
+    // in one loop into the magic's buffer, done with (no second one to clear).
+    let (flags, _) = buf.split_at_mut(3);
     let mut off = trailer.image_ok_off();
-    for flag in &mut flags {
+    for flag in flags.iter_mut() {
         flash.read(slot.offset + off, core::slice::from_mut(flag))?;
         off = off.wrapping_sub(trailer.align);
     }
     Ok(TrailerState {
-        magic_good: magic == trailer.magic(),
+        magic_good,
         image_ok: flags[0] == FLAG_SET,
         copy_done: flags[1] == FLAG_SET,
         swap_info: flags[2],
