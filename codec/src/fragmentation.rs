@@ -682,8 +682,12 @@ impl Uplink {
                 if c.nb_frag_received > MAX_FRAGMENT_NUMBER {
                     return Err(w.invalid("NbFragReceived"));
                 }
-                check_v1_unset(w, version, "MICError", c.mic_error)?;
-                check_v1_unset(w, version, "SessionDoesNotExist", c.session_does_not_exist)?;
+                // Both v2-only bits in one test; the error names the first set.
+                let field = match c.mic_error {
+                    true => "MICError",
+                    false => "SessionDoesNotExist",
+                };
+                check_v1_unset(w, version, field, c.mic_error || c.session_does_not_exist)?;
                 let status = u8::from(c.memory_error)
                     | (u8::from(c.mic_error) << 1)
                     | (u8::from(c.session_does_not_exist) << 2);
