@@ -99,8 +99,10 @@ impl Multicast {
             version,
             mc_ke_key,
             limits,
-            groups: [const { None }; MAX_GROUPS],
-            sessions: [None; MAX_GROUPS],
+            // Default: the empty slots are stored in place, where an array expression is
+            // built aside and copied.
+            groups: Default::default(),
+            sessions: Default::default(),
         }
     }
 
