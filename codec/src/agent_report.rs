@@ -117,13 +117,10 @@ impl UpdateReport {
         if b[0] != CID_UPDATE_REPORT {
             return Err(Error::new(NAME, "CID", ErrorKind::UnknownCid(b[0])));
         }
-        let zero = |detail: u8, o: Outcome| {
-            if detail == 0 {
-                Ok(o)
-            } else {
-                Err(Error::new(NAME, "detail", ErrorKind::ReservedBits))
-            }
-        };
+        // The outcomes without a detail want it zero: checked once for them all.
+        if matches!(b[1], 3..=6) && b[2] != 0 {
+            return Err(Error::new(NAME, "detail", ErrorKind::ReservedBits));
+        }
         let outcome = match b[1] {
             1 => Outcome::Deferred(Refusal::from_byte(b[2]).ok_or(Error::new(
                 NAME,
@@ -131,10 +128,10 @@ impl UpdateReport {
                 ErrorKind::InvalidValue,
             ))?),
             2 => Outcome::Failed(b[2]),
-            3 => zero(b[2], Outcome::SelfTestFailed)?,
-            4 => zero(b[2], Outcome::BootLoop)?,
-            5 => zero(b[2], Outcome::Reverted)?,
-            6 => zero(b[2], Outcome::Confirmed)?,
+            3 => Outcome::SelfTestFailed,
+            4 => Outcome::BootLoop,
+            5 => Outcome::Reverted,
+            6 => Outcome::Confirmed,
             _ => return Err(Error::new(NAME, "outcome", ErrorKind::InvalidValue)),
         };
         Ok(Self {

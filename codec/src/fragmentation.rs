@@ -239,17 +239,22 @@ impl<'a> Iterator for ValidDownlinks<'a> {
         if self.failed {
             return None;
         }
-        let cmd = self.inner.next()?;
-        if matches!(cmd, Downlink::DataFragment(_)) && self.seen_command {
+        // A DataFragment after another command ends the payload: told by its CID before it
+        // is parsed (a byte compare, not a test of the parsed command it would be).
+        if self.seen_command && self.inner.rest().first() == Some(&DATA_FRAGMENT_CID) {
             self.failed = true;
             return None;
         }
+        let cmd = self.inner.next()?;
         self.seen_command = true;
         Some(cmd)
     }
 }
 
 impl core::iter::FusedIterator for ValidDownlinks<'_> {}
+
+/// DataFragment's CID, the one command that must come alone.
+const DATA_FRAGMENT_CID: u8 = 0x08;
 
 fn missing_cid() -> Error {
     Error::new("payload", "CID", ErrorKind::Truncated { needed: 1, got: 0 })
@@ -677,8 +682,12 @@ impl Uplink {
                 if c.nb_frag_received > MAX_FRAGMENT_NUMBER {
                     return Err(w.invalid("NbFragReceived"));
                 }
-                check_v1_unset(w, version, "MICError", c.mic_error)?;
-                check_v1_unset(w, version, "SessionDoesNotExist", c.session_does_not_exist)?;
+                // Both v2-only bits in one test; the error names the first set.
+                let field = match c.mic_error {
+                    true => "MICError",
+                    false => "SessionDoesNotExist",
+                };
+                check_v1_unset(w, version, field, c.mic_error || c.session_does_not_exist)?;
                 let status = u8::from(c.memory_error)
                     | (u8::from(c.mic_error) << 1)
                     | (u8::from(c.session_does_not_exist) << 2);

@@ -137,6 +137,13 @@ impl<'a, C: Command<'a>> Commands<'a, C> {
 #[derive(Debug, Clone)]
 pub struct Valid<'a, C>(Commands<'a, C>);
 
+impl<'a, C> Valid<'a, C> {
+    /// The bytes not parsed yet, the next command's CID first.
+    pub(crate) fn rest(&self) -> &'a [u8] {
+        self.0.rest
+    }
+}
+
 impl<'a, C: Command<'a>> Iterator for Valid<'a, C> {
     type Item = C;
 

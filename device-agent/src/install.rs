@@ -137,7 +137,7 @@ fn request_swap<F: NorFlash, K>(
 ) -> Result<Installed, InstallError<F::Error>> {
     let mut f = flash.borrow_mut();
     let image = mcuboot::verify_image(&mut *f, config.secondary).map_err(InstallError::Image)?;
-    if image.header.version != manifest.version {
+    if version_words(&image.header.version) != version_words(&manifest.version) {
         return Err(InstallError::VersionMismatch {
             manifest: manifest.version,
             image: image.header.version,
@@ -155,6 +155,14 @@ fn request_swap<F: NorFlash, K>(
         version: manifest.version,
         image_len: image.len,
     })
+}
+
+/// A version as two words (an injective packing), compared in two steps instead of the
+/// derived `==`'s four; packed in the order rustc lays the fields out, so that each word
+/// loads at once.
+fn version_words(v: &ImageVersion) -> (u32, u32) {
+    let low = u32::from(v.revision) | u32::from(v.major) << 16 | u32::from(v.minor) << 24;
+    (low, v.build)
 }
 
 /// Signature, then anti-rollback against the running image, before anything is written.
@@ -232,13 +240,14 @@ fn apply<F: NorFlash, K: SignatureCheck>(
     // A checkpoint is only good on a sector boundary the writer can restart from, and only
     // for this patch's target.
     let sector = F::ERASE_SIZE as u32;
-    let resume = match resume {
-        Some(c) if c.target_sha256 == manifest.target_sha256 => Some(Checkpoint {
-            written: c.written / sector * sector,
-            ..c
-        }),
-        _ => None,
-    };
+    let mut resume = resume;
+    match &mut resume {
+        // Rounded down where it lies, not copied into a new checkpoint.
+        Some(c) if c.target_sha256 == manifest.target_sha256 => {
+            c.written = c.written / sector * sector
+        }
+        _ => resume = None,
+    }
     let start = resume.map_or(0, |c| c.written);
     if resume.is_none() {
         mcuboot::cancel_swap(&mut *flash.borrow_mut(), config.secondary, config.trailer)
@@ -253,11 +262,11 @@ fn apply<F: NorFlash, K: SignatureCheck>(
     let mut at = PREAMBLE_LEN as u32;
     while at < patch_len {
         let n = ((patch_len - at) as usize).min(CHUNK);
-        patch
-            .read_patch(at, &mut buf[..n])
-            .map_err(InstallError::Patch)?;
+        // Split off, not sliced: a length known to fit needs no call to the checked index.
+        let (chunk, _) = buf.split_at_mut(n);
+        patch.read_patch(at, chunk).map_err(InstallError::Patch)?;
         applier
-            .push(&buf[..n], &mut source, &mut target)
+            .push(chunk, &mut source, &mut target)
             .map_err(InstallError::Apply)?;
         at += n as u32;
         let durable = target.durable() / sector * sector;

@@ -149,15 +149,16 @@ fn walk_tlvs<F: NorFlash>(
     kind: u16,
     value: &mut [u8],
 ) -> Result<(u32, bool), McubootError<F::Error>> {
-    let mut info = [0u8; 4];
+    // The area's info, then each TLV's type and length: one buffer, cleared once.
+    let mut head = [0u8; 4];
     if at + 4 > slot.len {
         return Err(McubootError::Malformed(Malformation::TlvInfoPastSlot));
     }
-    read(flash, slot.offset + at, &mut info)?;
-    if u16::from_le_bytes([info[0], info[1]]) != magic {
+    read(flash, slot.offset + at, &mut head)?;
+    if u16::from_le_bytes([head[0], head[1]]) != magic {
         return Err(McubootError::Malformed(Malformation::TlvInfoMagic));
     }
-    let total = u32::from(u16::from_le_bytes([info[2], info[3]]));
+    let total = u32::from(u16::from_le_bytes([head[2], head[3]]));
     if total < 4 || at + total > slot.len {
         return Err(McubootError::Malformed(Malformation::TlvAreaLength));
     }
@@ -167,13 +168,12 @@ fn walk_tlvs<F: NorFlash>(
         if off + 4 > total {
             return Err(McubootError::Malformed(Malformation::TlvHeaderPastArea));
         }
-        let mut t = [0u8; 4];
-        read(flash, slot.offset + at + off, &mut t)?;
-        let len = u16::from_le_bytes([t[2], t[3]]);
+        read(flash, slot.offset + at + off, &mut head)?;
+        let len = u16::from_le_bytes([head[2], head[3]]);
         if off + 4 + u32::from(len) > total {
             return Err(McubootError::Malformed(Malformation::TlvValuePastArea));
         }
-        if u16::from_le_bytes([t[0], t[1]]) == kind && usize::from(len) == value.len() {
+        if u16::from_le_bytes([head[0], head[1]]) == kind && usize::from(len) == value.len() {
             read(flash, slot.offset + at + off + 4, value)?;
             found = true;
         }
@@ -219,8 +219,9 @@ fn inspect<F: NorFlash>(
     let mut buf = [0u8; HASH_CHUNK];
     let mut off = if check_hash { 0 } else { hashed };
     while off < hashed {
-        // One slice for the read and the hash: its length is checked once.
-        let chunk = &mut buf[..((hashed - off) as usize).min(HASH_CHUNK)];
+        // One slice for the read and the hash, split off: a length known to fit needs no
+        // check (slicing it would call the checked index).
+        let (chunk, _) = buf.split_at_mut(((hashed - off) as usize).min(HASH_CHUNK));
         read(flash, slot.offset + off, chunk)?;
         sha.update(chunk);
         off += chunk.len() as u32;
@@ -230,13 +231,15 @@ fn inspect<F: NorFlash>(
     let mut at = u32::from(header.hdr_size) + header.img_size;
     // The protected area (if any: its security counter), then the other (its SHA256), in one
     // loop so that the walk is in the code once. One buffer takes both values: the counter
-    // is taken from it before the hash is read.
-    let mut t = [0u8; 32];
+    // is taken from it before the hash is read. It is the start of the hash's buffer, done
+    // with by now: no third buffer to clear.
+    let (t, _) = buf.split_at_mut(32);
     let mut protected = header.protect_tlv_size > 0;
     let (total, found) = loop {
         let (magic, kind, value): (_, _, &mut [u8]) = match protected {
-            true => (TLV_PROT_INFO_MAGIC, TLV_SEC_CNT, &mut t[..4]),
-            false => (TLV_INFO_MAGIC, TLV_SHA256, &mut t),
+            // Split off, not sliced: no call to the checked index.
+            true => (TLV_PROT_INFO_MAGIC, TLV_SEC_CNT, t.split_at_mut(4).0),
+            false => (TLV_INFO_MAGIC, TLV_SHA256, &mut *t),
         };
         let (total, found) = walk_tlvs(flash, slot, at, magic, kind, value)?;
         if !protected {
@@ -249,7 +252,7 @@ fn inspect<F: NorFlash>(
         at += total;
         protected = false;
     };
-    let hash_ok = found.then_some(t == digest);
+    let hash_ok = found.then_some(*t == digest);
     match hash_ok {
         None => Err(McubootError::NoHash),
         Some(false) if check_hash => Err(McubootError::HashMismatch),
@@ -334,18 +337,19 @@ fn trailer_state<F: NorFlash>(
     slot: Region,
     trailer: Trailer,
 ) -> Result<TrailerState, F::Error> {
-    let mut magic = [0u8; 16];
-    flash.read(slot.offset + trailer.magic_off(), &mut magic)?;
+    let mut buf = [0u8; 16];
+    flash.read(slot.offset + trailer.magic_off(), &mut buf)?;
+    let magic_good = buf == trailer.magic();
     // image_ok, copy_done, swap_info: a field every `align` bytes down from image_ok, read
-    // in one loop.
-    let mut flags = [0u8; 3];
+    // in one loop into the magic's buffer, done with (no second one to clear).
+    let (flags, _) = buf.split_at_mut(3);
     let mut off = trailer.image_ok_off();
-    for flag in &mut flags {
+    for flag in flags.iter_mut() {
         flash.read(slot.offset + off, core::slice::from_mut(flag))?;
         off = off.wrapping_sub(trailer.align);
     }
     Ok(TrailerState {
-        magic_good: magic == trailer.magic(),
+        magic_good,
         image_ok: flags[0] == FLAG_SET,
         copy_done: flags[1] == FLAG_SET,
         swap_info: flags[2],
@@ -417,13 +421,16 @@ fn write_request<F: NorFlash>(
     permanent: bool,
 ) -> Result<(), F::Error> {
     erase_trailer(flash, secondary, trailer)?;
+    // The magic ends its field of align_up(16, A) bytes, after 0xFF padding: built at the
+    // end of a 32-byte buffer whose last `field` bytes are written.
+    let field = trailer.align.max(16);
     let mut magic = [0xffu8; 32];
-    let magic_at = trailer.slot_len - trailer.align.max(16);
-    magic[trailer.align.max(16) as usize - 16..trailer.align.max(16) as usize]
-        .copy_from_slice(&trailer.magic());
+    if let Some(end) = magic.last_chunk_mut::<16>() {
+        *end = trailer.magic();
+    }
     flash.write(
-        secondary.offset + magic_at,
-        &magic[..trailer.align.max(16) as usize],
+        secondary.offset + (trailer.slot_len - field),
+        &magic[32 - field as usize..],
     )?;
     if permanent {
         write_flag(

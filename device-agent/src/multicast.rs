@@ -99,8 +99,10 @@ impl Multicast {
             version,
             mc_ke_key,
             limits,
-            groups: [const { None }; MAX_GROUPS],
-            sessions: [None; MAX_GROUPS],
+            // Default: the empty slots are stored in place, where an array expression is
+            // built aside and copied.
+            groups: Default::default(),
+            sessions: Default::default(),
         }
     }
 
@@ -160,18 +162,20 @@ impl Multicast {
                         mc_addr: 0,
                     }; MAX_GROUPS],
                 };
-                // One pass counts the groups and lists those asked for.
-                let mut n = 0;
+                // One pass counts the groups and lists those asked for, each in the next
+                // item (an iterator: no index to check).
+                let mut items = ans.items.iter_mut();
                 for (id, g) in self.groups.iter().enumerate() {
                     let Some(g) = g else { continue };
                     ans.nb_total_groups += 1;
                     if req.req_group_mask & (1 << id) != 0 {
                         ans.ans_group_mask |= 1 << id;
-                        ans.items[n] = McGroupStatusItem {
-                            mc_group_id: id as u8,
-                            mc_addr: g.addr,
-                        };
-                        n += 1;
+                        if let Some(item) = items.next() {
+                            *item = McGroupStatusItem {
+                                mc_group_id: id as u8,
+                                mc_addr: g.addr,
+                            };
+                        }
                     }
                 }
                 Some(Uplink::McGroupStatusAns(ans))

@@ -150,7 +150,11 @@ impl WordWriter {
             flash.write(self.at, whole)?;
             self.at += whole.len() as u32;
         }
-        self.pending[..tail.len()].copy_from_slice(tail);
+        // Split off, not sliced: the tail is shorter than a word, no check needed.
+        self.pending
+            .split_at_mut(tail.len())
+            .0
+            .copy_from_slice(tail);
         self.pending_len = tail.len();
         Ok(())
     }
@@ -178,8 +182,9 @@ pub fn is_erased<F: NorFlash>(flash: &mut F, at: u32, len: usize) -> Result<bool
     let mut buf = [0u8; MAX_WRITE_SIZE];
     let mut done = 0;
     while done < len {
-        // One slice for the read and the check: its length is checked once.
-        let chunk = &mut buf[..(len - done).min(MAX_WRITE_SIZE)];
+        // One slice for the read and the check, split off: a length known to fit needs no
+        // check (slicing it would call the checked index).
+        let (chunk, _) = buf.split_at_mut((len - done).min(MAX_WRITE_SIZE));
         flash.read(at + done as u32, chunk)?;
         if chunk.iter().any(|&b| b != 0xff) {
             return Ok(false);
