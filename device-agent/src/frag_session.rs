@@ -189,7 +189,8 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
             max_lost,
             data_block_int_key,
             last_session_cnt,
-            pending_status: [None; MAX_FRAG_SESSIONS],
+            // Through Default: stored empty in place, not built aside and copied in.
+            pending_status: Default::default(),
         }
     }
 
