@@ -592,7 +592,9 @@ impl<
         let (port, len, data) = &self.uplinks[0];
         let (port, n) = (*port, usize::from(*len).min(buf.len()));
         buf[..n].copy_from_slice(&data[..n]);
-        for i in 1..self.nb_uplinks {
+        // The whole queue moves up by one (the slots past the last are unused): a loop of
+        // known length, with no index to check.
+        for i in 1..UPLINK_QUEUE {
             self.uplinks[i - 1] = self.uplinks[i];
         }
         self.nb_uplinks -= 1;
