@@ -591,7 +591,10 @@ impl<
         }
         let (port, len, data) = &self.uplinks[0];
         let (port, n) = (*port, usize::from(*len).min(buf.len()));
-        buf[..n].copy_from_slice(&data[..n]);
+        // A queued uplink is never longer than its buffer: no slice check with a panic.
+        if let (Some(to), Some(from)) = (buf.get_mut(..n), data.get(..n)) {
+            to.copy_from_slice(from);
+        }
         // The whole queue moves up by one (the slots past the last are unused): a loop of
         // known length, with no index to check.
         for i in 1..UPLINK_QUEUE {
