@@ -690,13 +690,7 @@ impl<
         // changes during the install), borrowed rather than copied.
         let sessions = self.frag.saved();
         let last_session_cnt = self.frag.last_session_cnt();
-        let block = self
-            .frag
-            .params(frag_index)
-            .map(|p| u32::from(p.nb_frag) * u32::from(p.frag_size) - u32::from(p.padding))
-            .and_then(|len| self.frag.complete_block(frag_index).map(|b| (len, b)));
-        // One way out (-40 B) for both misses.
-        let Some((len, (store, window))) = block else {
+        let Some((len, store, window)) = self.frag.complete_block(frag_index) else {
             // The session was deleted before its install ran, or holds no complete block.
             self.update = Update::Idle;
             self.save();
