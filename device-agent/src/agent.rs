@@ -19,7 +19,8 @@ use fuota_codec::{clock_sync, fragmentation, multicast_setup, Version};
 
 use crate::clock::{ClockSync, Millis};
 use crate::frag_session::{
-    FragAreas, FragEvent, Fragmentation, SavedSession, SessionParams, Via, MAX_FRAG_SESSIONS,
+    CompleteBlock, FragAreas, FragEvent, Fragmentation, SavedSession, SessionParams, Via,
+    MAX_FRAG_SESSIONS,
 };
 use crate::hooks::{NoHooks, SelfTest, UpdateHooks};
 use crate::install::{install, InstallConfig, InstallError};
@@ -690,7 +691,13 @@ impl<
         // changes during the install), borrowed rather than copied.
         let sessions = self.frag.saved();
         let last_session_cnt = self.frag.last_session_cnt();
-        let Some((len, store, window)) = self.frag.complete_block(frag_index) else {
+        let Some(CompleteBlock {
+            len,
+            store,
+            workspace: window,
+            consumed,
+        }) = self.frag.complete_block(frag_index)
+        else {
             // The session was deleted before its install ran, or holds no complete block.
             self.update = Update::Idle;
             self.save();
@@ -717,7 +724,7 @@ impl<
         };
         let result = install(flash, store, len, &config, window, resume, save);
         // Success or not, this block has been used: a reboot must not install it again.
-        self.frag.consume(frag_index);
+        *consumed = true;
         match result {
             Ok(done) => {
                 self.update = Update::SwapRequested(done.version);

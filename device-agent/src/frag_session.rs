@@ -109,6 +109,18 @@ struct Session<'a, F, const SPARES: usize> {
     consumed: bool,
 }
 
+/// A complete block handed to the installer ([`Fragmentation::complete_block`]).
+#[derive(Debug)]
+pub struct CompleteBlock<'s, 'a, F, const SPARES: usize> {
+    /// The image's bytes: the fragments less the padding.
+    pub len: u32,
+    pub store: &'s mut FlashStore<'a, F, SPARES>,
+    /// The session's share of the decoder workspace, free once the decode is complete.
+    pub workspace: &'s mut [u8],
+    /// Set once the block is used: the session is not looked up again for it.
+    pub consumed: &'s mut bool,
+}
+
 /// One storage slot: flash areas, a share of the workspace, maybe a session.
 #[derive(Debug)]
 struct Slot<'a, F, const SPARES: usize> {
@@ -566,16 +578,12 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
             .and_then(|s| s.store.as_mut())
     }
 
-    /// [`Fragmentation::store`], with the block's length (its fragments less the padding)
-    /// and the session's share of the decoder workspace as RAM for the installer, the
-    /// session looked up once. A complete decode never reads or writes its workspace again:
-    /// its fragments are dropped (here and in the replay after a reboot, which stops
-    /// decoding at completion), and only a new setup (which starts a fresh decoder) uses it
-    /// again.
-    pub fn complete_block(
-        &mut self,
-        frag_index: u8,
-    ) -> Option<(u32, &mut FlashStore<'a, F, SPARES>, &mut [u8])> {
+    /// [`Fragmentation::store`], with the block's length, the session's share of the decoder
+    /// workspace as RAM for the installer and its consumed flag, the session looked up
+    /// once. A complete decode never reads or writes its workspace again: its fragments are
+    /// dropped (here and in the replay after a reboot, which stops decoding at completion),
+    /// and only a new setup (which starts a fresh decoder) uses it again.
+    pub fn complete_block(&mut self, frag_index: u8) -> Option<CompleteBlock<'_, 'a, F, SPARES>> {
         let i = self.find(frag_index)?;
         let Slot {
             workspace,
@@ -590,7 +598,12 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
         }
         let p = &s.params;
         let len = u32::from(p.nb_frag) * u32::from(p.frag_size) - u32::from(p.padding);
-        Some((len, s.store.as_mut()?, &mut **workspace))
+        Some(CompleteBlock {
+            len,
+            store: s.store.as_mut()?,
+            workspace,
+            consumed: &mut s.consumed,
+        })
     }
 }
 
