@@ -273,10 +273,13 @@ impl<const SLOT: usize> Journal<SLOT> {
             written: 0,
             error: None,
         };
-        // The header in one piece (the word writer makes the same flash writes either way).
-        let [s0, s1, s2, s3] = seq.to_le_bytes();
-        let [l0, l1] = (len as u16).to_le_bytes();
-        w.put(&[MAGIC[0], MAGIC[1], s0, s1, s2, s3, l0, l1]);
+        // The header in one piece (the word writer makes the same flash writes either way):
+        // magic, sequence number and length, little-endian, packed in one u64 (fewer byte
+        // moves than an array of the eight bytes).
+        let header = u64::from(u16::from_le_bytes(MAGIC))
+            | u64::from(seq) << 16
+            | u64::from(len as u16) << 48;
+        w.put(&header.to_le_bytes());
         produce(&mut |bytes| w.put(bytes));
         let got = w.written - HEADER;
         // Of the wrong length, the record is left without its CRC: invalid, the state
