@@ -186,7 +186,8 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
         let mut rest = Some(workspace);
         let slots = core::array::from_fn(|i| {
             let all = rest.take().unwrap_or_default();
-            let (mine, others) = all.split_at_mut(share.min(all.len()));
+            // Always fits: the shares add up to at most the workspace.
+            let (mine, others) = all.split_at_mut_checked(share).unwrap_or_default();
             rest = Some(others);
             Slot {
                 areas: areas[i],
