@@ -558,7 +558,10 @@ impl<
             return;
         }
         let n = payload.len().min(UPLINK_LEN);
-        buf[..n].copy_from_slice(&payload[..n]);
+        // Through get (both always fit): the checked slices keep their panic calls.
+        if let (Some(to), Some(from)) = (buf.get_mut(..n), payload.get(..n)) {
+            to.copy_from_slice(from);
+        }
         (*p, *len) = (port, n as u8);
         self.nb_uplinks += 1;
     }
