@@ -753,7 +753,7 @@ impl<
     fn save(&mut self) {
         let sessions = self.frag.saved();
         let state = (
-            &self.frag.last_session_cnt(),
+            self.frag.session_cnts(),
             &sessions[..],
             &self.multicast,
             &self.follow,

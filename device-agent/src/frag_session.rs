@@ -213,6 +213,11 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
         self.last_session_cnt
     }
 
+    /// [`Fragmentation::last_session_cnt`] by reference, for the journal record.
+    pub(crate) fn session_cnts(&self) -> &[Option<u16>; MAX_FRAG_SESSIONS] {
+        &self.last_session_cnt
+    }
+
     /// Each slot's session, to persist and give back to [`Fragmentation::restore`].
     // Out of line: the agent's journal save and its install both take it.
     #[inline(never)]
