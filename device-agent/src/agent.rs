@@ -36,6 +36,8 @@ pub const JOURNAL_SLOT: usize = 512;
 pub const APPLY_WINDOW: usize = 512;
 const UPLINK_LEN: usize = 64;
 const UPLINK_QUEUE: usize = 4;
+/// The end of the agent's clock: a time never reached (some 584 million years).
+const NEVER: Millis = Millis::MAX;
 const _: () = assert!(UPLINK_LEN <= u8::MAX as usize);
 const EVENT_QUEUE: usize = 8;
 
@@ -158,8 +160,9 @@ pub struct Agent<
     install_retry_at: Millis,
     /// The refusal last reported, so that a repeated one is not reported again.
     last_refusal: Option<Refusal>,
-    /// The new image booted: run its self-test at this time (the agent's clock).
-    self_test_at: Option<Millis>,
+    /// The new image booted: run its self-test at this time (the agent's clock); `NEVER`
+    /// when none is due (a plain time, no Option to test: one compare).
+    self_test_at: Millis,
     primary_trailer: Trailer,
     secondary_trailer: Trailer,
     flash: &'a RefCell<F>,
@@ -337,7 +340,7 @@ impl<
             follow,
             install_retry_at: 0,
             last_refusal: None,
-            self_test_at: None,
+            self_test_at: NEVER,
             flash,
             journal,
             multicast,
@@ -398,7 +401,7 @@ impl<
                 if self.follow.boots > self.hooks.boot_limit() {
                     self.revert(wanted, Outcome::BootLoop);
                 } else {
-                    self.self_test_at = Some(0);
+                    self.self_test_at = 0;
                     self.push_event(Event::Booted { version: wanted });
                 }
             }
@@ -487,7 +490,7 @@ impl<
         if let Update::Testing(_) = self.update {
             self.update = Update::Idle;
             self.follow.boots = 0;
-            self.self_test_at = None;
+            self.self_test_at = NEVER;
             self.save();
         }
         Ok(())
@@ -617,9 +620,8 @@ impl<
         if self.install_due {
             t = t.min(now.max(self.install_retry_at));
         }
-        if let Some(at) = self.self_test_at {
-            t = t.min(now.max(at));
-        }
+        // At `NEVER`, the minimum is unchanged.
+        t = t.min(now.max(self.self_test_at));
         if self.follow.report.is_some() {
             t = now;
         }
@@ -645,8 +647,8 @@ impl<
         if changed {
             self.save();
         }
-        if self.self_test_at.is_some_and(|at| now >= at) {
-            self.self_test_at = None;
+        if now >= self.self_test_at {
+            self.self_test_at = NEVER;
             if let Update::Testing(version) = self.update {
                 match self.hooks.self_test(now) {
                     SelfTest::Pass => {
@@ -655,7 +657,7 @@ impl<
                         }
                     }
                     SelfTest::Fail => self.revert(version, Outcome::SelfTestFailed),
-                    SelfTest::Later => self.self_test_at = Some(now + self.hooks.retry_ms()),
+                    SelfTest::Later => self.self_test_at = now + self.hooks.retry_ms(),
                 }
             }
         }
