@@ -186,7 +186,17 @@ impl<'a, const REPORT: bool> Writer<'a, REPORT> {
     }
 
     pub(crate) fn u8(&mut self, v: u8) {
-        self.put(&[v])
+        // One byte: an index, checked once, not a range checked at both ends.
+        match self.buf.get_mut(self.pos) {
+            Some(b) => {
+                *b = v;
+                self.pos += 1;
+            }
+            None => {
+                let needed = self.pos + 1;
+                self.error("buffer", ErrorKind::BufferTooSmall { needed });
+            }
+        }
     }
 
     pub(crate) fn u16(&mut self, v: u16) {
