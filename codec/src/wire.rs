@@ -186,11 +186,28 @@ impl<'a, const REPORT: bool> Writer<'a, REPORT> {
     }
 
     pub(crate) fn u8(&mut self, v: u8) {
-        self.put(&[v])
+        self.put_array([v])
+    }
+
+    /// [`Writer::put`] for a fixed-size field: the same check and error, and the piece (N
+    /// long, so never `None`) takes the array whole, in stores, not through a copy call.
+    fn put_array<const N: usize>(&mut self, bytes: [u8; N]) {
+        let end = self.pos + N;
+        match self.buf.get_mut(self.pos..end) {
+            Some(dst) => {
+                if let Some(dst) = dst.first_chunk_mut() {
+                    *dst = bytes;
+                }
+                self.pos = end;
+            }
+            None => {
+                self.error("buffer", ErrorKind::BufferTooSmall { needed: end });
+            }
+        }
     }
 
     pub(crate) fn u16(&mut self, v: u16) {
-        self.put(&v.to_le_bytes())
+        self.put_array(v.to_le_bytes())
     }
 
     /// Fails with `InvalidValue` on `field` when `v` needs more than 24 bits.
@@ -204,7 +221,7 @@ impl<'a, const REPORT: bool> Writer<'a, REPORT> {
     }
 
     pub(crate) fn u32(&mut self, v: u32) {
-        self.put(&v.to_le_bytes())
+        self.put_array(v.to_le_bytes())
     }
 
     /// The written prefix of the buffer, or the first error.

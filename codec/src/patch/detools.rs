@@ -255,7 +255,8 @@ impl Bspatch {
                     let mut buf = [0u8; SOURCE_CHUNK];
                     let out = if diff {
                         n = n.min(SOURCE_CHUNK);
-                        let buf = &mut buf[..n];
+                        // Split off, not sliced: n fits, and a slice would be a checked call.
+                        let (buf, _) = buf.split_at_mut(n);
                         let start = self.source_pos;
                         if start < 0 || start + n as i64 > i64::from(self.source_len) {
                             return Err(PayloadError::SourceOutOfRange.into());
@@ -279,7 +280,9 @@ impl Bspatch {
                         (false, 0) => Step::Adjustment,
                         (false, left) => Step::Extra { left },
                     };
-                    data = &data[n..];
+                    // Split inline (n is at most data's length), not through the range
+                    // index's out-of-line call.
+                    data = data.split_at(n).1;
                 }
                 step => {
                     data = rest;

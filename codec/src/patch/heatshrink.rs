@@ -145,11 +145,11 @@ impl DecoderState {
         self.head
     }
 
-    /// Takes `n` bits (n <= 16), pulling whole bytes from `input` as needed.
-    fn take(&mut self, n: u8, input: &[u8], pos: &mut usize) -> Option<u16> {
+    /// Takes `n` bits (n <= 16), pulling whole bytes off the front of `input` as needed.
+    fn take(&mut self, n: u8, input: &mut &[u8]) -> Option<u16> {
         while self.nbits < n {
-            let byte = *input.get(*pos)?;
-            *pos += 1;
+            let (&byte, rest) = input.split_first()?;
+            *input = rest;
             self.bits = (self.bits << 8) | u32::from(byte);
             self.nbits += 8;
         }
@@ -161,17 +161,17 @@ impl DecoderState {
 
     /// Decodes from `input` into the window alone: at most `limit` bytes, and never past the
     /// window's end, so that they are one slice, `window[from..from + produced]`. Returns
-    /// `(consumed, from, produced)`; it stops early only at the window's end or when the
-    /// input is used up. `window` is exactly the stream's window.
-    fn run(&mut self, window: &mut [u8], input: &[u8], limit: usize) -> (usize, usize, usize) {
+    /// `(from, produced)` and leaves in `input` what it did not consume (its callers then
+    /// slice nothing); it stops early only at the window's end or when the input is used
+    /// up. `window` is exactly the stream's window.
+    fn run(&mut self, window: &mut [u8], input: &mut &[u8], limit: usize) -> (usize, usize) {
         // The mask from the window's length (2^W), so that indices masked with it are seen
         // to be in the window: no bounds checks.
         let Some(mask) = window.len().checked_sub(1) else {
-            return (0, 0, 0);
+            return (0, 0);
         };
         let from = self.head as usize & mask;
         let limit = limit.min(window.len() - from);
-        let mut pos = 0;
         let mut produced = 0;
         while produced < limit {
             // One `take` for the four bit fields: its loop is then in the code once.
@@ -203,7 +203,7 @@ impl DecoderState {
                     continue;
                 }
             };
-            let Some(value) = self.take(n, input, &mut pos) else {
+            let Some(value) = self.take(n, input) else {
                 break;
             };
             self.state = match self.state {
@@ -223,7 +223,7 @@ impl DecoderState {
                 copy @ State::Copy { .. } => copy,
             };
         }
-        (pos, from, produced)
+        (from, produced)
     }
 
     /// Decodes from `input` into `out` until the input is used up or `out` is full.
@@ -235,18 +235,17 @@ impl DecoderState {
         let Some(window) = window.get_mut(..1usize << self.window_bits) else {
             return (0, 0);
         };
-        let (mut used, mut produced) = (0, 0);
+        let (mut rest, mut produced) = (input, 0);
         while produced < out.len() {
-            let (u, from, n) = self.run(window, &input[used..], out.len() - produced);
+            let (from, n) = self.run(window, &mut rest, out.len() - produced);
             out[produced..produced + n].copy_from_slice(&window[from..from + n]);
-            used += u;
             produced += n;
             // Short of the window's end, only the input runs out.
             if n == 0 {
                 break;
             }
         }
-        (used, produced)
+        (input.len() - rest.len(), produced)
     }
 
     /// Decodes all of `input`, handing the output to `sink` in pieces of at most `out.len()`
@@ -288,8 +287,7 @@ impl DecoderState {
             return Ok(());
         };
         loop {
-            let (used, from, n) = self.run(window, input, usize::MAX);
-            input = &input[used..];
+            let (from, n) = self.run(window, &mut input, usize::MAX);
             // Short of the window's end, only the input runs out.
             if n == 0 {
                 return Ok(());
