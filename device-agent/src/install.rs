@@ -116,11 +116,14 @@ pub fn install<F: NorFlash, K: SignatureCheck>(
     mut save: impl FnMut(Checkpoint),
 ) -> Result<Installed, InstallError<F::Error>> {
     // Borrowed out of the result: moving it out would copy the manifest on the stack.
-    let checked = check(flash, patch, patch_len, config, window);
+    let checked = check(patch, patch_len, config, window);
     let verified = match checked {
         Ok(ref v) => v,
         Err(e) => return Err(e),
     };
+    // Here, not in `check`: with no call between its making and its return, the checked
+    // manifest is parsed straight into the result, not moved through two copies.
+    check_rollback(flash, config.primary, verified.manifest())?;
     apply(
         flash, patch, patch_len, config, window, verified, resume, &mut save,
     )?;
@@ -165,15 +168,14 @@ fn version_words(v: &ImageVersion) -> (u32, u32) {
     (low, v.build)
 }
 
-/// Signature, then anti-rollback against the running image, before anything is written.
+/// The preamble's signature, before anything is written.
 #[inline(never)]
-fn check<F: NorFlash, K: SignatureCheck>(
-    flash: &RefCell<F>,
-    patch: &mut impl PatchSource<F::Error>,
+fn check<E, K: SignatureCheck>(
+    patch: &mut impl PatchSource<E>,
     patch_len: u32,
     config: &InstallConfig<K>,
     window: &mut [u8],
-) -> Result<Verified, InstallError<F::Error>> {
+) -> Result<Verified, InstallError<E>> {
     if (patch_len as usize) < PREAMBLE_LEN {
         return Err(InstallError::Apply(ApplyError::Truncated));
     }
@@ -182,17 +184,12 @@ fn check<F: NorFlash, K: SignatureCheck>(
         return Err(InstallError::Window { len: window.len() });
     };
     patch.read_patch(0, preamble).map_err(InstallError::Patch)?;
-    // Borrowed out of the result, which is then handed on whole: moving the manifest out
-    // and back into a result would copy it twice.
-    let checked = check_preamble(preamble, &config.key);
-    if let Ok(ref verified) = checked {
-        check_rollback(flash, config.primary, verified.manifest())?;
-    }
-    checked.map_err(InstallError::Apply)
+    check_preamble(preamble, &config.key).map_err(InstallError::Apply)
 }
 
 /// The patch's version and security counter against the running image's. Left to inline
-/// into [`check`]: its few locals share that frame (the measured install stack is the same).
+/// into [`install`]: its few locals cost that frame 16 bytes, and the signature check's
+/// frame, the deepest, is the smaller for not holding them and the manifest's copies.
 fn check_rollback<F: NorFlash>(
     flash: &RefCell<F>,
     primary: Region,

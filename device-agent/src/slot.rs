@@ -137,7 +137,10 @@ impl WordWriter {
         if self.pending_len > 0 {
             // Split off, not sliced: lengths known to fit need no check.
             let (head, rest) = data.split_at((w - self.pending_len).min(data.len()));
-            self.pending[self.pending_len..self.pending_len + head.len()].copy_from_slice(head);
+            // Byte by byte behind the pending bytes: a few bytes, with no range to check.
+            for (d, &s) in self.pending.iter_mut().skip(self.pending_len).zip(head) {
+                *d = s;
+            }
             self.pending_len += head.len();
             data = rest;
             if self.pending_len < w {
