@@ -602,8 +602,7 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
         if s.mic_ok != Some(true) || !s.decoder.is_complete() {
             return None;
         }
-        let p = &s.params;
-        let len = u32::from(p.nb_frag) * u32::from(p.frag_size) - u32::from(p.padding);
+        let len = block_len(&s.params);
         Some(CompleteBlock {
             len,
             store: s.store.as_mut()?,
