@@ -446,23 +446,24 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
                     .decoder
                     .push(workspace, store, usize::from(f.n), f.payload)
                 {
-                    Ok(Progress::Complete) => {
-                        complete(s, &self.data_block_int_key, version)?;
-                        // Every device of a multicast group completes on the same fragment:
-                        // the report waits a random BlockAckDelay, or they all collide.
-                        s.ack_due = ack_time(now, rng, s.params.block_ack_delay);
-                        emit(s.event());
-                        Ok(None)
-                    }
-                    Ok(Progress::NeedMore { .. }) => Ok(None),
-                    Err(DecodeError::Store(e)) => Err(e),
+                    // The progress is the decoder's own state, read below.
+                    Ok(_) => {}
+                    Err(DecodeError::Store(e)) => return Err(e),
                     Err(DecodeError::NotEnoughMatrixMemory { .. }) => {
                         s.memory_error = true;
-                        Ok(None)
+                        return Ok(None);
                     }
                     // A fragment number out of range: nothing to do with it.
-                    Err(_) => Ok(None),
+                    Err(_) => return Ok(None),
                 }
+                if s.decoder.is_complete() {
+                    complete(s, &self.data_block_int_key, version)?;
+                    // Every device of a multicast group completes on the same fragment:
+                    // the report waits a random BlockAckDelay, or they all collide.
+                    s.ack_due = ack_time(now, rng, s.params.block_ack_delay);
+                    emit(s.event());
+                }
+                Ok(None)
             }
         }
     }

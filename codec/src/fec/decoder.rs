@@ -29,14 +29,15 @@
 //! about L²/16 + M/4 + 2.25L + 2F bytes: 1,576 + 2F bytes for M = 1024, L = 128 (a test
 //! checks it). Once the unknowns are fixed, the received bits no longer change, so the
 //! unknowns are exactly the clear bits, in ascending order: a column is found by counting
-//! clear bits while scanning a parity row, or by a binary search in the slot list. If more than `L` data fragments are lost when the first coded fragment arrives,
-//! [`DecodeError::NotEnoughMatrixMemory`] says so (the TS004 status bit of that name) and the
+//! clear bits while scanning a parity row (a late data fragment is scanned as a parity row
+//! with its one bit). If more than `L` data fragments are lost when the first coded fragment
+//! arrives, [`DecodeError::NotEnoughMatrixMemory`] says so (the TS004 status bit of that name) and the
 //! coded fragment is dropped; data fragments are still taken, and a later coded fragment tries
 //! again.
 
 use core::fmt;
 
-use super::parity::{self, bit, bitmap_len, set_bit};
+use super::parity::{self, bit, bitmap_len, clear, set_bit};
 use super::{FragmentStore, Progress};
 use crate::Version;
 
@@ -246,7 +247,7 @@ impl DecoderState {
         }
         // Within the length checked above (`get`: an index would keep a panic path).
         if let Some(received) = workspace.get_mut(..bitmap_len(m)) {
-            received.fill(0);
+            clear(received);
         }
         Ok(Self {
             version,
@@ -471,36 +472,14 @@ impl Work<'_> {
                 }
                 Ok(())
             }
-            l => {
-                // A late data fragment: a row with one bit, in the unknowns' system.
-                let Some(column) = self.column_of(i, l) else {
-                    return Ok(());
-                };
-                // All of it: the bytes past the unknowns' are never read, and a cut costs a check.
-                self.row.fill(0);
-                set_bit(self.row, column);
-                self.buf_a.copy_from_slice(payload);
-                self.reduce(store)
+            _ => {
+                // A late data fragment: a row with one bit, its own, taken as a coded one
+                // (its slot is an unknown, since it was not received when they were fixed).
+                clear(self.parity);
+                set_bit(self.parity, i);
+                self.push_row(store, payload)
             }
         }
-    }
-
-    /// The column of unknown data fragment `i`, by binary search in the ascending slot list.
-    fn column_of(&self, i: usize, l: usize) -> Option<usize> {
-        let (mut lo, mut hi) = (0, l);
-        while lo < hi {
-            let mid = (lo + hi) / 2;
-            let slot = usize::from(get_u16(self.column_slot, mid));
-            if slot == i {
-                return Some(mid);
-            }
-            if slot < i {
-                lo = mid + 1;
-            } else {
-                hi = mid;
-            }
-        }
-        None
     }
 
     /// Fixes the unknowns: every data fragment not received so far.
@@ -521,8 +500,8 @@ impl Work<'_> {
         }
         self.matrix.l = lost;
         self.s.l = lost;
-        self.matrix.bits.fill(0);
-        self.pivots.fill(0);
+        clear(self.matrix.bits);
+        clear(self.pivots);
         Ok(())
     }
 
@@ -541,7 +520,17 @@ impl Work<'_> {
                 n: row_number + self.s.m,
             },
         )?;
-        self.row.fill(0);
+        self.push_row(store, payload)
+    }
+
+    /// Takes the fragment whose data fragments `parity` selects: those received are XOR-ed
+    /// out of its payload, the unknowns left make its row, reduced next.
+    fn push_row<S: FragmentStore>(
+        &mut self,
+        store: &mut S,
+        payload: &[u8],
+    ) -> Result<(), DecodeError<S::Error>> {
+        clear(self.row);
         self.buf_a.copy_from_slice(payload);
         // The unknowns are the clear received bits, in order: count them on the way.
         let mut column = 0;
