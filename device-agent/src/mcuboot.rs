@@ -361,7 +361,11 @@ fn trailer_state<F: NorFlash>(
 
 fn write_flag<F: NorFlash>(flash: &mut F, at: u32, align: u32, value: u8) -> Result<(), F::Error> {
     let mut buf = [0xffu8; 32];
-    buf[0] = value;
+    // The flag stored with the rest of its word: a byte alone would leave 31 bytes to fill
+    // from an odd address, through the byte-wise memset (linked for little else).
+    if let Some(first) = buf.first_chunk_mut() {
+        *first = (0xffff_ff00 | u32::from(value)).to_le_bytes();
+    }
     flash.write(at, &buf[..align as usize])
 }
 
