@@ -366,7 +366,9 @@ fn write_flag<F: NorFlash>(flash: &mut F, at: u32, align: u32, value: u8) -> Res
     if let Some(first) = buf.first_chunk_mut() {
         *first = (0xffff_ff00 | u32::from(value)).to_le_bytes();
     }
-    flash.write(at, &buf[..align as usize])
+    // Clamped, not sliced: `Trailer::new` admits no align above 32, and the clamp is smaller
+    // than the checked index's call.
+    flash.write(at, buf.split_at(align.min(32) as usize).0)
 }
 
 /// Offset of the first sector holding trailer fields (images must end before it).
