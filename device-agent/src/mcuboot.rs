@@ -183,6 +183,9 @@ fn walk_tlvs<F: NorFlash>(
 }
 
 /// Checks the image in `slot` against its own SHA256 TLV, and reads its security counter.
+// Inlined, as `read_image`: one more argument at the call, not a function that only passes
+// it on.
+#[inline(always)]
 pub fn verify_image<F: NorFlash>(
     flash: &mut F,
     slot: Region,
@@ -193,6 +196,7 @@ pub fn verify_image<F: NorFlash>(
 /// Reads the header and TLVs of the image in `slot` (version, security counter, length),
 /// with the same structural checks as [`verify_image`] but without hashing the image: for
 /// the running image, which the bootloader verified before starting it.
+#[inline(always)]
 pub fn read_image<F: NorFlash>(
     flash: &mut F,
     slot: Region,
