@@ -275,9 +275,11 @@ fn apply<F: NorFlash, K: SignatureCheck>(
             });
         }
     }
+    // Both errors the applier's: mapped into the install's once.
     target
         .flush()
-        .map_err(|e| InstallError::Apply(ApplyError::Target(e)))?;
-    applier.finish().map_err(InstallError::Apply)?;
-    Ok(())
+        .map_err(ApplyError::Target)
+        .and_then(|()| applier.finish())
+        .map(|_applied| ())
+        .map_err(InstallError::Apply)
 }
