@@ -33,13 +33,11 @@ pub(crate) fn seconds_of(ms: i64) -> u32 {
         let cur_low = ((cur % 1000) << 16) | (lo & 0xffff);
         ((cur / 1000) << 16) | (cur_low / 1000)
     }
-    if ms >= 0 {
-        div_1000(ms as u64)
-    } else {
-        // floor(-a / 1000) = -ceil(a / 1000) for a = -ms > 0 (i64::MIN included: a = 2^63).
-        let a = ms.unsigned_abs();
-        div_1000(a - 1).wrapping_add(1).wrapping_neg()
-    }
+    // Below zero, floor(ms / 1000) = !(!ms / 1000), where !ms = -ms - 1 is at least 0
+    // (i64::MIN included): one division for both signs, the sign's mask applied before and
+    // after it.
+    let sign = (ms >> 63) as u64;
+    div_1000(ms as u64 ^ sign) ^ sign as u32
 }
 
 /// Default periodicity exponent: 128 * 2^7 s, about 4.5 hours.

@@ -238,18 +238,20 @@ fn apply<F: NorFlash, K: SignatureCheck>(
     // for this patch's target.
     let sector = F::ERASE_SIZE as u32;
     let mut resume = resume;
-    match &mut resume {
+    // One match decides the start and whether a fresh install withdraws a swap request.
+    let start = match &mut resume {
         // Rounded down where it lies, not copied into a new checkpoint.
         Some(c) if c.target_sha256 == manifest.target_sha256 => {
-            c.written = c.written / sector * sector
+            c.written = c.written / sector * sector;
+            c.written
         }
-        _ => resume = None,
-    }
-    let start = resume.map_or(0, |c| c.written);
-    if resume.is_none() {
-        mcuboot::cancel_swap(&mut *flash.borrow_mut(), config.secondary, config.trailer)
-            .map_err(InstallError::Image)?;
-    }
+        _ => {
+            resume = None;
+            mcuboot::cancel_swap(&mut *flash.borrow_mut(), config.secondary, config.trailer)
+                .map_err(InstallError::Image)?;
+            0
+        }
+    };
     let mut applier = BorrowedApplier::verified(&config.key, *verified, resume, window);
     let mut source = SlotReader::new(flash, config.primary);
     let mut target = SlotWriter::new(flash, config.secondary, start)
@@ -275,9 +277,11 @@ fn apply<F: NorFlash, K: SignatureCheck>(
             });
         }
     }
+    // Both errors the applier's: mapped into the install's once.
     target
         .flush()
-        .map_err(|e| InstallError::Apply(ApplyError::Target(e)))?;
-    applier.finish().map_err(InstallError::Apply)?;
-    Ok(())
+        .map_err(ApplyError::Target)
+        .and_then(|()| applier.finish())
+        .map(|_applied| ())
+        .map_err(InstallError::Apply)
 }

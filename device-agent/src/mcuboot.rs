@@ -183,6 +183,9 @@ fn walk_tlvs<F: NorFlash>(
 }
 
 /// Checks the image in `slot` against its own SHA256 TLV, and reads its security counter.
+// Inlined, as `read_image`: one more argument at the call, not a function that only passes
+// it on.
+#[inline(always)]
 pub fn verify_image<F: NorFlash>(
     flash: &mut F,
     slot: Region,
@@ -193,6 +196,7 @@ pub fn verify_image<F: NorFlash>(
 /// Reads the header and TLVs of the image in `slot` (version, security counter, length),
 /// with the same structural checks as [`verify_image`] but without hashing the image: for
 /// the running image, which the bootloader verified before starting it.
+#[inline(always)]
 pub fn read_image<F: NorFlash>(
     flash: &mut F,
     slot: Region,
@@ -361,8 +365,14 @@ fn trailer_state<F: NorFlash>(
 
 fn write_flag<F: NorFlash>(flash: &mut F, at: u32, align: u32, value: u8) -> Result<(), F::Error> {
     let mut buf = [0xffu8; 32];
-    buf[0] = value;
-    flash.write(at, &buf[..align as usize])
+    // The flag stored with the rest of its word: a byte alone would leave 31 bytes to fill
+    // from an odd address, through the byte-wise memset (linked for little else).
+    if let Some(first) = buf.first_chunk_mut() {
+        *first = (0xffff_ff00 | u32::from(value)).to_le_bytes();
+    }
+    // Clamped, not sliced: `Trailer::new` admits no align above 32, and the clamp is smaller
+    // than the checked index's call.
+    flash.write(at, buf.split_at(align.min(32) as usize).0)
 }
 
 /// Offset of the first sector holding trailer fields (images must end before it).

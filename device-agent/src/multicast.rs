@@ -87,6 +87,13 @@ pub struct Multicast {
     sessions: [Option<ClassCSession>; MAX_GROUPS],
 }
 
+/// McGroupStatusAns's items before any is filled in: a constant (all zero), stored in place,
+/// where an array expression is built aside and copied.
+const NO_ITEMS: [McGroupStatusItem; MAX_GROUPS] = [McGroupStatusItem {
+    mc_group_id: 0,
+    mc_addr: 0,
+}; MAX_GROUPS];
+
 /// `a - b` in seconds, both mod 2^32: in 32 bits, as no two times of interest lie 68 years
 /// apart (and 64-bit compares cost twice the code).
 fn wrapping_secs(a: u32, b: u32) -> i32 {
@@ -157,10 +164,7 @@ impl Multicast {
                 let mut ans = McGroupStatusAns {
                     ans_group_mask: 0,
                     nb_total_groups: 0,
-                    items: [McGroupStatusItem {
-                        mc_group_id: 0,
-                        mc_addr: 0,
-                    }; MAX_GROUPS],
+                    items: NO_ITEMS,
                 };
                 // One pass counts the groups and lists those asked for, each in the next
                 // item (an iterator: no index to check).
