@@ -1225,17 +1225,17 @@ impl<G: GroupSource + ?Sized> Record<'_, G> {
     const LEN: usize = HEAD + MAX_FRAG_SESSIONS * SESSION + 4 * GROUP + UPDATE + FOLLOW;
 
     fn encode(&self, out: &mut dyn FnMut(&[u8])) {
-        let mut buf = [0u8; GROUP];
-        buf[0] = SNAPSHOT_FORMAT;
+        let mut head = [0u8; HEAD];
+        head[0] = SNAPSHOT_FORMAT;
         // By 3-byte chunks, not `put` at 2 + 3 * i: no bounds check left (-40 B).
-        let chunks = buf[1..HEAD].chunks_exact_mut(3);
+        let chunks = head[1..].chunks_exact_mut(3);
         for (cnt, b) in self.last_session_cnt.iter().zip(chunks) {
             if let (Some(c), [flag, lo, hi]) = (cnt, b) {
                 let [l, h] = c.to_le_bytes();
                 (*flag, *lo, *hi) = (1, l, h);
             }
         }
-        out(&buf[..HEAD]);
+        out(&head);
         for slot in 0..MAX_FRAG_SESSIONS {
             let mut b = [0u8; SESSION];
             session_bytes(self.sessions.get(slot).and_then(Option::as_ref), &mut b);
@@ -1243,7 +1243,7 @@ impl<G: GroupSource + ?Sized> Record<'_, G> {
         }
         for id in 0..4 {
             let (group, session) = self.groups.group(id);
-            buf = [0; GROUP];
+            let mut buf = [0; GROUP];
             group_bytes(group, session, &mut buf);
             out(&buf);
         }
