@@ -799,7 +799,9 @@ impl<
                     let ans = self.multicast.handle(gps, cmd, |e| {
                         events.push(Event::Multicast(e));
                     });
-                    if let Some(u) = ans {
+                    // By reference: the answer is read where it was returned, not moved
+                    // into a binding first (-64 B).
+                    if let Some(u) = &ans {
                         // Setups, deletes and session requests change what must survive a
                         // reboot, whether or not they raise an event (a scheduled session
                         // does not). Told by the answer, one kind per request, whose kind is
