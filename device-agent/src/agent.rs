@@ -575,7 +575,9 @@ impl<
         let version = self.config.version;
         let mut b = [0u8; UPLINK_LEN];
         let before = self.frag.acks_pending();
-        if let Some(u) = self.frag.poll_uplink(now, &mut self.rng) {
+        // The answer written from where it was returned, by reference: not moved field by
+        // field into a binding first (-32 B).
+        if let Some(u) = &self.frag.poll_uplink(now, &mut self.rng) {
             if let Some(bytes) = u.write_into(version, &mut b) {
                 self.queue_uplink(fragmentation::PORT, bytes);
             }
