@@ -732,7 +732,8 @@ impl<
         let result = install(flash, store, len, &config, window, resume, save);
         // Success or not, this block has been used: a reboot must not install it again.
         *consumed = true;
-        match result {
+        // By reference: the outcome is read where install returned it, not moved out first.
+        match &result {
             Ok(done) => {
                 self.update = Update::SwapRequested(done.version);
                 self.push_event(Event::RebootWanted {
@@ -741,7 +742,7 @@ impl<
             }
             Err(e) => {
                 self.update = Update::Idle;
-                let why = failure(&e);
+                let why = failure(e);
                 self.follow.report = Some(UpdateReport {
                     outcome: Outcome::Failed(why as u8),
                     fw_version: 0,
