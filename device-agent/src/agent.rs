@@ -775,12 +775,14 @@ impl<
         let mut out = [0u8; UPLINK_LEN];
         let mut len = 0;
         let mut dirty = false;
-        // Answers of one downlink go out together, in order.
-        let append = |u: &dyn Fn(&mut [u8]) -> Option<usize>, out: &mut [u8], len: &mut usize| {
+        // Answers of one downlink go out together, in order. Out of line: one copy of the
+        // range check and the call serves the four ports (-4 B).
+        #[inline(never)]
+        fn append(u: &dyn Fn(&mut [u8]) -> Option<usize>, out: &mut [u8], len: &mut usize) {
             if let Some(n) = out.get_mut(*len..).and_then(u) {
                 *len += n;
             }
-        };
+        }
         // On every port: the commands before the first malformed one, which ends the
         // payload (there is no one to report it to, so no error is made).
         match port {
