@@ -371,7 +371,7 @@ impl<
                     };
                 }
                 Ok(_) => {}
-                Err(_) => agent.push_event(Event::UpdateFailed(UpdateFailure::Flash)),
+                Err(_) => agent.failed(UpdateFailure::Flash),
             }
         }
         agent.install_due = matches!(agent.update, Update::Installing { .. });
@@ -545,6 +545,13 @@ impl<
 
     fn push_event(&mut self, e: Event) {
         self.events.push(e);
+    }
+
+    /// Reports a failed update. Out of line: each caller passes the reason alone, not an
+    /// event built on its stack.
+    #[inline(never)]
+    fn failed(&mut self, why: UpdateFailure) {
+        self.push_event(Event::UpdateFailed(why));
     }
 
     /// The next event, oldest first.
@@ -747,7 +754,7 @@ impl<
                     outcome: Outcome::Failed(why as u8),
                     fw_version: 0,
                 });
-                self.push_event(Event::UpdateFailed(why));
+                self.failed(why);
             }
         }
         self.save();
@@ -853,7 +860,7 @@ impl<
                             );
                         }
                         Ok(None) => {}
-                        Err(_) => self.push_event(Event::UpdateFailed(UpdateFailure::Flash)),
+                        Err(_) => self.failed(UpdateFailure::Flash),
                     }
                     dirty |= setup_like;
                     match complete {
@@ -878,14 +885,12 @@ impl<
                                 }
                                 Update::Testing(_) => {
                                     self.frag.consume(frag_index);
-                                    self.push_event(Event::UpdateFailed(
-                                        UpdateFailure::Unconfirmed,
-                                    ));
+                                    self.failed(UpdateFailure::Unconfirmed);
                                 }
                             }
                         }
                         Some(FragEvent::BlockComplete { mic_ok: false, .. }) => {
-                            self.push_event(Event::UpdateFailed(UpdateFailure::BlockMic));
+                            self.failed(UpdateFailure::BlockMic);
                         }
                         None => {}
                     }
