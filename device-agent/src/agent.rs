@@ -156,8 +156,10 @@ pub struct Agent<
     config: AgentConfig<SESSIONS, K>,
     hooks: H,
     follow: Follow,
-    /// While an install is put off: when to ask the firmware again (its clock).
-    install_retry_at: Millis,
+    /// When to install the complete block (0: at the next timeout; after a refusal, when to
+    /// ask the firmware again); `NEVER` when none waits. One time, not a flag beside it: one
+    /// compare.
+    install_at: Millis,
     /// The refusal last reported, so that a repeated one is not reported again.
     last_refusal: Option<Refusal>,
     /// The new image booted: run its self-test at this time (the agent's clock); `NEVER`
@@ -172,7 +174,6 @@ pub struct Agent<
     frag: Fragmentation<'a, F, SPARES, SESSIONS>,
     rng: Rng,
     update: Update,
-    install_due: bool,
     /// Port, length (a byte: at most `UPLINK_LEN`) and payload of each queued uplink.
     uplinks: [(u8, u8, [u8; UPLINK_LEN]); UPLINK_QUEUE],
     nb_uplinks: usize,
@@ -338,14 +339,13 @@ impl<
             config,
             hooks,
             follow,
-            install_retry_at: 0,
+            install_at: NEVER,
             last_refusal: None,
             self_test_at: NEVER,
             flash,
             journal,
             multicast,
             update,
-            install_due: false,
             // The empty queues as constants: filled in place, not built in a temporary and
             // copied in (-48 B).
             uplinks: const { [(0, 0, [0; UPLINK_LEN]); UPLINK_QUEUE] },
@@ -374,7 +374,9 @@ impl<
                 Err(_) => agent.failed(UpdateFailure::Flash),
             }
         }
-        agent.install_due = matches!(agent.update, Update::Installing { .. });
+        if let Update::Installing { .. } = agent.update {
+            agent.install_at = 0;
+        }
         agent.check_boot();
         Ok(agent)
     }
@@ -626,10 +628,8 @@ impl<
         if let Some(f) = self.frag.poll_timeout() {
             t = t.min(f);
         }
-        if self.install_due {
-            t = t.min(now.max(self.install_retry_at));
-        }
         // At `NEVER`, the minimum is unchanged.
+        t = t.min(now.max(self.install_at));
         t = t.min(now.max(self.self_test_at));
         if self.follow.report.is_some() {
             t = now;
@@ -670,9 +670,9 @@ impl<
                 }
             }
         }
-        if self.install_due && now >= self.install_retry_at {
+        if now >= self.install_at {
             if let Err(refusal) = self.hooks.may_update(now) {
-                self.install_retry_at = now + self.hooks.retry_ms();
+                self.install_at = now + self.hooks.retry_ms();
                 if self.last_refusal != Some(refusal) {
                     self.last_refusal = Some(refusal);
                     self.follow.report = Some(UpdateReport {
@@ -684,7 +684,7 @@ impl<
                 }
                 return;
             }
-            self.install_due = false;
+            self.install_at = NEVER;
             self.last_refusal = None;
             self.run_install();
         }
@@ -877,7 +877,7 @@ impl<
                                         frag_index,
                                         checkpoint: None,
                                     };
-                                    self.install_due = true;
+                                    self.install_at = 0;
                                 }
                                 // One install at a time; the later block waits for a resend.
                                 Update::Installing { .. } => {
