@@ -625,9 +625,7 @@ impl<
     /// Earliest time the agent wants [`Agent::handle_timeout`] (or a poll of uplinks).
     pub fn poll_timeout(&self, now: Millis) -> Millis {
         let mut t = self.clock.poll_timeout();
-        if let Some(f) = self.frag.poll_timeout() {
-            t = t.min(f);
-        }
+        t = t.min(self.frag.poll_timeout().unwrap_or(NEVER));
         // At `NEVER`, the minimum is unchanged.
         t = t.min(now.max(self.install_at));
         t = t.min(now.max(self.self_test_at));
