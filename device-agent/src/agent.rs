@@ -626,9 +626,9 @@ impl<
     pub fn poll_timeout(&self, now: Millis) -> Millis {
         let mut t = self.clock.poll_timeout();
         t = t.min(self.frag.poll_timeout().unwrap_or(NEVER));
-        // At `NEVER`, the minimum is unchanged.
-        t = t.min(now.max(self.install_at));
-        t = t.min(now.max(self.self_test_at));
+        // The sooner of the two, not before now (one max for both); at `NEVER`, the minimum
+        // is unchanged.
+        t = t.min(now.max(self.install_at.min(self.self_test_at)));
         if self.follow.report.is_some() {
             t = now;
         }
