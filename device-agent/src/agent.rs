@@ -144,7 +144,11 @@ struct Follow {
 
 /// The FUOTA device agent over flash `F`; `SPARES` spare fragment slots per session,
 /// `SESSIONS` fragmentation sessions at once; `H` the firmware's [`UpdateHooks`].
+// In this order (C layout): the small fields the agent reads most come first, at offsets the
+// short load and store encodings reach, the fragmentation (reached from the downlinks) next,
+// the configuration and the uplink buffers last (-68 B of code, for 8 B of padding).
 #[derive(Debug)]
+#[repr(C)]
 pub struct Agent<
     'a,
     F: NorFlash,
@@ -153,31 +157,31 @@ pub struct Agent<
     K: SignatureCheck = VerifyingKey,
     H: UpdateHooks = NoHooks,
 > {
-    config: AgentConfig<SESSIONS, K>,
-    hooks: H,
+    update: Update,
     follow: Follow,
+    nb_uplinks: usize,
+    flash: &'a RefCell<F>,
     /// When to install the complete block (0: at the next timeout; after a refusal, when to
     /// ask the firmware again); `NEVER` when none waits. One time, not a flag beside it: one
     /// compare.
     install_at: Millis,
-    /// The refusal last reported, so that a repeated one is not reported again.
-    last_refusal: Option<Refusal>,
     /// The new image booted: run its self-test at this time (the agent's clock); `NEVER`
     /// when none is due (a plain time, no Option to test: one compare).
     self_test_at: Millis,
+    /// The refusal last reported, so that a repeated one is not reported again.
+    last_refusal: Option<Refusal>,
+    frag: Fragmentation<'a, F, SPARES, SESSIONS>,
     primary_trailer: Trailer,
     secondary_trailer: Trailer,
-    flash: &'a RefCell<F>,
     journal: Journal<JOURNAL_SLOT>,
-    clock: ClockSync,
-    multicast: Multicast,
-    frag: Fragmentation<'a, F, SPARES, SESSIONS>,
     rng: Rng,
-    update: Update,
+    clock: ClockSync,
+    events: Events,
+    hooks: H,
+    multicast: Multicast,
+    config: AgentConfig<SESSIONS, K>,
     /// Port, length (a byte: at most `UPLINK_LEN`) and payload of each queued uplink.
     uplinks: [(u8, u8, [u8; UPLINK_LEN]); UPLINK_QUEUE],
-    nb_uplinks: usize,
-    events: Events,
 }
 
 /// Why the agent could not start.
