@@ -437,6 +437,9 @@ impl<
     }
 
     /// TS006: what runs, and what waits in the secondary slot.
+    // Out of line: its image reads and version compares stay off `handle_downlink`'s
+    // registers and frame (-16 B).
+    #[inline(never)]
     fn firmware_answer(&self, cmd: firmware_management::Downlink) -> firmware_management::Uplink {
         use firmware_management::{Downlink as D, Uplink as U};
         let fw = |v: ImageVersion| fw_version(v.major, v.minor, v.revision);
