@@ -144,7 +144,11 @@ struct Follow {
 
 /// The FUOTA device agent over flash `F`; `SPARES` spare fragment slots per session,
 /// `SESSIONS` fragmentation sessions at once; `H` the firmware's [`UpdateHooks`].
+// In this order (C layout): the small fields the agent reads most come first, at offsets the
+// short load and store encodings reach, the fragmentation (reached from the downlinks) next,
+// the configuration and the uplink buffers last (-68 B of code, for 8 B of padding).
 #[derive(Debug)]
+#[repr(C)]
 pub struct Agent<
     'a,
     F: NorFlash,
@@ -153,30 +157,31 @@ pub struct Agent<
     K: SignatureCheck = VerifyingKey,
     H: UpdateHooks = NoHooks,
 > {
-    config: AgentConfig<SESSIONS, K>,
-    hooks: H,
+    update: Update,
     follow: Follow,
-    /// While an install is put off: when to ask the firmware again (its clock).
-    install_retry_at: Millis,
-    /// The refusal last reported, so that a repeated one is not reported again.
-    last_refusal: Option<Refusal>,
+    nb_uplinks: usize,
+    flash: &'a RefCell<F>,
+    /// When to install the complete block (0: at the next timeout; after a refusal, when to
+    /// ask the firmware again); `NEVER` when none waits. One time, not a flag beside it: one
+    /// compare.
+    install_at: Millis,
     /// The new image booted: run its self-test at this time (the agent's clock); `NEVER`
     /// when none is due (a plain time, no Option to test: one compare).
     self_test_at: Millis,
+    /// The refusal last reported, so that a repeated one is not reported again.
+    last_refusal: Option<Refusal>,
+    frag: Fragmentation<'a, F, SPARES, SESSIONS>,
     primary_trailer: Trailer,
     secondary_trailer: Trailer,
-    flash: &'a RefCell<F>,
     journal: Journal<JOURNAL_SLOT>,
-    clock: ClockSync,
-    multicast: Multicast,
-    frag: Fragmentation<'a, F, SPARES, SESSIONS>,
     rng: Rng,
-    update: Update,
-    install_due: bool,
+    clock: ClockSync,
+    events: Events,
+    hooks: H,
+    multicast: Multicast,
+    config: AgentConfig<SESSIONS, K>,
     /// Port, length (a byte: at most `UPLINK_LEN`) and payload of each queued uplink.
     uplinks: [(u8, u8, [u8; UPLINK_LEN]); UPLINK_QUEUE],
-    nb_uplinks: usize,
-    events: Events,
 }
 
 /// Why the agent could not start.
@@ -338,14 +343,13 @@ impl<
             config,
             hooks,
             follow,
-            install_retry_at: 0,
+            install_at: NEVER,
             last_refusal: None,
             self_test_at: NEVER,
             flash,
             journal,
             multicast,
             update,
-            install_due: false,
             // The empty queues as constants: filled in place, not built in a temporary and
             // copied in (-48 B).
             uplinks: const { [(0, 0, [0; UPLINK_LEN]); UPLINK_QUEUE] },
@@ -371,10 +375,12 @@ impl<
                     };
                 }
                 Ok(_) => {}
-                Err(_) => agent.push_event(Event::UpdateFailed(UpdateFailure::Flash)),
+                Err(_) => agent.failed(UpdateFailure::Flash),
             }
         }
-        agent.install_due = matches!(agent.update, Update::Installing { .. });
+        if let Update::Installing { .. } = agent.update {
+            agent.install_at = 0;
+        }
         agent.check_boot();
         Ok(agent)
     }
@@ -431,6 +437,9 @@ impl<
     }
 
     /// TS006: what runs, and what waits in the secondary slot.
+    // Out of line: its image reads and version compares stay off `handle_downlink`'s
+    // registers and frame (-16 B).
+    #[inline(never)]
     fn firmware_answer(&self, cmd: firmware_management::Downlink) -> firmware_management::Uplink {
         use firmware_management::{Downlink as D, Uplink as U};
         let fw = |v: ImageVersion| fw_version(v.major, v.minor, v.revision);
@@ -547,6 +556,13 @@ impl<
         self.events.push(e);
     }
 
+    /// Reports a failed update. Out of line: each caller passes the reason alone, not an
+    /// event built on its stack.
+    #[inline(never)]
+    fn failed(&mut self, why: UpdateFailure) {
+        self.push_event(Event::UpdateFailed(why));
+    }
+
     /// The next event, oldest first.
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop()
@@ -575,7 +591,9 @@ impl<
         let version = self.config.version;
         let mut b = [0u8; UPLINK_LEN];
         let before = self.frag.acks_pending();
-        if let Some(u) = self.frag.poll_uplink(now, &mut self.rng) {
+        // The answer written from where it was returned, by reference: not moved field by
+        // field into a binding first (-32 B).
+        if let Some(u) = &self.frag.poll_uplink(now, &mut self.rng) {
             if let Some(bytes) = u.write_into(version, &mut b) {
                 self.queue_uplink(fragmentation::PORT, bytes);
             }
@@ -614,14 +632,10 @@ impl<
     /// Earliest time the agent wants [`Agent::handle_timeout`] (or a poll of uplinks).
     pub fn poll_timeout(&self, now: Millis) -> Millis {
         let mut t = self.clock.poll_timeout();
-        if let Some(f) = self.frag.poll_timeout() {
-            t = t.min(f);
-        }
-        if self.install_due {
-            t = t.min(now.max(self.install_retry_at));
-        }
-        // At `NEVER`, the minimum is unchanged.
-        t = t.min(now.max(self.self_test_at));
+        t = t.min(self.frag.poll_timeout().unwrap_or(NEVER));
+        // The sooner of the two, not before now (one max for both); at `NEVER`, the minimum
+        // is unchanged.
+        t = t.min(now.max(self.install_at.min(self.self_test_at)));
         if self.follow.report.is_some() {
             t = now;
         }
@@ -661,9 +675,9 @@ impl<
                 }
             }
         }
-        if self.install_due && now >= self.install_retry_at {
+        if now >= self.install_at {
             if let Err(refusal) = self.hooks.may_update(now) {
-                self.install_retry_at = now + self.hooks.retry_ms();
+                self.install_at = now + self.hooks.retry_ms();
                 if self.last_refusal != Some(refusal) {
                     self.last_refusal = Some(refusal);
                     self.follow.report = Some(UpdateReport {
@@ -675,7 +689,7 @@ impl<
                 }
                 return;
             }
-            self.install_due = false;
+            self.install_at = NEVER;
             self.last_refusal = None;
             self.run_install();
         }
@@ -730,7 +744,8 @@ impl<
         let result = install(flash, store, len, &config, window, resume, save);
         // Success or not, this block has been used: a reboot must not install it again.
         *consumed = true;
-        match result {
+        // By reference: the outcome is read where install returned it, not moved out first.
+        match &result {
             Ok(done) => {
                 self.update = Update::SwapRequested(done.version);
                 self.push_event(Event::RebootWanted {
@@ -739,12 +754,12 @@ impl<
             }
             Err(e) => {
                 self.update = Update::Idle;
-                let why = failure(&e);
+                let why = failure(e);
                 self.follow.report = Some(UpdateReport {
                     outcome: Outcome::Failed(why as u8),
                     fw_version: 0,
                 });
-                self.push_event(Event::UpdateFailed(why));
+                self.failed(why);
             }
         }
         self.save();
@@ -772,12 +787,14 @@ impl<
         let mut out = [0u8; UPLINK_LEN];
         let mut len = 0;
         let mut dirty = false;
-        // Answers of one downlink go out together, in order.
-        let append = |u: &dyn Fn(&mut [u8]) -> Option<usize>, out: &mut [u8], len: &mut usize| {
+        // Answers of one downlink go out together, in order. Out of line: one copy of the
+        // range check and the call serves the four ports (-4 B).
+        #[inline(never)]
+        fn append(u: &dyn Fn(&mut [u8]) -> Option<usize>, out: &mut [u8], len: &mut usize) {
             if let Some(n) = out.get_mut(*len..).and_then(u) {
                 *len += n;
             }
-        };
+        }
         // On every port: the commands before the first malformed one, which ends the
         // payload (there is no one to report it to, so no error is made).
         match port {
@@ -799,7 +816,9 @@ impl<
                     let ans = self.multicast.handle(gps, cmd, |e| {
                         events.push(Event::Multicast(e));
                     });
-                    if let Some(u) = ans {
+                    // By reference: the answer is read where it was returned, not moved
+                    // into a binding first (-64 B).
+                    if let Some(u) = &ans {
                         // Setups, deletes and session requests change what must survive a
                         // reboot, whether or not they raise an event (a scheduled session
                         // does not). Told by the answer, one kind per request, whose kind is
@@ -846,7 +865,7 @@ impl<
                             );
                         }
                         Ok(None) => {}
-                        Err(_) => self.push_event(Event::UpdateFailed(UpdateFailure::Flash)),
+                        Err(_) => self.failed(UpdateFailure::Flash),
                     }
                     dirty |= setup_like;
                     match complete {
@@ -863,7 +882,7 @@ impl<
                                         frag_index,
                                         checkpoint: None,
                                     };
-                                    self.install_due = true;
+                                    self.install_at = 0;
                                 }
                                 // One install at a time; the later block waits for a resend.
                                 Update::Installing { .. } => {
@@ -871,14 +890,12 @@ impl<
                                 }
                                 Update::Testing(_) => {
                                     self.frag.consume(frag_index);
-                                    self.push_event(Event::UpdateFailed(
-                                        UpdateFailure::Unconfirmed,
-                                    ));
+                                    self.failed(UpdateFailure::Unconfirmed);
                                 }
                             }
                         }
                         Some(FragEvent::BlockComplete { mic_ok: false, .. }) => {
-                            self.push_event(Event::UpdateFailed(UpdateFailure::BlockMic));
+                            self.failed(UpdateFailure::BlockMic);
                         }
                         None => {}
                     }
@@ -1225,17 +1242,17 @@ impl<G: GroupSource + ?Sized> Record<'_, G> {
     const LEN: usize = HEAD + MAX_FRAG_SESSIONS * SESSION + 4 * GROUP + UPDATE + FOLLOW;
 
     fn encode(&self, out: &mut dyn FnMut(&[u8])) {
-        let mut buf = [0u8; GROUP];
-        buf[0] = SNAPSHOT_FORMAT;
+        let mut head = [0u8; HEAD];
+        head[0] = SNAPSHOT_FORMAT;
         // By 3-byte chunks, not `put` at 2 + 3 * i: no bounds check left (-40 B).
-        let chunks = buf[1..HEAD].chunks_exact_mut(3);
+        let chunks = head[1..].chunks_exact_mut(3);
         for (cnt, b) in self.last_session_cnt.iter().zip(chunks) {
             if let (Some(c), [flag, lo, hi]) = (cnt, b) {
                 let [l, h] = c.to_le_bytes();
                 (*flag, *lo, *hi) = (1, l, h);
             }
         }
-        out(&buf[..HEAD]);
+        out(&head);
         for slot in 0..MAX_FRAG_SESSIONS {
             let mut b = [0u8; SESSION];
             session_bytes(self.sessions.get(slot).and_then(Option::as_ref), &mut b);
@@ -1243,7 +1260,7 @@ impl<G: GroupSource + ?Sized> Record<'_, G> {
         }
         for id in 0..4 {
             let (group, session) = self.groups.group(id);
-            buf = [0; GROUP];
+            let mut buf = [0; GROUP];
             group_bytes(group, session, &mut buf);
             out(&buf);
         }

@@ -55,11 +55,12 @@ impl<F: NorFlash> RecordWriter<'_, F> {
         }
     }
 
-    fn finish(mut self) -> Result<(), F::Error> {
+    /// By reference: the writer is not moved (copied) into the call.
+    fn finish(&mut self) -> Result<(), F::Error> {
         if self.error.is_none() {
             self.error = self.words.finish(self.flash).err();
         }
-        self.error.map_or(Ok(()), Err)
+        self.error.take().map_or(Ok(()), Err)
     }
 }
 
