@@ -170,7 +170,9 @@ impl DecoderState {
         let Some(mask) = window.len().checked_sub(1) else {
             return (0, 0);
         };
-        let from = self.head as usize & mask;
+        // The head in a local, stored once at the end: not after every byte.
+        let mut head = self.head;
+        let from = head as usize & mask;
         let limit = limit.min(window.len() - from);
         let mut produced = 0;
         while produced < limit {
@@ -186,9 +188,9 @@ impl DecoderState {
                     for _ in 0..n {
                         // Before the start of the output the C window holds zeros; so does
                         // ours, since slots past `head` are still unwritten when head < offset.
-                        let byte = window[self.head.wrapping_sub(offset) as usize & mask];
-                        window[self.head as usize & mask] = byte;
-                        self.head = self.head.wrapping_add(1);
+                        let byte = window[head.wrapping_sub(offset) as usize & mask];
+                        window[head as usize & mask] = byte;
+                        head = head.wrapping_add(1);
                     }
                     produced += n;
                     let left = remaining - n as u16;
@@ -210,8 +212,8 @@ impl DecoderState {
                 State::Tag if value == 1 => State::Literal,
                 State::Tag => State::Offset,
                 State::Literal => {
-                    window[self.head as usize & mask] = value as u8;
-                    self.head = self.head.wrapping_add(1);
+                    window[head as usize & mask] = value as u8;
+                    head = head.wrapping_add(1);
                     produced += 1;
                     State::Tag
                 }
@@ -223,6 +225,7 @@ impl DecoderState {
                 copy @ State::Copy { .. } => copy,
             };
         }
+        self.head = head;
         (from, produced)
     }
 
