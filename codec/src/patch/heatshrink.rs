@@ -170,14 +170,14 @@ impl DecoderState {
         let Some(mask) = window.len().checked_sub(1) else {
             return (0, 0);
         };
-        // The head in a local, stored once at the end: not after every byte.
-        let mut head = self.head;
+        // The head and state in locals, stored once at the end: not after every step.
+        let (mut head, mut state) = (self.head, self.state);
         let from = head as usize & mask;
         let limit = limit.min(window.len() - from);
         let mut produced = 0;
         while produced < limit {
             // One `take` for the four bit fields: its loop is then in the code once.
-            let n = match self.state {
+            let n = match state {
                 State::Tag => 1,
                 State::Literal => 8,
                 State::Offset => self.window_bits,
@@ -194,7 +194,7 @@ impl DecoderState {
                     }
                     produced += n;
                     let left = remaining - n as u16;
-                    self.state = if left == 0 {
+                    state = if left == 0 {
                         State::Tag
                     } else {
                         State::Copy {
@@ -208,7 +208,7 @@ impl DecoderState {
             let Some(value) = self.take(n, input) else {
                 break;
             };
-            self.state = match self.state {
+            state = match state {
                 State::Tag if value == 1 => State::Literal,
                 State::Tag => State::Offset,
                 State::Literal => {
@@ -225,7 +225,7 @@ impl DecoderState {
                 copy @ State::Copy { .. } => copy,
             };
         }
-        self.head = head;
+        (self.head, self.state) = (head, state);
         (from, produced)
     }
 
