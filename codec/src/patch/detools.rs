@@ -257,12 +257,18 @@ impl Bspatch {
                         n = n.min(SOURCE_CHUNK);
                         // Split off, not sliced: n fits, and a slice would be a checked call.
                         let (buf, _) = buf.split_at_mut(n);
-                        let start = self.source_pos;
-                        if start < 0 || start + n as i64 > i64::from(self.source_len) {
-                            return Err(PayloadError::SourceOutOfRange.into());
-                        }
-                        io.read_source(start as u32, buf)
-                            .map_err(BspatchError::Io)?;
+                        // In u32, as the source's length: a position outside that range
+                        // does not fit it.
+                        let start = match u32::try_from(self.source_pos) {
+                            Ok(start)
+                                if start <= self.source_len
+                                    && n as u32 <= self.source_len - start =>
+                            {
+                                start
+                            }
+                            _ => return Err(PayloadError::SourceOutOfRange.into()),
+                        };
+                        io.read_source(start, buf).map_err(BspatchError::Io)?;
                         for (b, d) in buf.iter_mut().zip(data) {
                             *b = b.wrapping_add(*d);
                         }
