@@ -102,7 +102,8 @@ impl core::fmt::Display for HeatshrinkError {
 pub struct DecoderState {
     /// Bytes produced so far (wrapping); `head % 2^W` is the next window slot.
     head: u32,
-    /// Input bits not yet used, right-aligned in `bits`.
+    /// Input bits, the low `nbits` not yet used; those above are spent and ignored (masked
+    /// off where read, not cleared after every take).
     bits: u32,
     nbits: u8,
     window_bits: u8,
@@ -154,8 +155,8 @@ impl DecoderState {
             self.nbits += 8;
         }
         self.nbits -= n;
+        // The bits taken are spent: left in place above `nbits`, shifted out by later bytes.
         let value = (self.bits >> self.nbits) & ((1u32 << n) - 1);
-        self.bits &= (1u32 << self.nbits) - 1;
         Some(value as u16)
     }
 
@@ -304,7 +305,8 @@ impl DecoderState {
     pub fn finish(&self) -> Result<(), HeatshrinkError> {
         // Zero padding (under 8 bits) may already have been read as a tag, or a tag and an
         // offset, of a back-reference that never comes.
-        let clean = self.bits == 0
+        let unused = self.bits & ((1u32 << self.nbits) - 1);
+        let clean = unused == 0
             && match self.state {
                 State::Tag => self.nbits < 8,
                 State::Offset => 1 + self.nbits < 8,
