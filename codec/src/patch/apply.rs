@@ -958,13 +958,11 @@ impl<K: SignatureCheck> Core<K> {
     fn check_end<E>(&mut self) -> Result<&Manifest, ApplyError<E>> {
         let p = match &mut self.phase {
             Phase::Failed => return Err(ApplyError::Failed),
-            Phase::Preamble { .. }
-            | Phase::Payload(Payload {
-                stream: Stream::Pending,
-                ..
-            }) => return Err(ApplyError::Truncated),
+            Phase::Preamble { .. } => return Err(ApplyError::Truncated),
             Phase::Payload(p) => p,
         };
+        // Also a stream still pending: it has received nothing, and a payload is never
+        // empty (the manifest says so).
         if p.received != p.manifest.payload_len {
             return Err(ApplyError::Truncated);
         }
