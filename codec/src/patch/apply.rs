@@ -231,10 +231,11 @@ pub fn check_preamble<E>(
 /// code to move out.
 #[inline(never)]
 fn signed_digest(preamble: &[u8], digest: &mut [u8; 32]) -> Result<(), ContainerError> {
-    // Structure first, so a garbled file says "bad magic", not "bad signature".
-    Manifest::parse(preamble)?;
-    *digest = Sha256::digest(&preamble[..SIGNED_LEN]);
-    Ok(())
+    // Structure first, so a garbled file says "bad magic", not "bad signature". The parse's
+    // error handed on as it is, not through `?` (whose conversion copies it twice).
+    Manifest::parse(preamble).map(|_| {
+        *digest = Sha256::digest(&preamble[..SIGNED_LEN]);
+    })
 }
 
 /// Where an apply stands, saved by the device so that it can resume after power loss.
