@@ -363,9 +363,8 @@ where
                         got: end,
                     });
                 }
-                self.io.emit(bytes)?;
-                **written = self.io.pos;
-                Ok(())
+                // The error handed on as it is, not through `?` (whose conversion copies it).
+                self.io.emit(bytes).map(|()| **written = self.io.pos)
             }
         }
     }
