@@ -310,11 +310,11 @@ where
         self.source.read(offset, buf).map_err(ApplyError::Source)
     }
     fn emit(&mut self, bytes: &[u8]) -> Result<(), Self::Error> {
+        // The error handed on, not through `?` (whose conversion copies it).
         self.target
             .write(self.pos, bytes)
-            .map_err(ApplyError::Target)?;
-        self.pos += bytes.len() as u32;
-        Ok(())
+            .map(|()| self.pos += bytes.len() as u32)
+            .map_err(ApplyError::Target)
     }
 }
 
