@@ -296,7 +296,11 @@ impl DecoderState {
             if n == 0 {
                 return Ok(());
             }
-            sink(&window[from..from + n])?;
+            // The sink's error handed on as it is, not through `?` (whose conversion copies
+            // it).
+            if let e @ Err(_) = sink(&window[from..from + n]) {
+                return e;
+            }
         }
     }
 
