@@ -231,10 +231,11 @@ pub fn check_preamble<E>(
 /// code to move out.
 #[inline(never)]
 fn signed_digest(preamble: &[u8], digest: &mut [u8; 32]) -> Result<(), ContainerError> {
-    // Structure first, so a garbled file says "bad magic", not "bad signature".
-    Manifest::parse(preamble)?;
-    *digest = Sha256::digest(&preamble[..SIGNED_LEN]);
-    Ok(())
+    // Structure first, so a garbled file says "bad magic", not "bad signature". The parse's
+    // error handed on as it is, not through `?` (whose conversion copies it twice).
+    Manifest::parse(preamble).map(|_| {
+        *digest = Sha256::digest(&preamble[..SIGNED_LEN]);
+    })
 }
 
 /// Where an apply stands, saved by the device so that it can resume after power loss.
@@ -309,11 +310,11 @@ where
         self.source.read(offset, buf).map_err(ApplyError::Source)
     }
     fn emit(&mut self, bytes: &[u8]) -> Result<(), Self::Error> {
+        // The error handed on, not through `?` (whose conversion copies it).
         self.target
             .write(self.pos, bytes)
-            .map_err(ApplyError::Target)?;
-        self.pos += bytes.len() as u32;
-        Ok(())
+            .map(|()| self.pos += bytes.len() as u32)
+            .map_err(ApplyError::Target)
     }
 }
 
@@ -362,9 +363,8 @@ where
                         got: end,
                     });
                 }
-                self.io.emit(bytes)?;
-                **written = self.io.pos;
-                Ok(())
+                // The error handed on as it is, not through `?` (whose conversion copies it).
+                self.io.emit(bytes).map(|()| **written = self.io.pos)
             }
         }
     }
@@ -639,6 +639,47 @@ impl Payload {
         }
     }
 
+    /// Sets up the stream of the verified payload, still [`Stream::Pending`]: the checkpoint
+    /// and (for a delta) the source image checked. Out of line, so that its buffers are not
+    /// in every push's frame. On the payload its caller has matched, not on the applier: the
+    /// phase is not looked at again.
+    #[inline(never)]
+    fn start<S: SourceImage + ?Sized>(
+        &mut self,
+        window: &mut [u8],
+        source: &mut S,
+    ) -> Result<(), ApplyError<S::Error>> {
+        let manifest = &self.manifest;
+        // The checkpoint's target is this manifest's (checked when the payload state was
+        // made); its count must fit that target.
+        if self.sink.resume_from > manifest.target_len {
+            return Err(ApplyError::CheckpointMismatch);
+        }
+        self.stream = match manifest.kind {
+            Kind::Delta => {
+                check_source(manifest, source)?;
+                Stream::Delta(Detools::new(
+                    manifest.source_len,
+                    Some(Expect {
+                        compression: manifest.compression,
+                        target_len: manifest.target_len,
+                    }),
+                ))
+            }
+            Kind::Full => Stream::Full(
+                match manifest.compression {
+                    Compression::None => None,
+                    Compression::Heatshrink(params) => Some(
+                        DecoderState::new(params, window)
+                            .map_err(|e| ApplyError::Payload(e.into()))?,
+                    ),
+                },
+                0,
+            ),
+        };
+        Ok(())
+    }
+
     /// Takes payload bytes. Out of line, like the other steps (the preamble check, the
     /// source check, the end): its buffers come and go below the applier's owner, one
     /// step's at a time.
@@ -871,16 +912,12 @@ impl<K: SignatureCheck> Core<K> {
         S: SourceImage + ?Sized,
         T: TargetImage<Error = S::Error> + ?Sized,
     {
-        if let Phase::Payload(Payload {
-            stream: Stream::Pending,
-            ..
-        }) = self.phase
-        {
-            self.start_payload(window, source)?;
-        }
         let Phase::Payload(p) = &mut self.phase else {
             return Err(ApplyError::Failed);
         };
+        if let Stream::Pending = p.stream {
+            p.start(window, source)?;
+        }
         if input.is_empty() {
             return Ok(());
         }
@@ -909,50 +946,6 @@ impl<K: SignatureCheck> Core<K> {
         Ok(&input[n..])
     }
 
-    /// Sets up the stream of the verified payload: the checkpoint and (for a delta) the
-    /// source image checked. Out of line, so that its buffers are not in every push's frame.
-    #[inline(never)]
-    fn start_payload<S: SourceImage + ?Sized>(
-        &mut self,
-        window: &mut [u8],
-        source: &mut S,
-    ) -> Result<(), ApplyError<S::Error>> {
-        let Phase::Payload(p) = &mut self.phase else {
-            return Err(ApplyError::Failed);
-        };
-        let (manifest, Stream::Pending) = (&p.manifest, &p.stream) else {
-            return Err(ApplyError::Failed);
-        };
-        // The checkpoint's target is this manifest's (checked when the payload state was
-        // made); its count must fit that target.
-        if p.sink.resume_from > manifest.target_len {
-            return Err(ApplyError::CheckpointMismatch);
-        }
-        p.stream = match manifest.kind {
-            Kind::Delta => {
-                check_source(manifest, source)?;
-                Stream::Delta(Detools::new(
-                    manifest.source_len,
-                    Some(Expect {
-                        compression: manifest.compression,
-                        target_len: manifest.target_len,
-                    }),
-                ))
-            }
-            Kind::Full => Stream::Full(
-                match manifest.compression {
-                    Compression::None => None,
-                    Compression::Heatshrink(params) => Some(
-                        DecoderState::new(params, window)
-                            .map_err(|e| ApplyError::Payload(e.into()))?,
-                    ),
-                },
-                0,
-            ),
-        };
-        Ok(())
-    }
-
     fn finish<E>(&mut self) -> Result<Applied, ApplyError<E>> {
         let manifest = *self.check_end()?;
         Ok(Applied { manifest })
@@ -965,13 +958,11 @@ impl<K: SignatureCheck> Core<K> {
     fn check_end<E>(&mut self) -> Result<&Manifest, ApplyError<E>> {
         let p = match &mut self.phase {
             Phase::Failed => return Err(ApplyError::Failed),
-            Phase::Preamble { .. }
-            | Phase::Payload(Payload {
-                stream: Stream::Pending,
-                ..
-            }) => return Err(ApplyError::Truncated),
+            Phase::Preamble { .. } => return Err(ApplyError::Truncated),
             Phase::Payload(p) => p,
         };
+        // Also a stream still pending: it has received nothing, and a payload is never
+        // empty (the manifest says so).
         if p.received != p.manifest.payload_len {
             return Err(ApplyError::Truncated);
         }

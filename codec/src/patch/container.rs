@@ -277,12 +277,14 @@ impl Manifest {
         if payload_len == 0 {
             return Err(ContainerError::InvalidField(Field::PayloadSize));
         }
-        Ok(Self {
+        // The hashes copied in once the manifest is made, not in its struct expression, where
+        // the three copies cost more code (the zeros are overwritten, not stored).
+        let mut manifest = Self {
             kind,
             source_len,
-            source_sha256: array32(m, M_SOURCE_SHA),
+            source_sha256: [0; 32],
             target_len,
-            target_sha256: array32(m, M_TARGET_SHA),
+            target_sha256: [0; 32],
             version: ImageVersion {
                 major: m[M_VERSION],
                 minor: m[M_VERSION + 1],
@@ -291,9 +293,13 @@ impl Manifest {
             },
             security_counter: u32_at(m, M_SECURITY_COUNTER),
             payload_len,
-            payload_sha256: array32(m, M_PAYLOAD_SHA),
+            payload_sha256: [0; 32],
             compression,
-        })
+        };
+        manifest.source_sha256 = array32(m, M_SOURCE_SHA);
+        manifest.target_sha256 = array32(m, M_TARGET_SHA);
+        manifest.payload_sha256 = array32(m, M_PAYLOAD_SHA);
+        Ok(manifest)
     }
 
     /// Writes header and manifest (the signed bytes) into `out`.

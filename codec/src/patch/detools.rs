@@ -63,7 +63,10 @@ impl SizeReader {
             self.negative = byte & 0x40 != 0;
             self.value = u64::from(byte & 0x3f);
         } else {
-            self.value |= u64::from(byte & 0x7f) << (6 + 7 * (u32::from(self.count) - 1));
+            // At most 27 (the fifth byte's: a sixth is an error); masked, the shift is seen
+            // to be under 32, done inline, not through the 64-bit shift's library call.
+            let shift = 6 + 7 * (u32::from(self.count) - 1);
+            self.value |= u64::from(byte & 0x7f) << (shift & 31);
         }
         self.count += 1;
         if byte & 0x80 != 0 {
@@ -257,12 +260,18 @@ impl Bspatch {
                         n = n.min(SOURCE_CHUNK);
                         // Split off, not sliced: n fits, and a slice would be a checked call.
                         let (buf, _) = buf.split_at_mut(n);
-                        let start = self.source_pos;
-                        if start < 0 || start + n as i64 > i64::from(self.source_len) {
-                            return Err(PayloadError::SourceOutOfRange.into());
-                        }
-                        io.read_source(start as u32, buf)
-                            .map_err(BspatchError::Io)?;
+                        // In u32, as the source's length: a position outside that range
+                        // does not fit it.
+                        let start = match u32::try_from(self.source_pos) {
+                            Ok(start)
+                                if start <= self.source_len
+                                    && n as u32 <= self.source_len - start =>
+                            {
+                                start
+                            }
+                            _ => return Err(PayloadError::SourceOutOfRange.into()),
+                        };
+                        io.read_source(start, buf).map_err(BspatchError::Io)?;
                         for (b, d) in buf.iter_mut().zip(data) {
                             *b = b.wrapping_add(*d);
                         }
@@ -408,6 +417,12 @@ mod tests {
             }
             assert_eq!(r.push(*last), Ok(Some(value)));
         }
+        // The largest five-byte size: its fifth byte's bits reach past 32.
+        let mut r = SizeReader::default();
+        for b in [0xbf, 0xff, 0xff, 0xff] {
+            assert_eq!(r.push(b), Ok(None));
+        }
+        assert_eq!(r.push(0x7f), Ok(Some((1 << 34) - 1)));
         let mut r = SizeReader::default();
         for _ in 0..4 {
             r.push(0x80).unwrap();

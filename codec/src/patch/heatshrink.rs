@@ -102,7 +102,8 @@ impl core::fmt::Display for HeatshrinkError {
 pub struct DecoderState {
     /// Bytes produced so far (wrapping); `head % 2^W` is the next window slot.
     head: u32,
-    /// Input bits not yet used, right-aligned in `bits`.
+    /// Input bits, the low `nbits` not yet used; those above are spent and ignored (masked
+    /// off where read, not cleared after every take).
     bits: u32,
     nbits: u8,
     window_bits: u8,
@@ -154,8 +155,8 @@ impl DecoderState {
             self.nbits += 8;
         }
         self.nbits -= n;
+        // The bits taken are spent: left in place above `nbits`, shifted out by later bytes.
         let value = (self.bits >> self.nbits) & ((1u32 << n) - 1);
-        self.bits &= (1u32 << self.nbits) - 1;
         Some(value as u16)
     }
 
@@ -170,12 +171,14 @@ impl DecoderState {
         let Some(mask) = window.len().checked_sub(1) else {
             return (0, 0);
         };
-        let from = self.head as usize & mask;
+        // The head and state in locals, stored once at the end: not after every step.
+        let (mut head, mut state) = (self.head, self.state);
+        let from = head as usize & mask;
         let limit = limit.min(window.len() - from);
         let mut produced = 0;
         while produced < limit {
             // One `take` for the four bit fields: its loop is then in the code once.
-            let n = match self.state {
+            let n = match state {
                 State::Tag => 1,
                 State::Literal => 8,
                 State::Offset => self.window_bits,
@@ -186,13 +189,13 @@ impl DecoderState {
                     for _ in 0..n {
                         // Before the start of the output the C window holds zeros; so does
                         // ours, since slots past `head` are still unwritten when head < offset.
-                        let byte = window[self.head.wrapping_sub(offset) as usize & mask];
-                        window[self.head as usize & mask] = byte;
-                        self.head = self.head.wrapping_add(1);
+                        let byte = window[head.wrapping_sub(offset) as usize & mask];
+                        window[head as usize & mask] = byte;
+                        head = head.wrapping_add(1);
                     }
                     produced += n;
                     let left = remaining - n as u16;
-                    self.state = if left == 0 {
+                    state = if left == 0 {
                         State::Tag
                     } else {
                         State::Copy {
@@ -206,12 +209,12 @@ impl DecoderState {
             let Some(value) = self.take(n, input) else {
                 break;
             };
-            self.state = match self.state {
+            state = match state {
                 State::Tag if value == 1 => State::Literal,
                 State::Tag => State::Offset,
                 State::Literal => {
-                    window[self.head as usize & mask] = value as u8;
-                    self.head = self.head.wrapping_add(1);
+                    window[head as usize & mask] = value as u8;
+                    head = head.wrapping_add(1);
                     produced += 1;
                     State::Tag
                 }
@@ -223,6 +226,7 @@ impl DecoderState {
                 copy @ State::Copy { .. } => copy,
             };
         }
+        (self.head, self.state) = (head, state);
         (from, produced)
     }
 
@@ -292,7 +296,11 @@ impl DecoderState {
             if n == 0 {
                 return Ok(());
             }
-            sink(&window[from..from + n])?;
+            // The sink's error handed on as it is, not through `?` (whose conversion copies
+            // it).
+            if let e @ Err(_) = sink(&window[from..from + n]) {
+                return e;
+            }
         }
     }
 
@@ -301,7 +309,8 @@ impl DecoderState {
     pub fn finish(&self) -> Result<(), HeatshrinkError> {
         // Zero padding (under 8 bits) may already have been read as a tag, or a tag and an
         // offset, of a back-reference that never comes.
-        let clean = self.bits == 0
+        let unused = self.bits & ((1u32 << self.nbits) - 1);
+        let clean = unused == 0
             && match self.state {
                 State::Tag => self.nbits < 8,
                 State::Offset => 1 + self.nbits < 8,
