@@ -158,13 +158,14 @@ fn is_scalar(x: &Limbs) -> bool {
     !is_zero(x) && less(x, &N.m)
 }
 
-/// A big-endian byte string (32 bytes) as limbs.
-fn from_be(bytes: &[u8]) -> Limbs {
-    let mut r = ZERO;
-    for (i, &b) in bytes.iter().rev().enumerate().take(32) {
-        r[i / 4] |= u32::from(b) << (i % 4 * 8);
-    }
-    r
+/// A big-endian 32-byte string as limbs: a word per four bytes, the last four the lowest.
+fn from_be(bytes: &[u8; 32]) -> Limbs {
+    core::array::from_fn(|i| {
+        bytes
+            .get(28 - 4 * i..)
+            .and_then(<[u8]>::first_chunk)
+            .map_or(0, |w| u32::from_be_bytes(*w))
+    })
 }
 
 impl Modulus {
@@ -505,9 +506,12 @@ impl VerifyingKey {
             (0x02 | 0x03, 32) => true,
             _ => return Err(KeyError::Encoding),
         };
-        let (xb, yb) = rest.split_at(32);
+        let Some((xb, yb)) = rest.split_first_chunk() else {
+            return Err(KeyError::Encoding);
+        };
         let x = from_be(xb);
-        let y = from_be(yb);
+        // A compressed key has no y bytes: 0 until y is worked out.
+        let y = yb.first_chunk().map_or(ZERO, from_be);
         if !less(&x, &P.m) || !less(&y, &P.m) {
             return Err(KeyError::NotOnCurve);
         }
@@ -536,8 +540,11 @@ impl VerifyingKey {
     // Out of line: its frame then does not add to that of the caller's hashing.
     #[inline(never)]
     pub fn verify_prehash(&self, digest: &[u8; 32], signature: &[u8; 64]) -> bool {
-        let r = from_be(&signature[..32]);
-        let s = from_be(&signature[32..]);
+        let (Some(rb), Some(sb)) = (signature.first_chunk(), signature.last_chunk()) else {
+            return false;
+        };
+        let r = from_be(rb);
+        let s = from_be(sb);
         if !is_scalar(&r) || !is_scalar(&s) {
             return false;
         }
@@ -706,6 +713,8 @@ mod tests {
         // 2G, from the p256 crate's multiples of G.
         let g2_x = from_be(
             &hex::decode("7cf27b188d034f7e8a52380304b51ac3c08969e277f21b35a60b48fc47669978")
+                .unwrap()
+                .try_into()
                 .unwrap(),
         );
         assert_eq!(affine(&g2).0, g2_x);
@@ -728,7 +737,11 @@ mod tests {
         let k = p256::Scalar::from_repr(bytes.into()).unwrap();
         let point = (p256::ProjectivePoint::GENERATOR * k).to_affine();
         let encoded = point.to_encoded_point(false);
-        (from_be(encoded.x().unwrap()), from_be(encoded.y().unwrap()))
+        let coordinate = |c: Option<&[u8]>| from_be(c.unwrap().try_into().unwrap());
+        (
+            coordinate(encoded.x().map(|x| x.as_slice())),
+            coordinate(encoded.y().map(|y| y.as_slice())),
+        )
     }
 
     #[test]
