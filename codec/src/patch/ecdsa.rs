@@ -147,6 +147,11 @@ fn less(a: &Limbs, b: &Limbs) -> bool {
     sbb(&mut t, b)
 }
 
+/// Bit `i` of `x` (0 to 255): a scalar walked bit by bit in one loop, not one per limb and bit.
+fn bit(x: &Limbs, i: usize) -> u32 {
+    x.get(i / 32).map_or(0, |w| w >> (i % 32) & 1)
+}
+
 /// Whether `x` is 0: its limbs ORed together, not a comparison with a zero constant in
 /// flash through the memory functions.
 fn is_zero(x: &Limbs) -> bool {
@@ -240,12 +245,10 @@ impl Modulus {
         // 1 in Montgomery form: 2²⁵⁶ mod m = 2²⁵⁶ - m (m > 2²⁵⁵), by wrapping around.
         let mut r = ZERO;
         sbb(&mut r, &self.m);
-        for word in e.iter().rev() {
-            for k in (0..32).rev() {
-                r = self.mul(&r, &r);
-                if (word >> k) & 1 == 1 {
-                    r = self.mul(&r, a);
-                }
+        for i in (0..256).rev() {
+            r = self.mul(&r, &r);
+            if bit(e, i) == 1 {
+                r = self.mul(&r, a);
             }
         }
         r
@@ -444,17 +447,15 @@ fn mul_add(r: &mut Regs, u1: &Limbs, u2: &Limbs, q: &Point) {
     // A's coordinates, one at a time (a loop of copies is smaller than three of them).
     let gq: Point = core::array::from_fn(|i| r[i]);
     r[2] = ZERO;
-    for (a, b) in u1.iter().zip(u2).rev() {
-        for k in (0..32).rev() {
-            run(r, q, &DOUBLE);
-            let term = match ((a >> k) & 1, (b >> k) & 1) {
-                (0, 0) => continue,
-                (1, 0) => &G,
-                (0, _) => q,
-                _ => &gq,
-            };
-            add_points(r, term);
-        }
+    for i in (0..256).rev() {
+        run(r, q, &DOUBLE);
+        let term = match (bit(u1, i), bit(u2, i)) {
+            (0, 0) => continue,
+            (1, 0) => &G,
+            (0, _) => q,
+            _ => &gq,
+        };
+        add_points(r, term);
     }
 }
 
