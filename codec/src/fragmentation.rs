@@ -364,6 +364,10 @@ impl<'a> Downlink<'a> {
             }
             0x02 => {
                 r.command("FragSessionSetupReq");
+                r.expect(match version {
+                    Version::V1 => 10,
+                    Version::V2 => 16,
+                })?;
                 let session = r.u8("FragSession")?;
                 r.check_rfu("FragSession", session, 0xc0)?;
                 let nb_frag = r.u16("NbFrag")?;
