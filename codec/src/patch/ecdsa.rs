@@ -545,16 +545,19 @@ impl VerifyingKey {
             return false;
         };
         let r = from_be(rb);
-        let s = from_be(sb);
-        if !is_scalar(&r) || !is_scalar(&s) {
-            return false;
-        }
-        // w = s⁻¹ in Montgomery form, so that multiplying a plain number by it gives a plain
-        // number: u1 = e·w mod n, u2 = r·w mod n. The digest is taken as an integer (256 bits,
-        // n's length, so nothing is truncated); mul reduces it mod n along the way.
-        let w = N.invert(&N.to_montgomery(&s));
-        let u1 = N.mul(&from_be(digest), &w);
-        let u2 = N.mul(&r, &w);
+        // In a block: s and w are not kept on the stack through the pass.
+        let (u1, u2) = {
+            let s = from_be(sb);
+            if !is_scalar(&r) || !is_scalar(&s) {
+                return false;
+            }
+            // w = s⁻¹ in Montgomery form, so that multiplying a plain number by it gives a
+            // plain number: u1 = e·w mod n, u2 = r·w mod n. The digest is taken as an integer
+            // (256 bits, n's length, so nothing is truncated); mul reduces it mod n along the
+            // way.
+            let w = N.invert(&N.to_montgomery(&s));
+            (N.mul(&from_be(digest), &w), N.mul(&r, &w))
+        };
 
         let mut sum: Regs = [ZERO; 6];
         // Q with Z = 1 (G's Z).
