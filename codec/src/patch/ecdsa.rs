@@ -267,21 +267,21 @@ impl Modulus {
 /// Z = 0 is the point at infinity.
 type Point = [Limbs; 3];
 
-// The point formulas are short programs over registers: the accumulator A and temporaries
-// in a register file, and the addend B read where it lies (the table, flash). Four bytes a
-// step in a table take less flash than a call with four arguments in code, and the file
-// bounds the stack.
+// The point formulas are short programs over registers: the accumulator A, temporaries and
+// the addend B in one register file (B copied in by the addition, so that an operand is one
+// index into the file, not a choice between the file and the addend). A step in a table
+// takes less flash than a call with four arguments in code, and the file bounds the stack.
 const AX: u8 = 0;
 const AY: u8 = 1;
 const AZ: u8 = 2;
 const T0: u8 = 3;
 const T1: u8 = 4;
 const T2: u8 = 5;
-/// B's coordinates: the registers after the file.
+/// B's coordinates, copied in by the addition.
 const BX: u8 = 6;
 const BY: u8 = 7;
 const BZ: u8 = 8;
-type Regs = [Limbs; 6];
+type Regs = [Limbs; 9];
 
 /// A step's operation, in its top nibble.
 const OP_ADD: u16 = 0;
@@ -386,13 +386,12 @@ const ADD_TAIL: [Step; 13] = [
     sub(AY, T2, T1), // Y3 = R(V - X3) - S1·H³
 ];
 
-fn run(r: &mut Regs, b: &Point, program: &[Step]) {
+fn run(r: &mut Regs, program: &[Step]) {
     for &step in program {
         let v = {
             // Every index in the tables is a register; `get` keeps the bounds checks from
             // being panics.
-            let reg = |i: usize| r.get(i).or_else(|| b.get(i.wrapping_sub(r.len())));
-            let (Some(x), Some(y)) = (reg(step.a()), reg(step.b())) else {
+            let (Some(x), Some(y)) = (r.get(step.a()), r.get(step.b())) else {
                 continue;
             };
             match step.op() {
@@ -424,19 +423,22 @@ fn add_points(r: &mut Regs, b: &Point) {
     if is_zero(&b[2]) {
         return;
     }
-    run(r, b, &ADD_HEAD);
+    for (reg, c) in r.iter_mut().skip(usize::from(BX)).zip(b) {
+        *reg = *c;
+    }
+    run(r, &ADD_HEAD);
     if is_zero(&r[usize::from(T1)]) {
         // The same x: the same point, or its negative (the sum is infinity). The head has
         // overwritten A's X and Y, but A is B then.
         if is_zero(&r[usize::from(T0)]) {
             load(r, b);
-            run(r, b, &DOUBLE);
+            run(r, &DOUBLE);
         } else {
             r[2] = ZERO;
         }
         return;
     }
-    run(r, b, &ADD_TAIL);
+    run(r, &ADD_TAIL);
 }
 
 /// A = u1·G + u2·q in one pass over the bits of both scalars (Shamir's trick): a doubling
@@ -448,7 +450,7 @@ fn mul_add(r: &mut Regs, u1: &Limbs, u2: &Limbs, q: &Point) {
     let gq: Point = core::array::from_fn(|i| r[i]);
     r[2] = ZERO;
     for i in (0..256).rev() {
-        run(r, q, &DOUBLE);
+        run(r, &DOUBLE);
         let term = match (bit(u1, i), bit(u2, i)) {
             (0, 0) => continue,
             (1, 0) => &G,
@@ -559,7 +561,7 @@ impl VerifyingKey {
             (N.mul(&from_be(digest), &w), N.mul(&r, &w))
         };
 
-        let mut sum: Regs = [ZERO; 6];
+        let mut sum: Regs = [ZERO; 9];
         // Q with Z = 1 (G's Z).
         mul_add(&mut sum, &u1, &u2, &[self.x, self.y, G[2]]);
         let [x, _, z, ..] = &sum;
@@ -644,20 +646,20 @@ mod tests {
     }
 
     fn double(a: &Point) -> Point {
-        let mut r: Regs = [ZERO; 6];
+        let mut r: Regs = [ZERO; 9];
         load(&mut r, a);
-        run(&mut r, &INFINITY, &DOUBLE);
+        run(&mut r, &DOUBLE);
         [r[0], r[1], r[2]]
     }
 
     fn shamir(u1: &Limbs, u2: &Limbs, q: &Point) -> Point {
-        let mut r: Regs = [ZERO; 6];
+        let mut r: Regs = [ZERO; 9];
         mul_add(&mut r, u1, u2, q);
         [r[0], r[1], r[2]]
     }
 
     fn sum(a: &Point, b: &Point) -> Point {
-        let mut r: Regs = [ZERO; 6];
+        let mut r: Regs = [ZERO; 9];
         load(&mut r, a);
         add_points(&mut r, b);
         [r[0], r[1], r[2]]
