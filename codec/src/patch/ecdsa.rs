@@ -107,6 +107,19 @@ const ONE_MONTGOMERY: Limbs = [
     0,
 ];
 
+/// R² mod p (R = 2²⁵⁶): a coordinate times it, through the Montgomery product, is in
+/// Montgomery form. The tests check it against 256 doublings of R.
+const R2_P: Limbs = [
+    3,
+    0,
+    0xffff_ffff,
+    0xffff_fffb,
+    0xffff_fffe,
+    0xffff_ffff,
+    0xffff_fffd,
+    4,
+];
+
 /// (p + 1) / 4: since p ≡ 3 mod 4, a^((p+1)/4) is a square root of a when a has one.
 const SQRT_EXP: Limbs = [
     0,
@@ -230,8 +243,9 @@ impl Modulus {
         t
     }
 
-    /// a·R mod m (into Montgomery form), by doubling 256 times: slower than a multiplication
-    /// by R² but needs no R² constant, and it runs only a few times per verification.
+    /// a·R mod m (into Montgomery form), by doubling 256 times: the tests' conversion, which
+    /// checks the constants the device converts with ([`R2_P`]).
+    #[cfg(test)]
     fn to_montgomery(&self, a: &Limbs) -> Limbs {
         let mut r = *a;
         for _ in 0..256 {
@@ -518,7 +532,7 @@ impl VerifyingKey {
         if !less(&x, &P.m) || !less(&y, &P.m) {
             return Err(KeyError::NotOnCurve);
         }
-        let x = P.to_montgomery(&x);
+        let x = P.mul(&x, &R2_P);
         let rhs = curve_rhs(&x);
         let y = if compressed {
             let y = P.pow(&rhs, &SQRT_EXP);
@@ -529,7 +543,7 @@ impl VerifyingKey {
                 P.sub(&ZERO, &y)
             }
         } else {
-            P.to_montgomery(&y)
+            P.mul(&y, &R2_P)
         };
         // For a compressed key this also refuses an x whose rhs has no square root.
         if P.mul(&y, &y) != rhs {
@@ -556,8 +570,9 @@ impl VerifyingKey {
             // w = s⁻¹ in Montgomery form, so that multiplying a plain number by it gives a
             // plain number: u1 = e·w mod n, u2 = r·w mod n. The digest is taken as an integer
             // (256 bits, n's length, so nothing is truncated); mul reduces it mod n along the
-            // way.
-            let w = N.invert(&N.to_montgomery(&s));
+            // way. Inverted as it is, s stands for s·R⁻¹ in Montgomery form, whose inverse
+            // there is s⁻¹·R² (R^(n-1) = 1); one product with 1 takes an R off.
+            let w = N.mul(&N.invert(&s), &ONE);
             (N.mul(&from_be(digest), &w), N.mul(&r, &w))
         };
 
@@ -691,6 +706,11 @@ mod tests {
         assert_eq!(generator(), G);
         assert_eq!(ONE_MONTGOMERY, P.to_montgomery(&ONE));
         assert_eq!(B_MONTGOMERY, P.to_montgomery(&B));
+        assert_eq!(R2_P, P.to_montgomery(&ONE_MONTGOMERY));
+        let x = [0x1234_5678, 9, 8, 7, 6, 5, 4, 3];
+        assert_eq!(P.mul(&x, &R2_P), P.to_montgomery(&x));
+        // The verifier's s⁻¹ in Montgomery form, from s as it is.
+        assert_eq!(N.mul(&N.invert(&x), &ONE), N.invert(&N.to_montgomery(&x)));
         let g = generator();
         assert_eq!(P.mul(&g[1], &g[1]), curve_rhs(&g[0]));
     }
