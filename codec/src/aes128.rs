@@ -103,17 +103,19 @@ impl Aes128 {
     /// backend, so that its tests run whatever the features.)
     pub fn encrypt_block_compact(&self, block: &mut [u8; 16]) {
         let mut round_key = self.key;
-        add_round_key(block, &round_key);
         let mut rcon = 1;
-        // A half-open range: an inclusive one carries an "exhausted" flag through the loop.
-        for round in 1..11 {
+        // AddRoundKey at the top of the loop, for the first key and each round's: one use.
+        for round in 1..12 {
+            add_round_key(block, &round_key);
+            if round == 11 {
+                break;
+            }
             sub_bytes_shift_rows(block);
             if round != 10 {
                 mix_columns(block);
             }
             next_round_key(&mut round_key, rcon);
             rcon = xtime(rcon);
-            add_round_key(block, &round_key);
         }
     }
 
