@@ -156,14 +156,16 @@ pub enum Downlink<'a> {
 }
 
 /// Commands the device sends.
+// The CIDs as the discriminants: a command's CID is its tag, read as it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 pub enum Uplink {
-    PackageVersionAns(PackageVersionAns),
-    FragSessionStatusAns(FragSessionStatusAns),
-    FragSessionSetupAns(FragSessionSetupAns),
-    FragSessionDeleteAns(FragSessionDeleteAns),
+    PackageVersionAns(PackageVersionAns) = 0x00,
+    FragSessionStatusAns(FragSessionStatusAns) = 0x01,
+    FragSessionSetupAns(FragSessionSetupAns) = 0x02,
+    FragSessionDeleteAns(FragSessionDeleteAns) = 0x03,
     /// v2 only.
-    FragDataBlockReceivedReq(FragDataBlockReceivedReq),
+    FragDataBlockReceivedReq(FragDataBlockReceivedReq) = 0x04,
 }
 
 /// The downlink commands of one payload, in order. A DataFragment is accepted only as the
