@@ -677,9 +677,11 @@ impl Uplink {
         version: Version,
         w: &mut Writer<'_, REPORT>,
     ) -> Result<(), Stop> {
+        // The CID first for every command: a failed check after it makes the build fail all
+        // the same (the error is the check's, the CID always fits).
+        w.u8(self.cid());
         match self {
             Uplink::PackageVersionAns(c) => {
-                w.u8(self.cid());
                 w.u8(c.package_identifier);
                 w.u8(c.package_version);
             }
@@ -698,7 +700,6 @@ impl Uplink {
                     | (u8::from(c.mic_error) << 1)
                     | (u8::from(c.session_does_not_exist) << 2);
                 let received = index_and_count(c.frag_index, c.nb_frag_received);
-                w.u8(self.cid());
                 // v2 moves Status from last to first.
                 if version == Version::V2 {
                     w.u8(status);
@@ -712,7 +713,6 @@ impl Uplink {
             Uplink::FragSessionSetupAns(c) => {
                 check_frag_index(w, c.frag_index)?;
                 check_v1_unset(w, version, "SessionCntReplay", c.session_cnt_replay)?;
-                w.u8(self.cid());
                 w.u8((c.frag_index << 6)
                     | u8::from(c.encoding_unsupported)
                     | (u8::from(c.not_enough_memory) << 1)
@@ -729,7 +729,6 @@ impl Uplink {
                 mic_error: flag,
             }) => {
                 check_frag_index(w, *frag_index)?;
-                w.u8(self.cid());
                 w.u8(*frag_index | (u8::from(*flag) << 2));
             }
         }
