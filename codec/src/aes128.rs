@@ -103,17 +103,19 @@ impl Aes128 {
     /// backend, so that its tests run whatever the features.)
     pub fn encrypt_block_compact(&self, block: &mut [u8; 16]) {
         let mut round_key = self.key;
-        add_round_key(block, &round_key);
         let mut rcon = 1;
-        // A half-open range: an inclusive one carries an "exhausted" flag through the loop.
-        for round in 1..11 {
+        // AddRoundKey at the top of the loop, for the first key and each round's: one use.
+        for round in 1..12 {
+            add_round_key(block, &round_key);
+            if round == 11 {
+                break;
+            }
             sub_bytes_shift_rows(block);
             if round != 10 {
                 mix_columns(block);
             }
             next_round_key(&mut round_key, rcon);
             rcon = xtime(rcon);
-            add_round_key(block, &round_key);
         }
     }
 
@@ -170,15 +172,24 @@ fn inv_shift_rows_sub_bytes(state: &mut [u8; 16]) {
 
 /// MixColumns (5.1.3): each column times the circulant matrix (02 03 01 01). With
 /// t = a0 ^ a1 ^ a2 ^ a3, row 0 is 02·a0 ^ 03·a1 ^ a2 ^ a3 = a0 ^ t ^ 02·(a0 ^ a1), and the
-/// other rows likewise, rotated.
+/// other rows likewise, rotated. A column is one little-endian word (row r in byte r), so the
+/// four rows are worked out together in word operations.
 fn mix_columns(state: &mut [u8; 16]) {
     for col in state.chunks_exact_mut(4) {
-        let a = [col[0], col[1], col[2], col[3]];
-        let t = a[0] ^ a[1] ^ a[2] ^ a[3];
-        for r in 0..4 {
-            col[r] ^= t ^ xtime(a[r] ^ a[(r + 1) % 4]);
-        }
+        let Ok(col) = <&mut [u8; 4]>::try_from(col) else {
+            continue;
+        };
+        let a = u32::from_le_bytes(*col);
+        // Byte r: a[r] ^ a[r + 1], then the XOR of all four in every byte.
+        let pairs = a ^ a.rotate_right(8);
+        let t = pairs ^ pairs.rotate_right(16);
+        *col = (a ^ t ^ xtime_word(pairs)).to_le_bytes();
     }
+}
+
+/// [`xtime`] on each byte of a word.
+const fn xtime_word(w: u32) -> u32 {
+    ((w & 0x7f7f_7f7f) << 1) ^ ((w >> 7 & 0x0101_0101) * 0x1b)
 }
 
 /// InvMixColumns (5.3.3): the circulant matrix (0e 0b 0d 09).

@@ -29,6 +29,16 @@ impl Cmac {
         }
     }
 
+    /// A CMAC whose message starts with the 16-byte `block`: the block taken in whole as the
+    /// running value (0 XOR block), not fed byte by byte.
+    pub(crate) fn with_first_block(key: &[u8; 16], block: [u8; 16]) -> Self {
+        Self {
+            cipher: Aes128::new(key),
+            x: block,
+            fill: 16,
+        }
+    }
+
     /// The tag of `message` in one call.
     pub fn mac(key: &[u8; 16], message: &[u8]) -> [u8; 16] {
         let mut cmac = Self::new(key);

@@ -61,20 +61,23 @@ impl Refusal {
 }
 
 /// What became of an update.
+// The wire's outcome codes as the discriminants: the code is then the variant's tag, read
+// as it is, not mapped through a jump table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
 pub enum Outcome {
     /// The block is complete but the firmware said not now; the agent asks again later.
-    Deferred(Refusal),
+    Deferred(Refusal) = 1,
     /// The install failed before anything changed (detail: the agent's failure code).
-    Failed(u8),
+    Failed(u8) = 2,
     /// The new image ran and failed its self-test: the bootloader goes back.
-    SelfTestFailed,
+    SelfTestFailed = 3,
     /// The new image kept rebooting before it confirmed: the agent had the bootloader go back.
-    BootLoop,
+    BootLoop = 4,
     /// After the reboot, the bootloader was back on the old image.
-    Reverted,
+    Reverted = 5,
     /// The new image passed its self-test and is confirmed.
-    Confirmed,
+    Confirmed = 6,
 }
 
 /// An UpdateReport.

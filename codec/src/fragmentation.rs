@@ -156,14 +156,16 @@ pub enum Downlink<'a> {
 }
 
 /// Commands the device sends.
+// The CIDs as the discriminants: a command's CID is its tag, read as it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 pub enum Uplink {
-    PackageVersionAns(PackageVersionAns),
-    FragSessionStatusAns(FragSessionStatusAns),
-    FragSessionSetupAns(FragSessionSetupAns),
-    FragSessionDeleteAns(FragSessionDeleteAns),
+    PackageVersionAns(PackageVersionAns) = 0x00,
+    FragSessionStatusAns(FragSessionStatusAns) = 0x01,
+    FragSessionSetupAns(FragSessionSetupAns) = 0x02,
+    FragSessionDeleteAns(FragSessionDeleteAns) = 0x03,
     /// v2 only.
-    FragDataBlockReceivedReq(FragDataBlockReceivedReq),
+    FragDataBlockReceivedReq(FragDataBlockReceivedReq) = 0x04,
 }
 
 /// The downlink commands of one payload, in order. A DataFragment is accepted only as the
@@ -364,6 +366,10 @@ impl<'a> Downlink<'a> {
             }
             0x02 => {
                 r.command("FragSessionSetupReq");
+                r.expect(match version {
+                    Version::V1 => 10,
+                    Version::V2 => 16,
+                })?;
                 let session = r.u8("FragSession")?;
                 r.check_rfu("FragSession", session, 0xc0)?;
                 let nb_frag = r.u16("NbFrag")?;
@@ -671,9 +677,11 @@ impl Uplink {
         version: Version,
         w: &mut Writer<'_, REPORT>,
     ) -> Result<(), Stop> {
+        // The CID first for every command: a failed check after it makes the build fail all
+        // the same (the error is the check's, the CID always fits).
+        w.u8(self.cid());
         match self {
             Uplink::PackageVersionAns(c) => {
-                w.u8(self.cid());
                 w.u8(c.package_identifier);
                 w.u8(c.package_version);
             }
@@ -692,7 +700,6 @@ impl Uplink {
                     | (u8::from(c.mic_error) << 1)
                     | (u8::from(c.session_does_not_exist) << 2);
                 let received = index_and_count(c.frag_index, c.nb_frag_received);
-                w.u8(self.cid());
                 // v2 moves Status from last to first.
                 if version == Version::V2 {
                     w.u8(status);
@@ -706,7 +713,6 @@ impl Uplink {
             Uplink::FragSessionSetupAns(c) => {
                 check_frag_index(w, c.frag_index)?;
                 check_v1_unset(w, version, "SessionCntReplay", c.session_cnt_replay)?;
-                w.u8(self.cid());
                 w.u8((c.frag_index << 6)
                     | u8::from(c.encoding_unsupported)
                     | (u8::from(c.not_enough_memory) << 1)
@@ -723,7 +729,6 @@ impl Uplink {
                 mic_error: flag,
             }) => {
                 check_frag_index(w, *frag_index)?;
-                w.u8(self.cid());
                 w.u8(*frag_index | (u8::from(*flag) << 2));
             }
         }

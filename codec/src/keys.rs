@@ -136,10 +136,8 @@ impl DataBlockMic {
         let b0 = [
             0x49, c0, c1, frag_index, d0, d1, d2, d3, 0, 0, 0, 0, l0, l1, l2, l3,
         ];
-        let mut mac = Cmac::new(data_block_int_key.as_bytes());
-        mac.update(&b0);
         Self {
-            mac,
+            mac: Cmac::with_first_block(data_block_int_key.as_bytes(), b0),
             block_len,
             fed: 0,
         }

@@ -112,10 +112,15 @@ impl Sha256 {
     /// [`Sha256::finalize`] in place; the state is spent afterwards.
     fn pad(&mut self) -> [u8; 32] {
         let bits = self.len().wrapping_mul(8);
-        self.update(&[0x80]);
-        // Byte by byte: at most 63 calls, and smaller code than a padding table.
-        while self.len[0] % 64 != 56 {
-            self.update(&[0]);
+        // Byte by byte, 0x80 then zeros: at most 64 calls, and smaller code than a padding
+        // table.
+        let mut byte = 0x80;
+        loop {
+            self.update(&[byte]);
+            byte = 0;
+            if self.len[0] % 64 == 56 {
+                break;
+            }
         }
         self.update(&bits.to_be_bytes());
         let mut out = [0u8; 32];

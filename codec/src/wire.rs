@@ -91,6 +91,16 @@ impl<'a, const REPORT: bool> Reader<'a, REPORT> {
         self.error(field, kind)
     }
 
+    /// On a device (no error kept), fails at once when fewer than `n` bytes are left: the
+    /// field reads after it then need no length checks of their own, the failure being the
+    /// same. Reporting, it checks nothing, so that the error names the field that ran out.
+    pub(crate) fn expect(&mut self, n: usize) -> Result<(), Stop> {
+        if !REPORT && self.rest.len() < n {
+            return Err(self.truncated("payload", n));
+        }
+        Ok(())
+    }
+
     pub(crate) fn u8(&mut self, field: &'static str) -> Result<u8, Stop> {
         Ok(self.bytes::<1>(field)?[0])
     }

@@ -107,6 +107,19 @@ const ONE_MONTGOMERY: Limbs = [
     0,
 ];
 
+/// R² mod p (R = 2²⁵⁶): a coordinate times it, through the Montgomery product, is in
+/// Montgomery form. The tests check it against 256 doublings of R.
+const R2_P: Limbs = [
+    3,
+    0,
+    0xffff_ffff,
+    0xffff_fffb,
+    0xffff_fffe,
+    0xffff_ffff,
+    0xffff_fffd,
+    4,
+];
+
 /// (p + 1) / 4: since p ≡ 3 mod 4, a^((p+1)/4) is a square root of a when a has one.
 const SQRT_EXP: Limbs = [
     0,
@@ -147,6 +160,11 @@ fn less(a: &Limbs, b: &Limbs) -> bool {
     sbb(&mut t, b)
 }
 
+/// Bit `i` of `x` (0 to 255): a scalar walked bit by bit in one loop, not one per limb and bit.
+fn bit(x: &Limbs, i: usize) -> u32 {
+    x.get(i / 32).map_or(0, |w| w >> (i % 32) & 1)
+}
+
 /// Whether `x` is 0: its limbs ORed together, not a comparison with a zero constant in
 /// flash through the memory functions.
 fn is_zero(x: &Limbs) -> bool {
@@ -158,13 +176,14 @@ fn is_scalar(x: &Limbs) -> bool {
     !is_zero(x) && less(x, &N.m)
 }
 
-/// A big-endian byte string (32 bytes) as limbs.
-fn from_be(bytes: &[u8]) -> Limbs {
-    let mut r = ZERO;
-    for (i, &b) in bytes.iter().rev().enumerate().take(32) {
-        r[i / 4] |= u32::from(b) << (i % 4 * 8);
-    }
-    r
+/// A big-endian 32-byte string as limbs: a word per four bytes, the last four the lowest.
+fn from_be(bytes: &[u8; 32]) -> Limbs {
+    core::array::from_fn(|i| {
+        bytes
+            .get(28 - 4 * i..)
+            .and_then(<[u8]>::first_chunk)
+            .map_or(0, |w| u32::from_be_bytes(*w))
+    })
 }
 
 impl Modulus {
@@ -224,8 +243,9 @@ impl Modulus {
         t
     }
 
-    /// a·R mod m (into Montgomery form), by doubling 256 times: slower than a multiplication
-    /// by R² but needs no R² constant, and it runs only a few times per verification.
+    /// a·R mod m (into Montgomery form), by doubling 256 times: the tests' conversion, which
+    /// checks the constants the device converts with ([`R2_P`]).
+    #[cfg(test)]
     fn to_montgomery(&self, a: &Limbs) -> Limbs {
         let mut r = *a;
         for _ in 0..256 {
@@ -239,12 +259,10 @@ impl Modulus {
         // 1 in Montgomery form: 2²⁵⁶ mod m = 2²⁵⁶ - m (m > 2²⁵⁵), by wrapping around.
         let mut r = ZERO;
         sbb(&mut r, &self.m);
-        for word in e.iter().rev() {
-            for k in (0..32).rev() {
-                r = self.mul(&r, &r);
-                if (word >> k) & 1 == 1 {
-                    r = self.mul(&r, a);
-                }
+        for i in (0..256).rev() {
+            r = self.mul(&r, &r);
+            if bit(e, i) == 1 {
+                r = self.mul(&r, a);
             }
         }
         r
@@ -263,21 +281,21 @@ impl Modulus {
 /// Z = 0 is the point at infinity.
 type Point = [Limbs; 3];
 
-// The point formulas are short programs over registers: the accumulator A and temporaries
-// in a register file, and the addend B read where it lies (the table, flash). Four bytes a
-// step in a table take less flash than a call with four arguments in code, and the file
-// bounds the stack.
+// The point formulas are short programs over registers: the accumulator A, temporaries and
+// the addend B in one register file (B copied in by the addition, so that an operand is one
+// index into the file, not a choice between the file and the addend). A step in a table
+// takes less flash than a call with four arguments in code, and the file bounds the stack.
 const AX: u8 = 0;
 const AY: u8 = 1;
 const AZ: u8 = 2;
 const T0: u8 = 3;
 const T1: u8 = 4;
 const T2: u8 = 5;
-/// B's coordinates: the registers after the file.
+/// B's coordinates, copied in by the addition.
 const BX: u8 = 6;
 const BY: u8 = 7;
 const BZ: u8 = 8;
-type Regs = [Limbs; 6];
+type Regs = [Limbs; 9];
 
 /// A step's operation, in its top nibble.
 const OP_ADD: u16 = 0;
@@ -382,13 +400,12 @@ const ADD_TAIL: [Step; 13] = [
     sub(AY, T2, T1), // Y3 = R(V - X3) - S1·H³
 ];
 
-fn run(r: &mut Regs, b: &Point, program: &[Step]) {
+fn run(r: &mut Regs, program: &[Step]) {
     for &step in program {
         let v = {
             // Every index in the tables is a register; `get` keeps the bounds checks from
             // being panics.
-            let reg = |i: usize| r.get(i).or_else(|| b.get(i.wrapping_sub(r.len())));
-            let (Some(x), Some(y)) = (reg(step.a()), reg(step.b())) else {
+            let (Some(x), Some(y)) = (r.get(step.a()), r.get(step.b())) else {
                 continue;
             };
             match step.op() {
@@ -420,19 +437,22 @@ fn add_points(r: &mut Regs, b: &Point) {
     if is_zero(&b[2]) {
         return;
     }
-    run(r, b, &ADD_HEAD);
+    for (reg, c) in r.iter_mut().skip(usize::from(BX)).zip(b) {
+        *reg = *c;
+    }
+    run(r, &ADD_HEAD);
     if is_zero(&r[usize::from(T1)]) {
         // The same x: the same point, or its negative (the sum is infinity). The head has
         // overwritten A's X and Y, but A is B then.
         if is_zero(&r[usize::from(T0)]) {
             load(r, b);
-            run(r, b, &DOUBLE);
+            run(r, &DOUBLE);
         } else {
             r[2] = ZERO;
         }
         return;
     }
-    run(r, b, &ADD_TAIL);
+    run(r, &ADD_TAIL);
 }
 
 /// A = u1·G + u2·q in one pass over the bits of both scalars (Shamir's trick): a doubling
@@ -443,17 +463,15 @@ fn mul_add(r: &mut Regs, u1: &Limbs, u2: &Limbs, q: &Point) {
     // A's coordinates, one at a time (a loop of copies is smaller than three of them).
     let gq: Point = core::array::from_fn(|i| r[i]);
     r[2] = ZERO;
-    for (a, b) in u1.iter().zip(u2).rev() {
-        for k in (0..32).rev() {
-            run(r, q, &DOUBLE);
-            let term = match ((a >> k) & 1, (b >> k) & 1) {
-                (0, 0) => continue,
-                (1, 0) => &G,
-                (0, _) => q,
-                _ => &gq,
-            };
-            add_points(r, term);
-        }
+    for i in (0..256).rev() {
+        run(r, &DOUBLE);
+        let term = match (bit(u1, i), bit(u2, i)) {
+            (0, 0) => continue,
+            (1, 0) => &G,
+            (0, _) => q,
+            _ => &gq,
+        };
+        add_points(r, term);
     }
 }
 
@@ -505,13 +523,16 @@ impl VerifyingKey {
             (0x02 | 0x03, 32) => true,
             _ => return Err(KeyError::Encoding),
         };
-        let (xb, yb) = rest.split_at(32);
+        let Some((xb, yb)) = rest.split_first_chunk() else {
+            return Err(KeyError::Encoding);
+        };
         let x = from_be(xb);
-        let y = from_be(yb);
+        // A compressed key has no y bytes: 0 until y is worked out.
+        let y = yb.first_chunk().map_or(ZERO, from_be);
         if !less(&x, &P.m) || !less(&y, &P.m) {
             return Err(KeyError::NotOnCurve);
         }
-        let x = P.to_montgomery(&x);
+        let x = P.mul(&x, &R2_P);
         let rhs = curve_rhs(&x);
         let y = if compressed {
             let y = P.pow(&rhs, &SQRT_EXP);
@@ -522,7 +543,7 @@ impl VerifyingKey {
                 P.sub(&ZERO, &y)
             }
         } else {
-            P.to_montgomery(&y)
+            P.mul(&y, &R2_P)
         };
         // For a compressed key this also refuses an x whose rhs has no square root.
         if P.mul(&y, &y) != rhs {
@@ -536,19 +557,26 @@ impl VerifyingKey {
     // Out of line: its frame then does not add to that of the caller's hashing.
     #[inline(never)]
     pub fn verify_prehash(&self, digest: &[u8; 32], signature: &[u8; 64]) -> bool {
-        let r = from_be(&signature[..32]);
-        let s = from_be(&signature[32..]);
-        if !is_scalar(&r) || !is_scalar(&s) {
+        let (Some(rb), Some(sb)) = (signature.first_chunk(), signature.last_chunk()) else {
             return false;
-        }
-        // w = s⁻¹ in Montgomery form, so that multiplying a plain number by it gives a plain
-        // number: u1 = e·w mod n, u2 = r·w mod n. The digest is taken as an integer (256 bits,
-        // n's length, so nothing is truncated); mul reduces it mod n along the way.
-        let w = N.invert(&N.to_montgomery(&s));
-        let u1 = N.mul(&from_be(digest), &w);
-        let u2 = N.mul(&r, &w);
+        };
+        let r = from_be(rb);
+        // In a block: s and w are not kept on the stack through the pass.
+        let (u1, u2) = {
+            let s = from_be(sb);
+            if !is_scalar(&r) || !is_scalar(&s) {
+                return false;
+            }
+            // w = s⁻¹ in Montgomery form, so that multiplying a plain number by it gives a
+            // plain number: u1 = e·w mod n, u2 = r·w mod n. The digest is taken as an integer
+            // (256 bits, n's length, so nothing is truncated); mul reduces it mod n along the
+            // way. Inverted as it is, s stands for s·R⁻¹ in Montgomery form, whose inverse
+            // there is s⁻¹·R² (R^(n-1) = 1); one product with 1 takes an R off.
+            let w = N.mul(&N.invert(&s), &ONE);
+            (N.mul(&from_be(digest), &w), N.mul(&r, &w))
+        };
 
-        let mut sum: Regs = [ZERO; 6];
+        let mut sum: Regs = [ZERO; 9];
         // Q with Z = 1 (G's Z).
         mul_add(&mut sum, &u1, &u2, &[self.x, self.y, G[2]]);
         let [x, _, z, ..] = &sum;
@@ -633,20 +661,20 @@ mod tests {
     }
 
     fn double(a: &Point) -> Point {
-        let mut r: Regs = [ZERO; 6];
+        let mut r: Regs = [ZERO; 9];
         load(&mut r, a);
-        run(&mut r, &INFINITY, &DOUBLE);
+        run(&mut r, &DOUBLE);
         [r[0], r[1], r[2]]
     }
 
     fn shamir(u1: &Limbs, u2: &Limbs, q: &Point) -> Point {
-        let mut r: Regs = [ZERO; 6];
+        let mut r: Regs = [ZERO; 9];
         mul_add(&mut r, u1, u2, q);
         [r[0], r[1], r[2]]
     }
 
     fn sum(a: &Point, b: &Point) -> Point {
-        let mut r: Regs = [ZERO; 6];
+        let mut r: Regs = [ZERO; 9];
         load(&mut r, a);
         add_points(&mut r, b);
         [r[0], r[1], r[2]]
@@ -678,6 +706,11 @@ mod tests {
         assert_eq!(generator(), G);
         assert_eq!(ONE_MONTGOMERY, P.to_montgomery(&ONE));
         assert_eq!(B_MONTGOMERY, P.to_montgomery(&B));
+        assert_eq!(R2_P, P.to_montgomery(&ONE_MONTGOMERY));
+        let x = [0x1234_5678, 9, 8, 7, 6, 5, 4, 3];
+        assert_eq!(P.mul(&x, &R2_P), P.to_montgomery(&x));
+        // The verifier's s⁻¹ in Montgomery form, from s as it is.
+        assert_eq!(N.mul(&N.invert(&x), &ONE), N.invert(&N.to_montgomery(&x)));
         let g = generator();
         assert_eq!(P.mul(&g[1], &g[1]), curve_rhs(&g[0]));
     }
@@ -706,6 +739,8 @@ mod tests {
         // 2G, from the p256 crate's multiples of G.
         let g2_x = from_be(
             &hex::decode("7cf27b188d034f7e8a52380304b51ac3c08969e277f21b35a60b48fc47669978")
+                .unwrap()
+                .try_into()
                 .unwrap(),
         );
         assert_eq!(affine(&g2).0, g2_x);
@@ -728,7 +763,11 @@ mod tests {
         let k = p256::Scalar::from_repr(bytes.into()).unwrap();
         let point = (p256::ProjectivePoint::GENERATOR * k).to_affine();
         let encoded = point.to_encoded_point(false);
-        (from_be(encoded.x().unwrap()), from_be(encoded.y().unwrap()))
+        let coordinate = |c: Option<&[u8]>| from_be(c.unwrap().try_into().unwrap());
+        (
+            coordinate(encoded.x().map(|x| x.as_slice())),
+            coordinate(encoded.y().map(|y| y.as_slice())),
+        )
     }
 
     #[test]
