@@ -37,7 +37,7 @@
 
 use core::fmt;
 
-use super::parity::{self, bit, bitmap_len, clear, set_bit};
+use super::parity::{self, bit, bitmap_len, set_bit};
 use super::{FragmentStore, Progress};
 use crate::Version;
 
@@ -247,7 +247,7 @@ impl DecoderState {
         }
         // Within the length checked above (`get`: an index would keep a panic path).
         if let Some(received) = workspace.get_mut(..bitmap_len(m)) {
-            clear(received);
+            received.fill(0);
         }
         Ok(Self {
             version,
@@ -475,7 +475,7 @@ impl Work<'_> {
             _ => {
                 // A late data fragment: a row with one bit, its own, taken as a coded one
                 // (its slot is an unknown, since it was not received when they were fixed).
-                clear(self.parity);
+                self.parity.fill(0);
                 set_bit(self.parity, i);
                 self.push_row(store, payload)
             }
@@ -500,8 +500,8 @@ impl Work<'_> {
         }
         self.matrix.l = lost;
         self.s.l = lost;
-        clear(self.matrix.bits);
-        clear(self.pivots);
+        self.matrix.bits.fill(0);
+        self.pivots.fill(0);
         Ok(())
     }
 
@@ -530,7 +530,7 @@ impl Work<'_> {
         store: &mut S,
         payload: &[u8],
     ) -> Result<(), DecodeError<S::Error>> {
-        clear(self.row);
+        self.row.fill(0);
         self.buf_a.copy_from_slice(payload);
         // The unknowns are the clear received bits, in order: count them on the way.
         let mut column = 0;

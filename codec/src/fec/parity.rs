@@ -72,19 +72,6 @@ pub(crate) fn set_bit(map: &mut [u8], i: usize) {
     }
 }
 
-/// Clears a bitmap. Not `fill(0)`: on bytes of unknown alignment that calls the unaligned
-/// `__aeabi_memclr` (208 bytes on Cortex-M), which the firmware links for such calls alone.
-/// Storing only into bytes with bits set keeps this a loop (LLVM makes a plain zeroing loop
-/// the same call); the bitmaps are short. Out of line: the decoder clears in six places.
-#[inline(never)]
-pub(crate) fn clear(map: &mut [u8]) {
-    for b in map.iter_mut().rev() {
-        if *b != 0 {
-            *b = 0;
-        }
-    }
-}
-
 /// Writes parity row `n` (1-based) for `m` data fragments into `row` as a bitmap (bit `i` of
 /// byte `i / 8` selects data fragment `i + 1`). `row` must hold [`bitmap_len`]`(m)` bytes;
 /// returns the number of positions set, or `None` when `m` is 0 or `row` is too short.
@@ -94,7 +81,7 @@ pub fn fill_row(version: Version, n: u32, m: usize, row: &mut [u8]) -> Option<us
         return None;
     }
     let row = row.get_mut(..len)?;
-    clear(row);
+    row.fill(0);
     let target = m / 2;
     let mut draws = Draws::new(n, m as u32);
     let (mut set, mut drawn) = (0, 0);
