@@ -42,7 +42,7 @@ pub(crate) fn seconds_of(ms: i64) -> u32 {
 
 /// Default periodicity exponent: 128 * 2^7 s, about 4.5 hours.
 pub const DEFAULT_PERIOD: u8 = 7;
-const JITTER_MS: u64 = 30_000;
+const JITTER_MS: u32 = 30_000;
 /// Spacing of the AppTimeReq a ForceDeviceResync asks for.
 const RESYNC_SPACING_MS: u64 = 10_000;
 /// First wait before asking again while unsynchronized (then doubled each time).
@@ -143,7 +143,7 @@ impl ClockSync {
                 return None;
             }
         };
-        self.next_request = now + self.period_ms() + rng.below(JITTER_MS);
+        self.next_request = now + self.period_ms() + u64::from(rng.below(JITTER_MS));
         answer
     }
 
@@ -175,7 +175,7 @@ impl ClockSync {
                 // At most 60 s * 2^16, in 32 bits like the period.
                 false => u64::from(UNSYNCED_RETRY_MS << self.unanswered.min(16)).min(period),
             };
-            now + wait + rng.below(JITTER_MS)
+            now + wait + u64::from(rng.below(JITTER_MS))
         };
         self.unanswered = self.unanswered.saturating_add(1);
         let token = self.token;

@@ -157,15 +157,15 @@ fn heard_on(via: Via, mask: u8) -> bool {
 }
 
 /// The answers of a group spread over 2^(BlockAckDelay + 4) seconds.
-fn ack_spread_ms(block_ack_delay: u8) -> u64 {
+fn ack_spread_ms(block_ack_delay: u8) -> u32 {
     // At most 2^11 s: a 32-bit shift, not a 64-bit shift and multiply.
-    u64::from(1000u32 << (u32::from(block_ack_delay & 7) + 4))
+    1000u32 << (u32::from(block_ack_delay & 7) + 4)
 }
 
 /// When an answer spread by `block_ack_delay` goes out: at a random point of the spread
 /// from `from`.
 fn ack_time(from: Millis, rng: &mut Rng, block_ack_delay: u8) -> Millis {
-    from + rng.below(ack_spread_ms(block_ack_delay))
+    from + u64::from(rng.below(ack_spread_ms(block_ack_delay)))
 }
 
 impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
@@ -552,7 +552,7 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
             }
             // Again a spread later: from the end of this spread.
             let delay = s.params.block_ack_delay;
-            s.ack_due = ack_time(now + ack_spread_ms(delay), rng, delay);
+            s.ack_due = ack_time(now + u64::from(ack_spread_ms(delay)), rng, delay);
             return Some(Uplink::FragDataBlockReceivedReq(FragDataBlockReceivedReq {
                 frag_index: s.params.frag_index,
                 mic_error: s.mic_ok == Some(false),

@@ -18,14 +18,14 @@ impl Rng {
         self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
 
-    /// Uniform in `0..n` (0 when `n` is 0). `n` is taken as at most `u32::MAX`: the jitters
-    /// are far below that (49 days in ms).
-    pub fn below(&mut self, n: u64) -> u64 {
+    /// Uniform in `0..n` (0 when `n` is 0). In 32 bits: the jitters are far below that (49
+    /// days in ms).
+    pub fn below(&mut self, n: u32) -> u32 {
         let x = self.next_u64();
-        // Multiply-shift, unbiased enough for jitter: `x * n >> 64`, in
-        // two 32x32-bit products (`n` fits 32 bits) instead of a 64x64-bit one.
-        let n = n.min(u64::from(u32::MAX));
-        ((((x & 0xffff_ffff) * n) >> 32) + (x >> 32) * n) >> 32
+        // Multiply-shift, unbiased enough for jitter: `x * n >> 64`, in two 32x32-bit
+        // products instead of a 64x64-bit one; below `n`, so it fits 32 bits.
+        let n = u64::from(n);
+        (((((x & 0xffff_ffff) * n) >> 32) + (x >> 32) * n) >> 32) as u32
     }
 }
 
@@ -35,8 +35,8 @@ mod tests {
 
     #[test]
     fn below_is_the_128_bit_multiply_shift() {
-        for n in [0, 1, 7, 30_000, 2_048_000, u64::from(u32::MAX)] {
-            let mut a = Rng::new(n);
+        for n in [0, 1, 7, 30_000, 2_048_000, u32::MAX] {
+            let mut a = Rng::new(u64::from(n));
             let mut b = a.clone();
             for _ in 0..1000 {
                 let want = (u128::from(b.next_u64()) * u128::from(n)) >> 64;
