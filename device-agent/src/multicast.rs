@@ -161,20 +161,19 @@ impl Multicast {
                 package_version: self.version.number(),
             })),
             Downlink::McGroupStatusReq(req) => {
-                let mut ans = McGroupStatusAns {
-                    ans_group_mask: 0,
-                    nb_total_groups: 0,
-                    items: NO_ITEMS,
-                };
+                // The mask and the count in locals, stored once in the answer, not after
+                // every group.
+                let (mut mask, mut total) = (0, 0);
+                let mut items = NO_ITEMS;
                 // One pass counts the groups and lists those asked for, each in the next
                 // item (an iterator: no index to check).
-                let mut items = ans.items.iter_mut();
+                let mut next = items.iter_mut();
                 for (id, g) in self.groups.iter().enumerate() {
                     let Some(g) = g else { continue };
-                    ans.nb_total_groups += 1;
+                    total += 1;
                     if req.req_group_mask & (1 << id) != 0 {
-                        ans.ans_group_mask |= 1 << id;
-                        if let Some(item) = items.next() {
+                        mask |= 1 << id;
+                        if let Some(item) = next.next() {
                             *item = McGroupStatusItem {
                                 mc_group_id: id as u8,
                                 mc_addr: g.addr,
@@ -182,7 +181,11 @@ impl Multicast {
                         }
                     }
                 }
-                Some(Uplink::McGroupStatusAns(ans))
+                Some(Uplink::McGroupStatusAns(McGroupStatusAns {
+                    ans_group_mask: mask,
+                    nb_total_groups: total,
+                    items,
+                }))
             }
             Downlink::McGroupSetupReq(req) => {
                 let id = req.mc_group_id;
