@@ -48,6 +48,12 @@ const RESYNC_SPACING_MS: u64 = 10_000;
 /// First wait before asking again while unsynchronized (then doubled each time).
 const UNSYNCED_RETRY_MS: u32 = 60_000;
 
+/// `128 s * 2^period` in ms; `period` is at most 15, so it fits 32 bits: a 32-bit shift, not
+/// a 64-bit one.
+fn period_ms(period: u8) -> u32 {
+    128_000 << period
+}
+
 /// Device side of TS003.
 #[derive(Debug, Clone)]
 pub struct ClockSync {
@@ -60,7 +66,9 @@ pub struct ClockSync {
     token: u8,
     /// Tokens of the requests sent since the last correction (bit per token).
     outstanding: u16,
-    period: u8,
+    /// The period in ms, `128 s * 2^period` (at most 2^15, which fits 32 bits): worked out
+    /// once when set, not at each use.
+    period_ms: u32,
     next_request: Millis,
     resync_left: u8,
     /// Unanswered requests since the last answer (for the unsynchronized back-off).
@@ -76,7 +84,7 @@ impl ClockSync {
             synced: false,
             token: 0,
             outstanding: 0,
-            period: DEFAULT_PERIOD,
+            period_ms: period_ms(DEFAULT_PERIOD),
             next_request: now,
             resync_left: 0,
             unanswered: 0,
@@ -127,7 +135,7 @@ impl ClockSync {
                 None
             }
             Downlink::DeviceAppTimePeriodicityReq(req) => {
-                self.period = req.period & 0x0f;
+                self.period_ms = period_ms(req.period & 0x0f);
                 Some(Uplink::DeviceAppTimePeriodicityAns(
                     DeviceAppTimePeriodicityAns {
                         not_supported: false,
@@ -143,13 +151,8 @@ impl ClockSync {
                 return None;
             }
         };
-        self.next_request = now + self.period_ms() + u64::from(rng.below(JITTER_MS));
+        self.next_request = now + u64::from(self.period_ms) + u64::from(rng.below(JITTER_MS));
         answer
-    }
-
-    fn period_ms(&self) -> u64 {
-        // At most 128 s * 2^15, which fits 32 bits: a 32-bit shift, not a 64-bit one.
-        u64::from(128_000u32 << self.period)
     }
 
     /// When the next AppTimeReq is due.
@@ -169,7 +172,7 @@ impl ClockSync {
             now + RESYNC_SPACING_MS
         } else {
             // The period, or less while unsynchronized; jittered either way.
-            let period = self.period_ms();
+            let period = u64::from(self.period_ms);
             let wait = match self.is_synced() {
                 true => period,
                 // At most 60 s * 2^16, in 32 bits like the period.
