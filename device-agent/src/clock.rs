@@ -151,7 +151,8 @@ impl ClockSync {
                 return None;
             }
         };
-        self.next_request = now + u64::from(self.period_ms) + u64::from(rng.below(JITTER_MS));
+        // As in poll_request: the jittered period fits 32 bits.
+        self.next_request = now + u64::from(self.period_ms + rng.below(JITTER_MS));
         answer
     }
 
@@ -172,13 +173,14 @@ impl ClockSync {
             now + RESYNC_SPACING_MS
         } else {
             // The period, or less while unsynchronized; jittered either way.
-            let period = u64::from(self.period_ms);
             let wait = match self.is_synced() {
-                true => period,
+                true => self.period_ms,
                 // At most 60 s * 2^16, in 32 bits like the period.
-                false => u64::from(UNSYNCED_RETRY_MS << self.unanswered.min(16)).min(period),
+                false => (UNSYNCED_RETRY_MS << self.unanswered.min(16)).min(self.period_ms),
             };
-            now + wait + u64::from(rng.below(JITTER_MS))
+            // Jittered in 32 bits (at most 2^15 * 128 s + 30 s, below 2^32 ms), then one
+            // 64-bit addition.
+            now + u64::from(wait + rng.below(JITTER_MS))
         };
         self.unanswered = self.unanswered.saturating_add(1);
         let token = self.token;
