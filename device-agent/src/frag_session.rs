@@ -724,6 +724,9 @@ fn complete<F: NorFlash, const SPARES: usize>(
     let p = s.params;
     let len = block_len(&p);
     let mic_ok = if version == Version::V2 {
+        // Looked up once, not at each chunk (a complete block's session always has its
+        // store: only a used block's, never checked again, has none).
+        let store = s.store.as_mut().ok_or(StoreError::OutOfRange)?;
         let mut mic = DataBlockMic::new(key, p.session_cnt, p.frag_index, p.descriptor, len);
         let mut buf = [0u8; MIC_CHUNK];
         let mut at = 0;
@@ -731,10 +734,7 @@ fn complete<F: NorFlash, const SPARES: usize>(
             let n = ((len - at) as usize).min(MIC_CHUNK);
             // `get` (never short: `n` is at most the buffer): an index keeps a panic path.
             let chunk = buf.get_mut(..n).unwrap_or_default();
-            s.store
-                .as_mut()
-                .ok_or(StoreError::OutOfRange)?
-                .read_block(at, chunk)?;
+            store.read_block(at, chunk)?;
             mic.update(chunk);
             at += n as u32;
         }
