@@ -254,6 +254,8 @@ impl<'a, F: NorFlash, const SPARES: usize> FlashStore<'a, F, SPARES> {
     pub fn read_block(&mut self, offset: u32, buf: &mut [u8]) -> Result<(), StoreError<F::Error>> {
         let mut at = offset as usize;
         let mut rest = buf;
+        // Borrowed once for the whole read, not at each slot.
+        let mut f = self.flash.borrow_mut();
         while !rest.is_empty() {
             let slot = at / self.frag_size;
             let within = at % self.frag_size;
@@ -261,9 +263,7 @@ impl<'a, F: NorFlash, const SPARES: usize> FlashStore<'a, F, SPARES> {
             // Cut at most the rest: the split needs no panic path.
             let n = (self.frag_size.get() - within).min(rest.len());
             let (chunk, tail) = rest.split_at_mut(n);
-            self.flash
-                .borrow_mut()
-                .read(loc + within as u32, chunk)
+            f.read(loc + within as u32, chunk)
                 .map_err(StoreError::Flash)?;
             at += n;
             rest = tail;
