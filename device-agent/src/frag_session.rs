@@ -492,8 +492,7 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
             None => true,
             Some(s) => {
                 m == 0
-                    || frag_size == 0
-                    || frag_size > MAX_FRAG_SIZE
+                    || !(1..=MAX_FRAG_SIZE).contains(&frag_size)
                     || m * pitch > s.areas.block.len as usize
                     || (m + self.max_lost) * record > s.areas.log.len as usize
                     || DecoderState::workspace_len(m, self.max_lost, frag_size) > s.workspace.len()
