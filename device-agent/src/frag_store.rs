@@ -64,7 +64,7 @@ impl FragLog {
         region: Region,
         frag_size: usize,
     ) -> Result<Self, StoreError<F::Error>> {
-        if frag_size == 0 || frag_size > MAX_FRAG_SIZE {
+        if !(1..=MAX_FRAG_SIZE).contains(&frag_size) {
             return Err(StoreError::BadSize);
         }
         flash
@@ -86,7 +86,7 @@ impl FragLog {
         frag_size: usize,
         mut each: impl FnMut(u16, &[u8]) -> Result<(), StoreError<F::Error>>,
     ) -> Result<Self, StoreError<F::Error>> {
-        if frag_size == 0 || frag_size > MAX_FRAG_SIZE {
+        if !(1..=MAX_FRAG_SIZE).contains(&frag_size) {
             return Err(StoreError::BadSize);
         }
         let len = record_len::<F>(frag_size);
