@@ -398,9 +398,10 @@ impl<'a, F: NorFlash, const SPARES: usize, const SESSIONS: usize>
                 }
                 let delay_exp = session.map_or(0, |s| s.params.block_ack_delay);
                 let ans = Self::status_of(session, req.frag_index);
-                // With Participants = 0 only devices still missing fragments answer.
-                let done = !ans.session_does_not_exist && ans.missing_frag == 0 && !ans.mic_error;
-                if !req.participants && (done || ans.session_does_not_exist) {
+                // With Participants = 0 only devices still missing fragments answer: not
+                // one whose block is done, nor one without the session (whose answer has
+                // no missing fragment and no MIC error either, so one test covers both).
+                if !req.participants && ans.missing_frag == 0 && !ans.mic_error {
                     return Ok(None);
                 }
                 self.pending_status[usize::from(req.frag_index & 3)] =
