@@ -182,6 +182,18 @@ impl<'a, const REPORT: bool> Writer<'a, REPORT> {
         self.error(field, ErrorKind::InvalidValue)
     }
 
+    /// On a device, fails when fewer than `n` more bytes fit. [`Writer::new`] has seen the
+    /// whole command fit, so this never fails; it is there for the compiler, which cannot
+    /// tell which command's length that was, and folds the checks of the `n` bytes of writes
+    /// after it into this one. Reporting, it checks nothing.
+    pub(crate) fn expect(&mut self, n: usize) -> Result<(), Stop> {
+        let needed = self.pos + n;
+        if !REPORT && self.buf.len() < needed {
+            return Err(self.error("buffer", ErrorKind::BufferTooSmall { needed }));
+        }
+        Ok(())
+    }
+
     pub(crate) fn put(&mut self, bytes: &[u8]) {
         let end = self.pos + bytes.len();
         match self.buf.get_mut(self.pos..end) {
