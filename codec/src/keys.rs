@@ -115,7 +115,7 @@ pub fn data_block_int_key(app_key: &Key128) -> Key128 {
 pub struct DataBlockMic {
     mac: Cmac,
     block_len: u32,
-    fed: u64,
+    fed: u32,
 }
 
 impl DataBlockMic {
@@ -146,14 +146,17 @@ impl DataBlockMic {
     /// Feeds the next piece of the block.
     pub fn update(&mut self, chunk: &[u8]) {
         self.mac.update(chunk);
-        // Wrapping: 2^64 bytes are never fed, and the add needs no saturation code.
-        self.fed = self.fed.wrapping_add(chunk.len() as u64);
+        // In u32, as the length it is checked against, saturating: a count stuck at
+        // u32::MAX differs from every block length but that one, which no device's block
+        // (at most 16,383 fragments of 255 bytes) comes near.
+        let len = u32::try_from(chunk.len()).unwrap_or(u32::MAX);
+        self.fed = self.fed.saturating_add(len);
     }
 
     /// The 4-byte MIC. Fails with `InvalidValue` on `DataBlockMic.BlockLength` when the bytes
     /// fed differ from the length given to [`DataBlockMic::new`]: that MIC would be wrong.
     pub fn finalize(self) -> Result<[u8; 4], Error> {
-        if self.fed != u64::from(self.block_len) {
+        if self.fed != self.block_len {
             return Err(Error::new(
                 "DataBlockMic",
                 "BlockLength",
