@@ -453,8 +453,6 @@ fn build_session_ans<const REPORT: bool>(
         | u8::from(a.freq_error) << 3
         | u8::from(a.mc_group_undefined) << 4
         | u8::from(a.start_missed) << 5;
-    // The status, and TimeToStart when it travels.
-    w.expect(if a.time_to_start.is_some() { 4 } else { 1 })?;
     w.u8(status);
     if let Some(t) = a.time_to_start {
         w.u24("TimeToStart", t)?;
