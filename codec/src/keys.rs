@@ -128,14 +128,15 @@ impl DataBlockMic {
         descriptor: [u8; 4],
         block_len: u32,
     ) -> Self {
-        // B0 = 49 | SessionCnt LE | FragIndex | Descriptor | 0^4 | block length LE, written
-        // out whole: no range copies.
+        // B0 = 49 | SessionCnt LE | FragIndex | Descriptor | 0^4 | block length LE, made as
+        // one little-endian number of four words, stored whole: no byte stores, no range
+        // copies.
         let [c0, c1] = session_cnt.to_le_bytes();
-        let [d0, d1, d2, d3] = descriptor;
-        let [l0, l1, l2, l3] = block_len.to_le_bytes();
-        let b0 = [
-            0x49, c0, c1, frag_index, d0, d1, d2, d3, 0, 0, 0, 0, l0, l1, l2, l3,
-        ];
+        let head = u32::from_le_bytes([0x49, c0, c1, frag_index]);
+        let b0 = (u128::from(head)
+            | u128::from(u32::from_le_bytes(descriptor)) << 32
+            | u128::from(block_len) << 96)
+            .to_le_bytes();
         Self {
             mac: Cmac::with_first_block(data_block_int_key.as_bytes(), b0),
             block_len,
