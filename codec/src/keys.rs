@@ -45,12 +45,10 @@ impl Key128 {
     }
 
     fn derive(&self, first_byte: u8, mc_addr: Option<u32>) -> Key128 {
-        let mut block = [0u8; 16];
-        block[0] = first_byte;
-        if let Some(addr) = mc_addr {
-            block[1..5].copy_from_slice(&addr.to_le_bytes());
-        }
-        Key128(self.encrypt_block(block))
+        // The block as one little-endian number: the byte, the address (none leaves those
+        // bytes zero, as the rest), stored in four words.
+        let block = u128::from(first_byte) | u128::from(mc_addr.unwrap_or(0)) << 8;
+        Key128(self.encrypt_block(block.to_le_bytes()))
     }
 }
 
