@@ -339,12 +339,10 @@ impl Uplink {
                 if c.token_req > 0x0f {
                     return Err(w.invalid("TokenReq"));
                 }
-                w.expect(5)?;
                 w.u32(c.device_time);
                 w.u8(c.token_req | if c.ans_required { 0x10 } else { 0 });
             }
             Uplink::DeviceAppTimePeriodicityAns(c) => {
-                w.expect(5)?;
                 w.u8(u8::from(c.not_supported));
                 w.u32(c.time);
             }

@@ -160,6 +160,10 @@ impl<'a, const REPORT: bool> Writer<'a, REPORT> {
                 ErrorKind::BufferTooSmall { needed: len },
             ));
         }
+        // Unreported, the buffer is cut to the command's length (split_at_mut: it fits): in
+        // each command's arm the compiler then knows the length, and folds the writes'
+        // checks. A write past it fails, as a length that disagrees with the fields would.
+        let buf = if REPORT { buf } else { buf.split_at_mut(len).0 };
         Ok(Self {
             command,
             buf,
