@@ -223,15 +223,19 @@ impl Uplink {
                 w.u32(a.fw_version);
                 w.u32(a.hw_version);
             }
-            Uplink::DevUpgradeImageAns(s) => match s {
-                UpImageStatus::Absent => w.u8(0),
-                UpImageStatus::Corrupt => w.u8(1),
-                UpImageStatus::Incompatible => w.u8(2),
-                UpImageStatus::Valid { firmware_id } => {
-                    w.u8(3);
-                    w.u32(*firmware_id);
+            Uplink::DevUpgradeImageAns(s) => {
+                // One write of the status, the FirmwareID after it when there is one.
+                let (status, firmware_id) = match s {
+                    UpImageStatus::Absent => (0, None),
+                    UpImageStatus::Corrupt => (1, None),
+                    UpImageStatus::Incompatible => (2, None),
+                    UpImageStatus::Valid { firmware_id } => (3, Some(*firmware_id)),
+                };
+                w.u8(status);
+                if let Some(id) = firmware_id {
+                    w.u32(id);
                 }
-            },
+            }
         }
         Ok(())
     }
