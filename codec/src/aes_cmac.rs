@@ -92,11 +92,15 @@ impl fmt::Debug for Cmac {
 /// left by one bit, and R_128 = 0x87 folded into the last byte when the top bit fell off
 /// (RFC 4493, 2.3). No branch on the key-dependent bit.
 fn double(block: &mut [u8; 16]) {
-    let carry = block[0] >> 7;
-    for i in 0..15 {
-        block[i] = (block[i] << 1) | (block[i + 1] >> 7);
+    // From the last byte up, each passing its top bit on to the one before: one load and
+    // one store a byte, no index to check.
+    let mut carry = 0;
+    for b in block.iter_mut().rev() {
+        let top = *b >> 7;
+        *b = (*b << 1) | carry;
+        carry = top;
     }
-    block[15] = (block[15] << 1) ^ (carry * 0x87);
+    block[15] ^= carry * 0x87;
 }
 
 #[cfg(test)]

@@ -19,15 +19,19 @@ pub const CID_UPDATE_REPORT: u8 = 0x01;
 pub const LEN: usize = 7;
 
 /// Why the firmware put an install off ([`Outcome::Deferred`]'s detail).
+///
+/// The discriminants are the wire's detail codes (0x80 with the reason below it for
+/// [`Refusal::Other`]), so that [`Refusal::to_byte`] reads a code as the tag.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
 pub enum Refusal {
-    LowBattery,
+    LowBattery = 1,
     /// Not on mains power.
-    NoMains,
+    NoMains = 2,
     /// A busy period (metering, a job that must not be interrupted).
-    Busy,
+    Busy = 3,
     /// The firmware's own reason code (0 to 127).
-    Other(u8),
+    Other(u8) = 0x80,
 }
 
 impl Refusal {

@@ -197,17 +197,18 @@ impl Uplink {
     /// `None` where that gives an error, and no code to describe it.
     pub fn write_into<'b>(&self, buf: &'b mut [u8]) -> Option<&'b [u8]> {
         let mut w = Writer::<false>::new(self.name(), buf, self.wire_len()).ok()?;
-        self.write_body(&mut w);
+        // The first error stays in the writer, which gives it back.
+        let _ = self.write_body(&mut w);
         w.finish().ok()
     }
 
     pub fn build_into<'b>(&self, buf: &'b mut [u8]) -> Result<&'b [u8], Error> {
         let mut w = Writer::<true>::new(self.name(), buf, self.wire_len())?;
-        self.write_body(&mut w);
+        let _ = self.write_body(&mut w);
         w.finish()
     }
 
-    fn write_body<const REPORT: bool>(&self, w: &mut Writer<'_, REPORT>) {
+    fn write_body<const REPORT: bool>(&self, w: &mut Writer<'_, REPORT>) -> Result<(), Stop> {
         w.u8(self.cid());
         match self {
             Uplink::PackageVersionAns {
@@ -218,19 +219,25 @@ impl Uplink {
                 w.u8(*package_version);
             }
             Uplink::DevVersionAns(a) => {
+                w.expect(8)?;
                 w.u32(a.fw_version);
                 w.u32(a.hw_version);
             }
-            Uplink::DevUpgradeImageAns(s) => match s {
-                UpImageStatus::Absent => w.u8(0),
-                UpImageStatus::Corrupt => w.u8(1),
-                UpImageStatus::Incompatible => w.u8(2),
-                UpImageStatus::Valid { firmware_id } => {
-                    w.u8(3);
-                    w.u32(*firmware_id);
+            Uplink::DevUpgradeImageAns(s) => {
+                // One write of the status, the FirmwareID after it when there is one.
+                let (status, firmware_id) = match s {
+                    UpImageStatus::Absent => (0, None),
+                    UpImageStatus::Corrupt => (1, None),
+                    UpImageStatus::Incompatible => (2, None),
+                    UpImageStatus::Valid { firmware_id } => (3, Some(*firmware_id)),
+                };
+                w.u8(status);
+                if let Some(id) = firmware_id {
+                    w.u32(id);
                 }
-            },
+            }
         }
+        Ok(())
     }
 }
 

@@ -700,6 +700,7 @@ impl Uplink {
                     | (u8::from(c.mic_error) << 1)
                     | (u8::from(c.session_does_not_exist) << 2);
                 let received = index_and_count(c.frag_index, c.nb_frag_received);
+                w.expect(4)?;
                 // v2 moves Status from last to first.
                 if version == Version::V2 {
                     w.u8(status);

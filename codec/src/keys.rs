@@ -45,12 +45,10 @@ impl Key128 {
     }
 
     fn derive(&self, first_byte: u8, mc_addr: Option<u32>) -> Key128 {
-        let mut block = [0u8; 16];
-        block[0] = first_byte;
-        if let Some(addr) = mc_addr {
-            block[1..5].copy_from_slice(&addr.to_le_bytes());
-        }
-        Key128(self.encrypt_block(block))
+        // The block as one little-endian number: the byte, the address (none leaves those
+        // bytes zero, as the rest), stored in four words.
+        let block = u128::from(first_byte) | u128::from(mc_addr.unwrap_or(0)) << 8;
+        Key128(self.encrypt_block(block.to_le_bytes()))
     }
 }
 
@@ -115,7 +113,7 @@ pub fn data_block_int_key(app_key: &Key128) -> Key128 {
 pub struct DataBlockMic {
     mac: Cmac,
     block_len: u32,
-    fed: u64,
+    fed: u32,
 }
 
 impl DataBlockMic {
@@ -128,14 +126,15 @@ impl DataBlockMic {
         descriptor: [u8; 4],
         block_len: u32,
     ) -> Self {
-        // B0 = 49 | SessionCnt LE | FragIndex | Descriptor | 0^4 | block length LE, written
-        // out whole: no range copies.
+        // B0 = 49 | SessionCnt LE | FragIndex | Descriptor | 0^4 | block length LE, made as
+        // one little-endian number of four words, stored whole: no byte stores, no range
+        // copies.
         let [c0, c1] = session_cnt.to_le_bytes();
-        let [d0, d1, d2, d3] = descriptor;
-        let [l0, l1, l2, l3] = block_len.to_le_bytes();
-        let b0 = [
-            0x49, c0, c1, frag_index, d0, d1, d2, d3, 0, 0, 0, 0, l0, l1, l2, l3,
-        ];
+        let head = u32::from_le_bytes([0x49, c0, c1, frag_index]);
+        let b0 = (u128::from(head)
+            | u128::from(u32::from_le_bytes(descriptor)) << 32
+            | u128::from(block_len) << 96)
+            .to_le_bytes();
         Self {
             mac: Cmac::with_first_block(data_block_int_key.as_bytes(), b0),
             block_len,
@@ -146,14 +145,17 @@ impl DataBlockMic {
     /// Feeds the next piece of the block.
     pub fn update(&mut self, chunk: &[u8]) {
         self.mac.update(chunk);
-        // Wrapping: 2^64 bytes are never fed, and the add needs no saturation code.
-        self.fed = self.fed.wrapping_add(chunk.len() as u64);
+        // In u32, as the length it is checked against, saturating: a count stuck at
+        // u32::MAX differs from every block length but that one, which no device's block
+        // (at most 16,383 fragments of 255 bytes) comes near.
+        let len = u32::try_from(chunk.len()).unwrap_or(u32::MAX);
+        self.fed = self.fed.saturating_add(len);
     }
 
     /// The 4-byte MIC. Fails with `InvalidValue` on `DataBlockMic.BlockLength` when the bytes
     /// fed differ from the length given to [`DataBlockMic::new`]: that MIC would be wrong.
     pub fn finalize(self) -> Result<[u8; 4], Error> {
-        if self.fed != u64::from(self.block_len) {
+        if self.fed != self.block_len {
             return Err(Error::new(
                 "DataBlockMic",
                 "BlockLength",

@@ -315,6 +315,7 @@ impl Downlink {
             }
             0x05 => {
                 r.command("McClassBSessionReq");
+                r.expect(10)?;
                 let header = r.u8("McGroupIDHeader")?;
                 let mc_group_id = group_id(r, "McGroupIDHeader", header, 0xfc)?;
                 let session_time = r.u32("SessionTime")?;

@@ -136,12 +136,14 @@ impl<'a, const REPORT: bool> Reader<'a, REPORT> {
 /// Writes one command into a caller's buffer. [`Writer::new`] checks that the whole command
 /// fits, so the writes after it cannot fail and return nothing; one that did not fit all the
 /// same (a length that disagrees with the fields) is kept as the command's error. With
-/// `REPORT` false (a device) only that there was an error is kept.
+/// `REPORT` false (a device) only that there was an error is kept, as a position past the
+/// buffer.
 pub(crate) struct Writer<'a, const REPORT: bool = true> {
     command: &'static str,
     buf: &'a mut [u8],
+    /// Bytes written; past the buffer after an unreported error.
     pos: usize,
-    /// The first error: field and kind.
+    /// The first error: field and kind (reported only).
     failed: Option<(&'static str, ErrorKind)>,
 }
 
@@ -158,6 +160,10 @@ impl<'a, const REPORT: bool> Writer<'a, REPORT> {
                 ErrorKind::BufferTooSmall { needed: len },
             ));
         }
+        // Unreported, the buffer is cut to the command's length (split_at_mut: it fits): in
+        // each command's arm the compiler then knows the length, and folds the writes'
+        // checks. A write past it fails, as a length that disagrees with the fields would.
+        let buf = if REPORT { buf } else { buf.split_at_mut(len).0 };
         Ok(Self {
             command,
             buf,
@@ -167,12 +173,13 @@ impl<'a, const REPORT: bool> Writer<'a, REPORT> {
     }
 
     fn error(&mut self, field: &'static str, kind: ErrorKind) -> Stop {
-        if self.failed.is_none() {
-            self.failed = Some(if REPORT {
-                (field, kind)
-            } else {
-                ("", ErrorKind::InvalidValue)
-            });
+        if !REPORT {
+            // Unreported, a position past the buffer is the error: no write fits after it,
+            // and finish finds no prefix that long. (A slice is at most isize::MAX long, so
+            // the field ends worked out from it do not overflow.)
+            self.pos = self.buf.len() + 1;
+        } else if self.failed.is_none() {
+            self.failed = Some((field, kind));
         }
         Stop(())
     }
@@ -180,6 +187,18 @@ impl<'a, const REPORT: bool> Writer<'a, REPORT> {
     /// Records that `field` holds a value the command cannot carry, and stops.
     pub(crate) fn invalid(&mut self, field: &'static str) -> Stop {
         self.error(field, ErrorKind::InvalidValue)
+    }
+
+    /// On a device, fails when fewer than `n` more bytes fit. [`Writer::new`] has seen the
+    /// whole command fit, so this never fails; it is there for the compiler, which cannot
+    /// tell which command's length that was, and folds the checks of the `n` bytes of writes
+    /// after it into this one. Reporting, it checks nothing.
+    pub(crate) fn expect(&mut self, n: usize) -> Result<(), Stop> {
+        let needed = self.pos + n;
+        if !REPORT && self.buf.len() < needed {
+            return Err(self.error("buffer", ErrorKind::BufferTooSmall { needed }));
+        }
+        Ok(())
     }
 
     pub(crate) fn put(&mut self, bytes: &[u8]) {
@@ -244,7 +263,11 @@ impl<'a, const REPORT: bool> Writer<'a, REPORT> {
         } = self;
         match failed {
             Some((field, kind)) => Err(Error::new(command, field, kind)),
-            None => Ok(&buf[..pos.min(buf.len())]),
+            None => match buf.get(..pos) {
+                Some(written) => Ok(written),
+                // An unreported error.
+                None => Err(Error::new(command, "buffer", ErrorKind::InvalidValue)),
+            },
         }
     }
 }

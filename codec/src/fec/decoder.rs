@@ -589,12 +589,18 @@ impl Work<'_> {
         store: &mut S,
     ) -> Result<(), DecodeError<S::Error>> {
         let l = self.matrix.l;
+        // Where row c's pivot is: the rows from c on hold l - c, ..., 1 bits, the last
+        // ending the matrix, so each row up starts l - c bits before the one below. (One
+        // running position, not start(c) worked out for each row.)
+        let mut pivot_at = l * (l + 1) / 2;
         for c in (0..l).rev() {
             let slot = get_u16(self.column_slot, c) as usize;
-            let start = self.matrix.start(c);
+            pivot_at -= l - c;
+            let mut at = pivot_at;
             let mut dirty = false;
             for j in c + 1..l {
-                if bit(self.matrix.bits, start + j) {
+                at += 1;
+                if bit(self.matrix.bits, at) {
                     if !dirty {
                         store
                             .read_slot(slot, self.buf_a)
