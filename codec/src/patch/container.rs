@@ -43,12 +43,16 @@ pub enum Compression {
 
 /// Target version, MCUboot style: `major.minor.revision+build`. Ordered field by field,
 /// major first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+// In memory least significant field first (C layout): the comparison key is then the
+// version's eight bytes as one little-endian number, loaded as they are. `Debug` by hand,
+// major first as before.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[repr(C)]
 pub struct ImageVersion {
-    pub major: u8,
-    pub minor: u8,
-    pub revision: u16,
     pub build: u32,
+    pub revision: u16,
+    pub minor: u8,
+    pub major: u8,
 }
 
 impl ImageVersion {
@@ -60,6 +64,17 @@ impl ImageVersion {
             | (u64::from(self.minor) << 48)
             | (u64::from(self.revision) << 32)
             | u64::from(self.build)
+    }
+}
+
+impl core::fmt::Debug for ImageVersion {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("ImageVersion")
+            .field("major", &self.major)
+            .field("minor", &self.minor)
+            .field("revision", &self.revision)
+            .field("build", &self.build)
+            .finish()
     }
 }
 
