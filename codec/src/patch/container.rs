@@ -300,12 +300,7 @@ impl Manifest {
             source_sha256: [0; 32],
             target_len,
             target_sha256: [0; 32],
-            version: ImageVersion {
-                major: m[M_VERSION],
-                minor: m[M_VERSION + 1],
-                revision: u16_at(m, M_VERSION + 2),
-                build: u32_at(m, M_VERSION + 4),
-            },
+            version: ImageVersion::default(),
             security_counter: u32_at(m, M_SECURITY_COUNTER),
             payload_len,
             payload_sha256: [0; 32],
@@ -314,6 +309,13 @@ impl Manifest {
         manifest.source_sha256 = array32(m, M_SOURCE_SHA);
         manifest.target_sha256 = array32(m, M_TARGET_SHA);
         manifest.payload_sha256 = array32(m, M_PAYLOAD_SHA);
+        // Read after the copies too: its fields are not kept on the stack across them.
+        manifest.version = ImageVersion {
+            major: m[M_VERSION],
+            minor: m[M_VERSION + 1],
+            revision: u16_at(m, M_VERSION + 2),
+            build: u32_at(m, M_VERSION + 4),
+        };
         Ok(manifest)
     }
 
