@@ -590,10 +590,11 @@ impl<T: TargetImage + ?Sized> TargetImage for Hashing<'_, T> {
         self.sink.sha.update(data);
         // The bytes past the resume point, if any.
         let skip = self.sink.resume_from.saturating_sub(offset) as usize;
-        if let Some(rest @ [_, ..]) = data.get(skip..) {
-            self.target.write(offset + skip as u32, rest)?;
+        // The write's result handed on as it is, not through `?` (whose conversion copies it).
+        match data.get(skip..) {
+            Some(rest @ [_, ..]) => self.target.write(offset + skip as u32, rest),
+            _ => Ok(()),
         }
-        Ok(())
     }
 }
 
