@@ -658,7 +658,10 @@ impl Payload {
         }
         self.stream = match manifest.kind {
             Kind::Delta => {
-                check_source(manifest, source)?;
+                // Its error handed on as it is, not through `?` (whose conversion copies it).
+                if let e @ Err(_) = check_source(manifest, source) {
+                    return e;
+                }
                 Stream::Delta(Detools::new(
                     manifest.source_len,
                     Some(Expect {
