@@ -366,7 +366,9 @@ impl HeaderReader {
             let Some(size) = self.size.push(byte)? else {
                 return Ok(None);
             };
-            let target_len = u32::try_from(size).map_err(|_| PayloadError::TargetSizeMismatch)?;
+            // Through u64: a negative size wraps past u32 there, one check for both ends.
+            let target_len =
+                u32::try_from(size as u64).map_err(|_| PayloadError::TargetSizeMismatch)?;
             self.target_len = Some(target_len);
             if compression == COMPRESSION_NONE {
                 return Ok(Some(SequentialHeader {
