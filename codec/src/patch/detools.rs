@@ -262,7 +262,9 @@ impl Bspatch {
                         let (buf, _) = buf.split_at_mut(n);
                         // In u32, as the source's length: a position outside that range
                         // does not fit it.
-                        let start = match u32::try_from(self.source_pos) {
+                        // Through u64: a negative position wraps past u32 there, one check
+                        // for both ends.
+                        let start = match u32::try_from(self.source_pos as u64) {
                             Ok(start)
                                 if start <= self.source_len
                                     && n as u32 <= self.source_len - start =>
