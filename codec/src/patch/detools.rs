@@ -236,7 +236,8 @@ impl Bspatch {
 
     fn block_len(&self, size: i64) -> Result<u32, PayloadError> {
         let room = self.target_len - self.target_pos;
-        if size < 0 || size > i64::from(room) {
+        // In u64: a negative size wraps past any room there, one compare for both ends.
+        if size as u64 > u64::from(room) {
             return Err(PayloadError::BlockTooLong);
         }
         Ok(size as u32)
