@@ -477,8 +477,11 @@ fn mul_add(r: &mut Regs, u1: &Limbs, u2: &Limbs, q: &Point) {
 
 /// x³ - 3x + b for x in Montgomery form: y² on the curve.
 fn curve_rhs(x: &Limbs) -> Limbs {
-    let x3 = P.mul(&P.mul(x, x), x);
-    let rhs = P.sub(&P.sub(&P.sub(&x3, x), x), x);
+    let mut rhs = P.mul(&P.mul(x, x), x);
+    // -3x as three subtractions in a loop: one call in the code, not three.
+    for _ in 0..3 {
+        rhs = P.sub(&rhs, x);
+    }
     P.add(&rhs, &B_MONTGOMERY)
 }
 
