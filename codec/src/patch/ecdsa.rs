@@ -270,9 +270,15 @@ impl Modulus {
 
     /// a⁻¹ = a^(m-2) (Fermat; m is prime), in Montgomery form; 0 for 0.
     fn invert(&self, a: &Limbs) -> Limbs {
+        self.pow_below_m(a, 2)
+    }
+
+    /// a^(m-k) = a^(1-k) (Fermat; m is prime), in Montgomery form: a⁻¹ for k = 2, a⁻² for
+    /// k = 3; 0 for 0.
+    fn pow_below_m(&self, a: &Limbs, k: u32) -> Limbs {
         let mut e = self.m;
-        // The lowest word of p and of n is at least 2: no borrow.
-        e[0] = e[0].wrapping_sub(2);
+        // The lowest word of p and of n is above 3: no borrow.
+        e[0] = e[0].wrapping_sub(k);
         self.pow(a, &e)
     }
 }
@@ -587,8 +593,8 @@ impl VerifyingKey {
             return false;
         }
         // x = X/Z², out of Montgomery form, then mod n: x < p < 2n, one subtraction at most.
-        let zi = P.invert(z);
-        let mut x = P.mul(&P.mul(x, &P.mul(&zi, &zi)), &ONE);
+        // Z⁻² straight from one power (Z^(p-3)), not the inverse squared.
+        let mut x = P.mul(&P.mul(x, &P.pow_below_m(z, 3)), &ONE);
         N.reduce(&mut x, false);
         x == r
     }
@@ -691,6 +697,9 @@ mod tests {
             let two = m.to_montgomery(&[2, 0, 0, 0, 0, 0, 0, 0]);
             let x = m.to_montgomery(&[0x1234_5678, 9, 8, 7, 6, 5, 4, 3]);
             assert_eq!(m.mul(&m.invert(&x), &x), m.to_montgomery(&ONE));
+            // The verifier's Z⁻², one power, is the inverse squared.
+            let xi = m.invert(&x);
+            assert_eq!(m.pow_below_m(&x, 3), m.mul(&xi, &xi));
             assert_eq!(
                 m.mul(&two, &two),
                 m.to_montgomery(&[4, 0, 0, 0, 0, 0, 0, 0])
