@@ -259,11 +259,17 @@ impl Modulus {
         // 1 in Montgomery form: 2²⁵⁶ mod m = 2²⁵⁶ - m (m > 2²⁵⁵), by wrapping around.
         let mut r = ZERO;
         sbb(&mut r, &self.m);
-        for i in (0..256).rev() {
-            r = self.mul(&r, &r);
-            if bit(e, i) == 1 {
-                r = self.mul(&r, a);
-            }
+        // Two half-steps a bit, the square (odd j) and the product with a (even j, where
+        // the bit is set), through one call of the product.
+        for j in (0..512).rev() {
+            let b = if j % 2 == 1 {
+                r
+            } else if bit(e, j / 2) == 1 {
+                *a
+            } else {
+                continue;
+            };
+            r = self.mul(&r, &b);
         }
         r
     }
