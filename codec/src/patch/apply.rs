@@ -590,10 +590,11 @@ impl<T: TargetImage + ?Sized> TargetImage for Hashing<'_, T> {
         self.sink.sha.update(data);
         // The bytes past the resume point, if any.
         let skip = self.sink.resume_from.saturating_sub(offset) as usize;
-        if let Some(rest @ [_, ..]) = data.get(skip..) {
-            self.target.write(offset + skip as u32, rest)?;
+        // The write's result handed on as it is, not through `?` (whose conversion copies it).
+        match data.get(skip..) {
+            Some(rest @ [_, ..]) => self.target.write(offset + skip as u32, rest),
+            _ => Ok(()),
         }
-        Ok(())
     }
 }
 
@@ -657,7 +658,10 @@ impl Payload {
         }
         self.stream = match manifest.kind {
             Kind::Delta => {
-                check_source(manifest, source)?;
+                // Its error handed on as it is, not through `?` (whose conversion copies it).
+                if let e @ Err(_) = check_source(manifest, source) {
+                    return e;
+                }
                 Stream::Delta(Detools::new(
                     manifest.source_len,
                     Some(Expect {
@@ -967,7 +971,7 @@ impl<K: SignatureCheck> Core<K> {
             return Err(ApplyError::Truncated);
         }
         // The hashes are spent here: the apply is over either way.
-        if p.payload_sha.finalize_reset() != p.manifest.payload_sha256 {
+        if !digest_is(&mut p.payload_sha, &p.manifest.payload_sha256) {
             return Err(ApplyError::PayloadMismatch);
         }
         // One call of the end checks for both kinds of payload: one copy of the decoder's.
@@ -987,7 +991,7 @@ impl<K: SignatureCheck> Core<K> {
                 got: written,
             });
         }
-        if p.sink.sha.finalize_reset() != p.manifest.target_sha256 {
+        if !digest_is(&mut p.sink.sha, &p.manifest.target_sha256) {
             return Err(ApplyError::TargetMismatch);
         }
         Ok(&p.manifest)
@@ -1173,10 +1177,17 @@ fn check_source<S: SourceImage + ?Sized>(
         sha.update(chunk);
         offset += n as u32;
     }
-    if sha.finalize_reset() != manifest.source_sha256 {
+    if !digest_is(&mut sha, &manifest.source_sha256) {
         return Err(ApplyError::SourceMismatch);
     }
     Ok(())
+}
+
+/// Whether the hash of the bytes so far is `want` (the hash is spent). One function for the
+/// three checks: each call site passes two pointers, not the digest's buffer and the compare.
+#[inline(never)]
+fn digest_is(sha: &mut Sha256, want: &[u8; 32]) -> bool {
+    sha.finalize_reset() == *want
 }
 
 // The device budget, checked on every target the crate is built for (thumbv7em in CI).

@@ -43,12 +43,16 @@ pub enum Compression {
 
 /// Target version, MCUboot style: `major.minor.revision+build`. Ordered field by field,
 /// major first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+// In memory least significant field first (C layout): the comparison key is then the
+// version's eight bytes as one little-endian number, loaded as they are. `Debug` by hand,
+// major first as before.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[repr(C)]
 pub struct ImageVersion {
-    pub major: u8,
-    pub minor: u8,
-    pub revision: u16,
     pub build: u32,
+    pub revision: u16,
+    pub minor: u8,
+    pub major: u8,
 }
 
 impl ImageVersion {
@@ -60,6 +64,17 @@ impl ImageVersion {
             | (u64::from(self.minor) << 48)
             | (u64::from(self.revision) << 32)
             | u64::from(self.build)
+    }
+}
+
+impl core::fmt::Debug for ImageVersion {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("ImageVersion")
+            .field("major", &self.major)
+            .field("minor", &self.minor)
+            .field("revision", &self.revision)
+            .field("build", &self.build)
+            .finish()
     }
 }
 
@@ -285,12 +300,7 @@ impl Manifest {
             source_sha256: [0; 32],
             target_len,
             target_sha256: [0; 32],
-            version: ImageVersion {
-                major: m[M_VERSION],
-                minor: m[M_VERSION + 1],
-                revision: u16_at(m, M_VERSION + 2),
-                build: u32_at(m, M_VERSION + 4),
-            },
+            version: ImageVersion::default(),
             security_counter: u32_at(m, M_SECURITY_COUNTER),
             payload_len,
             payload_sha256: [0; 32],
@@ -299,6 +309,13 @@ impl Manifest {
         manifest.source_sha256 = array32(m, M_SOURCE_SHA);
         manifest.target_sha256 = array32(m, M_TARGET_SHA);
         manifest.payload_sha256 = array32(m, M_PAYLOAD_SHA);
+        // Read after the copies too: its fields are not kept on the stack across them.
+        manifest.version = ImageVersion {
+            major: m[M_VERSION],
+            minor: m[M_VERSION + 1],
+            revision: u16_at(m, M_VERSION + 2),
+            build: u32_at(m, M_VERSION + 4),
+        };
         Ok(manifest)
     }
 

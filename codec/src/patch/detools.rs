@@ -236,7 +236,8 @@ impl Bspatch {
 
     fn block_len(&self, size: i64) -> Result<u32, PayloadError> {
         let room = self.target_len - self.target_pos;
-        if size < 0 || size > i64::from(room) {
+        // In u64: a negative size wraps past any room there, one compare for both ends.
+        if size as u64 > u64::from(room) {
             return Err(PayloadError::BlockTooLong);
         }
         Ok(size as u32)
@@ -262,7 +263,9 @@ impl Bspatch {
                         let (buf, _) = buf.split_at_mut(n);
                         // In u32, as the source's length: a position outside that range
                         // does not fit it.
-                        let start = match u32::try_from(self.source_pos) {
+                        // Through u64: a negative position wraps past u32 there, one check
+                        // for both ends.
+                        let start = match u32::try_from(self.source_pos as u64) {
                             Ok(start)
                                 if start <= self.source_len
                                     && n as u32 <= self.source_len - start =>
@@ -366,7 +369,9 @@ impl HeaderReader {
             let Some(size) = self.size.push(byte)? else {
                 return Ok(None);
             };
-            let target_len = u32::try_from(size).map_err(|_| PayloadError::TargetSizeMismatch)?;
+            // Through u64: a negative size wraps past u32 there, one check for both ends.
+            let target_len =
+                u32::try_from(size as u64).map_err(|_| PayloadError::TargetSizeMismatch)?;
             self.target_len = Some(target_len);
             if compression == COMPRESSION_NONE {
                 return Ok(Some(SequentialHeader {

@@ -259,20 +259,32 @@ impl Modulus {
         // 1 in Montgomery form: 2²⁵⁶ mod m = 2²⁵⁶ - m (m > 2²⁵⁵), by wrapping around.
         let mut r = ZERO;
         sbb(&mut r, &self.m);
-        for i in (0..256).rev() {
-            r = self.mul(&r, &r);
-            if bit(e, i) == 1 {
-                r = self.mul(&r, a);
-            }
+        // Two half-steps a bit, the square (odd j) and the product with a (even j, where
+        // the bit is set), through one call of the product.
+        for j in (0..512).rev() {
+            let b = if j % 2 == 1 {
+                r
+            } else if bit(e, j / 2) == 1 {
+                *a
+            } else {
+                continue;
+            };
+            r = self.mul(&r, &b);
         }
         r
     }
 
     /// a⁻¹ = a^(m-2) (Fermat; m is prime), in Montgomery form; 0 for 0.
     fn invert(&self, a: &Limbs) -> Limbs {
+        self.pow_below_m(a, 2)
+    }
+
+    /// a^(m-k) = a^(1-k) (Fermat; m is prime), in Montgomery form: a⁻¹ for k = 2, a⁻² for
+    /// k = 3; 0 for 0.
+    fn pow_below_m(&self, a: &Limbs, k: u32) -> Limbs {
         let mut e = self.m;
-        // The lowest word of p and of n is at least 2: no borrow.
-        e[0] = e[0].wrapping_sub(2);
+        // The lowest word of p and of n is above 3: no borrow.
+        e[0] = e[0].wrapping_sub(k);
         self.pow(a, &e)
     }
 }
@@ -477,8 +489,11 @@ fn mul_add(r: &mut Regs, u1: &Limbs, u2: &Limbs, q: &Point) {
 
 /// x³ - 3x + b for x in Montgomery form: y² on the curve.
 fn curve_rhs(x: &Limbs) -> Limbs {
-    let x3 = P.mul(&P.mul(x, x), x);
-    let rhs = P.sub(&P.sub(&P.sub(&x3, x), x), x);
+    let mut rhs = P.mul(&P.mul(x, x), x);
+    // -3x as three subtractions in a loop: one call in the code, not three.
+    for _ in 0..3 {
+        rhs = P.sub(&rhs, x);
+    }
     P.add(&rhs, &B_MONTGOMERY)
 }
 
@@ -584,8 +599,8 @@ impl VerifyingKey {
             return false;
         }
         // x = X/Z², out of Montgomery form, then mod n: x < p < 2n, one subtraction at most.
-        let zi = P.invert(z);
-        let mut x = P.mul(&P.mul(x, &P.mul(&zi, &zi)), &ONE);
+        // Z⁻² straight from one power (Z^(p-3)), not the inverse squared.
+        let mut x = P.mul(&P.mul(x, &P.pow_below_m(z, 3)), &ONE);
         N.reduce(&mut x, false);
         x == r
     }
@@ -688,6 +703,9 @@ mod tests {
             let two = m.to_montgomery(&[2, 0, 0, 0, 0, 0, 0, 0]);
             let x = m.to_montgomery(&[0x1234_5678, 9, 8, 7, 6, 5, 4, 3]);
             assert_eq!(m.mul(&m.invert(&x), &x), m.to_montgomery(&ONE));
+            // The verifier's Z⁻², one power, is the inverse squared.
+            let xi = m.invert(&x);
+            assert_eq!(m.pow_below_m(&x, 3), m.mul(&xi, &xi));
             assert_eq!(
                 m.mul(&two, &two),
                 m.to_montgomery(&[4, 0, 0, 0, 0, 0, 0, 0])

@@ -28,10 +28,10 @@ impl Params {
     /// `None` unless `4 <= window <= 15` and `3 <= lookahead < window`, the ranges the C
     /// library accepts.
     pub const fn new(window_bits: u8, lookahead_bits: u8) -> Option<Self> {
-        if window_bits < MIN_WINDOW_BITS
-            || window_bits > MAX_WINDOW_BITS
-            || lookahead_bits < MIN_LOOKAHEAD_BITS
-            || lookahead_bits >= window_bits
+        // Each range in one unsigned compare: a value below its lower end wraps around
+        // past the upper one. `window - 3` does not wrap once the window is checked.
+        if window_bits.wrapping_sub(MIN_WINDOW_BITS) > MAX_WINDOW_BITS - MIN_WINDOW_BITS
+            || lookahead_bits.wrapping_sub(MIN_LOOKAHEAD_BITS) >= window_bits - MIN_LOOKAHEAD_BITS
         {
             return None;
         }
