@@ -209,18 +209,19 @@ fn inspect<F: NorFlash>(
     slot: Region,
     check_hash: bool,
 ) -> Result<ImageInfo, McubootError<F::Error>> {
-    let mut h = [0u8; HEADER_LEN];
-    read(flash, slot.offset, &mut h)?;
-    if !has_magic(&h) {
+    // The header's bytes and the hash's chunks side by side in one value: cleared at once.
+    let mut bufs = ([0u8; HEADER_LEN], [0u8; HASH_CHUNK]);
+    let (h, buf) = (&mut bufs.0, &mut bufs.1);
+    read(flash, slot.offset, h)?;
+    if !has_magic(h) {
         return Err(McubootError::NoImage);
     }
-    let header = ImageHeader::fields(&h);
+    let header = ImageHeader::fields(h);
     let hashed = header.hashed_len();
     if usize::from(header.hdr_size) < HEADER_LEN || hashed > slot.len {
         return Err(McubootError::Malformed(Malformation::HeaderSizes));
     }
     let mut sha = Sha256::new();
-    let mut buf = [0u8; HASH_CHUNK];
     let mut off = if check_hash { 0 } else { hashed };
     while off < hashed {
         // One slice for the read and the hash, split off: a length known to fit needs no
@@ -263,7 +264,7 @@ fn inspect<F: NorFlash>(
         Some(_) => Ok(ImageInfo {
             // Read from the header's bytes again, which are still at hand: smaller than
             // keeping every field aside through the hash and the TLV walk.
-            header: ImageHeader::fields(&h),
+            header: ImageHeader::fields(h),
             security_counter,
             len: at + total,
         }),
