@@ -319,12 +319,16 @@ impl Trailer {
 
 /// What a slot's trailer says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+// In a C layout, the raw byte first: the tags of the results that carry a state (and of
+// `Option`) are then the byte of `magic_good`, and passing the flash's error on or
+// dropping it moves no byte of the state (-80 B).
+#[repr(C)]
 pub struct TrailerState {
+    /// The raw swap_info byte (0xff: unset).
+    pub swap_info: u8,
     pub magic_good: bool,
     pub image_ok: bool,
     pub copy_done: bool,
-    /// The raw swap_info byte (0xff: unset).
-    pub swap_info: u8,
 }
 
 /// Reads a slot's trailer flags.
