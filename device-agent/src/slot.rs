@@ -135,17 +135,22 @@ impl WordWriter {
     pub fn write<F: NorFlash>(&mut self, flash: &mut F, mut data: &[u8]) -> Result<(), F::Error> {
         let w = F::WRITE_SIZE;
         if self.pending_len > 0 {
-            // Split off, not sliced: lengths known to fit need no check.
-            let (head, rest) = data.split_at((w - self.pending_len).min(data.len()));
-            // Byte by byte behind the pending bytes: a few bytes, with no range to check.
-            for (d, &s) in self.pending.iter_mut().skip(self.pending_len).zip(head) {
-                *d = s;
+            // Byte by byte behind the pending bytes, until the word is full or the data
+            // runs out: a few bytes, counted in a local and stored once.
+            let mut n = self.pending_len;
+            while n < w {
+                let Some((&byte, rest)) = data.split_first() else {
+                    self.pending_len = n;
+                    return Ok(());
+                };
+                // In bounds: `n` is below the write size, at most MAX_WRITE_SIZE (`new`).
+                if let Some(d) = self.pending.get_mut(n) {
+                    *d = byte;
+                }
+                n += 1;
+                data = rest;
             }
-            self.pending_len += head.len();
-            data = rest;
-            if self.pending_len < w {
-                return Ok(());
-            }
+            self.pending_len = n;
             self.write_pending(flash)?;
         }
         let (whole, tail) = data.split_at(data.len() / w * w);
