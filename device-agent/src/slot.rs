@@ -158,11 +158,10 @@ impl WordWriter {
             flash.write(self.at, whole)?;
             self.at += whole.len() as u32;
         }
-        // Split off, not sliced: the tail is shorter than a word, no check needed.
-        self.pending
-            .split_at_mut(tail.len())
-            .0
-            .copy_from_slice(tail);
+        // Byte by byte, as the head: the tail is shorter than a word.
+        for (d, &s) in self.pending.iter_mut().zip(tail) {
+            *d = s;
+        }
         self.pending_len = tail.len();
         Ok(())
     }
