@@ -245,8 +245,9 @@ fn apply<F: NorFlash, K: SignatureCheck>(
             c.written = c.written / sector * sector;
             c.written
         }
+        // A checkpoint for another target stays: the applier drops it itself (it checks
+        // the target too).
         _ => {
-            resume = None;
             mcuboot::cancel_swap(&mut *flash.borrow_mut(), config.secondary, config.trailer)
                 .map_err(InstallError::Image)?;
             0
