@@ -173,7 +173,9 @@ fn walk_tlvs<F: NorFlash>(
         if off + 4 + u32::from(len) > total {
             return Err(McubootError::Malformed(Malformation::TlvValuePastArea));
         }
-        if u16::from_le_bytes([head[0], head[1]]) == kind && usize::from(len) == value.len() {
+        // Type and length compared as one word: one compare, not two (the values looked
+        // for are 4 and 32 bytes long, well within the u16).
+        if u32::from_le_bytes(head) == u32::from(kind) | (value.len() as u32) << 16 {
             read(flash, slot.offset + at + off + 4, value)?;
             found = true;
         }
