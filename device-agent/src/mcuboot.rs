@@ -424,10 +424,11 @@ pub fn request_swap<F: NorFlash>(
     if (trailer.align as usize) < F::WRITE_SIZE || trailer.align as usize % F::WRITE_SIZE != 0 {
         return Err(McubootError::BadAlign);
     }
-    if image_len > trailer_sectors::<F>(trailer) {
+    let sectors = trailer_sectors::<F>(trailer);
+    if image_len > sectors {
         return Err(McubootError::ImageOverlapsTrailer);
     }
-    write_request(flash, secondary, trailer, permanent).map_err(McubootError::Flash)
+    write_request(flash, secondary, trailer, sectors, permanent).map_err(McubootError::Flash)
 }
 
 /// The flash half of [`request_swap`]: its only errors are the driver's.
@@ -435,9 +436,11 @@ fn write_request<F: NorFlash>(
     flash: &mut F,
     secondary: Region,
     trailer: Trailer,
+    sectors: u32,
     permanent: bool,
 ) -> Result<(), F::Error> {
-    erase_trailer(flash, secondary, trailer)?;
+    // The trailer's sectors, from the offset the overlap check has worked out: not again.
+    flash.erase(secondary.offset + sectors, secondary.end())?;
     // The magic ends its field of align_up(16, A) bytes, after 0xFF padding: built at the
     // end of a 32-byte buffer whose last `field` bytes are written.
     let field = trailer.align.max(16);
