@@ -421,7 +421,10 @@ pub fn request_swap<F: NorFlash>(
     image_len: u32,
     permanent: bool,
 ) -> Result<(), McubootError<F::Error>> {
-    if (trailer.align as usize) < F::WRITE_SIZE || trailer.align as usize % F::WRITE_SIZE != 0 {
+    // Above 32 as well (which `Trailer::new` refuses): the magic's field then fits its
+    // buffer, with no panic path for the slice that writes it.
+    let align = trailer.align as usize;
+    if align < F::WRITE_SIZE || align % F::WRITE_SIZE != 0 || align > 32 {
         return Err(McubootError::BadAlign);
     }
     let sectors = trailer_sectors::<F>(trailer);
