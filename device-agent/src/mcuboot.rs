@@ -259,18 +259,20 @@ fn inspect<F: NorFlash>(
         at += total;
         protected = false;
     };
-    let hash_ok = found.then_some(*t == digest);
-    match hash_ok {
-        None => Err(McubootError::NoHash),
-        Some(false) if check_hash => Err(McubootError::HashMismatch),
-        Some(_) => Ok(ImageInfo {
-            // Read from the header's bytes again, which are still at hand: smaller than
-            // keeping every field aside through the hash and the TLV walk.
-            header: ImageHeader::fields(h),
-            security_counter,
-            len: at + total,
-        }),
+    if !found {
+        return Err(McubootError::NoHash);
     }
+    // Compared only when hashed.
+    if check_hash && *t != digest {
+        return Err(McubootError::HashMismatch);
+    }
+    Ok(ImageInfo {
+        // Read from the header's bytes again, which are still at hand: smaller than
+        // keeping every field aside through the hash and the TLV walk.
+        header: ImageHeader::fields(h),
+        security_counter,
+        len: at + total,
+    })
 }
 
 /// Trailer offsets for a slot of `slot_len` bytes and BOOT_MAX_ALIGN `align`. Made by
