@@ -251,7 +251,9 @@ impl<'a, F: NorFlash> SlotWriter<'a, F> {
     /// error is the driver's, returned as such: smaller at the call sites than a
     /// [`SlotError`] to copy.
     fn erase_through(&mut self, flash: &mut F, end: u32) -> Result<(), F::Error> {
-        let end = end.div_ceil(F::WRITE_SIZE as u32) * F::WRITE_SIZE as u32;
+        // `end` as it is, not rounded up to a word first: `erased_to` is a multiple of the
+        // sector and so of the word, and a multiple of the word is below `end` exactly when
+        // it is below `end` rounded up.
         while self.erased_to < end {
             let from = self.region.offset + self.erased_to;
             flash.erase(from, from + F::ERASE_SIZE as u32)?;
