@@ -127,11 +127,14 @@ fn has_magic(b: &[u8; HEADER_LEN]) -> bool {
 
 /// What a verified image says about itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+// In a C layout, the header last: `inspect` stores the length and the counter, then the
+// header's words in one run (-4 B).
+#[repr(C)]
 pub struct ImageInfo {
-    pub header: ImageHeader,
-    pub security_counter: Option<u32>,
     /// Total length: header, image and both TLV areas.
     pub len: u32,
+    pub security_counter: Option<u32>,
+    pub header: ImageHeader,
 }
 
 fn read<F: NorFlash>(flash: &mut F, at: u32, buf: &mut [u8]) -> Result<(), McubootError<F::Error>> {
