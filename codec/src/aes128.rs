@@ -210,12 +210,14 @@ fn inv_mix_columns(state: &mut [u8; 16]) {
 /// other three.
 fn next_round_key(key: &mut [u8; 16], rcon: u8) {
     // SubWord(RotWord(w[i-1])): byte i takes the S-box of byte 12 + (i + 1) mod 4.
-    for i in 0..4 {
-        key[i] ^= SBOX[usize::from(key[12 + (i + 1) % 4])];
-    }
+    // Rcon first: XOR commutes, and byte 0 is not among the bytes SubWord reads.
     key[0] ^= rcon;
-    for i in 4..16 {
-        key[i] ^= key[i - 4];
+    for i in 0..16 {
+        key[i] ^= if i < 4 {
+            SBOX[usize::from(key[12 + (i + 1) % 4])]
+        } else {
+            key[i - 4]
+        };
     }
 }
 

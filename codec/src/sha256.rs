@@ -225,7 +225,8 @@ fn compress(state: &mut [u32; 8], block: &[u8; 64]) {
 fn compress_compact(state: &mut [u32; 8], block: &[u8; 64]) {
     let mut w = [0u32; 16];
     let [mut a, mut b, mut c, mut d, mut e, mut f, mut g, mut h] = *state;
-    for (t, k) in K.iter().enumerate() {
+    // One counter, which indexes K too (always in bounds): not a second one walking K.
+    for t in 0..64 {
         if t < 16 {
             // The first 16 rounds take the block's words as they come: no loop of its own.
             let i = 4 * t;
@@ -248,7 +249,7 @@ fn compress_compact(state: &mut [u32; 8], block: &[u8; 64]) {
         let t1 = h
             .wrapping_add(big_s1)
             .wrapping_add(ch)
-            .wrapping_add(*k)
+            .wrapping_add(K[t])
             .wrapping_add(w[t % 16]);
         let big_s0 = a.rotate_right(2) ^ a.rotate_right(13) ^ a.rotate_right(22);
         let maj = (a & b) | (c & (a | b));

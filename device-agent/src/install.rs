@@ -228,7 +228,8 @@ fn apply<F: NorFlash, K: SignatureCheck>(
     config: &InstallConfig<K>,
     window: &mut [u8],
     verified: &Verified,
-    resume: Option<Checkpoint>,
+    // `mut` here, not rebound: rounded where the caller passed it, not copied in first.
+    mut resume: Option<Checkpoint>,
     // A `dyn` borrow: the closure's captures stay behind it, instead of each being set
     // aside in this frame for the loop (smaller).
     save: &mut dyn FnMut(Checkpoint),
@@ -237,7 +238,6 @@ fn apply<F: NorFlash, K: SignatureCheck>(
     // A checkpoint is only good on a sector boundary the writer can restart from, and only
     // for this patch's target.
     let sector = F::ERASE_SIZE as u32;
-    let mut resume = resume;
     // One match decides the start and whether a fresh install withdraws a swap request.
     let start = match &mut resume {
         // Rounded down where it lies, not copied into a new checkpoint.
@@ -245,8 +245,9 @@ fn apply<F: NorFlash, K: SignatureCheck>(
             c.written = c.written / sector * sector;
             c.written
         }
+        // A checkpoint for another target stays: the applier drops it itself (it checks
+        // the target too).
         _ => {
-            resume = None;
             mcuboot::cancel_swap(&mut *flash.borrow_mut(), config.secondary, config.trailer)
                 .map_err(InstallError::Image)?;
             0

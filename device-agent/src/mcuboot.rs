@@ -127,11 +127,14 @@ fn has_magic(b: &[u8; HEADER_LEN]) -> bool {
 
 /// What a verified image says about itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+// In a C layout, the header last: `inspect` stores the length and the counter, then the
+// header's words in one run (-4 B).
+#[repr(C)]
 pub struct ImageInfo {
-    pub header: ImageHeader,
-    pub security_counter: Option<u32>,
     /// Total length: header, image and both TLV areas.
     pub len: u32,
+    pub security_counter: Option<u32>,
+    pub header: ImageHeader,
 }
 
 fn read<F: NorFlash>(flash: &mut F, at: u32, buf: &mut [u8]) -> Result<(), McubootError<F::Error>> {
@@ -173,7 +176,9 @@ fn walk_tlvs<F: NorFlash>(
         if off + 4 + u32::from(len) > total {
             return Err(McubootError::Malformed(Malformation::TlvValuePastArea));
         }
-        if u16::from_le_bytes([head[0], head[1]]) == kind && usize::from(len) == value.len() {
+        // Type and length compared as one word: one compare, not two (the values looked
+        // for are 4 and 32 bytes long, well within the u16).
+        if u32::from_le_bytes(head) == u32::from(kind) | (value.len() as u32) << 16 {
             read(flash, slot.offset + at + off + 4, value)?;
             found = true;
         }
@@ -209,18 +214,19 @@ fn inspect<F: NorFlash>(
     slot: Region,
     check_hash: bool,
 ) -> Result<ImageInfo, McubootError<F::Error>> {
-    let mut h = [0u8; HEADER_LEN];
-    read(flash, slot.offset, &mut h)?;
-    if !has_magic(&h) {
+    // The header's bytes and the hash's chunks side by side in one value: cleared at once.
+    let mut bufs = ([0u8; HEADER_LEN], [0u8; HASH_CHUNK]);
+    let (h, buf) = (&mut bufs.0, &mut bufs.1);
+    read(flash, slot.offset, h)?;
+    if !has_magic(h) {
         return Err(McubootError::NoImage);
     }
-    let header = ImageHeader::fields(&h);
+    let header = ImageHeader::fields(h);
     let hashed = header.hashed_len();
     if usize::from(header.hdr_size) < HEADER_LEN || hashed > slot.len {
         return Err(McubootError::Malformed(Malformation::HeaderSizes));
     }
     let mut sha = Sha256::new();
-    let mut buf = [0u8; HASH_CHUNK];
     let mut off = if check_hash { 0 } else { hashed };
     while off < hashed {
         // One slice for the read and the hash, split off: a length known to fit needs no
@@ -256,18 +262,20 @@ fn inspect<F: NorFlash>(
         at += total;
         protected = false;
     };
-    let hash_ok = found.then_some(*t == digest);
-    match hash_ok {
-        None => Err(McubootError::NoHash),
-        Some(false) if check_hash => Err(McubootError::HashMismatch),
-        Some(_) => Ok(ImageInfo {
-            // Read from the header's bytes again, which are still at hand: smaller than
-            // keeping every field aside through the hash and the TLV walk.
-            header: ImageHeader::fields(&h),
-            security_counter,
-            len: at + total,
-        }),
+    if !found {
+        return Err(McubootError::NoHash);
     }
+    // Compared only when hashed.
+    if check_hash && *t != digest {
+        return Err(McubootError::HashMismatch);
+    }
+    Ok(ImageInfo {
+        // Read from the header's bytes again, which are still at hand: smaller than
+        // keeping every field aside through the hash and the TLV walk.
+        header: ImageHeader::fields(h),
+        security_counter,
+        len: at + total,
+    })
 }
 
 /// Trailer offsets for a slot of `slot_len` bytes and BOOT_MAX_ALIGN `align`. Made by
@@ -318,12 +326,16 @@ impl Trailer {
 
 /// What a slot's trailer says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+// In a C layout, the raw byte first: the tags of the results that carry a state (and of
+// `Option`) are then the byte of `magic_good`, and passing the flash's error on or
+// dropping it moves no byte of the state (-80 B).
+#[repr(C)]
 pub struct TrailerState {
+    /// The raw swap_info byte (0xff: unset).
+    pub swap_info: u8,
     pub magic_good: bool,
     pub image_ok: bool,
     pub copy_done: bool,
-    /// The raw swap_info byte (0xff: unset).
-    pub swap_info: u8,
 }
 
 /// Reads a slot's trailer flags.
@@ -414,13 +426,17 @@ pub fn request_swap<F: NorFlash>(
     image_len: u32,
     permanent: bool,
 ) -> Result<(), McubootError<F::Error>> {
-    if (trailer.align as usize) < F::WRITE_SIZE || trailer.align as usize % F::WRITE_SIZE != 0 {
+    // Above 32 as well (which `Trailer::new` refuses): the magic's field then fits its
+    // buffer, with no panic path for the slice that writes it.
+    let align = trailer.align as usize;
+    if align < F::WRITE_SIZE || align % F::WRITE_SIZE != 0 || align > 32 {
         return Err(McubootError::BadAlign);
     }
-    if image_len > trailer_sectors::<F>(trailer) {
+    let sectors = trailer_sectors::<F>(trailer);
+    if image_len > sectors {
         return Err(McubootError::ImageOverlapsTrailer);
     }
-    write_request(flash, secondary, trailer, permanent).map_err(McubootError::Flash)
+    write_request(flash, secondary, trailer, sectors, permanent).map_err(McubootError::Flash)
 }
 
 /// The flash half of [`request_swap`]: its only errors are the driver's.
@@ -428,9 +444,11 @@ fn write_request<F: NorFlash>(
     flash: &mut F,
     secondary: Region,
     trailer: Trailer,
+    sectors: u32,
     permanent: bool,
 ) -> Result<(), F::Error> {
-    erase_trailer(flash, secondary, trailer)?;
+    // The trailer's sectors, from the offset the overlap check has worked out: not again.
+    flash.erase(secondary.offset + sectors, secondary.end())?;
     // The magic ends its field of align_up(16, A) bytes, after 0xFF padding: built at the
     // end of a 32-byte buffer whose last `field` bytes are written.
     let field = trailer.align.max(16);

@@ -135,17 +135,22 @@ impl WordWriter {
     pub fn write<F: NorFlash>(&mut self, flash: &mut F, mut data: &[u8]) -> Result<(), F::Error> {
         let w = F::WRITE_SIZE;
         if self.pending_len > 0 {
-            // Split off, not sliced: lengths known to fit need no check.
-            let (head, rest) = data.split_at((w - self.pending_len).min(data.len()));
-            // Byte by byte behind the pending bytes: a few bytes, with no range to check.
-            for (d, &s) in self.pending.iter_mut().skip(self.pending_len).zip(head) {
-                *d = s;
+            // Byte by byte behind the pending bytes, until the word is full or the data
+            // runs out: a few bytes, counted in a local and stored once.
+            let mut n = self.pending_len;
+            while n < w {
+                let Some((&byte, rest)) = data.split_first() else {
+                    self.pending_len = n;
+                    return Ok(());
+                };
+                // In bounds: `n` is below the write size, at most MAX_WRITE_SIZE (`new`).
+                if let Some(d) = self.pending.get_mut(n) {
+                    *d = byte;
+                }
+                n += 1;
+                data = rest;
             }
-            self.pending_len += head.len();
-            data = rest;
-            if self.pending_len < w {
-                return Ok(());
-            }
+            self.pending_len = n;
             self.write_pending(flash)?;
         }
         let (whole, tail) = data.split_at(data.len() / w * w);
@@ -153,11 +158,10 @@ impl WordWriter {
             flash.write(self.at, whole)?;
             self.at += whole.len() as u32;
         }
-        // Split off, not sliced: the tail is shorter than a word, no check needed.
-        self.pending
-            .split_at_mut(tail.len())
-            .0
-            .copy_from_slice(tail);
+        // Byte by byte, as the head: the tail is shorter than a word.
+        for (d, &s) in self.pending.iter_mut().zip(tail) {
+            *d = s;
+        }
         self.pending_len = tail.len();
         Ok(())
     }
@@ -247,7 +251,9 @@ impl<'a, F: NorFlash> SlotWriter<'a, F> {
     /// error is the driver's, returned as such: smaller at the call sites than a
     /// [`SlotError`] to copy.
     fn erase_through(&mut self, flash: &mut F, end: u32) -> Result<(), F::Error> {
-        let end = end.div_ceil(F::WRITE_SIZE as u32) * F::WRITE_SIZE as u32;
+        // `end` as it is, not rounded up to a word first: `erased_to` is a multiple of the
+        // sector and so of the word, and a multiple of the word is below `end` exactly when
+        // it is below `end` rounded up.
         while self.erased_to < end {
             let from = self.region.offset + self.erased_to;
             flash.erase(from, from + F::ERASE_SIZE as u32)?;
