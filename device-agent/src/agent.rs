@@ -731,10 +731,15 @@ impl<
         };
         let flash = self.flash;
         let journal = &mut self.journal;
-        let multicast = &self.multicast;
-        let follow = &self.follow;
-        let save = |cp| {
-            let state = (&last_session_cnt, &sessions[..], multicast, follow);
+        // The state borrowed once, outside the closure, which takes it and the rest by value
+        // (fewer captures to set up).
+        let state = (
+            &last_session_cnt,
+            &sessions[..],
+            &self.multicast,
+            &self.follow,
+        );
+        let save = move |cp| {
             let update = Update::Installing {
                 frag_index,
                 checkpoint: Some(cp),
