@@ -301,13 +301,13 @@ impl<
         let Some(buf) = workspace.first_chunk_mut::<JOURNAL_SLOT>() else {
             return Err(AgentError::Layout);
         };
+        // The error made where it is returned, not mapped and then passed through `?`.
         let (journal, record) =
-            Journal::open_read(&mut *flash.borrow_mut(), config.layout.journal, buf).map_err(
-                |e| match e {
-                    crate::journal::JournalError::Flash(e) => AgentError::Flash(e),
-                    _ => AgentError::Layout,
-                },
-            )?;
+            match Journal::open_read(&mut *flash.borrow_mut(), config.layout.journal, buf) {
+                Ok(opened) => opened,
+                Err(crate::journal::JournalError::Flash(e)) => return Err(AgentError::Flash(e)),
+                Err(_) => return Err(AgentError::Layout),
+            };
         let saved = record.and_then(Saved::new);
         let mut multicast = Multicast::new(config.version, config.mc_ke_key.clone(), config.limits);
         let mut sessions = [None; SESSIONS];
