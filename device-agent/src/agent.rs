@@ -1053,7 +1053,8 @@ const _: () = assert!(JOURNAL_SLOT <= APPLY_WINDOW);
 // storage slot a session (flags, setup fields); per multicast group its keys (present flag,
 // McAddr, McAppSKey, McNwkSKey, FCnt window) and class C session (present flag, start,
 // timeout, frequency, DR); the update (kind, then a checkpoint and FragIndex, or a version).
-// Sections go to the journal one at a time through a buffer the size of the largest.
+// Sections go to the journal through one buffer: the head with the sessions, then each group,
+// then the update with the follow-up.
 const HEAD: usize = 1 + 3 * MAX_FRAG_SESSIONS;
 const SESSION: usize = 20;
 const GROUP: usize = 45 + 11;
@@ -1247,7 +1248,10 @@ impl<G: GroupSource + ?Sized> Record<'_, G> {
     const LEN: usize = HEAD + MAX_FRAG_SESSIONS * SESSION + 4 * GROUP + UPDATE + FOLLOW;
 
     fn encode(&self, out: &mut dyn FnMut(&[u8])) {
-        let mut head = [0u8; HEAD];
+        // The head and the sessions in one piece: one clearing and one call, not one per
+        // section.
+        let mut b = [0u8; HEAD + MAX_FRAG_SESSIONS * SESSION];
+        let (head, sessions) = b.split_at_mut(HEAD);
         head[0] = SNAPSHOT_FORMAT;
         // By 3-byte chunks, not `put` at 2 + 3 * i: no bounds check left (-40 B).
         let chunks = head[1..].chunks_exact_mut(3);
@@ -1257,27 +1261,33 @@ impl<G: GroupSource + ?Sized> Record<'_, G> {
                 (*flag, *lo, *hi) = (1, l, h);
             }
         }
-        out(&head);
-        for slot in 0..MAX_FRAG_SESSIONS {
-            let mut b = [0u8; SESSION];
-            session_bytes(self.sessions.get(slot).and_then(Option::as_ref), &mut b);
-            out(&b);
-        }
-        for id in 0..4 {
-            let (group, session) = self.groups.group(id);
-            let mut buf = [0; GROUP];
-            group_bytes(group, session, &mut buf);
-            out(&buf);
-        }
-        // The last two sections in one piece: one call less.
-        let mut b = [0u8; UPDATE + FOLLOW];
-        if let Some((update, follow)) = b.split_first_chunk_mut::<UPDATE>() {
-            update_bytes(self.update, update);
-            if let Some(follow) = follow.first_chunk_mut() {
-                follow_bytes(self.follow, follow);
+        for (slot, b) in sessions.chunks_exact_mut(SESSION).enumerate() {
+            if let Ok(b) = b.try_into() {
+                session_bytes(self.sessions.get(slot).and_then(Option::as_ref), b);
             }
         }
         out(&b);
+        // The other sections in the front of the same buffer, cleared for each: one buffer
+        // on the stack.
+        if let Some(buf) = b.first_chunk_mut::<GROUP>() {
+            for id in 0..4 {
+                let (group, session) = self.groups.group(id);
+                *buf = [0; GROUP];
+                group_bytes(group, session, buf);
+                out(buf);
+            }
+        }
+        // The last two sections in one piece: one call less.
+        if let Some(b) = b.first_chunk_mut::<{ UPDATE + FOLLOW }>() {
+            *b = [0; UPDATE + FOLLOW];
+            if let Some((update, follow)) = b.split_first_chunk_mut::<UPDATE>() {
+                update_bytes(self.update, update);
+                if let Some(follow) = follow.first_chunk_mut() {
+                    follow_bytes(self.follow, follow);
+                }
+            }
+            out(b);
+        }
     }
 }
 
