@@ -414,7 +414,7 @@ impl<
             // Not the new image. On test: it was not confirmed before this reset, MCUboot
             // went back. Otherwise still (or again) the old image: a revert, unless the swap
             // request is still in the secondary slot (one arm for both: -28 B).
-            Ok(_) | Err(_) if on_test || !self.trailer(false).is_some_and(|t| t.magic_good) => {
+            Ok(_) | Err(_) if on_test || !self.trailer_flag(false) => {
                 self.update = Update::Idle;
                 self.reverted(wanted);
             }
@@ -424,16 +424,24 @@ impl<
         self.save();
     }
 
-    /// The primary or the secondary slot's trailer. Out of line: one copy of the borrow and
-    /// the read serves both slots.
+    /// The flag the agent reads in each slot's trailer: whether the primary's image is
+    /// confirmed (image_ok), whether the secondary holds a swap request (good magic); false
+    /// when the trailer cannot be read. Out of line: one copy of the borrow and the read
+    /// serves both slots, which hands back a bool, not the trailer's state.
     #[inline(never)]
-    fn trailer(&self, primary: bool) -> Option<mcuboot::TrailerState> {
+    fn trailer_flag(&self, primary: bool) -> bool {
         let (slot, trailer) = if primary {
             (self.config.layout.primary, self.primary_trailer)
         } else {
             (self.config.layout.secondary, self.secondary_trailer)
         };
-        mcuboot::read_trailer(&mut *self.flash.borrow_mut(), slot, trailer).ok()
+        mcuboot::read_trailer(&mut *self.flash.borrow_mut(), slot, trailer).is_ok_and(|t| {
+            if primary {
+                t.image_ok
+            } else {
+                t.magic_good
+            }
+        })
     }
 
     /// TS006: what runs, and what waits in the secondary slot.
@@ -532,7 +540,7 @@ impl<
     /// image, now in the secondary slot, is swapped back in for good.
     fn revert(&mut self, version: ImageVersion, why: Outcome) {
         self.report(why, version);
-        let confirmed = self.trailer(true).is_some_and(|t| t.image_ok);
+        let confirmed = self.trailer_flag(true);
         if confirmed {
             let mut f = self.flash.borrow_mut();
             let secondary = self.config.layout.secondary;
