@@ -803,6 +803,8 @@ impl<
         // Answers of one downlink go out together, in order. Out of line: one copy of the
         // range check and the call serves the four ports (-4 B). The closures hand back the
         // writer's own result, the bytes written: no length mapped out of it in each (-16 B).
+        // Those that pass the version take it by value (`move`), so that it need not be kept
+        // in memory for them to point at (-16 B).
         #[inline(never)]
         fn append(u: &dyn Fn(&mut [u8]) -> Option<&[u8]>, out: &mut [u8], len: &mut usize) {
             if let Some(w) = out.get_mut(*len..).and_then(u) {
@@ -815,7 +817,7 @@ impl<
             clock_sync::PORT if via == Via::Unicast => {
                 for cmd in clock_sync::downlinks(version, bytes).valid() {
                     if let Some(u) = self.clock.handle(now, cmd, &mut self.rng) {
-                        append(&|b| u.write_into(version, b), &mut out, &mut len);
+                        append(&move |b| u.write_into(version, b), &mut out, &mut len);
                     }
                 }
             }
@@ -838,7 +840,7 @@ impl<
                             multicast_setup::Uplink::PackageVersionAns(_)
                                 | multicast_setup::Uplink::McGroupStatusAns(_)
                         );
-                        append(&|b| u.write_into(version, b), &mut out, &mut len);
+                        append(&move |b| u.write_into(version, b), &mut out, &mut len);
                     }
                 }
             }
@@ -864,7 +866,7 @@ impl<
                         .handle(now, via, cmd, &mut self.rng, |e| complete = Some(e))
                     {
                         Ok(Some(u)) => {
-                            append(&|b| u.write_into(version, b), &mut out, &mut len);
+                            append(&move |b| u.write_into(version, b), &mut out, &mut len);
                         }
                         Ok(None) => {}
                         Err(_) => self.failed(UpdateFailure::Flash),
