@@ -466,19 +466,21 @@ impl<
                     let mut f = self.flash.borrow_mut();
                     mcuboot::verify_image(&mut *f, self.config.layout.secondary)
                 };
-                U::DevUpgradeImageAns(match (&self.update, waiting) {
-                    (Update::SwapRequested(v), _) => UpImageStatus::Valid {
-                        firmware_id: fw(*v),
-                    },
+                // The version to upgrade to, or the status without one: one conversion of
+                // the version for both that have one.
+                let upgrade = match (&self.update, waiting) {
+                    (Update::SwapRequested(v), _) => Ok(*v),
                     (_, Ok(info)) if running.is_none_or(|r| info.header.version > r) => {
-                        UpImageStatus::Valid {
-                            firmware_id: fw(info.header.version),
-                        }
+                        Ok(info.header.version)
                     }
                     // Nothing newer than the running image: nothing to upgrade to.
-                    (_, Ok(_) | Err(mcuboot::McubootError::NoImage)) => UpImageStatus::Absent,
-                    (_, Err(_)) => UpImageStatus::Corrupt,
-                })
+                    (_, Ok(_) | Err(mcuboot::McubootError::NoImage)) => Err(UpImageStatus::Absent),
+                    (_, Err(_)) => Err(UpImageStatus::Corrupt),
+                };
+                U::DevUpgradeImageAns(upgrade.map_or_else(
+                    |status| status,
+                    |v| UpImageStatus::Valid { firmware_id: fw(v) },
+                ))
             }
         }
     }
