@@ -388,6 +388,9 @@ impl<
     /// After a swap request: did the bootloader run the new image, or go back?
     /// After a reset that followed a swap request, or while the new image is on test (not
     /// confirmed): which image runs now?
+    // Out of line: the agent's fields reached through `self` at short offsets, not in
+    // `with_hooks`'s large frame.
+    #[inline(never)]
     fn check_boot(&mut self) {
         let (wanted, on_test) = match self.update {
             Update::SwapRequested(v) => (v, false),
