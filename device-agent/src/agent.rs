@@ -119,17 +119,20 @@ pub enum Event {
 }
 
 /// Where an update stands (journaled).
+// In this order, not the update's: Idle and SwapRequested, which a complete block installs
+// over, get adjacent tags in the checkpoint's niche, told apart from the others by one range
+// compare (-12 B). The journal has codes of its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 enum Update {
     #[default]
     Idle,
+    /// Swap requested for this version.
+    SwapRequested(ImageVersion),
     /// The block of this FragIndex is complete; install (again) from this checkpoint.
     Installing {
         frag_index: u8,
         checkpoint: Option<Checkpoint>,
     },
-    /// Swap requested for this version.
-    SwapRequested(ImageVersion),
     /// Running the new image, not yet confirmed.
     Testing(ImageVersion),
 }
