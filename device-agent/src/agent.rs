@@ -119,17 +119,20 @@ pub enum Event {
 }
 
 /// Where an update stands (journaled).
+// In this order, not the update's: Idle and SwapRequested, which a complete block installs
+// over, get adjacent tags in the checkpoint's niche, told apart from the others by one range
+// compare (-12 B). The journal has codes of its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 enum Update {
     #[default]
     Idle,
+    /// Swap requested for this version.
+    SwapRequested(ImageVersion),
     /// The block of this FragIndex is complete; install (again) from this checkpoint.
     Installing {
         frag_index: u8,
         checkpoint: Option<Checkpoint>,
     },
-    /// Swap requested for this version.
-    SwapRequested(ImageVersion),
     /// Running the new image, not yet confirmed.
     Testing(ImageVersion),
 }
@@ -301,13 +304,13 @@ impl<
         let Some(buf) = workspace.first_chunk_mut::<JOURNAL_SLOT>() else {
             return Err(AgentError::Layout);
         };
+        // The error made where it is returned, not mapped and then passed through `?`.
         let (journal, record) =
-            Journal::open_read(&mut *flash.borrow_mut(), config.layout.journal, buf).map_err(
-                |e| match e {
-                    crate::journal::JournalError::Flash(e) => AgentError::Flash(e),
-                    _ => AgentError::Layout,
-                },
-            )?;
+            match Journal::open_read(&mut *flash.borrow_mut(), config.layout.journal, buf) {
+                Ok(opened) => opened,
+                Err(crate::journal::JournalError::Flash(e)) => return Err(AgentError::Flash(e)),
+                Err(_) => return Err(AgentError::Layout),
+            };
         let saved = record.and_then(Saved::new);
         let mut multicast = Multicast::new(config.version, config.mc_ke_key.clone(), config.limits);
         let mut sessions = [None; SESSIONS];
@@ -388,6 +391,9 @@ impl<
     /// After a swap request: did the bootloader run the new image, or go back?
     /// After a reset that followed a swap request, or while the new image is on test (not
     /// confirmed): which image runs now?
+    // Out of line: the agent's fields reached through `self` at short offsets, not in
+    // `with_hooks`'s large frame.
+    #[inline(never)]
     fn check_boot(&mut self) {
         let (wanted, on_test) = match self.update {
             Update::SwapRequested(v) => (v, false),
@@ -414,7 +420,7 @@ impl<
             // Not the new image. On test: it was not confirmed before this reset, MCUboot
             // went back. Otherwise still (or again) the old image: a revert, unless the swap
             // request is still in the secondary slot (one arm for both: -28 B).
-            Ok(_) | Err(_) if on_test || !self.trailer(false).is_some_and(|t| t.magic_good) => {
+            Ok(_) | Err(_) if on_test || !self.trailer_flag(false) => {
                 self.update = Update::Idle;
                 self.reverted(wanted);
             }
@@ -424,16 +430,24 @@ impl<
         self.save();
     }
 
-    /// The primary or the secondary slot's trailer. Out of line: one copy of the borrow and
-    /// the read serves both slots.
+    /// The flag the agent reads in each slot's trailer: whether the primary's image is
+    /// confirmed (image_ok), whether the secondary holds a swap request (good magic); false
+    /// when the trailer cannot be read. Out of line: one copy of the borrow and the read
+    /// serves both slots, which hands back a bool, not the trailer's state.
     #[inline(never)]
-    fn trailer(&self, primary: bool) -> Option<mcuboot::TrailerState> {
+    fn trailer_flag(&self, primary: bool) -> bool {
         let (slot, trailer) = if primary {
             (self.config.layout.primary, self.primary_trailer)
         } else {
             (self.config.layout.secondary, self.secondary_trailer)
         };
-        mcuboot::read_trailer(&mut *self.flash.borrow_mut(), slot, trailer).ok()
+        mcuboot::read_trailer(&mut *self.flash.borrow_mut(), slot, trailer).is_ok_and(|t| {
+            if primary {
+                t.image_ok
+            } else {
+                t.magic_good
+            }
+        })
     }
 
     /// TS006: what runs, and what waits in the secondary slot.
@@ -458,19 +472,21 @@ impl<
                     let mut f = self.flash.borrow_mut();
                     mcuboot::verify_image(&mut *f, self.config.layout.secondary)
                 };
-                U::DevUpgradeImageAns(match (&self.update, waiting) {
-                    (Update::SwapRequested(v), _) => UpImageStatus::Valid {
-                        firmware_id: fw(*v),
-                    },
+                // The version to upgrade to, or the status without one: one conversion of
+                // the version for both that have one.
+                let upgrade = match (&self.update, waiting) {
+                    (Update::SwapRequested(v), _) => Ok(*v),
                     (_, Ok(info)) if running.is_none_or(|r| info.header.version > r) => {
-                        UpImageStatus::Valid {
-                            firmware_id: fw(info.header.version),
-                        }
+                        Ok(info.header.version)
                     }
                     // Nothing newer than the running image: nothing to upgrade to.
-                    (_, Ok(_) | Err(mcuboot::McubootError::NoImage)) => UpImageStatus::Absent,
-                    (_, Err(_)) => UpImageStatus::Corrupt,
-                })
+                    (_, Ok(_) | Err(mcuboot::McubootError::NoImage)) => Err(UpImageStatus::Absent),
+                    (_, Err(_)) => Err(UpImageStatus::Corrupt),
+                };
+                U::DevUpgradeImageAns(upgrade.map_or_else(
+                    |status| status,
+                    |v| UpImageStatus::Valid { firmware_id: fw(v) },
+                ))
             }
         }
     }
@@ -532,7 +548,7 @@ impl<
     /// image, now in the secondary slot, is swapped back in for good.
     fn revert(&mut self, version: ImageVersion, why: Outcome) {
         self.report(why, version);
-        let confirmed = self.trailer(true).is_some_and(|t| t.image_ok);
+        let confirmed = self.trailer_flag(true);
         if confirmed {
             let mut f = self.flash.borrow_mut();
             let secondary = self.config.layout.secondary;
@@ -731,10 +747,15 @@ impl<
         };
         let flash = self.flash;
         let journal = &mut self.journal;
-        let multicast = &self.multicast;
-        let follow = &self.follow;
-        let save = |cp| {
-            let state = (&last_session_cnt, &sessions[..], multicast, follow);
+        // The state borrowed once, outside the closure, which takes it and the rest by value
+        // (fewer captures to set up).
+        let state = (
+            &last_session_cnt,
+            &sessions[..],
+            &self.multicast,
+            &self.follow,
+        );
+        let save = move |cp| {
             let update = Update::Installing {
                 frag_index,
                 checkpoint: Some(cp),
@@ -788,11 +809,14 @@ impl<
         let mut len = 0;
         let mut dirty = false;
         // Answers of one downlink go out together, in order. Out of line: one copy of the
-        // range check and the call serves the four ports (-4 B).
+        // range check and the call serves the four ports (-4 B). The closures hand back the
+        // writer's own result, the bytes written: no length mapped out of it in each (-16 B).
+        // Those that pass the version take it by value (`move`), so that it need not be kept
+        // in memory for them to point at (-16 B).
         #[inline(never)]
-        fn append(u: &dyn Fn(&mut [u8]) -> Option<usize>, out: &mut [u8], len: &mut usize) {
-            if let Some(n) = out.get_mut(*len..).and_then(u) {
-                *len += n;
+        fn append(u: &dyn Fn(&mut [u8]) -> Option<&[u8]>, out: &mut [u8], len: &mut usize) {
+            if let Some(w) = out.get_mut(*len..).and_then(u) {
+                *len += w.len();
             }
         }
         // On every port: the commands before the first malformed one, which ends the
@@ -801,11 +825,7 @@ impl<
             clock_sync::PORT if via == Via::Unicast => {
                 for cmd in clock_sync::downlinks(version, bytes).valid() {
                     if let Some(u) = self.clock.handle(now, cmd, &mut self.rng) {
-                        append(
-                            &|b| u.write_into(version, b).map(|x| x.len()),
-                            &mut out,
-                            &mut len,
-                        );
+                        append(&move |b| u.write_into(version, b), &mut out, &mut len);
                     }
                 }
             }
@@ -828,18 +848,14 @@ impl<
                             multicast_setup::Uplink::PackageVersionAns(_)
                                 | multicast_setup::Uplink::McGroupStatusAns(_)
                         );
-                        append(
-                            &|b| u.write_into(version, b).map(|x| x.len()),
-                            &mut out,
-                            &mut len,
-                        );
+                        append(&move |b| u.write_into(version, b), &mut out, &mut len);
                     }
                 }
             }
             firmware_management::PORT if via == Via::Unicast => {
                 for cmd in firmware_management::downlinks(Version::V1, bytes).valid() {
                     let u = self.firmware_answer(cmd);
-                    append(&|b| u.write_into(b).map(|x| x.len()), &mut out, &mut len);
+                    append(&|b| u.write_into(b), &mut out, &mut len);
                 }
             }
             fragmentation::PORT => {
@@ -858,11 +874,7 @@ impl<
                         .handle(now, via, cmd, &mut self.rng, |e| complete = Some(e))
                     {
                         Ok(Some(u)) => {
-                            append(
-                                &|b| u.write_into(version, b).map(|x| x.len()),
-                                &mut out,
-                                &mut len,
-                            );
+                            append(&move |b| u.write_into(version, b), &mut out, &mut len);
                         }
                         Ok(None) => {}
                         Err(_) => self.failed(UpdateFailure::Flash),
@@ -1048,7 +1060,8 @@ const _: () = assert!(JOURNAL_SLOT <= APPLY_WINDOW);
 // storage slot a session (flags, setup fields); per multicast group its keys (present flag,
 // McAddr, McAppSKey, McNwkSKey, FCnt window) and class C session (present flag, start,
 // timeout, frequency, DR); the update (kind, then a checkpoint and FragIndex, or a version).
-// Sections go to the journal one at a time through a buffer the size of the largest.
+// Sections go to the journal through one buffer: the head with the sessions, then each group,
+// then the update with the follow-up.
 const HEAD: usize = 1 + 3 * MAX_FRAG_SESSIONS;
 const SESSION: usize = 20;
 const GROUP: usize = 45 + 11;
@@ -1242,7 +1255,10 @@ impl<G: GroupSource + ?Sized> Record<'_, G> {
     const LEN: usize = HEAD + MAX_FRAG_SESSIONS * SESSION + 4 * GROUP + UPDATE + FOLLOW;
 
     fn encode(&self, out: &mut dyn FnMut(&[u8])) {
-        let mut head = [0u8; HEAD];
+        // The head and the sessions in one piece: one clearing and one call, not one per
+        // section.
+        let mut b = [0u8; HEAD + MAX_FRAG_SESSIONS * SESSION];
+        let (head, sessions) = b.split_at_mut(HEAD);
         head[0] = SNAPSHOT_FORMAT;
         // By 3-byte chunks, not `put` at 2 + 3 * i: no bounds check left (-40 B).
         let chunks = head[1..].chunks_exact_mut(3);
@@ -1252,27 +1268,33 @@ impl<G: GroupSource + ?Sized> Record<'_, G> {
                 (*flag, *lo, *hi) = (1, l, h);
             }
         }
-        out(&head);
-        for slot in 0..MAX_FRAG_SESSIONS {
-            let mut b = [0u8; SESSION];
-            session_bytes(self.sessions.get(slot).and_then(Option::as_ref), &mut b);
-            out(&b);
-        }
-        for id in 0..4 {
-            let (group, session) = self.groups.group(id);
-            let mut buf = [0; GROUP];
-            group_bytes(group, session, &mut buf);
-            out(&buf);
-        }
-        // The last two sections in one piece: one call less.
-        let mut b = [0u8; UPDATE + FOLLOW];
-        if let Some((update, follow)) = b.split_first_chunk_mut::<UPDATE>() {
-            update_bytes(self.update, update);
-            if let Some(follow) = follow.first_chunk_mut() {
-                follow_bytes(self.follow, follow);
+        for (slot, b) in sessions.chunks_exact_mut(SESSION).enumerate() {
+            if let Ok(b) = b.try_into() {
+                session_bytes(self.sessions.get(slot).and_then(Option::as_ref), b);
             }
         }
         out(&b);
+        // The other sections in the front of the same buffer, cleared for each: one buffer
+        // on the stack.
+        if let Some(buf) = b.first_chunk_mut::<GROUP>() {
+            for id in 0..4 {
+                let (group, session) = self.groups.group(id);
+                *buf = [0; GROUP];
+                group_bytes(group, session, buf);
+                out(buf);
+            }
+        }
+        // The last two sections in one piece: one call less.
+        if let Some(b) = b.first_chunk_mut::<{ UPDATE + FOLLOW }>() {
+            *b = [0; UPDATE + FOLLOW];
+            if let Some((update, follow)) = b.split_first_chunk_mut::<UPDATE>() {
+                update_bytes(self.update, update);
+                if let Some(follow) = follow.first_chunk_mut() {
+                    follow_bytes(self.follow, follow);
+                }
+            }
+            out(b);
+        }
     }
 }
 
@@ -1306,6 +1328,10 @@ impl<'b> Saved<'b> {
         self.0.get(at..)?.first_chunk()
     }
 
+    // Out of line, with `update`: the two decodes hand back their values whole, not field by
+    // field in `with_hooks`'s registers and frame while the agent is put together (-56 B
+    // together; -8 and -4 B each alone).
+    #[inline(never)]
     fn follow(self) -> Follow {
         self.1.map_or_else(Follow::default, follow_of)
     }
@@ -1340,6 +1366,7 @@ impl<'b> Saved<'b> {
         self.groups().nth(id).unwrap_or((None, None))
     }
 
+    #[inline(never)]
     fn update(self) -> Update {
         self.section(Self::UPDATE).map_or(Update::Idle, update_of)
     }
