@@ -897,12 +897,12 @@ impl<
                                     self.install_at = 0;
                                 }
                                 // One install at a time; the later block waits for a resend.
-                                Update::Installing { .. } => {
+                                // Refused on test, and reported: one consume for both.
+                                Update::Installing { .. } | Update::Testing(_) => {
                                     self.frag.consume(frag_index);
-                                }
-                                Update::Testing(_) => {
-                                    self.frag.consume(frag_index);
-                                    self.failed(UpdateFailure::Unconfirmed);
+                                    if let Update::Testing(_) = self.update {
+                                        self.failed(UpdateFailure::Unconfirmed);
+                                    }
                                 }
                             }
                         }
