@@ -832,10 +832,11 @@ impl<
             multicast_setup::PORT if via == Via::Unicast => {
                 let gps = self.clock.device_time(now);
                 let events = &mut self.events;
+                // Behind a `dyn`: one copy of the event's push, not one inlined at each of
+                // the events `handle` raises.
+                let emit: &mut dyn FnMut(McEvent) = &mut |e| events.push(Event::Multicast(e));
                 for cmd in multicast_setup::downlinks(version, bytes).valid() {
-                    let ans = self.multicast.handle(gps, cmd, |e| {
-                        events.push(Event::Multicast(e));
-                    });
+                    let ans = self.multicast.handle(gps, cmd, &mut *emit);
                     // By reference: the answer is read where it was returned, not moved
                     // into a binding first (-64 B).
                     if let Some(u) = &ans {
