@@ -166,10 +166,10 @@ impl ClockSync {
         if now < self.next_request {
             return None;
         }
-        if self.resync_left > 0 {
-            self.resync_left -= 1;
-        }
-        self.next_request = if self.resync_left > 0 {
+        // Counted down in a local, stored once.
+        let resync_left = self.resync_left.saturating_sub(1);
+        self.resync_left = resync_left;
+        self.next_request = if resync_left > 0 {
             now + RESYNC_SPACING_MS
         } else {
             // The period, or less while unsynchronized; jittered either way.

@@ -164,10 +164,14 @@ impl Multicast {
                 // The mask and the count in locals, stored once in the answer, not after
                 // every group.
                 let (mut mask, mut total) = (0, 0);
-                let mut items = NO_ITEMS;
+                let mut ans = McGroupStatusAns {
+                    ans_group_mask: 0,
+                    nb_total_groups: 0,
+                    items: NO_ITEMS,
+                };
                 // One pass counts the groups and lists those asked for, each in the next
                 // item (an iterator: no index to check).
-                let mut next = items.iter_mut();
+                let mut next = ans.items.iter_mut();
                 for (id, g) in self.groups.iter().enumerate() {
                     let Some(g) = g else { continue };
                     total += 1;
@@ -181,11 +185,9 @@ impl Multicast {
                         }
                     }
                 }
-                Some(Uplink::McGroupStatusAns(McGroupStatusAns {
-                    ans_group_mask: mask,
-                    nb_total_groups: total,
-                    items,
-                }))
+                ans.ans_group_mask = mask;
+                ans.nb_total_groups = total;
+                Some(Uplink::McGroupStatusAns(ans))
             }
             Downlink::McGroupSetupReq(req) => {
                 let id = req.mc_group_id;
