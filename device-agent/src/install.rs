@@ -161,10 +161,10 @@ fn request_swap<F: NorFlash, K>(
 }
 
 /// A version as two words (an injective packing), compared in two steps instead of the
-/// derived `==`'s four; packed in the order rustc lays the fields out, so that each word
-/// loads at once.
+/// derived `==`'s four; packed in the order of `ImageVersion`'s C layout (revision,
+/// minor, major), so that each word loads at once.
 fn version_words(v: &ImageVersion) -> (u32, u32) {
-    let low = u32::from(v.revision) | u32::from(v.major) << 16 | u32::from(v.minor) << 24;
+    let low = u32::from(v.revision) | u32::from(v.minor) << 16 | u32::from(v.major) << 24;
     (low, v.build)
 }
 
