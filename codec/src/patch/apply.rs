@@ -673,10 +673,11 @@ impl Payload {
             Kind::Full => Stream::Full(
                 match manifest.compression {
                     Compression::None => None,
-                    Compression::Heatshrink(params) => Some(
-                        DecoderState::new(params, window)
-                            .map_err(|e| ApplyError::Payload(e.into()))?,
-                    ),
+                    // The error made in place, not through `?` (whose conversion copies it).
+                    Compression::Heatshrink(params) => match DecoderState::new(params, window) {
+                        Ok(decoder) => Some(decoder),
+                        Err(e) => return Err(ApplyError::Payload(e.into())),
+                    },
                 },
                 0,
             ),
