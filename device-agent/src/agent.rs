@@ -824,7 +824,7 @@ impl<
         match port {
             clock_sync::PORT if via == Via::Unicast => {
                 for cmd in clock_sync::downlinks(version, bytes).valid() {
-                    if let Some(u) = self.clock.handle(now, cmd, &mut self.rng) {
+                    if let Some(u) = &self.clock.handle(now, cmd, &mut self.rng) {
                         append(&move |b| u.write_into(version, b), &mut out, &mut len);
                     }
                 }
