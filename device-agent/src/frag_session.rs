@@ -625,16 +625,19 @@ impl<'a, F: NorFlash, const SPARES: usize> Slot<'a, F, SPARES> {
         max_lost: usize,
         params: SessionParams,
     ) -> Result<(), StoreError<F::Error>> {
-        let frag_size =
-            NonZeroUsize::new(usize::from(params.frag_size)).ok_or(StoreError::BadSize)?;
         let decoder = DecoderState::new(
             version,
             usize::from(params.nb_frag),
-            frag_size.get(),
+            usize::from(params.frag_size),
             max_lost,
             self.workspace,
-        )
-        .map_err(|_| StoreError::BadSize)?;
+        );
+        // Both refusals are the same error: one test and one return.
+        let (Some(frag_size), Ok(decoder)) =
+            (NonZeroUsize::new(usize::from(params.frag_size)), decoder)
+        else {
+            return Err(StoreError::BadSize);
+        };
         self.session = Some(Session {
             params,
             decoder,
