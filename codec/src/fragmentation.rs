@@ -701,16 +701,16 @@ impl Uplink {
                     | (u8::from(c.mic_error) << 1)
                     | (u8::from(c.session_does_not_exist) << 2);
                 let received = index_and_count(c.frag_index, c.nb_frag_received);
-                w.expect(4)?;
-                // v2 moves Status from last to first.
-                if version == Version::V2 {
-                    w.u8(status);
-                }
-                w.u16(received);
-                w.u8(c.missing_frag);
-                if version == Version::V1 {
-                    w.u8(status);
-                }
+                // The four bytes as one little-endian word, one length check; v2 moves Status
+                // from last to first.
+                let v1 = u32::from(received)
+                    | (u32::from(c.missing_frag) << 16)
+                    | (u32::from(status) << 24);
+                w.u32(match version {
+                    Version::V1 => v1,
+                    // Status in the low byte, the rest one byte up.
+                    Version::V2 => v1.rotate_left(8),
+                });
             }
             Uplink::FragSessionSetupAns(c) => {
                 check_frag_index(w, c.frag_index)?;

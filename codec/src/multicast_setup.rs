@@ -280,6 +280,8 @@ impl Downlink {
             }
             0x02 => {
                 r.command("McGroupSetupReq");
+                // The fixed 29-byte body checked once on a device: the reads fold their checks.
+                r.expect(29)?;
                 let header = r.u8("McGroupIDHeader")?;
                 let mc_group_id = group_id(r, "McGroupIDHeader", header, 0xfc)?;
                 Downlink::McGroupSetupReq(McGroupSetupReq {
