@@ -106,10 +106,12 @@ impl ImageHeader {
             protect_tlv_size: u16_at(10),
             img_size: u32_at(12),
             flags: u32_at(16),
+            // Major, minor and revision as one little-endian word, its parts taken by
+            // shifts: one load, not three (ImageVersion keeps them in reverse order).
             version: ImageVersion {
-                major: b[20],
-                minor: b[21],
-                revision: u16_at(22),
+                major: u32_at(20) as u8,
+                minor: (u32_at(20) >> 8) as u8,
+                revision: (u32_at(20) >> 16) as u16,
                 build: u32_at(24),
             },
         }
