@@ -670,10 +670,12 @@ impl<
         let gps = self.clock.device_time(now);
         let events = &mut self.events;
         let mut changed = false;
-        self.multicast.handle_timeout(gps, |e| {
+        // Behind a `dyn`, as for the setup's events: the push made once.
+        let emit: &mut dyn FnMut(McEvent) = &mut |e| {
             events.push(Event::Multicast(e));
             changed = true;
-        });
+        };
+        self.multicast.handle_timeout(gps, emit);
         if changed {
             self.save();
         }
