@@ -292,9 +292,10 @@ impl Manifest {
         if payload_len == 0 {
             return Err(ContainerError::InvalidField(Field::PayloadSize));
         }
-        // The hashes copied in once the manifest is made, not in its struct expression, where
-        // the three copies cost more code (the zeros are overwritten, not stored).
-        let mut manifest = Self {
+        // The hashes copied in once the result is made, not in its struct expression, where
+        // the three copies cost more code (the zeros are overwritten, not stored); and into
+        // the result itself, not a manifest on the stack that is then copied whole.
+        let mut parsed = Ok(Self {
             kind,
             source_len,
             source_sha256: [0; 32],
@@ -305,18 +306,20 @@ impl Manifest {
             payload_len,
             payload_sha256: [0; 32],
             compression,
-        };
-        manifest.source_sha256 = array32(m, M_SOURCE_SHA);
-        manifest.target_sha256 = array32(m, M_TARGET_SHA);
-        manifest.payload_sha256 = array32(m, M_PAYLOAD_SHA);
-        // Read after the copies too: its fields are not kept on the stack across them.
-        manifest.version = ImageVersion {
-            major: m[M_VERSION],
-            minor: m[M_VERSION + 1],
-            revision: u16_at(m, M_VERSION + 2),
-            build: u32_at(m, M_VERSION + 4),
-        };
-        Ok(manifest)
+        });
+        if let Ok(manifest) = &mut parsed {
+            manifest.source_sha256 = array32(m, M_SOURCE_SHA);
+            manifest.target_sha256 = array32(m, M_TARGET_SHA);
+            manifest.payload_sha256 = array32(m, M_PAYLOAD_SHA);
+            // Read after the copies too: its fields are not kept on the stack across them.
+            manifest.version = ImageVersion {
+                major: m[M_VERSION],
+                minor: m[M_VERSION + 1],
+                revision: u16_at(m, M_VERSION + 2),
+                build: u32_at(m, M_VERSION + 4),
+            };
+        }
+        parsed
     }
 
     /// Writes header and manifest (the signed bytes) into `out`.
