@@ -414,6 +414,23 @@ mod tests {
     }
 
     #[test]
+    fn an_image_version_prints_major_first() {
+        // Its fields are declared least significant first (for the compare), but it prints as
+        // it reads: major, minor, revision, build.
+        extern crate std;
+        let v = ImageVersion {
+            major: 1,
+            minor: 2,
+            revision: 3,
+            build: 4,
+        };
+        assert_eq!(
+            std::format!("{v:?}"),
+            "ImageVersion { major: 1, minor: 2, revision: 3, build: 4 }"
+        );
+    }
+
+    #[test]
     fn versions_order_field_by_field_major_first() {
         let v = |major, minor, revision, build| ImageVersion {
             major,
