@@ -140,7 +140,7 @@ fn request_swap<F: NorFlash, K>(
 ) -> Result<Installed, InstallError<F::Error>> {
     let mut f = flash.borrow_mut();
     let image = mcuboot::verify_image(&mut *f, config.secondary).map_err(InstallError::Image)?;
-    if version_words(&image.header.version) != version_words(&manifest.version) {
+    if image.header.version != manifest.version {
         return Err(InstallError::VersionMismatch {
             manifest: manifest.version,
             image: image.header.version,
@@ -158,14 +158,6 @@ fn request_swap<F: NorFlash, K>(
         version: manifest.version,
         image_len: image.len,
     })
-}
-
-/// A version as two words (an injective packing), compared in two steps instead of the
-/// derived `==`'s four; packed in the order of `ImageVersion`'s C layout (revision,
-/// minor, major), so that each word loads at once.
-fn version_words(v: &ImageVersion) -> (u32, u32) {
-    let low = u32::from(v.revision) | u32::from(v.minor) << 16 | u32::from(v.major) << 24;
-    (low, v.build)
 }
 
 /// The preamble's signature, before anything is written.

@@ -46,7 +46,7 @@ pub enum Compression {
 // In memory least significant field first (C layout): the comparison key is then the
 // version's eight bytes as one little-endian number, loaded as they are. `Debug` by hand,
 // major first as before.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(Clone, Copy, Default)]
 #[repr(C)]
 pub struct ImageVersion {
     pub build: u32,
@@ -75,6 +75,22 @@ impl core::fmt::Debug for ImageVersion {
             .field("revision", &self.revision)
             .field("build", &self.build)
             .finish()
+    }
+}
+
+// Equal and hashed through the same key as the order: one compare of the packed fields, not
+// one per field.
+impl PartialEq for ImageVersion {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+
+impl Eq for ImageVersion {}
+
+impl core::hash::Hash for ImageVersion {
+    fn hash<H: core::hash::Hasher>(&self, state: &mut H) {
+        self.key().hash(state);
     }
 }
 
@@ -454,6 +470,8 @@ mod tests {
                 let other = (b.major, b.minor, b.revision, b.build);
                 assert_eq!(a.cmp(b), i.cmp(&j));
                 assert_eq!(a.cmp(b), fields.cmp(&other));
+                // Equality goes through the same key: it agrees with the fields'.
+                assert_eq!(a == b, fields == other);
             }
         }
     }
